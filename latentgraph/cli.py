@@ -1,0 +1,300 @@
+"""``latentgraph``: run, validate, convert workflows and list nodes, from the shell.
+
+Exit codes: 0 success; 1 invalid workflow, unreadable file or failed node; 2 bad command
+line; 130 interrupted. Errors print as one readable block; ``--debug`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .graph import (Environment, Executor, Interrupted, LatentgraphError, NodeExecutionError, Problem,
+                    ValidationError, Workflow, WorkflowError)
+from .graph.types import Combo, String
+from .nodes import create_registry
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show Python tracebacks on errors")
+    return p
+
+
+def _folders(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default="output", help="where output images go (default: output)")
+    p.add_argument("--input-dir", default="input", help="where LoadImage looks (default: input)")
+    p.add_argument("--temp-dir", default="temp", help="where previews go (default: temp)")
+    p.add_argument("--models-dir", default="models", help="model folders root (default: models)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="latentgraph", parents=[common],
+        description="Node-graph pipelines for Stable Diffusion: run, validate and convert workflow files.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", parents=[common], help="run a workflow file",
+                         description="Validate and run a workflow (YAML, API JSON, or a PNG with a prompt).")
+    run.add_argument("file", help="workflow file")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input before running (repeatable); VALUE is read as YAML")
+    _folders(run)
+    run.add_argument("--json", action="store_true", help="print one JSON object per run on stdout")
+    run.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times in one process")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars even on a terminal")
+
+    val = sub.add_parser("validate", parents=[common], help="check a workflow without running it")
+    val.add_argument("file")
+    val.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    _folders(val)
+    val.add_argument("--json", action="store_true", help="print ComfyUI's {error, node_errors} as JSON")
+
+    conv = sub.add_parser("convert", parents=[common], help="convert between YAML and API JSON")
+    conv.add_argument("file")
+    conv.add_argument("--to", required=True, choices=("api", "yaml"), help="output format")
+    conv.add_argument("-o", "--output", help="write here instead of stdout")
+
+    nodes = sub.add_parser("nodes", parents=[common], help="list the node types")
+    nodes.add_argument("--json", action="store_true", help="print the /object_info document")
+    nodes.add_argument("--models-dir", default="models")
+    nodes.add_argument("--input-dir", default="input")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValidationError, WorkflowError) as exc:
+        _err(exc.format())
+        return 1
+    except NodeExecutionError as exc:
+        _err(exc.format(debug=debug))
+        return 1
+    except (Interrupted, KeyboardInterrupt) as exc:
+        _err(f"latentgraph: {exc}" if isinstance(exc, Interrupted) else "latentgraph: interrupted")
+        return 130
+    except LatentgraphError as exc:
+        _err(str(exc))
+        return 1
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        _err(f"latentgraph: internal error: {type(exc).__name__}: {exc}"
+             + ("" if debug else " (run with --debug for the traceback)"))
+        return 1
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _env(args) -> Environment:
+    try:
+        return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
+                           temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
+                           device=getattr(args, "device", "auto"))
+    except ValueError as exc:
+        raise LatentgraphError(f"latentgraph: {exc}") from None
+
+
+def _load(args, registry) -> Workflow:
+    wf = Workflow.load(args.file)
+    apply_sets(wf, getattr(args, "sets", []), registry)
+    return wf
+
+
+def apply_sets(wf: Workflow, sets: list[str], registry) -> None:
+    """Apply ``--set NODE.INPUT=VALUE`` overrides, reporting every bad one at once."""
+    problems: list[Problem] = []
+    for item in sets:
+        path, eq, raw = item.partition("=")
+        node_id, dot, name = path.rpartition(".")
+        if not eq or not dot or not node_id or not name:
+            problems.append(Problem(f"--set {item!r}: expected NODE.INPUT=VALUE"))
+            continue
+        if node_id not in wf.nodes:
+            problems.append(Problem(f"--set {item!r}: no such node (nodes: {', '.join(list(wf.nodes)[:20])})",
+                                    node=node_id))
+            continue
+        ndef = registry.get(wf.nodes[node_id].class_type)
+        if ndef is not None and name not in ndef.inputs:
+            hint = ", ".join(ndef.inputs) or "none"
+            problems.append(Problem(f"--set {item!r}: {ndef.name} has no input '{name}' (inputs: {hint})",
+                                    node=node_id, input=name))
+            continue
+        spec = ndef.inputs[name] if ndef is not None else None
+        wf.set(path, raw if isinstance(spec, (String, Combo)) else _yaml_scalar(raw))
+    if problems:
+        raise WorkflowError(wf.source, problems)
+
+
+def _yaml_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except (yaml.YAMLError, ValueError):
+        return raw
+
+
+def cmd_run(args) -> int:
+    if args.repeat < 1:
+        raise LatentgraphError("latentgraph run: --repeat must be at least 1")
+    registry = create_registry()
+    env = _env(args)
+    wf = _load(args, registry)
+    executor = Executor(registry, env)
+    plan = executor.validate(wf)
+    for w in plan.warnings:
+        _err(f"warning: {wf.source}: {w.where()}: {w.message}")
+    show_bars = not args.no_progress and not args.json and sys.stderr.isatty()
+    for i in range(args.repeat):
+        bars = _ProgressBars(wf) if show_bars else None
+        start = time.perf_counter()
+        try:
+            result = executor.run_plan(plan, listener=bars)
+        finally:
+            if bars:
+                bars.close()
+        elapsed = time.perf_counter() - start
+        if args.json:
+            print(json.dumps(result.as_json()), flush=True)
+            continue
+        for path in _written_files(result.outputs, env):
+            print(f"wrote {path}")
+        label = f"run {i + 1}/{args.repeat}: " if args.repeat > 1 else ""
+        print(f"{label}done in {elapsed:.2f} s: {len(result.executed)} nodes executed, "
+              f"{len(result.cached)} cached", flush=True)
+    return 0
+
+
+def _written_files(outputs: dict, env: Environment) -> list[Path]:
+    roots = {"output": env.output_dir, "temp": env.temp_dir, "input": env.input_dir}
+    paths = []
+    for ui in outputs.values():
+        for key in ("images", "gifs", "audio", "files"):
+            for item in ui.get(key, []) if isinstance(ui, dict) else []:
+                if isinstance(item, dict) and "filename" in item:
+                    root = roots.get(item.get("type", "output"), env.output_dir)
+                    paths.append(root / item.get("subfolder", "") / item["filename"])
+    return paths
+
+
+class _ProgressBars:
+    """Turns progress events into one tqdm bar per node, on a terminal."""
+
+    def __init__(self, wf: Workflow):
+        self.wf = wf
+        self.bar = None
+        self.node = None
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "progress":
+            from tqdm import tqdm
+
+            if self.bar is None or self.node != data["node"]:
+                self.close()
+                node = data["node"]
+                self.node = node
+                label = f"{node} ({self.wf.nodes[node].class_type})" if node in self.wf.nodes else str(node)
+                self.bar = tqdm(total=data["max"], desc=label, file=sys.stderr, leave=False)
+            self.bar.n = data["value"]
+            self.bar.refresh()
+        elif kind in ("executing", "execution_success", "execution_error", "execution_interrupted"):
+            if kind != "executing" or data.get("node") != self.node:
+                self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.node = None
+
+
+def cmd_validate(args) -> int:
+    registry = create_registry()
+    env = _env(args)
+    wf = _load(args, registry)
+    executor = Executor(registry, env)
+    try:
+        plan = executor.validate(wf)
+    except ValidationError as exc:
+        if args.json:
+            print(json.dumps(exc.report.as_comfy(), indent=2, default=str))
+            return 1
+        raise
+    if args.json:
+        print(json.dumps({"error": None, "node_errors": {}, "outputs": plan.targets,
+                          "nodes": list(plan.nodes)}, indent=2))
+        return 0
+    for w in plan.warnings:
+        _err(f"warning: {wf.source}: {w.where()}: {w.message}")
+    print(f"{wf.source}: ok: {len(plan.nodes)} nodes to run for {len(plan.targets)} output"
+          f"{'s' if len(plan.targets) != 1 else ''} ({', '.join(plan.targets)})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    registry = create_registry()
+    wf = Workflow.load(args.file)
+    unknown = sorted({s.class_type for s in wf.nodes.values() if s.class_type not in registry})
+    if unknown and wf.origin == "yaml" and args.to == "api":
+        raise WorkflowError(wf.source, f"unknown node types {unknown}: their links cannot be resolved")
+    if args.to == "api":
+        text = json.dumps(wf.to_api(registry), indent=2) + "\n"
+    else:
+        text = wf.to_yaml(registry)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise LatentgraphError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_nodes(args) -> int:
+    registry = create_registry()
+    env = Environment(models_dir=Path(args.models_dir), input_dir=Path(args.input_dir))
+    info = registry.object_info(env)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    by_category: dict[str, list] = {}
+    for name, entry in info.items():
+        by_category.setdefault(entry["category"] or "(none)", []).append(entry)
+    for category in sorted(by_category):
+        print(category)
+        for entry in by_category[category]:
+            ins = []
+            for section in ("required", "optional"):
+                for iname, spec in entry["input"].get(section, {}).items():
+                    kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+                    ins.append(f"{iname}{'?' if section == 'optional' else ''}: {kind}")
+            outs = ", ".join(entry["output_name"]) or ("(output node)" if entry["output_node"] else "-")
+            print(f"  {entry['name']}({', '.join(ins)}) -> {outs}")
+    print(f"{len(info)} node types")
+    return 0
+
+
+_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Where a run reads and writes: folders, device. One object, passed in; no globals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# File endings listed in model folders (as ComfyUI's supported_pt_extensions).
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class Environment:
+    """Folders and device of a run. ``model_dirs`` maps a folder kind ("checkpoints",
+    "loras", ...) to extra directories searched besides ``models_dir/<kind>``."""
+
+    output_dir: Path = Path("output")
+    input_dir: Path = Path("input")
+    temp_dir: Path = Path("temp")
+    models_dir: Path = Path("models")
+    device: str = "auto"
+    model_dirs: dict[str, list[Path]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("output_dir", "input_dir", "temp_dir", "models_dir"):
+            setattr(self, name, Path(getattr(self, name)))
+        if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
+
+    def folders(self, kind: str) -> list[Path]:
+        return [self.models_dir / kind, *self.model_dirs.get(kind, [])]
+
+    def list_models(self, kind: str, extensions=MODEL_EXTENSIONS) -> list[str]:
+        """Files under every folder of ``kind``, as sorted relative POSIX paths."""
+        found: set[str] = set()
+        for folder in self.folders(kind):
+            found.update(_list_files(folder, extensions))
+        return sorted(found)
+
+    def find_model(self, kind: str, name: str) -> Path | None:
+        for folder in self.folders(kind):
+            path = _safe_join(folder, name)
+            if path is not None and path.is_file():
+                return path
+        return None
+
+    def list_inputs(self) -> list[str]:
+        return sorted(_list_files(self.input_dir, IMAGE_EXTENSIONS))
+
+    def annotated_path(self, name: str, default: str = "input") -> Path | None:
+        """Resolve ComfyUI's annotated file names: "a.png", "a.png [output]", "sub/a.png [temp]".
+        None when the name leaves its folder."""
+        base = {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}
+        kind = default
+        for k in base:
+            if name.endswith(f" [{k}]"):
+                name, kind = name[: -len(k) - 3], k
+                break
+        return _safe_join(base[kind], name)
+
+
+def _list_files(folder: Path, extensions) -> list[str]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(root).relative_to(folder)
+        for f in files:
+            if f.lower().endswith(extensions) and not f.startswith("."):
+                out.append((rel / f).as_posix())
+    return out
+
+
+def _safe_join(folder: Path, name: str) -> Path | None:
+    """``folder/name`` unless ``name`` is absolute or climbs out with '..'."""
+    if not name or "\x00" in name:
+        return None
+    rel = Path(name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    return folder / rel
+
+
+def file_identity(path: Path, content_hash: bool = False) -> tuple:
+    """What a node that reads ``path`` folds into its cache key: size and mtime (cheap), or
+    a SHA-256 of the bytes. A missing file gives a value no existing file gives."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ("missing", str(path))
+    if not content_hash:
+        return (str(path), st.st_size, st.st_mtime_ns)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return (str(path), digest.hexdigest())

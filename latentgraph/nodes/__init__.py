@@ -1,0 +1,21 @@
+"""The built-in nodes. They declare themselves with graph's API exactly as plugins do;
+``register_builtins`` adds them to a registry, ``create_registry`` makes a ready one."""
+
+from __future__ import annotations
+
+from ..graph import NodeRegistry
+from . import image, mask, primitives
+
+BUILTIN_MODULES = (primitives, image, mask)
+
+
+def register_builtins(registry: NodeRegistry) -> NodeRegistry:
+    for module in BUILTIN_MODULES:
+        # "nodes" is what ComfyUI reports for its core nodes; clients treat such nodes as core.
+        registry.register_module(module, python_module="nodes", source="builtin")
+    return registry
+
+
+def create_registry() -> NodeRegistry:
+    """A new registry holding the built-in nodes."""
+    return register_builtins(NodeRegistry())

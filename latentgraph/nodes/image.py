@@ -1,0 +1,230 @@
+"""Image nodes with ComfyUI's names, inputs and defaults: load, save, preview, make, scale,
+invert, blend, blur, composite. IMAGE is a float tensor [B, H, W, C] in 0..1."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..graph import IMAGE, MASK, Boolean, Combo, Float, Hidden, Int, NodeContext, Result, String, file_identity, node
+from .imageio import pil_to_tensors, save_images, tensor_to_pil
+
+MAX_RESOLUTION = 16384
+Tensor = torch.Tensor
+
+
+def _image_path(image: str, env):
+    return env.annotated_path(image)
+
+
+def _load_image_fingerprint(image: str, env):
+    path = _image_path(image, env)
+    return file_identity(path, content_hash=True) if path is not None else ("invalid", image)
+
+
+def _load_image_validate(image: str, env):
+    path = _image_path(image, env)
+    if path is None or not path.is_file():
+        return f"Invalid image file: {image} (looked in {env.input_dir})"
+    return None
+
+
+@node(category="image", display_name="Load Image", outputs=["IMAGE", "MASK"],
+      fingerprint=_load_image_fingerprint, validate=_load_image_validate)
+def LoadImage(image: Annotated[str, Combo(lambda env: env.list_inputs() if env else [], image_upload=True)],
+              ctx: NodeContext) -> tuple:
+    """Loads an image from the input folder; the mask is its inverted alpha channel."""
+    path = _image_path(image, ctx.env)
+    try:
+        with Image.open(path) as img:
+            return pil_to_tensors(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read image {image!r}: {exc}") from exc
+
+
+@node(category="image", display_name="Save Image", output_node=True)
+def SaveImage(
+    images: Annotated[Tensor, IMAGE(tooltip="The images to save.")],
+    filename_prefix: Annotated[str, String("latentgraph", tooltip="File name prefix; may include a subfolder.")],
+    prompt: Annotated[dict, Hidden("PROMPT")],
+    extra_pnginfo: Annotated[dict, Hidden("EXTRA_PNGINFO")],
+    ctx: NodeContext,
+) -> Result:
+    """Saves images as PNG files in the output folder, with the workflow in their metadata."""
+    saved = save_images(images, ctx.env.output_dir, filename_prefix, "output", 4, prompt, extra_pnginfo)
+    return Result(ui={"images": saved})
+
+
+@node(category="image", display_name="Preview Image", output_node=True)
+def PreviewImage(images: Annotated[Tensor, IMAGE],
+                 prompt: Annotated[dict, Hidden("PROMPT")],
+                 extra_pnginfo: Annotated[dict, Hidden("EXTRA_PNGINFO")],
+                 ctx: NodeContext) -> Result:
+    """Saves images to the temp folder for viewing."""
+    prefix = "latentgraph_temp_" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+    saved = save_images(images, ctx.env.temp_dir, prefix, "temp", 1, prompt, extra_pnginfo)
+    return Result(ui={"images": saved})
+
+
+@node(category="image", display_name="EmptyImage", outputs=["IMAGE"])
+def EmptyImage(
+    width: Annotated[int, Int(512, min=1, max=MAX_RESOLUTION, step=1)],
+    height: Annotated[int, Int(512, min=1, max=MAX_RESOLUTION, step=1)],
+    batch_size: Annotated[int, Int(1, min=1, max=4096)],
+    color: Annotated[int, Int(0, min=0, max=0xFFFFFF, step=1, display="color")],
+) -> Tensor:
+    """An image of one colour, given as 0xRRGGBB."""
+    rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
+    return rgb.expand(batch_size, height, width, 3).clone()
+
+
+@node(category="image", display_name="Invert Image", outputs=["IMAGE"])
+def ImageInvert(image: Annotated[Tensor, IMAGE]) -> Tensor:
+    """Inverts the colours of an image."""
+    return 1.0 - image
+
+
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+
+
+def resize(image: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
+    """Resize IMAGE [B, H, W, C]; ``crop="center"`` crops to the target aspect first."""
+    _, h, w, _ = image.shape
+    if crop == "center":
+        src_aspect, dst_aspect = w / h, width / height
+        if src_aspect > dst_aspect:
+            new_w = round(h * dst_aspect)
+            x0 = (w - new_w) // 2
+            image = image[:, :, x0:x0 + new_w]
+        elif src_aspect < dst_aspect:
+            new_h = round(w / dst_aspect)
+            y0 = (h - new_h) // 2
+            image = image[:, y0:y0 + new_h]
+    if method == "lanczos":
+        frames = [torch.from_numpy(np.asarray(tensor_to_pil(im).resize((width, height), Image.LANCZOS),
+                                              dtype=np.float32) / 255.0) for im in image]
+        out = torch.stack(frames)
+        return out.unsqueeze(-1) if out.ndim == 3 else out
+    x = image.movedim(-1, 1)  # (B, C, H, W)
+    kwargs = {"align_corners": False} if method in ("bilinear", "bicubic") else {}
+    x = F.interpolate(x, size=(height, width), mode=method, **kwargs)
+    return x.movedim(1, -1)
+
+
+@node(category="image/upscaling", display_name="Upscale Image", outputs=["IMAGE"])
+def ImageScale(
+    image: Annotated[Tensor, IMAGE],
+    upscale_method: Annotated[str, Combo(UPSCALE_METHODS, default="nearest-exact")],
+    width: Annotated[int, Int(512, min=0, max=MAX_RESOLUTION, step=1)],
+    height: Annotated[int, Int(512, min=0, max=MAX_RESOLUTION, step=1)],
+    crop: Annotated[str, Combo(("disabled", "center"), default="disabled")],
+) -> Tensor:
+    """Resizes an image; a width or height of 0 keeps the aspect ratio."""
+    _, h, w, _ = image.shape
+    if width == 0 and height == 0:
+        return image
+    if width == 0:
+        width = max(1, round(w * height / h))
+    elif height == 0:
+        height = max(1, round(h * width / w))
+    return resize(image, width, height, upscale_method, crop)
+
+
+def _soft_light(a: Tensor, b: Tensor) -> Tensor:
+    g = torch.where(a <= 0.25, ((16 * a - 12) * a + 4) * a, torch.sqrt(a))
+    return torch.where(b <= 0.5, a - (1 - 2 * b) * a * (1 - a), a + (2 * b - 1) * (g - a))
+
+
+BLEND_MODES = {
+    "normal": lambda a, b: b,
+    "multiply": lambda a, b: a * b,
+    "screen": lambda a, b: 1 - (1 - a) * (1 - b),
+    "overlay": lambda a, b: torch.where(a <= 0.5, 2 * a * b, 1 - 2 * (1 - a) * (1 - b)),
+    "soft_light": _soft_light,
+    "difference": lambda a, b: a - b,  # signed, then clamped, as ComfyUI
+}
+
+
+@node(category="image/postprocessing", display_name="Image Blend", outputs=["IMAGE"])
+def ImageBlend(
+    image1: Annotated[Tensor, IMAGE],
+    image2: Annotated[Tensor, IMAGE],
+    blend_factor: Annotated[float, Float(0.5, min=0.0, max=1.0, step=0.01)],
+    blend_mode: Annotated[str, Combo(tuple(BLEND_MODES), default="normal")],
+) -> Tensor:
+    """Blends image2 over image1 (resized to image1 if needed) with a blend mode."""
+    if image2.shape[1:3] != image1.shape[1:3]:
+        image2 = resize(image2, image1.shape[2], image1.shape[1], "bicubic", "center")
+    blended = BLEND_MODES[blend_mode](image1, image2)
+    out = image1 * (1 - blend_factor) + blended * blend_factor
+    return out.clamp(0.0, 1.0)
+
+
+def gaussian_kernel(radius: int, sigma: float) -> Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]  # (K, K)
+
+
+@node(category="image/postprocessing", display_name="Image Blur", outputs=["IMAGE"])
+def ImageBlur(
+    image: Annotated[Tensor, IMAGE],
+    blur_radius: Annotated[int, Int(1, min=1, max=31, step=1)],
+    sigma: Annotated[float, Float(1.0, min=0.1, max=10.0, step=0.1)],
+) -> Tensor:
+    """Gaussian blur with a (2*radius+1)^2 kernel; edges are reflected."""
+    _, h, w, c = image.shape
+    kernel = gaussian_kernel(blur_radius, sigma).to(image)
+    x = image.movedim(-1, 1)  # (B, C, H, W)
+    mode = "reflect" if blur_radius < min(h, w) else "replicate"
+    x = F.pad(x, (blur_radius,) * 4, mode=mode)
+    weight = kernel.expand(c, 1, *kernel.shape)
+    x = F.conv2d(x, weight, groups=c)
+    return x.movedim(1, -1)
+
+
+def composite(destination: Tensor, source: Tensor, x: int, y: int, mask: Tensor | None,
+              resize_source: bool) -> Tensor:
+    """Paste ``source`` onto ``destination`` at (x, y), weighted by ``mask`` (1 = source).
+    Both IMAGE [B, H, W, C]; the part of source outside destination is dropped."""
+    out = destination.clone()
+    b, h, w, _ = out.shape
+    if resize_source:
+        source = resize(source, w, h, "bilinear")
+    sh, sw = source.shape[1:3]
+    if source.shape[0] < b:
+        source = source.repeat((b + source.shape[0] - 1) // source.shape[0], 1, 1, 1)[:b]
+    if mask is None:
+        mask = torch.ones((b, sh, sw), dtype=out.dtype)
+    else:
+        mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).to(out)
+        mask = F.interpolate(mask[:, None], size=(sh, sw), mode="bilinear", align_corners=False)[:, 0]
+        if mask.shape[0] < b:
+            mask = mask.repeat((b + mask.shape[0] - 1) // mask.shape[0], 1, 1)[:b]
+    x, y = min(x, w), min(y, h)
+    vw, vh = min(sw, w - x), min(sh, h - y)
+    if vw <= 0 or vh <= 0:
+        return out
+    m = mask[:b, :vh, :vw, None]
+    region = out[:, y:y + vh, x:x + vw]
+    out[:, y:y + vh, x:x + vw] = source[:b, :vh, :vw].to(out) * m + region * (1 - m)
+    return out
+
+
+@node(category="image", display_name="Image Composite Masked", outputs=["IMAGE"])
+def ImageCompositeMasked(
+    destination: Annotated[Tensor, IMAGE],
+    source: Annotated[Tensor, IMAGE],
+    x: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=1)],
+    y: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=1)],
+    resize_source: Annotated[bool, Boolean(False)],
+    mask: Annotated[Tensor | None, MASK(optional=True)] = None,
+) -> Tensor:
+    """Pastes the source image into the destination at (x, y), through an optional mask."""
+    return composite(destination, source, x, y, mask, resize_source)
