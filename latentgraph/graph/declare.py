@@ -224,7 +224,12 @@ def build_node_def(fn: Callable, *, python_module: str | None = None, source: st
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
         sig = inspect.signature(fn)
-    except (NameError, TypeError, ValueError) as exc:
+    except NameError as exc:
+        raise DeclarationError(
+            f"node {name} ({_where(fn)}): cannot resolve an annotation: {exc} (annotations are read "
+            f"in the module's globals; under `from __future__ import annotations` a name defined "
+            f"inside a function cannot be used there)") from exc
+    except (TypeError, ValueError) as exc:
         raise DeclarationError(f"node {name} ({_where(fn)}): cannot read its signature: {exc}") from exc
 
     inputs: dict[str, InputSpec] = {}

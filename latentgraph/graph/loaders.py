@@ -48,14 +48,12 @@ def load_text(text: str, source: str = "<string>") -> Workflow:
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise WorkflowError(source, "the file is empty")
-    if stripped[0] in "{[":
-        data = _parse_json(text, source)
-    else:
-        data = _parse_yaml(text, source)
-    return workflow_from_data(data, source, text)
+    is_json = stripped[0] in "{["
+    data = _parse_json(text, source) if is_json else _parse_yaml(text, source)
+    return workflow_from_data(data, source, text, is_json)
 
 
-def workflow_from_data(data: Any, source: str, text: str | None = None) -> Workflow:
+def workflow_from_data(data: Any, source: str, text: str | None = None, is_json: bool = False) -> Workflow:
     if isinstance(data, dict):
         if isinstance(data.get("nodes"), list) and "links" in data:
             raise WorkflowError(
@@ -72,7 +70,7 @@ def workflow_from_data(data: Any, source: str, text: str | None = None) -> Workf
             if isinstance(data.get("extra_data"), dict):
                 wf.extra = data["extra_data"]
             return wf
-        if data and all(isinstance(v, dict) for v in data.values()):
+        if data and (is_json or all(isinstance(v, dict) for v in data.values())):
             return workflow_from_api(data, source)
         if not data:
             raise WorkflowError(source, "the workflow has no nodes")

@@ -248,7 +248,8 @@ class _Checker:
                 src = self._check_link(node_id, name, ispec, val, errors)
                 if src is not None:
                     links[name] = src
-                    sources.append(src[0])
+                if val.node in nodes:  # checked even when the link itself is wrong
+                    sources.append(val.node)
             elif kind == "bad_link":
                 errors.append(_err("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                                    f"{name}", input_name=name, input_config=ispec.info([]), received_value=val))
