@@ -15,16 +15,17 @@ from latentgraph.graph import (Executor, Int, Interrupted, NodeExecutionError, R
                                ValidationError, Workflow, node)
 
 
-def chain() -> Workflow:
-    """a=2, b=3 -> sum -> scaled(x3) -> show; plus an independent branch c -> show2."""
+def chain(prefix: str = "") -> Workflow:
+    """a=2, b=3 -> sum -> scaled(x3) -> show; plus an independent branch c -> show2.
+    ``prefix`` renames every node."""
     wf = Workflow()
-    a = wf.add("a", "Number", value=2)
-    b = wf.add("b", "Number", value=3)
-    s = wf.add("sum", "Add", a=a, b=b)
-    sc = wf.add("scaled", "Scale", x=s, factor=3)
-    wf.add("show", "Show", value=sc)
-    c = wf.add("c", "Number", value=7)
-    wf.add("show2", "Show", value=c)
+    a = wf.add(prefix + "a", "Number", value=2)
+    b = wf.add(prefix + "b", "Number", value=3)
+    s = wf.add(prefix + "sum", "Add", a=a, b=b)
+    sc = wf.add(prefix + "scaled", "Scale", x=s, factor=3)
+    wf.add(prefix + "show", "Show", value=sc)
+    c = wf.add(prefix + "c", "Number", value=7)
+    wf.add(prefix + "show2", "Show", value=c)
     return wf
 
 
@@ -53,15 +54,9 @@ def test_unchanged_rerun_executes_nothing(executor, toy):
 
 def test_reloaded_workflow_with_other_ids_is_still_cached(executor):
     executor.run(chain())
-    renamed = Workflow()
-    a = renamed.add("x1", "Number", value=2)
-    b = renamed.add("x2", "Number", value=3)
-    s = renamed.add("x3", "Add", a=a, b=b)
-    sc = renamed.add("x4", "Scale", x=s, factor=3)
-    renamed.add("x5", "Show", value=sc)
-    res = renamed and executor.run(renamed)
+    res = executor.run(chain(prefix="other_"))
     assert res.executed == []
-    assert res.outputs["x5"]["value"] == [15]
+    assert res.outputs["other_show"]["value"] == [15]
 
 
 def test_changed_constant_reruns_exactly_its_descendants(executor, toy):
