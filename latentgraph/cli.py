@@ -35,6 +35,10 @@ def _folders(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temp-dir", default="temp", help="where previews go (default: temp)")
     p.add_argument("--models-dir", default="models", help="model folders root (default: models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="model dtype (auto: fp16 on CUDA with the VAE in bf16 or fp32; fp32 on the CPU)")
+    p.add_argument("--lowvram", action="store_true",
+                   help="keep weights on the CPU and move each model to the device only while it runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("file")
     conv.add_argument("--to", required=True, choices=("api", "yaml"), help="output format")
     conv.add_argument("-o", "--output", help="write here instead of stdout")
+
+    make = sub.add_parser("make-checkpoint", parents=[common], help="write a random-weight checkpoint",
+                          description="Write a random-weight checkpoint in the original single-file layout, "
+                                      "with its architecture in the safetensors metadata.")
+    make.add_argument("out", metavar="OUT.safetensors")
+    make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl"))
+    make.add_argument("--size", default="tiny", choices=("tiny", "full"))
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+                      help="tensor dtype in the file (default: fp32 for tiny, fp16 for full)")
+    make.add_argument("--prediction", choices=("eps", "v"), default=None,
+                      help="mark the model eps- or v-predicting (default: the family's)")
+    make.add_argument("--no-metadata", action="store_true",
+                      help="leave the architecture out, so the loader must detect it from keys and shapes")
 
     nodes = sub.add_parser("nodes", parents=[common], help="list the node types")
     nodes.add_argument("--json", action="store_true", help="print the /object_info document")
@@ -109,7 +127,8 @@ def _env(args) -> Environment:
     try:
         return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
                            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
-                           device=getattr(args, "device", "auto"))
+                           device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", "auto"),
+                           lowvram=getattr(args, "lowvram", False))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
 
@@ -294,7 +313,27 @@ def cmd_nodes(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes}
+def cmd_make_checkpoint(args) -> int:
+    from .models.checkpoint import CheckpointError
+    from .models.make import make_checkpoint
+
+    dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
+    start = time.perf_counter()
+    try:
+        arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,
+                               write_metadata=not args.no_metadata)
+    except (ValueError, CheckpointError) as exc:
+        raise LatentgraphError(f"latentgraph make-checkpoint: {exc}") from None
+    except OSError as exc:
+        raise LatentgraphError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out}: {arch.spec.label} ({args.size}, {arch.prediction}-prediction, {dtype}), "
+          f"{size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+_COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes,
+             "make-checkpoint": cmd_make_checkpoint}
 
 if __name__ == "__main__":
     sys.exit(main())

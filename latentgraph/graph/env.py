@@ -11,6 +11,7 @@ from pathlib import Path
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Environment:
     temp_dir: Path = Path("temp")
     models_dir: Path = Path("models")
     device: str = "auto"
+    dtype: str = "auto"  # auto, fp32, fp16 or bf16: how nodes that load models place them
+    lowvram: bool = False  # keep weights on the CPU, move a model to the device only while it runs
     model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -30,6 +33,8 @@ class Environment:
             setattr(self, name, Path(getattr(self, name)))
         if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
     def folders(self, kind: str) -> list[Path]:
         return [self.models_dir / kind, *self.model_dirs.get(kind, [])]

@@ -1,0 +1,276 @@
+"""Single-file checkpoints: read them safely, tell their family from keys and shapes, build
+the networks and load every tensor strictly.
+
+``.safetensors`` is memory-mapped; ``.ckpt``/``.pt``/``.pth``/``.bin`` go only through
+``torch.load(weights_only=True)``, so a file that needs arbitrary pickled objects is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architecture, Family
+from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_keys,
+                            to_hf_clip_keys, to_openclip_keys)
+from .unet import UNetConfig, UNetModel, unet_config_from_state_dict
+from .vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Keys real checkpoints carry besides the networks: DDPM schedule buffers, EMA bookkeeping,
+# prediction markers. They are read (markers) or skipped, never reported as unexpected.
+NON_NETWORK_PREFIXES = ("model_ema.", "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "log_one_minus",
+                        "posterior_", "lvlb_weights", "logvar", "v_pred", "ztsnr", "denoiser.", "model.diffusion_model_ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read, recognised or loaded; the message says what was found."""
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a checkpoint file and its metadata (safetensors header, else {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return _read_pickle(path), {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: the file needs Python objects that are not plain tensors to load "
+            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]}). Only load pickled "
+            f"checkpoints you trust; convert them to .safetensors to use them here.") from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a state dict")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+# -- detection -----------------------------------------------------------------------------
+def _has(sd: dict, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in sd)
+
+
+def _text_family(sd: dict) -> str | None:
+    if _has(sd, "conditioner.embedders.1.model.") and _has(sd, "conditioner.embedders.0.transformer."):
+        return "sdxl"
+    if _has(sd, "conditioner.embedders.0.model.") and not _has(sd, "conditioner.embedders.1."):
+        return "sdxl_refiner"
+    if _has(sd, "cond_stage_model.model."):
+        return "sd2"
+    if _has(sd, "cond_stage_model.transformer."):
+        return "sd15"
+    return None
+
+
+def _describe(sd: dict) -> str:
+    """A short account of what a state dict holds, for error messages."""
+    tops: dict[str, int] = {}
+    for k in sd:
+        head = ".".join(k.split(".")[:2]) if k.startswith(("model.", "cond_stage_model.", "conditioner.")) else k.split(".")[0]
+        tops[head] = tops.get(head, 0) + 1
+    parts = [f"{name}.* ({n})" for name, n in sorted(tops.items(), key=lambda kv: -kv[1])[:6]]
+    return f"{len(sd)} tensors: " + ", ".join(parts)
+
+
+def text_keys(sd: dict, slot) -> dict:
+    return hf_clip_keys(sd, slot.prefix) if slot.layout == "hf" else openclip_keys(sd, slot.prefix)
+
+
+def detect_architecture(sd: dict, metadata: dict | None = None, source: str = "checkpoint",
+                        overrides: dict | None = None) -> Architecture:
+    """The family and exact architecture of a checkpoint, from its metadata if it has our
+    record, else from its keys and shapes. ``overrides`` sets what shapes cannot show
+    (``unet_num_heads``, ``unet_num_head_channels``, ``text_num_heads``)."""
+    overrides = overrides or {}
+    if metadata and METADATA_KEY in metadata:
+        try:
+            return Architecture.from_json(metadata[METADATA_KEY])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source}: its {METADATA_KEY} metadata is unreadable: {exc}") from None
+    unet_sd = {k[len(UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)}
+    if "input_blocks.0.0.weight" not in unet_sd:
+        raise CheckpointError(f"{source}: not a Stable Diffusion checkpoint: no UNet under "
+                              f"'{UNET_PREFIX}' ({_describe(sd)})")
+    family_name = _text_family(sd)
+    try:
+        probe = unet_config_from_state_dict(unet_sd)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{source}: the UNet's layout is not one latentgraph knows ({exc})") from None
+    if family_name is None:
+        by_context = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
+        raise CheckpointError(
+            f"{source}: no text encoder found (no cond_stage_model.* or conditioner.embedders.*); the UNet's "
+            f"context width {probe.context_dim} suggests {by_context.get(probe.context_dim, 'an unknown family')}. "
+            f"UNet-only files belong in diffusion_models/ ({_describe(sd)})")
+    family = FAMILIES[family_name]
+    text = {}
+    for slot in family.text:
+        keys = text_keys(sd, slot)
+        if "transformer.embeddings.token_embedding.weight" not in keys:
+            raise CheckpointError(f"{source}: {family.label} text encoder '{slot.name}' is incomplete under "
+                                  f"'{slot.prefix}' ({_describe(sd)})")
+        text[slot.name] = config_from_keys(keys, slot.act, overrides.get("text_num_heads"))
+    _check_context(family, probe, text, source)
+    heads = {}
+    if "unet_num_heads" in overrides or "unet_num_head_channels" in overrides:
+        heads = dict(num_heads=overrides.get("unet_num_heads"), num_head_channels=overrides.get("unet_num_head_channels"))
+    unet = unet_config_from_state_dict(unet_sd, **heads) if heads else probe
+    vae_sd = {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
+    if not vae_sd:
+        raise CheckpointError(f"{source}: no VAE under '{VAE_PREFIX}' ({_describe(sd)})")
+    vae = vae_config_from_state_dict(vae_sd)
+    prediction, zsnr = _prediction(family, sd)
+    return Architecture(family.name, unet, vae, text, prediction, zsnr)
+
+
+def _check_context(family: Family, unet: UNetConfig, text: dict[str, TextEncoderConfig], source: str) -> None:
+    width = sum(c.hidden_size for c in text.values())
+    if family.name == "sdxl_refiner":
+        width = text["g"].hidden_size
+    if unet.context_dim != width:
+        raise CheckpointError(
+            f"{source}: looks like {family.label} by its text encoder layout, but the UNet's context width "
+            f"{unet.context_dim} does not match the text encoders' width {width}")
+
+
+def _prediction(family: Family, sd: dict) -> tuple[str, bool]:
+    """eps or v, and zero terminal SNR, from marker keys (SDXL v_pred/ztsnr) or, for SD2,
+    ComfyUI's heuristic: a 768-v model has a wide spread of this norm bias."""
+    if "v_pred" in sd:
+        return "v", "ztsnr" in sd
+    if family.name == "sd2":
+        key = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+        if key in sd and not sd[key].is_meta and float(sd[key].float().std(unbiased=False)) > 0.09:
+            return "v", False
+    return "eps", "ztsnr" in sd
+
+
+# -- building and loading ------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """The loaded networks of one file."""
+
+    arch: Architecture
+    unet: UNetModel
+    vae: AutoencoderKL
+    text: dict[str, ClipTextEncoder]
+    source: str = ""
+
+
+def build_text_encoders(arch: Architecture) -> dict[str, ClipTextEncoder]:
+    roles = {slot.name: slot.role for slot in arch.spec.text}
+    return {name: ClipTextEncoder(cfg, roles[name]) for name, cfg in arch.text.items()}
+
+
+def split_state_dict(sd: dict, arch: Architecture) -> dict[str, dict]:
+    """The tensors of each network, keyed as our modules name them."""
+    parts = {
+        "unet": {k[len(UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)},
+        "vae": {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)},
+    }
+    for slot in arch.spec.text:
+        parts["text." + slot.name] = text_keys(sd, slot)
+    return parts
+
+
+def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None) -> None:
+    """Load every tensor or fail, naming the missing and unexpected keys."""
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    result = module.load_state_dict(sd, strict=False, assign=True)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+        msg = [f"{source}: the {what} does not match the detected architecture"]
+        if missing:
+            msg.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            msg.append(f"unexpected keys: {show(unexpected)}")
+        raise CheckpointError("; ".join(msg))
+
+
+def load_checkpoint(path: str | Path, *, dtypes: dict[str, torch.dtype] | None = None,
+                    overrides: dict | None = None, parts: tuple = ("unet", "vae", "text")) -> Checkpoint:
+    """Read, detect and build a checkpoint's networks on the CPU (move them with .to()).
+    ``dtypes`` per role ("unet", "vae", "text"); default: the file's dtype."""
+    source = str(path)
+    sd, metadata = read_state_dict(path)
+    arch = detect_architecture(sd, metadata, source, overrides)
+    tensors = split_state_dict(sd, arch)
+    del sd
+    dtypes = dtypes or {}
+    with torch.device("meta"):
+        unet = UNetModel(arch.unet) if "unet" in parts else None
+        vae = AutoencoderKL(arch.vae) if "vae" in parts else None
+        text = build_text_encoders(arch) if "text" in parts else {}
+    if unet is not None:
+        strict_load(unet, tensors["unet"], "UNet", source, dtypes.get("unet"))
+    if vae is not None:
+        strict_load(vae, tensors["vae"], "VAE", source, dtypes.get("vae"))
+    for name, enc in text.items():
+        strict_load(enc, tensors["text." + name], f"text encoder '{name}'", source, dtypes.get("text"))
+        _materialise_buffers(enc)
+    for module in (unet, vae):
+        if module is not None:
+            _materialise_buffers(module)
+            module.eval().requires_grad_(False)
+    for enc in text.values():
+        enc.eval().requires_grad_(False)
+    return Checkpoint(arch, unet, vae, text, source)
+
+
+def _materialise_buffers(module: torch.nn.Module) -> None:
+    """Non-persistent buffers (not in files) are still on the meta device after an assign
+    load; recreate them on the CPU."""
+    for name, buf in list(module.named_buffers()):
+        if buf.is_meta:
+            owner_name, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            if attr == "position_ids":
+                owner.register_buffer(attr, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+            else:
+                owner.register_buffer(attr, torch.zeros(buf.shape, dtype=buf.dtype), persistent=False)
+
+
+# -- writing (make-checkpoint, tests) ------------------------------------------------------
+def original_layout(arch: Architecture, unet: torch.nn.Module, vae: torch.nn.Module,
+                    text: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Our modules' tensors in the original single-file key layout of the family."""
+    out: dict[str, Any] = {}
+    for k, v in unet.state_dict().items():
+        out[UNET_PREFIX + k] = v
+    for k, v in vae.state_dict().items():
+        out[VAE_PREFIX + k] = v
+    for slot in arch.spec.text:
+        sd = text[slot.name].state_dict()
+        if slot.layout == "hf":
+            out.update(to_hf_clip_keys(sd, slot.prefix + "text_model."))
+        else:
+            out.update(to_openclip_keys(sd, slot.prefix))
+            out[slot.prefix + "logit_scale"] = torch.tensor(4.6052)  # log(1/0.07), as OpenCLIP stores it
+    if arch.prediction == "v" and arch.family != "sd2":
+        out["v_pred"] = torch.tensor([])
+    if arch.zsnr:
+        out["ztsnr"] = torch.tensor([])
+    return {k: v.contiguous() for k, v in out.items()}

@@ -1,0 +1,55 @@
+"""Random-weight checkpoints in the original single-file layout (``latentgraph make-checkpoint``).
+
+Weights come from each module's default initialisation under ``torch.manual_seed(seed)``;
+the architecture goes into the safetensors metadata so the loader reads it back exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import build_text_encoders, original_layout
+from .families import METADATA_KEY, Architecture, full_architecture, tiny_architecture
+from .unet import UNetModel
+from .vae import AutoencoderKL
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def random_networks(arch: Architecture, seed: int = 0) -> tuple:
+    """(unet, vae, text encoders) with seeded default-initialised weights."""
+    torch.manual_seed(seed)
+    unet = UNetModel(arch.unet)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(arch.vae)
+    torch.manual_seed(seed + 2)
+    text = build_text_encoders(arch)
+    return unet, vae, text
+
+
+def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                    prediction: str | None = None, write_metadata: bool = True) -> Architecture:
+    """Write a random checkpoint of ``family`` at ``size`` ("tiny" or "full") to ``out``."""
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be tiny or full, not {size!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    if prediction is not None:
+        arch.prediction = prediction
+    with torch.no_grad():
+        unet, vae, text = random_networks(arch, seed)
+        tensors = original_layout(arch, unet, vae, text)
+        del unet, vae, text
+        target = SAVE_DTYPES[dtype]
+        tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
+    metadata = {"format": "pt"}
+    if write_metadata:
+        metadata[METADATA_KEY] = arch.to_json()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=metadata)
+    return arch
