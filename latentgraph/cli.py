@@ -19,7 +19,7 @@ import yaml
 from .graph import (Environment, Executor, Interrupted, LatentgraphError, NodeExecutionError, Problem,
                     ValidationError, Workflow, WorkflowError)
 from .graph.types import Combo, String
-from .nodes import create_registry
+from .nodes import create_registry, create_services
 
 
 def _common() -> argparse.ArgumentParser:
@@ -177,7 +177,11 @@ def cmd_run(args) -> int:
     registry = create_registry()
     env = _env(args)
     wf = _load(args, registry)
-    executor = Executor(registry, env)
+    try:
+        services = create_services(env)
+    except ValueError as exc:
+        raise LatentgraphError(f"latentgraph: {exc}") from None
+    executor = Executor(registry, env, services=services)
     plan = executor.validate(wf)
     for w in plan.warnings:
         _err(f"warning: {wf.source}: {w.where()}: {w.message}")

@@ -252,3 +252,37 @@ def test_make_checkpoint_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "latentgraph", "make-checkpoint", "--family", "sd9", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "invalid choice: 'sd9'" in proc.stderr
+
+
+def test_standalone_vae_files(tmp_path):
+    sd = load_file(REF / "tiny_sd15.safetensors")
+    vae_only = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    vae_only["model_ema.decay"] = torch.tensor(0.999)
+    vae_only["loss.logvar"] = torch.zeros(1)
+    save_file(vae_only, str(tmp_path / "vae-ft-tiny.safetensors"))
+    from latentgraph.models.checkpoint import load_vae_file
+
+    vae = load_vae_file(tmp_path / "vae-ft-tiny.safetensors")
+    ref = load_file(REF / "tiny_sd15_ref.safetensors")
+    assert (decode_latent(vae, ref["vae/decode_in_latent"]) - ref["vae/decode_out_image"]).abs().max() < 1e-5
+    assert load_vae_file(REF / "tiny_sd15.safetensors").config == vae.config  # prefixed keys work too
+    with pytest.raises(CheckpointError, match="not a VAE"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
+        load_vae_file(tmp_path / "x.safetensors")
+
+
+def test_load_placed_uses_the_cache_by_file_identity(tiny_files, tmp_path):
+    from latentgraph.models.checkpoint import load_placed
+
+    path, _ = tiny_files["sd15"]
+    cache = ModelCache()
+    placement = Placement()
+    a = load_placed(path, placement, cache)
+    assert load_placed(path, placement, cache) is a and cache.loads == 1
+    bf16 = Placement(dtypes={"unet": torch.bfloat16, "text": torch.float32, "vae": torch.float32})
+    b = load_placed(path, bf16, cache)
+    assert b is not a and next(b.unet.parameters()).dtype == torch.bfloat16 and cache.loads == 2
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    load_placed(copy, placement, cache)
+    assert cache.loads == 3  # another file, another entry

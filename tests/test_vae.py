@@ -121,7 +121,7 @@ def test_config_json_round_trip():
     d = json.loads(json.dumps(config.to_dict()))
     assert d["ch_mult"] == [1, 2, 2, 2]
     assert VAEConfig.from_dict(d) == config
-    with pytest.raises(ValueError, match="unknown VAE config fields: resolution"):
+    with pytest.raises(ValueError, match="unknown VAEConfig fields: resolution"):
         VAEConfig.from_dict({**d, "resolution": 256})
     with pytest.raises(ValueError, match="multiple of 32"):
         VAEConfig(ch=48)

@@ -19,7 +19,8 @@ from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architect
 from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_keys,
                             to_hf_clip_keys, to_openclip_keys)
 from .unet import UNetConfig, UNetModel, unet_config_from_state_dict
-from .vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict
+from .management import ModelCache, Placement
+from .vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict, vae_keys
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Keys real checkpoints carry besides the networks: DDPM schedule buffers, EMA bookkeeping,
@@ -251,6 +252,50 @@ def _materialise_buffers(module: torch.nn.Module) -> None:
                 owner.register_buffer(attr, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
             else:
                 owner.register_buffer(attr, torch.zeros(buf.shape, dtype=buf.dtype), persistent=False)
+
+
+def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """A standalone VAE file (``vae-ft-mse-840000-ema-pruned.safetensors``, ``sdxl_vae``):
+    keys with no prefix or under ``first_stage_model.``; EMA copies and loss weights are skipped."""
+    source = str(path)
+    sd, _ = read_state_dict(path)
+    tensors = vae_keys(sd) or vae_keys(sd, VAE_PREFIX)
+    if not tensors:
+        raise CheckpointError(f"{source}: not a VAE: no encoder./decoder. tensors ({_describe(sd)})")
+    try:
+        config = vae_config_from_state_dict(tensors)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{source}: not a VAE latentgraph can read ({exc})") from None
+    with torch.device("meta"):
+        vae = AutoencoderKL(config)
+    strict_load(vae, tensors, "VAE", source, dtype)
+    _materialise_buffers(vae)
+    return vae.eval().requires_grad_(False)
+
+
+def file_key(path: str | Path) -> tuple:
+    """A file's identity for caches: resolved path, size, modification time."""
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def load_placed(path: str | Path, placement: Placement, cache: ModelCache | None = None,
+                overrides: dict | None = None) -> Checkpoint:
+    """load_checkpoint in the placement's dtypes, moved to where the weights rest (the device,
+    or the CPU in low-memory mode); through ``cache`` when given, keyed by the file's
+    identity, the placement and the overrides."""
+    def load() -> Checkpoint:
+        ck = load_checkpoint(path, dtypes=placement.dtypes, overrides=overrides)
+        ck.unet.to(placement.home)
+        ck.vae.to(placement.home)
+        for enc in ck.text.values():
+            enc.to(placement.home)
+        return ck
+
+    if cache is None:
+        return load()
+    key = ("checkpoint", *file_key(path), placement.key(), tuple(sorted((overrides or {}).items())))
+    return cache.get_or_load(key, load)
 
 
 # -- writing (make-checkpoint, tests) ------------------------------------------------------

@@ -13,18 +13,20 @@ the first chunk, clip skip by hidden-layer index.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from .config import JsonConfig
 from transformers import CLIPTextConfig, CLIPTextModel
 
 BOS, EOS = 49406, 49407
 
 
 @dataclass(frozen=True)
-class TextEncoderConfig:
+class TextEncoderConfig(JsonConfig):
     """The shape of one CLIP text transformer."""
 
     hidden_size: int = 768  # width D
@@ -48,12 +50,6 @@ class TextEncoderConfig:
     def vit_bigg(cls) -> "TextEncoderConfig":
         return cls(1280, 5120, 32, 20, act="gelu", projection_dim=1280)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TextEncoderConfig":
-        return cls(**d)
 
     def hf_config(self) -> CLIPTextConfig:
         return CLIPTextConfig(

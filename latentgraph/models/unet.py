@@ -9,17 +9,19 @@ the numbered keys (``out_layers.3``, ``ff.net.2``) line up.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import JsonConfig
+
 _PER_LEVEL = ("channel_mult", "num_res_blocks", "transformer_depth")
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     """The shape of one UNet; the defaults are SD1.5."""
 
     in_channels: int = 4  # latent channels in (9 for inpainting models)
@@ -85,16 +87,6 @@ class UNetConfig:
             return channels // self.num_head_channels, self.num_head_channels
         return self.num_heads, channels // self.num_heads
 
-    def to_dict(self) -> dict:
-        """JSON-safe (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown UNet config fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -231,17 +223,21 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         if not self.linear:
             h = self.proj_in(h)
-        # permute, not view: a channels_last map becomes (B, H*W, C) without a copy
-        h = h.permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, T, C)
+        # One copy here (none for a channels_last map): reshape of the permuted NCHW map is a
+        # strided view, and every LayerNorm and residual add of the blocks would copy it again.
+        h = h.permute(0, 2, 3, 1).reshape(B, H * W, -1).contiguous()  # (B, T, C)
         if self.linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
             h = block(h, context)
         if self.linear:
             h = self.proj_out(h)
-        h = h.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C, H, W)
+        h = h.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C, H, W), strided as channels_last
         if not self.linear:
-            h = self.proj_out(h)
+            # back to x's layout before the conv: mixing layouts makes every later op transpose
+            channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            h = self.proj_out(h.contiguous(memory_format=torch.channels_last if channels_last else
+                                           torch.contiguous_format))
         return x + h
 
 

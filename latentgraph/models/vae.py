@@ -8,17 +8,19 @@ unscaled: the family's latent scale (0.18215, 0.13025) is applied by the sampler
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import JsonConfig
+
 VAE_KEY_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(JsonConfig):
     """The shape of one AutoencoderKL; the defaults are the SD1/SD2/SDXL VAE."""
 
     ch: int = 128  # width of level 0 (the full-resolution level)
@@ -43,16 +45,6 @@ class VAEConfig:
         """The VAE of SD1.x, SD2.x and SDXL (same shape; SDXL's weights differ)."""
         return cls()
 
-    def to_dict(self) -> dict:
-        """JSON-safe (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown VAE config fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 def Normalize(channels: int) -> nn.GroupNorm:

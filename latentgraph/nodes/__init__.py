@@ -19,3 +19,11 @@ def register_builtins(registry: NodeRegistry) -> NodeRegistry:
 def create_registry() -> NodeRegistry:
     """A new registry holding the built-in nodes."""
     return register_builtins(NodeRegistry())
+
+
+def create_services(env) -> dict:
+    """The long-lived objects nodes share through ``ctx.services``: where models run
+    (device, dtypes, low-memory mode, from the Environment) and the process's model cache."""
+    from ..models.management import ModelCache, Placement
+
+    return {"placement": Placement.from_options(env.device, env.dtype, env.lowvram), "models": ModelCache()}
