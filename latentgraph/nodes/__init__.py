@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from ..graph import NodeRegistry
-from . import image, mask, primitives
+from . import image, latent, mask, primitives
 
-BUILTIN_MODULES = (primitives, image, mask)
+BUILTIN_MODULES = (primitives, image, mask, latent)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:

@@ -1,8 +1,9 @@
 """Image nodes with ComfyUI's names, inputs and defaults: load, save, preview, make, scale,
-invert, blend, blur, composite. IMAGE is a float tensor [B, H, W, C] in 0..1."""
+invert, blend, blur, composite, pad. IMAGE is a float tensor [B, H, W, C] in 0..1."""
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Annotated
 
@@ -90,39 +91,59 @@ def ImageInvert(image: Annotated[Tensor, IMAGE]) -> Tensor:
 
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+CROP_METHODS = ("disabled", "center")
+_INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear", "area", "bicubic")
+
+
+def crop_to_aspect(samples: Tensor, width: int, height: int) -> Tensor:
+    """Centre-crop (..., H, W) to the aspect ratio of width x height, as ComfyUI's crop="center":
+    the margin is rounded once and taken from both sides."""
+    h, w = samples.shape[-2:]
+    src, dst = w / h, width / height
+    x = y = 0
+    if src > dst:
+        x = round((w - w * (dst / src)) / 2)
+    elif src < dst:
+        y = round((h - h * (src / dst)) / 2)
+    return samples[..., y:h - y, x:w - x]
+
+
+def _lanczos(samples: Tensor, width: int, height: int) -> Tensor:
+    """PIL's Lanczos filter, image by image, on 8-bit pixels (ComfyUI quantises the same way)."""
+    frames = []
+    for im in samples:  # (C, H, W)
+        small = tensor_to_pil(im.movedim(0, -1)).resize((width, height), Image.LANCZOS)
+        arr = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)
+        frames.append(arr[None] if arr.ndim == 2 else arr.movedim(-1, 0))
+    return torch.stack(frames).to(samples.device, samples.dtype)
+
+
+def upscale(samples: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
+    """Resize channel-first samples (B, C, H, W) to width x height as ComfyUI's common_upscale:
+    torch's interpolate with align_corners=False and no clamping (bicubic may overshoot 0..1),
+    "area" is adaptive average pooling, "lanczos" goes through PIL."""
+    if crop == "center":
+        samples = crop_to_aspect(samples, width, height)
+    if method == "lanczos":
+        return _lanczos(samples, width, height)
+    if method not in _INTERPOLATE_MODES:
+        raise ValueError(f"unknown upscale method {method!r}; choose one of {', '.join(UPSCALE_METHODS)}")
+    return F.interpolate(samples, size=(height, width), mode=method)
 
 
 def resize(image: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
-    """Resize IMAGE [B, H, W, C]; ``crop="center"`` crops to the target aspect first."""
-    _, h, w, _ = image.shape
-    if crop == "center":
-        src_aspect, dst_aspect = w / h, width / height
-        if src_aspect > dst_aspect:
-            new_w = round(h * dst_aspect)
-            x0 = (w - new_w) // 2
-            image = image[:, :, x0:x0 + new_w]
-        elif src_aspect < dst_aspect:
-            new_h = round(w / dst_aspect)
-            y0 = (h - new_h) // 2
-            image = image[:, y0:y0 + new_h]
-    if method == "lanczos":
-        frames = [torch.from_numpy(np.asarray(tensor_to_pil(im).resize((width, height), Image.LANCZOS),
-                                              dtype=np.float32) / 255.0) for im in image]
-        out = torch.stack(frames)
-        return out.unsqueeze(-1) if out.ndim == 3 else out
-    x = image.movedim(-1, 1)  # (B, C, H, W)
-    kwargs = {"align_corners": False} if method in ("bilinear", "bicubic") else {}
-    x = F.interpolate(x, size=(height, width), mode=method, **kwargs)
-    return x.movedim(1, -1)
+    """Resize IMAGE [B, H, W, C] with ``upscale``; ``crop="center"`` crops to the target aspect first."""
+    return upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
 
-@node(category="image/upscaling", display_name="Upscale Image", outputs=["IMAGE"])
+# version 2: center crop and lanczos as ComfyUI's common_upscale
+@node(category="image/upscaling", display_name="Upscale Image", outputs=["IMAGE"], version=2)
 def ImageScale(
     image: Annotated[Tensor, IMAGE],
     upscale_method: Annotated[str, Combo(UPSCALE_METHODS, default="nearest-exact")],
     width: Annotated[int, Int(512, min=0, max=MAX_RESOLUTION, step=1)],
     height: Annotated[int, Int(512, min=0, max=MAX_RESOLUTION, step=1)],
-    crop: Annotated[str, Combo(("disabled", "center"), default="disabled")],
+    crop: Annotated[str, Combo(CROP_METHODS, default="disabled")],
 ) -> Tensor:
     """Resizes an image; a width or height of 0 keeps the aspect ratio."""
     _, h, w, _ = image.shape
@@ -133,6 +154,30 @@ def ImageScale(
     elif height == 0:
         height = max(1, round(h * width / w))
     return resize(image, width, height, upscale_method, crop)
+
+
+@node(category="image/upscaling", display_name="Upscale Image By", outputs=["IMAGE"])
+def ImageScaleBy(
+    image: Annotated[Tensor, IMAGE],
+    upscale_method: Annotated[str, Combo(UPSCALE_METHODS, default="nearest-exact")],
+    scale_by: Annotated[float, Float(1.0, min=0.01, max=8.0, step=0.01)],
+) -> Tensor:
+    """Resizes an image by a factor (each side rounded to whole pixels)."""
+    _, h, w, _ = image.shape
+    return resize(image, round(w * scale_by), round(h * scale_by), upscale_method)
+
+
+@node(category="image/upscaling", display_name="Scale Image to Total Pixels", outputs=["IMAGE"])
+def ImageScaleToTotalPixels(
+    image: Annotated[Tensor, IMAGE],
+    upscale_method: Annotated[str, Combo(UPSCALE_METHODS, default="nearest-exact")],
+    megapixels: Annotated[float, Float(1.0, min=0.01, max=16.0, step=0.01)],
+) -> Tensor:
+    """Resizes an image, keeping its aspect ratio, to about megapixels x 1024^2 pixels."""
+    _, h, w, _ = image.shape
+    total = int(megapixels * 1024 * 1024)
+    scale = math.sqrt(total / (w * h))
+    return resize(image, round(w * scale), round(h * scale), upscale_method)
 
 
 def _soft_light(a: Tensor, b: Tensor) -> Tensor:
@@ -150,7 +195,8 @@ BLEND_MODES = {
 }
 
 
-@node(category="image/postprocessing", display_name="Image Blend", outputs=["IMAGE"])
+# version 2: image2 is centre-cropped as ComfyUI's common_upscale crops
+@node(category="image/postprocessing", display_name="Image Blend", outputs=["IMAGE"], version=2)
 def ImageBlend(
     image1: Annotated[Tensor, IMAGE],
     image2: Annotated[Tensor, IMAGE],
@@ -228,3 +274,35 @@ def ImageCompositeMasked(
 ) -> Tensor:
     """Pastes the source image into the destination at (x, y), through an optional mask."""
     return composite(destination, source, x, y, mask, resize_source)
+
+
+@node(category="image", display_name="Pad Image for Outpainting", outputs=["IMAGE", "MASK"])
+def ImagePadForOutpaint(
+    image: Annotated[Tensor, IMAGE],
+    left: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=8)],
+    top: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=8)],
+    right: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=8)],
+    bottom: Annotated[int, Int(0, min=0, max=MAX_RESOLUTION, step=8)],
+    feathering: Annotated[int, Int(40, min=0, max=MAX_RESOLUTION, step=1)],
+) -> tuple:
+    """Pads an image with grey for outpainting; the mask marks the padding.
+
+    The mask [1, H, W] is 1 on the padding and, over the original, (1 - d/feathering)^2 within
+    ``feathering`` pixels of a padded side (d the distance to it), as ComfyUI computes it; the
+    fade is left out when the image is not wider and taller than 2 * feathering."""
+    b, h, w, c = image.shape
+    out = torch.full((b, h + top + bottom, w + left + right, c), 0.5, dtype=torch.float32)
+    out[:, top:top + h, left:left + w] = image
+    mask = torch.ones((h + top + bottom, w + left + right), dtype=torch.float32)
+    inner = torch.zeros((h, w), dtype=torch.float64)
+    if 0 < feathering and feathering * 2 < h and feathering * 2 < w:
+        i = torch.arange(h, dtype=torch.float64)[:, None]  # (h, 1)
+        j = torch.arange(w, dtype=torch.float64)[None, :]  # (1, w)
+        # Distance to each padded side; a side that is not padded counts as far away.
+        dist = torch.minimum(
+            torch.minimum(i if top else torch.full_like(i, h), h - i if bottom else torch.full_like(i, h)),
+            torch.minimum(j if left else torch.full_like(j, w), w - j if right else torch.full_like(j, w)))
+        v = (feathering - dist) / feathering  # float64 like ComfyUI's Python arithmetic
+        inner = torch.where(dist < feathering, v * v, inner)
+    mask[top:top + h, left:left + w] = inner.float()
+    return out, mask[None]

@@ -1,0 +1,388 @@
+"""LoRA: read LoRA files in the common namings, match their keys to our modules, and make
+patched copies of a UNet or text encoder that share every untouched tensor with the base.
+
+A LoRA key is a *module name* and a suffix. Module names understood, per family:
+
+- kohya / A1111: ``lora_unet_`` + a UNet module path with dots as underscores, in the LDM
+  layout (``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``) or the diffusers one
+  (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``); ``lora_te_`` or
+  ``lora_te1_`` (first text encoder) and ``lora_te2_`` (SDXL's bigG) + the transformers CLIP
+  path (``text_model_encoder_layers_0_self_attn_q_proj``).
+- LDM keys: ``model.diffusion_model.<path>`` or ``diffusion_model.<path>``; text encoders under
+  the checkpoint's own prefixes and names (OpenCLIP names for SD2's ViT-H and SDXL's bigG).
+- diffusers / PEFT: ``unet.<diffusers path>`` or the bare path, attention-processor names
+  (``attn1.processor.to_q``), ``text_encoder.<transformers path>``, ``text_encoder_2.<...>``.
+
+Suffixes: ``.lora_up.weight``/``.lora_down.weight`` with optional ``.alpha`` and LoCon's
+``.lora_mid.weight``; ``.lora_B.weight``/``.lora_A.weight``; ``.lora.up.weight``,
+``_lora.up.weight`` and ``.lora_linear_layer.up.weight`` (older diffusers, with their
+``down``); full deltas ``.diff`` (weight) and ``.diff_b`` (bias). A low-rank patch adds
+``strength * alpha / rank * (up @ down)`` to the weight (scale 1 without alpha).
+
+Other adapter kinds (LoHa, LoKr, DoRA, OFT, ...) are not applied: their keys come back as
+unmatched, for the caller to warn about, like keys that name no module of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, read_state_dict
+from .families import FAMILIES, TextSlot
+from .text_encoders import _OPENCLIP_LAYER
+from .unet import Downsample, ResBlock, SpatialTransformer, UNetModel, Upsample
+
+
+class LoraError(ValueError):
+    """A LoRA file could not be read, or does not fit the model it is applied to."""
+
+
+def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a LoRA file: safetensors, or a plain-tensor pickle (``.pt``/``.ckpt``/
+    ``.bin``) read with ``torch.load(weights_only=True)``; anything else in a pickle is refused."""
+    try:
+        sd, _ = read_state_dict(path)
+    except CheckpointError as exc:
+        raise LoraError(str(exc)) from None
+    if not sd:
+        raise LoraError(f"{path}: holds no tensors")
+    return sd
+
+
+# -- patches --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class LowRank:
+    """A low-rank delta ``alpha / rank * (up @ down)``; with ``mid`` (LoCon's Tucker core) the
+    down projection first goes through the mid kernel."""
+
+    up: torch.Tensor  # (out, rank) or (out, rank, 1, 1)
+    down: torch.Tensor  # (rank, in), (rank, in, kh, kw) or, with mid, (rank, in, 1, 1)
+    mid: torch.Tensor | None = None  # (rank, rank, kh, kw)
+    alpha: float | None = None
+
+    def __post_init__(self):
+        rank = self.down.shape[0]
+        if self.up.dim() < 2 or self.down.dim() < 2 or self.up.flatten(1).shape[1] != rank:
+            raise ValueError(f"up {tuple(self.up.shape)} and down {tuple(self.down.shape)} do not share a rank")
+        if self.mid is not None and (self.mid.dim() != 4 or tuple(self.mid.shape[:2]) != (rank, rank)
+                                     or self.down[0].numel() != self.down.shape[1]):
+            raise ValueError(f"mid {tuple(self.mid.shape)} is not a ({rank}, {rank}, kh, kw) core for down "
+                             f"{tuple(self.down.shape)} with 1x1 kernels")
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.alpha is not None else 1.0
+
+    def fits(self, shape: torch.Size) -> bool:
+        cols = self.down[0].numel() * (self.mid[0, 0].numel() if self.mid is not None else 1)
+        return len(shape) >= 2 and shape[0] == self.up.shape[0] and shape.numel() == self.up.shape[0] * cols
+
+    def delta(self, shape: torch.Size, strength: float, device: torch.device) -> torch.Tensor:
+        """``strength * scale * (up @ down)`` in float32, reshaped to ``shape``."""
+        up = self.up.to(device, torch.float32).flatten(1)  # (out, rank)
+        down = self.down.to(device, torch.float32).flatten(1)  # (rank, in * kh * kw)
+        if self.mid is not None:
+            mid = self.mid.to(device, torch.float32)  # (rank, rank, kh, kw)
+            down = torch.einsum("rshw,si->rihw", mid, down).flatten(1)  # (rank, in * kh * kw)
+        return ((strength * self.scale) * (up @ down)).reshape(shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Diff:
+    """A full delta of one weight or bias."""
+
+    diff: torch.Tensor
+
+    def fits(self, shape: torch.Size) -> bool:
+        return self.diff.numel() == shape.numel() and (len(shape) == 0 or self.diff.shape[0] == shape[0])
+
+    def delta(self, shape: torch.Size, strength: float, device: torch.device) -> torch.Tensor:
+        return (strength * self.diff.to(device, torch.float32)).reshape(shape)
+
+
+Patch = LowRank | Diff
+
+
+# -- our module paths under their LoRA names ------------------------------------------------
+_RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+           "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+_UNET_TOP = {"input_blocks.0.0": "conv_in", "time_embed.0": "time_embedding.linear_1",
+             "time_embed.2": "time_embedding.linear_2", "label_emb.0.0": "add_embedding.linear_1",
+             "label_emb.0.2": "add_embedding.linear_2", "out.0": "conv_norm_out", "out.2": "conv_out"}
+_TO_OPENCLIP = {ours: openclip for openclip, ours in _OPENCLIP_LAYER.items()}  # "mlp.fc1" -> "mlp.c_fc"
+# kohya and diffusers prefixes of a family's text encoders, by position in the family
+_TEXT_PREFIXES = ((("lora_te_", "lora_te1_"), ("text_encoder.",)), (("lora_te2_",), ("text_encoder_2.",)))
+
+
+def _weight_modules(module: nn.Module) -> list[str]:
+    """Paths of the modules that own a ``weight`` parameter."""
+    return [name[: -len(".weight")] for name, _ in module.named_parameters() if name.endswith(".weight")]
+
+
+def _layer_names(block: nn.Module, prefix: str, i: int) -> dict[str, tuple[str, dict | None]]:
+    """diffusers names of the layers of one numbered block (the ``i``-th of its level, under
+    ``prefix``: ``down_blocks.0``, ``mid_block``), by layer index, with the renames of their
+    children (None: the same child names)."""
+    out, resnet = {}, i
+    for j, layer in enumerate(block):
+        if isinstance(layer, ResBlock):  # one per down/up block, two in the middle
+            out[str(j)] = (f"{prefix}.resnets.{resnet}", _RESNET)
+            resnet += 1
+        elif isinstance(layer, SpatialTransformer):
+            out[str(j)] = (f"{prefix}.attentions.{i}", None)
+        elif isinstance(layer, Downsample):
+            out[str(j)] = (f"{prefix}.downsamplers.0", {"op": "conv"})
+        elif isinstance(layer, Upsample):
+            out[str(j)] = (f"{prefix}.upsamplers.0", {"conv": "conv"})
+    return out
+
+
+def diffusers_unet_names(unet: UNetModel) -> dict[str, str]:
+    """Our UNet's module paths -> the same modules' paths in diffusers' UNet2DConditionModel,
+    for every module with a weight. Read from the blocks themselves: a Downsample or Upsample
+    closes a level, the ResBlocks and transformers of a level count from 0."""
+    blocks: dict[str, tuple[str, dict | None]] = {}
+    for part, side in (("input_blocks", "down_blocks"), ("output_blocks", "up_blocks")):
+        level, i = 0, 0
+        for n, block in enumerate(getattr(unet, part)):
+            if part == "input_blocks" and n == 0:
+                continue  # conv_in
+            for j, names in _layer_names(block, f"{side}.{level}", i).items():
+                blocks[f"{part}.{n}.{j}"] = names
+            if any(isinstance(layer, (Downsample, Upsample)) for layer in block):
+                level, i = level + 1, 0
+            else:
+                i += 1
+    for j, names in _layer_names(unet.middle_block, "mid_block", 0).items():
+        blocks[f"middle_block.{j}"] = names
+    out = {}
+    for path in _weight_modules(unet):
+        if path in _UNET_TOP:
+            out[path] = _UNET_TOP[path]
+            continue
+        parts = path.split(".")
+        cut = 2 if parts[0] == "middle_block" else 3
+        head, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+        if head not in blocks:
+            continue
+        prefix, renames = blocks[head]
+        child = rest if renames is None else renames.get(rest)
+        if child is not None:
+            out[path] = f"{prefix}.{child}"
+    return out
+
+
+def _processor_name(diffusers_path: str) -> str | None:
+    """Older diffusers attention-processor LoRAs name ``attn1.processor.to_q`` and ``...to_out``."""
+    head, _, leaf = diffusers_path.rpartition(".")
+    if leaf in ("to_q", "to_k", "to_v"):
+        return f"{head}.processor.{leaf}"
+    if diffusers_path.endswith(".to_out.0"):
+        return diffusers_path[: -len(".to_out.0")] + ".processor.to_out"
+    return None
+
+
+def _add(names: dict, alias: str, target) -> None:
+    if names.setdefault(alias, target) != target:  # our tables would be wrong, not the file
+        raise RuntimeError(f"LoRA name {alias!r} maps to both {names[alias]} and {target}")
+
+
+def unet_lora_names(unet: UNetModel) -> dict[str, str]:
+    """Every LoRA module name that addresses a module of ``unet`` -> our module path."""
+    diffusers = diffusers_unet_names(unet)
+    names: dict[str, str] = {}
+    for path in _weight_modules(unet):
+        aliases = ["lora_unet_" + path.replace(".", "_"), "model.diffusion_model." + path, "diffusion_model." + path]
+        if path in diffusers:
+            d = diffusers[path]
+            aliases += ["lora_unet_" + d.replace(".", "_"), "unet." + d, d]
+            proc = _processor_name(d)
+            if proc is not None:
+                aliases += ["unet." + proc, proc]
+        for alias in aliases:
+            _add(names, alias, path)
+    return names
+
+
+def _openclip_name(path: str) -> str | None:
+    """Our text-encoder module path -> its OpenCLIP name, where OpenCLIP has the same module
+    (not the fused q/k/v in_proj, nor the transposed text_projection)."""
+    if path == "transformer.embeddings.token_embedding":
+        return "token_embedding"
+    if path == "transformer.final_layer_norm":
+        return "ln_final"
+    if path.startswith("transformer.encoder.layers."):
+        idx, sub = path[len("transformer.encoder.layers."):].split(".", 1)
+        if sub in _TO_OPENCLIP:
+            return f"transformer.resblocks.{idx}.{_TO_OPENCLIP[sub]}"
+    return None
+
+
+def text_lora_names(encoder: nn.Module, slot: TextSlot, position: int) -> dict[str, str]:
+    """Every LoRA module name that addresses a module of one text encoder -> our module path.
+    ``position`` is the encoder's place in its family (0 first, 1 SDXL's bigG)."""
+    kohya, diffusers = _TEXT_PREFIXES[position]
+    names: dict[str, str] = {}
+    for path in _weight_modules(encoder):
+        # transformers' CLIPTextModel path: our "transformer." is its "text_model."
+        hf = "text_model." + path[len("transformer."):] if path.startswith("transformer.") else path
+        aliases = [p + hf.replace(".", "_") for p in kohya] + [p + hf for p in diffusers]
+        own = hf if slot.layout == "hf" else _openclip_name(path)
+        if own is not None:
+            aliases.append(slot.prefix + own)
+        for alias in aliases:
+            _add(names, alias, path)
+    return names
+
+
+# -- matching a LoRA file to a model ----------------------------------------------------------
+_SUFFIXES = (  # no suffix here is the end of another, so the first match is the only one
+    (".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_mid.weight", "mid"),
+    (".lora_B.weight", "up"), (".lora_A.weight", "down"),
+    (".lora.up.weight", "up"), (".lora.down.weight", "down"),
+    ("_lora.up.weight", "up"), ("_lora.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
+    (".alpha", "alpha"), (".diff", "diff"), (".diff_b", "diff_b"), (".dora_scale", "dora_scale"),
+)
+
+
+def _group(lora_sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Keys by module name and role ({"lora_unet_x": {"up": key, "down": key}}), and the keys
+    with no suffix we know."""
+    groups: dict[str, dict[str, str]] = {}
+    unknown = []
+    for key in lora_sd:
+        for suffix, role in _SUFFIXES:
+            if key.endswith(suffix):
+                groups.setdefault(key[: -len(suffix)], {})[role] = key
+                break
+        else:
+            unknown.append(key)
+    return groups, unknown
+
+
+def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, Patch], list[str]]:
+    """One module's patches ({"weight": ..., "bias": ...}) and the keys left unused.
+    Raises ValueError when the parts contradict each other."""
+    if "dora_scale" in roles:  # DoRA renormalises the weight; a plain LoRA sum would be wrong
+        return {}, list(roles.values())
+    patches: dict[str, Patch] = {}
+    used = set()
+    if "up" in roles and "down" in roles:
+        if "diff" in roles:
+            raise ValueError("has both a low-rank pair and a full .diff for the same weight")
+        alpha = float(sd[roles["alpha"]]) if "alpha" in roles else None
+        mid = sd[roles["mid"]] if "mid" in roles else None
+        patches["weight"] = LowRank(sd[roles["up"]], sd[roles["down"]], mid, alpha)
+        used |= {"up", "down", "alpha", "mid"}
+    elif "diff" in roles:
+        patches["weight"] = Diff(sd[roles["diff"]])
+        used.add("diff")
+    if "diff_b" in roles:
+        patches["bias"] = Diff(sd[roles["diff_b"]])
+        used.add("diff_b")
+    return patches, [key for role, key in roles.items() if role not in used]
+
+
+def lora_patches(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | None,
+                 text_encoders: dict[str, nn.Module], source: str = "LoRA"
+                 ) -> tuple[dict[str, Patch], dict[str, dict[str, Patch]], list[str]]:
+    """Match a LoRA state dict to a family's UNet and text encoders (either may be absent).
+    Returns (UNet patches, {encoder name: patches}, unmatched LoRA keys), patches keyed by
+    parameter name. Raises LoraError listing every shape mismatch or conflict at once."""
+    if family not in FAMILIES:
+        raise LoraError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    names: dict[str, tuple[str, str]] = {}  # LoRA module name -> (part, our module path)
+    if unet is not None:
+        names.update((alias, ("unet", path)) for alias, path in unet_lora_names(unet).items())
+    for position, slot in enumerate(FAMILIES[family].text):
+        if slot.name in text_encoders:
+            found = text_lora_names(text_encoders[slot.name], slot, position)
+            names.update((alias, (slot.name, path)) for alias, path in found.items())
+    modules = {"unet": unet, **text_encoders}
+    params = {part: dict(m.named_parameters()) for part, m in modules.items() if m is not None}
+    patches: dict[str, dict[str, Patch]] = {part: {} for part in modules}
+    claimed: dict[tuple[str, str], str] = {}  # (part, parameter) -> the LoRA module name that patches it
+    groups, unmatched = _group(lora_sd)
+    problems = []
+    for name, roles in groups.items():
+        if name not in names:
+            unmatched.extend(roles.values())
+            continue
+        part, path = names[name]
+        try:
+            built, unused = _build(roles, lora_sd)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        unmatched.extend(unused)
+        for kind, patch in built.items():
+            param = f"{path}.{kind}"
+            if param not in params[part]:  # only a bias can be missing: names come from weights
+                unmatched.append(roles["diff_b"])
+                continue
+            shape = params[part][param].shape
+            if not patch.fits(shape):
+                problems.append(f"{name}: its {kind} delta does not fit {part} {param} of shape {tuple(shape)}")
+            elif (part, param) in claimed:
+                problems.append(f"{name} and {claimed[part, param]} both patch {part} {param}")
+            else:
+                claimed[part, param] = name
+                patches[part][param] = patch
+    if problems:
+        raise LoraError(f"{source} does not fit this {FAMILIES[family].label} model (a LoRA for another "
+                        f"model?):\n  " + "\n  ".join(problems))
+    unet_patches = patches.pop("unet")
+    return unet_patches, patches, sorted(unmatched)
+
+
+# -- applying -------------------------------------------------------------------------------
+def _twin(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """A copy of a module tree: new module objects and containers, the same tensors."""
+    if id(module) in memo:
+        return memo[id(module)]
+    twin = module.__class__.__new__(module.__class__)
+    memo[id(module)] = twin
+    # containers (parameters, buffers, hooks) are copied so the twin can change without the base
+    twin.__dict__.update({k: v.copy() if isinstance(v, (dict, set)) else v for k, v in module.__dict__.items()})
+    twin.__dict__["_modules"] = {k: None if m is None else _twin(m, memo) for k, m in module._modules.items()}
+    return twin
+
+
+@torch.no_grad()
+def apply_lora(module: nn.Module, patches: dict[str, Patch], strength: float = 1.0) -> nn.Module:
+    """A new module with ``W + strength * delta`` (float32, cast back to W's dtype) for each
+    patched parameter; every other parameter and buffer is the base's own tensor. The base is
+    not changed. LoRAs stack by applying again to the result; strength 0 patches nothing."""
+    params = dict(module.named_parameters())
+    missing = [name for name in patches if name not in params]
+    if missing:
+        raise LoraError(f"patches for parameters the {type(module).__name__} does not have: {', '.join(missing)}")
+    twin = _twin(module, {})
+    if strength == 0:
+        return twin
+    for name, patch in patches.items():
+        base = params[name]
+        weight = base.float() + patch.delta(base.shape, strength, base.device)
+        owner, _, attr = name.rpartition(".")
+        setattr(twin.get_submodule(owner), attr, nn.Parameter(weight.to(base.dtype), requires_grad=base.requires_grad))
+    return twin
+
+
+def load_lora_into(path: str | Path, family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module],
+                   strength_model: float = 1.0, strength_clip: float = 1.0
+                   ) -> tuple[nn.Module | None, dict[str, nn.Module], list[str]]:
+    """Read a LoRA file and return (patched UNet, {name: patched text encoder}, unmatched keys);
+    the given modules are left as they are."""
+    unet_patches, text_patches, unmatched = lora_patches(read_lora(path), family, unet, text_encoders, str(path))
+    new_unet = apply_lora(unet, unet_patches, strength_model) if unet is not None else None
+    new_text = {name: apply_lora(enc, text_patches[name], strength_clip) for name, enc in text_encoders.items()}
+    return new_unet, new_text, unmatched

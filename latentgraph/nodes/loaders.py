@@ -1,0 +1,146 @@
+"""Loader nodes: checkpoints, VAEs and LoRAs from the model folders, with ComfyUI's names.
+
+Models come from the process's model cache (``ctx.services["models"]``), keyed by the file's
+identity and the placement, so a checkpoint is read once however many nodes and runs use it;
+a LoRA makes new modules that share every unpatched tensor with the cached base.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Annotated
+
+from ..graph import CLIP, MODEL, VAE, Combo, Float, NodeContext, file_identity, node
+from ..models.checkpoint import file_key, load_placed, load_vae_file
+from ..models.clip import TextModel
+from ..models.lora import load_lora_into
+from ..models.management import ModelCache, Placement
+from .sd import SDModel, VAEModel, schedule_for
+
+log = logging.getLogger("latentgraph.nodes")
+
+
+def services(ctx: NodeContext) -> tuple[Placement, ModelCache]:
+    """The placement and model cache of this executor (made on first use if the front door
+    gave none)."""
+    env = ctx.env
+    placement = ctx.services.get("placement")
+    if placement is None:
+        placement = ctx.services.setdefault("placement", Placement.from_options(env.device, env.dtype, env.lowvram))
+    cache = ctx.services.setdefault("models", ModelCache())
+    return placement, cache
+
+
+def _files(kind: str):
+    return lambda env: env.list_models(kind) if env is not None else []
+
+
+def _missing(env, kind: str, label: str, name: str) -> str | None:
+    """The validation message for a model file that is not in any folder of its kind."""
+    if env.find_model(kind, name) is None:
+        folders = ", ".join(str(f) for f in env.folders(kind))
+        return f"{label} '{name}' not found (searched: {folders})"
+    return None
+
+
+def _identity(env, kind: str, name: str):
+    path = env.find_model(kind, name)
+    return file_identity(path) if path is not None else ("missing", name)
+
+
+# Hooks name the input they read (that is how the engine hands it over).
+def _ckpt_check(ckpt_name, env):
+    return _missing(env, "checkpoints", "checkpoint", ckpt_name)
+
+
+def _ckpt_key(ckpt_name, env):
+    return _identity(env, "checkpoints", ckpt_name)
+
+
+def _vae_check(vae_name, env):
+    return _missing(env, "vae", "VAE", vae_name)
+
+
+def _vae_key(vae_name, env):
+    return _identity(env, "vae", vae_name)
+
+
+def _lora_check(lora_name, env):
+    return _missing(env, "loras", "LoRA", lora_name)
+
+
+def _lora_key(lora_name, env):
+    return _identity(env, "loras", lora_name)
+
+
+@node(category="loaders", display_name="Load Checkpoint", outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+      fingerprint=_ckpt_key, validate=_ckpt_check)
+def CheckpointLoaderSimple(
+    ckpt_name: Annotated[str, Combo(_files("checkpoints"), tooltip="The name of the checkpoint (model) to load.")],
+    ctx: NodeContext,
+) -> tuple:
+    """Loads a diffusion model checkpoint; its UNet, text encoders and VAE."""
+    placement, cache = services(ctx)
+    ck = load_placed(ctx.env.find_model("checkpoints", ckpt_name), placement, cache)
+    model = SDModel(ck.unet, ck.arch, schedule_for(ck.arch), placement)
+    clip = TextModel(ck.arch, ck.text, placement, embedding_dirs=tuple(ctx.env.folders("embeddings")))
+    return model, clip, VAEModel(ck.vae, placement)
+
+
+@node(category="loaders", display_name="Load VAE", outputs=[VAE],
+      fingerprint=_vae_key, validate=_vae_check)
+def VAELoader(vae_name: Annotated[str, Combo(_files("vae"))], ctx: NodeContext) -> VAEModel:
+    """Loads a standalone VAE file (vae-ft-mse-840000-ema-pruned, sdxl_vae, ...)."""
+    placement, cache = services(ctx)
+    path = ctx.env.find_model("vae", vae_name)
+
+    def load():
+        return load_vae_file(path, placement.dtypes["vae"]).to(placement.home)
+
+    vae = cache.get_or_load(("vae", *file_key(path), placement.key()), load)
+    return VAEModel(vae, placement)
+
+
+def _apply_lora(ctx: NodeContext, model: SDModel, clip: TextModel | None, lora_name: str,
+                strength_model: float, strength_clip: float) -> tuple:
+    path = ctx.env.find_model("loras", lora_name)
+    placement, cache = services(ctx)
+    text = clip.encoders if clip is not None else {}
+    unet, encoders, unmatched = load_lora_into(path, model.arch.family, model.unet, text,
+                                               strength_model, strength_clip)
+    if unmatched:
+        log.warning("%s: %d LoRA keys matched nothing in this model (first: %s)", lora_name, len(unmatched),
+                    ", ".join(unmatched[:3]))
+    new_model = replace(model, unet=unet, patches=model.patches + ((lora_name, strength_model),))
+    new_clip = replace(clip, encoders=encoders) if clip is not None else None
+    return new_model, new_clip
+
+
+_STRENGTH = Float(1.0, min=-100.0, max=100.0, step=0.01)
+
+
+@node(category="loaders", display_name="Load LoRA", outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP")],
+      fingerprint=_lora_key, validate=_lora_check)
+def LoraLoader(
+    model: Annotated[SDModel, MODEL(tooltip="The diffusion model the LoRA will be applied to.")],
+    clip: Annotated[TextModel, CLIP(tooltip="The CLIP model the LoRA will be applied to.")],
+    lora_name: Annotated[str, Combo(_files("loras"), tooltip="The name of the LoRA.")],
+    strength_model: Annotated[float, _STRENGTH(tooltip="How strongly to modify the diffusion model.")],
+    strength_clip: Annotated[float, _STRENGTH(tooltip="How strongly to modify the CLIP model.")],
+    ctx: NodeContext,
+) -> tuple:
+    """Applies a LoRA to the model and CLIP as weight patches; the loaded base stays as it is."""
+    return _apply_lora(ctx, model, clip, lora_name, strength_model, strength_clip)
+
+
+@node(category="loaders", display_name="LoraLoaderModelOnly", outputs=[MODEL],
+      fingerprint=_lora_key, validate=_lora_check)
+def LoraLoaderModelOnly(
+    model: Annotated[SDModel, MODEL],
+    lora_name: Annotated[str, Combo(_files("loras"))],
+    strength_model: Annotated[float, Float(1.0, min=-100.0, max=100.0, step=0.01)],
+    ctx: NodeContext,
+) -> SDModel:
+    """Applies a LoRA to the diffusion model only."""
+    return _apply_lora(ctx, model, None, lora_name, strength_model, 0.0)[0]

@@ -1,0 +1,147 @@
+"""What flows on the MODEL and VAE sockets, and how CONDITIONING becomes sampling input.
+
+CONDITIONING is ComfyUI's: a list of ``[tensor (1, T, D), options]`` where options hold
+``pooled_output`` and whatever conditioning nodes set (area, strength, mask, timestep range,
+SDXL sizes). CLIP is a ``models.clip.TextModel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..models.families import Architecture, sdxl_adm, sdxl_refiner_adm
+from ..models.management import Placement
+from ..models.unet import UNetModel
+from ..models.vae import AutoencoderKL
+from ..sampling.guidance import Cond, resize_mask
+from ..sampling.schedule import DiscreteSchedule
+
+
+@dataclass
+class SDModel:
+    """A UNet ready to sample: its architecture, noise schedule and placement. LoRA nodes
+    return a new SDModel whose UNet shares every unpatched tensor with this one."""
+
+    unet: UNetModel
+    arch: Architecture
+    schedule: DiscreteSchedule
+    placement: Placement
+    patches: tuple = field(default=())  # (lora name, strength) applied, for display
+
+    @property
+    def latent_scale(self) -> float:
+        return self.arch.spec.latent_scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def with_schedule(self, schedule: DiscreteSchedule) -> "SDModel":
+        return replace(self, schedule=schedule)
+
+    def apply_model(self, x, sigma, context, y=None, concat=None) -> torch.Tensor:
+        """ComfyUI's apply_model: scale the input for sigma, run the UNet at the matching
+        timestep in the model's dtype, return the denoised latent in float32."""
+        s = self.schedule
+        xc = s.calculate_input(sigma, x)
+        if concat is not None:
+            xc = torch.cat([xc, concat.to(xc)], dim=1)
+        device, dtype = xc.device, self.dtype
+        t = s.timestep(sigma).float()
+        out = self.unet(xc.to(dtype), t, context.to(device, dtype), None if y is None else y.to(device, dtype))
+        return s.calculate_denoised(sigma, out.float(), x)
+
+
+@dataclass
+class VAEModel:
+    """What flows on a VAE socket."""
+
+    vae: AutoencoderKL
+    placement: Placement
+
+    @property
+    def downscale(self) -> int:
+        return self.vae.downscale
+
+
+def schedule_for(arch: Architecture, prediction: str | None = None, zsnr: bool | None = None) -> DiscreteSchedule:
+    return DiscreteSchedule(prediction or arch.prediction, arch.zsnr if zsnr is None else zsnr)
+
+
+def _model_conds(model: SDModel, opts: dict, latent_hw: tuple[int, int], prompt_type: str) -> dict:
+    """Family-specific inputs besides the text tokens: SDXL's vector y."""
+    family = model.arch.family
+    pooled = opts.get("pooled_output")
+    height, width = opts.get("height", latent_hw[0] * 8), opts.get("width", latent_hw[1] * 8)
+    if family == "sdxl":
+        if pooled is None:
+            raise ValueError("SDXL conditioning has no pooled output: encode it with an SDXL checkpoint's CLIP")
+        return {"y": sdxl_adm(pooled, width, height, opts.get("crop_w", 0), opts.get("crop_h", 0),
+                              opts.get("target_width", width), opts.get("target_height", height))}
+    if family == "sdxl_refiner":
+        if pooled is None:
+            raise ValueError("SDXL refiner conditioning has no pooled output")
+        default = 2.5 if prompt_type == "negative" else 6.0
+        return {"y": sdxl_refiner_adm(pooled, width, height, opts.get("crop_w", 0), opts.get("crop_h", 0),
+                                      opts.get("aesthetic_score", default))}
+    return {}
+
+
+def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(h, w, y, x) of the nonzero part of a (B, h, w) mask, at least 8x8 ((8, 8, 0, 0) if empty)."""
+    nz = mask.abs().amax(dim=0).nonzero()
+    if nz.numel() == 0:
+        return (8, 8, 0, 0)
+    y0, x0 = nz.min(dim=0).values.tolist()
+    y1, x1 = nz.max(dim=0).values.tolist()
+    return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
+
+
+def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, prompt_type: str,
+             device: torch.device, concat: torch.Tensor | None = None) -> list[Cond]:
+    """CONDITIONING entries -> sampling Conds for a latent of ``latent_shape`` (B, C, h, w)."""
+    h, w = latent_shape[2], latent_shape[3]
+    out = []
+    for tensor, opts in conditioning:
+        area = opts.get("area")
+        if area is not None and area[0] == "percentage":
+            _, ph, pw, py, px = area
+            area = (max(1, round(ph * h)), max(1, round(pw * w)), round(py * h), round(px * w))
+        mask = opts.get("mask")
+        if mask is not None:
+            mask = resize_mask(mask.to(device), h, w)
+            if opts.get("set_area_to_bounds", False):
+                area = _bounds(mask)
+        start = opts.get("start_percent")
+        end = opts.get("end_percent")
+        extra = _model_conds(model, opts, (h, w), prompt_type)
+        out.append(Cond(
+            context=tensor.to(device), y=extra["y"].to(device) if "y" in extra else None,
+            concat=concat, area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
+            mask=mask, mask_strength=float(opts.get("mask_strength", 1.0)),
+            sigma_start=float(model.schedule.percent_to_sigma(start)) if start is not None else None,
+            sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None))
+    return out
+
+
+# "zero" pixels (mid-grey) in SD's latent space, per channel: the blank image inpainting
+# models see where nothing is given
+BLANK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+
+
+def inpaint_concat(model: SDModel, latent: torch.Tensor, denoise_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Extra input channels of an inpainting UNet (9 in): the mask and the latent it masks,
+    or, without a mask, ones and a blank image (ComfyUI's rule)."""
+    if model.arch.unet.in_channels != 9:
+        return None
+    scaled = latent * model.latent_scale if torch.count_nonzero(latent) > 0 else latent
+    if denoise_mask is None:
+        blank = torch.tensor(BLANK_LATENT, dtype=latent.dtype, device=latent.device)[None, :, None, None]
+        return torch.cat([torch.ones_like(latent[:, :1]), blank.expand_as(latent)], dim=1)
+    m = denoise_mask.reshape(-1, 1, denoise_mask.shape[-2], denoise_mask.shape[-1]).float()
+    m = torch.nn.functional.interpolate(m, size=latent.shape[2:], mode="bilinear").round()
+    if m.shape[0] < latent.shape[0]:
+        m = m.repeat(latent.shape[0] // m.shape[0] + 1, 1, 1, 1)
+    return torch.cat([m[: latent.shape[0]].to(latent), scaled], dim=1)

@@ -1,0 +1,206 @@
+"""Classifier-free guidance over lists of conditioning entries, as ComfyUI computes it.
+
+Each prompt is a list of ``Cond`` entries. At every step each entry that is active (its
+timestep range) predicts the denoised latent over its area, weighted by its strength, its
+mask and (for areas) a feathered edge; a prompt's prediction is the weighted average of its
+entries' (ConditioningCombine). Entries whose inputs have the same shape run in one model
+call, the negative prompt's first (ComfyUI orders the batch [uncond, cond]; another order
+moves results by ~1e-6). Then ``uncond + (cond - uncond) * cfg``; with cfg == 1 the negative
+prompt is not evaluated at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# apply_model(x (B,C,h,w), sigma (B,), context (B,T,D), y (B,adm) or None, concat (B,c,h,w) or None) -> denoised
+ApplyModel = Callable[..., torch.Tensor]
+AREA_FEATHER = 8  # latent pixels of linear fade at an area's inner edges
+
+
+@dataclass
+class Cond:
+    """One conditioning entry, resolved for sampling (areas and masks in latent pixels)."""
+
+    context: torch.Tensor  # (1 or B, T, D) cross-attention tokens
+    y: torch.Tensor | None = None  # (1 or B, adm) vector conditioning (SDXL)
+    concat: torch.Tensor | None = None  # (1 or B, c, H, W) extra input channels (inpainting models)
+    area: tuple[int, int, int, int] | None = None  # (h, w, y, x) in latent pixels
+    strength: float = 1.0
+    mask: torch.Tensor | None = None  # (1 or B, H, W) at latent size
+    mask_strength: float = 1.0
+    sigma_start: float | None = None  # active while sigma <= sigma_start
+    sigma_end: float | None = None  # ... and sigma >= sigma_end
+
+
+@dataclass
+class _Run:
+    """An active entry at one step: its input crop, weights and model inputs."""
+
+    x: torch.Tensor
+    mult: torch.Tensor
+    context: torch.Tensor
+    y: torch.Tensor | None
+    concat: torch.Tensor | None
+    area: tuple | None
+    which: int  # 0 = positive, 1 = negative
+
+
+def _repeat_to(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat along the batch axis to exactly n (ComfyUI's repeat_to_batch_size)."""
+    if t.shape[0] > n:
+        return t[:n]
+    if t.shape[0] < n:
+        return t.repeat(math.ceil(n / t.shape[0]), *([1] * (t.ndim - 1)))[:n]
+    return t
+
+
+def _prepare(c: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run | None:
+    s = float(sigma.reshape(-1)[0])
+    if c.sigma_start is not None and s > c.sigma_start:
+        return None
+    if c.sigma_end is not None and s < c.sigma_end:
+        return None
+    B, C, H, W = x.shape
+    area = None
+    crop = x
+    if c.area is not None:
+        h, w, top, left = c.area
+        h, w = min(H - top, h), min(W - left, w)
+        area = (h, w, top, left)
+        crop = x[:, :, top:top + h, left:left + w]
+    if c.mask is not None:
+        mask = c.mask[:B]
+        if area is not None:
+            mask = mask[:, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+        mask = (mask * c.mask_strength).unsqueeze(1)
+        mask = mask.repeat(B // mask.shape[0], C, 1, 1)
+    else:
+        mask = torch.ones_like(crop)
+    mult = mask * c.strength
+    if c.mask is None and area is not None:
+        h, w, top, left = area
+        for axis, (size, start, full) in enumerate(((h, top, H), (w, left, W))):
+            rr = min(AREA_FEATHER, mult.shape[2 + axis] // 4)
+            for t in range(rr):  # fade in at edges that are inside the latent
+                if start != 0:
+                    mult.narrow(2 + axis, t, 1).mul_((t + 1) / rr)
+                if size + start < full:
+                    mult.narrow(2 + axis, size - 1 - t, 1).mul_((t + 1) / rr)
+    y = _repeat_to(c.y, B) if c.y is not None else None
+    concat = None
+    if c.concat is not None:
+        concat = c.concat
+        if area is not None:
+            concat = concat[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+        concat = _repeat_to(concat, B)
+    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which)
+
+
+def _compatible(a: _Run, b: _Run) -> bool:
+    if a.x.shape != b.x.shape:
+        return False
+    if (a.y is None) != (b.y is None) or (a.y is not None and a.y.shape != b.y.shape):
+        return False
+    if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
+        return False
+    ta, tb = a.context.shape, b.context.shape
+    if ta != tb:  # different token counts batch together when one divides their lcm <= 4x
+        if ta[0] != tb[0] or ta[2] != tb[2] or math.lcm(ta[1], tb[1]) // min(ta[1], tb[1]) > 4:
+            return False
+    return True
+
+
+def _cat_context(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the batch, repeating shorter token lists to the lcm length (repeated
+    keys and values leave attention's result unchanged)."""
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in contexts])
+
+
+def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x: torch.Tensor,
+                    sigma: torch.Tensor) -> list[torch.Tensor]:
+    """The denoised prediction of each prompt at (x, sigma): entries averaged by weight."""
+    outs = [torch.zeros_like(x) for _ in prompts]
+    counts = [torch.full_like(x, 1e-37) for _ in prompts]
+    pending = [run for which, conds in enumerate(prompts) if conds is not None
+               for c in conds if (run := _prepare(c, which, x, sigma)) is not None]
+    while pending:
+        first = pending[0]
+        group = [i for i, run in enumerate(pending) if _compatible(run, first)]
+        group.reverse()  # later entries first: the negative prompt leads the batch, as in ComfyUI
+        runs = [pending[i] for i in group]
+        for i in sorted(group, reverse=True):
+            pending.pop(i)
+        n = len(runs)
+        xb = torch.cat([r.x for r in runs])
+        sb = torch.cat([sigma] * n)
+        context = _cat_context([r.context for r in runs])
+        y = torch.cat([r.y for r in runs]) if runs[0].y is not None else None
+        concat = torch.cat([r.concat for r in runs]) if runs[0].concat is not None else None
+        out = apply_model(xb, sb, context, y, concat).chunk(n)
+        for r, o in zip(runs, out):
+            target, count = outs[r.which], counts[r.which]
+            if r.area is not None:
+                h, w, top, left = r.area
+                target = target[:, :, top:top + h, left:left + w]
+                count = count[:, :, top:top + h, left:left + w]
+            target += o * r.mult
+            count += r.mult
+    return [o / c for o, c in zip(outs, counts)]
+
+
+class CFGDenoiser:
+    """The denoiser samplers call: ``denoiser(x, sigma) -> denoised`` with guidance."""
+
+    def __init__(self, apply_model: ApplyModel, positive: list[Cond], negative: list[Cond], cfg: float):
+        self.apply_model = apply_model
+        self.positive, self.negative, self.cfg = positive, negative, cfg
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        negative = None if math.isclose(self.cfg, 1.0) else self.negative
+        cond, uncond = calc_cond_batch(self.apply_model, [self.positive, negative], x, sigma)
+        if negative is None:
+            return cond
+        return uncond + (cond - uncond) * self.cfg
+
+
+def _area_inside(a: tuple, b: tuple) -> bool:
+    """Whether area a (h, w, y, x) lies within area b."""
+    return a[2] >= b[2] and a[3] >= b[3] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+
+def add_opposite_areas(positive: list[Cond], negative: list[Cond]) -> tuple[list[Cond], list[Cond]]:
+    """For each area entry of one prompt, give the other prompt an entry over the same area
+    (copied from its smallest entry covering it), so both predictions cover it alike."""
+    pos, neg = list(positive), list(negative)
+    for source, target in ((positive, neg), (negative, pos)):
+        for c in source:
+            if c.area is None:
+                continue
+            smallest = None
+            for other in target:
+                if other.area is None:
+                    smallest = smallest or other
+                elif _area_inside(c.area, other.area):
+                    if smallest is None or smallest.area is None or \
+                            math.prod(smallest.area[:2]) > math.prod(other.area[:2]):
+                        smallest = other
+            if smallest is None or smallest.area == c.area:
+                continue
+            target.append(replace(c, context=smallest.context, y=smallest.y, concat=smallest.concat))
+    return pos, neg
+
+
+def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A mask (B, H, W) or (H, W) bilinearly resized to latent size (B, h, w)."""
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.shape[-2:] == (height, width):
+        return mask
+    return F.interpolate(mask[:, None].float(), size=(height, width), mode="bilinear")[:, 0]

@@ -1,0 +1,84 @@
+"""One sampling run, as ComfyUI's KSampler does it: scale the latent in, noise it to the first
+sigma, run a sampler on the guided denoiser (re-imposing the known latent outside an
+inpainting mask at every step), scale the result out."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .guidance import ApplyModel, CFGDenoiser, Cond, add_opposite_areas
+from .samplers import sample as run_named_sampler
+
+# callback(step, total, denoised, x) after each sampler step
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def trim_sigmas(sigmas: torch.Tensor, start_step: int | None = None, last_step: int | None = None,
+                force_full_denoise: bool = False) -> torch.Tensor | None:
+    """KSamplerAdvanced's window on a schedule; None when start_step is past its end
+    (nothing to sample: the latent comes back as it is)."""
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:
+            return None
+        sigmas = sigmas[start_step:]
+    return sigmas
+
+
+def prepare_denoise_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A noise mask (B, H, W) at any size -> (B, C, h, w) at latent size (bilinear), as ComfyUI."""
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = torch.nn.functional.interpolate(m, size=tuple(shape[2:]), mode="bilinear")
+    m = m.repeat(1, shape[1], 1, 1)
+    if m.shape[0] < shape[0]:
+        m = m.repeat(math.ceil(shape[0] / m.shape[0]), 1, 1, 1)
+    return m[: shape[0]]
+
+
+def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.Tensor, noise: torch.Tensor,
+           latent: torch.Tensor, positive: list[Cond], negative: list[Cond], cfg: float, seed: int,
+           latent_scale: float, denoise_mask: torch.Tensor | None = None,
+           callback: StepCallback | None = None) -> torch.Tensor:
+    """Sample and return the LATENT samples (unscaled VAE space, float32).
+
+    noise and latent are (B, C, h, w) on the compute device; ``denoise_mask`` is 1 where the
+    latent is to be regenerated (a SetLatentNoiseMask / VAEEncodeForInpaint mask)."""
+    if sigmas.numel() == 0:
+        return latent
+    sigmas = sigmas.to(noise.device)
+    latent_in = latent * latent_scale if torch.count_nonzero(latent) > 0 else latent  # an empty latent stays 0
+    positive, negative = add_opposite_areas(positive, negative)
+    guided = CFGDenoiser(apply_model, positive, negative, cfg)
+    mask = prepare_denoise_mask(denoise_mask, noise.shape).to(noise) if denoise_mask is not None else None
+    # ComfyUI's ddim re-imposes the known region with fresh noise from seed + 1 when inpainting
+    inpaint_noise = noise
+    if mask is not None and sampler_name == "ddim":
+        g = torch.Generator(device="cpu").manual_seed(seed + 1)
+        inpaint_noise = torch.randn(noise.shape, generator=g, device="cpu").to(noise)
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        if mask is None:
+            return guided(x, sigma)
+        keep = 1.0 - mask
+        known = schedule.noise_scaling(sigma.reshape(-1, 1, 1, 1), inpaint_noise, latent_in, False)
+        x = x * mask + known * keep
+        return guided(x, sigma) * mask + latent_in * keep
+
+    max_sigma = float(schedule.sigma_max)
+    first = float(sigmas[0])
+    max_denoise = math.isclose(max_sigma, first, rel_tol=1e-5) or first > max_sigma
+    x = schedule.noise_scaling(sigmas[0], noise, latent_in, max_denoise)
+    total = len(sigmas) - 1
+    step_cb = None
+    if callback is not None:
+        def step_cb(info: dict) -> None:
+            callback(info["i"], total, info["denoised"], info["x"])
+    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_cb)
+    out = schedule.inverse_noise_scaling(sigmas[-1], out)
+    return out.float() / latent_scale
