@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write a random-weight checkpoint in the original single-file layout, "
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
-    make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl"))
+    make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),

@@ -120,7 +120,12 @@ def tiny_architecture(family: str) -> Architecture:
         unet = UNetConfig(**small, context_dim=32, num_heads=-1, num_head_channels=16, use_linear_in_transformer=True,
                           adm_in_channels=16 + 6 * 256)
         return Architecture(family, unet, vae, text)
-    raise ValueError(f"no tiny architecture for family {family!r}; choose sd15, sd2 or sdxl")
+    if family == "sdxl_refiner":
+        text = {"g": TextEncoderConfig(16, 32, 3, 2, act="gelu", projection_dim=16)}
+        unet = UNetConfig(**small, context_dim=16, num_heads=-1, num_head_channels=16, use_linear_in_transformer=True,
+                          adm_in_channels=16 + 5 * 256)
+        return Architecture(family, unet, vae, text)
+    raise ValueError(f"no tiny architecture for family {family!r}; choose sd15, sd2, sdxl or sdxl_refiner")
 
 
 def size_embedding(values: list[float], dim: int = 256) -> torch.Tensor:

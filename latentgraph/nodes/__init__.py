@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from ..graph import NodeRegistry
-from . import image, latent, mask, primitives
+from . import conditioning, image, latent, loaders, mask, primitives, sampling, vae
 
-BUILTIN_MODULES = (primitives, image, mask, latent)
+BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:

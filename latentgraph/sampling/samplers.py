@@ -1,0 +1,64 @@
+"""The sampler registry: ComfyUI's KSampler sampler names -> pure sampling functions.
+
+Every entry is ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``
+with ``model(x, sigma * s_in, **extra_args) -> denoised``; ``extra_args`` is handed to the model
+on every call and ``extra_args["seed"]`` seeds the sampler's own noise (ancestral, SDE, ddpm,
+lcm). Names in the registry may be added, never changed or removed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dpm_solver import (sample_dpm_adaptive, sample_dpm_fast, sample_dpmpp_2m, sample_dpmpp_2m_sde,
+                         sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde)
+from .k_samplers import (sample_ddpm, sample_dpm_2, sample_dpm_2_ancestral, sample_euler, sample_euler_ancestral,
+                         sample_heun, sample_heunpp2, sample_lcm, sample_lms)
+from .multistep import sample_deis, sample_ipndm, sample_ipndm_v
+from .uni_pc import sample_uni_pc, sample_uni_pc_bh2
+
+SAMPLERS = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "heunpp2": sample_heunpp2,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpm_fast": sample_dpm_fast,  # takes sigma_min/sigma_max/n from the sigma list
+    "dpm_adaptive": sample_dpm_adaptive,  # ditto; chooses its own steps
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "ddpm": sample_ddpm,
+    "lcm": sample_lcm,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "deis": sample_deis,
+    # ComfyUI's "ddim" is Euler (the same ODE step on the sigma grid); only its inpainting
+    # differs: the known region is re-noised with fresh noise from seed + 1 (the caller's job)
+    "ddim": sample_euler,
+    "uni_pc": sample_uni_pc,
+    "uni_pc_bh2": sample_uni_pc_bh2,
+}
+SAMPLER_NAMES = list(SAMPLERS)
+# samplers that draw noise during sampling (results depend on the seed beyond the initial noise)
+STOCHASTIC = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+                        "dpmpp_3m_sde", "ddpm", "lcm"})
+
+
+def get_sampler(name: str):
+    """The sampling function registered under ``name``."""
+    fn = SAMPLERS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLER_NAMES)}")
+    return fn
+
+
+def sample(name: str, model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+           callback=None, **options) -> torch.Tensor:
+    """Run the named sampler from x (already noised to sigmas[0]) down the sigma schedule."""
+    fn = get_sampler(name)
+    return fn(model, x, sigmas, extra_args=extra_args, callback=callback, **options)

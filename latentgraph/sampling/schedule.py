@@ -1,0 +1,122 @@
+"""The discrete DDPM noise schedule of Stable Diffusion seen in sigma space (Karras et al. 2022,
+"Elucidating the Design Space of Diffusion-Based Generative Models", sec. 2 / appendix C.3.1).
+
+A UNet trained on 1000 discrete timesteps is turned into a denoiser of the variance-exploding
+form D(x; sigma): the latent x = x0 + sigma * n is scaled by 1/sqrt(sigma^2 + 1) on the way in
+and the network's prediction (eps or v) is turned back into x0 on the way out. The numerics
+follow ComfyUI's ModelSamplingDiscrete (float64 betas, a float32 sigma table, nearest-log-sigma
+timesteps) so that sigma schedules come out bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREDICTIONS = ("eps", "v")
+# alpha_bar of the last timestep after zero-terminal-SNR rescaling: exactly 0 would give an
+# infinite sigma, so ComfyUI pins it to this small value (sigma ~ 4519)
+ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def linear_betas(timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012) -> torch.Tensor:
+    """SD's "linear" schedule: betas evenly spaced in sqrt(beta), float64, (timesteps,)."""
+    return torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+
+
+def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so the last timestep has zero SNR while the first keeps
+    its value (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    Algorithm 1), done on the sigma table as ComfyUI does."""
+    sqrt_ab = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    alpha_bar = sqrt_ab ** 2
+    alpha_bar[-1] = ZSNR_LAST_ALPHA_BAR
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5
+
+
+def _per_sample(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
+    """sigma () or (B,) -> a shape that broadcasts against a (B, ...) tensor of ndim dims."""
+    if sigma.numel() == 1:
+        return sigma.reshape(())
+    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
+
+
+class DiscreteSchedule:
+    """Sigma table of a discrete-time eps- or v-prediction model, with the conversions between
+    sigma, timestep and the network's input/output (ComfyUI's ModelSamplingDiscrete + EPS/V)."""
+
+    def __init__(self, prediction: str = "eps", zsnr: bool = False, linear_start: float = 0.00085,
+                 linear_end: float = 0.012, timesteps: int = 1000):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+        self.prediction = prediction
+        self.zsnr = zsnr
+        self.betas = linear_betas(timesteps, linear_start, linear_end)  # (T,) float64
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) float64
+        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        if zsnr:
+            sigmas = rescale_zero_terminal_snr(sigmas)
+        self.sigmas = sigmas.float()  # (T,) increasing with the timestep
+        self.log_sigmas = sigmas.log().float()
+
+    def __repr__(self) -> str:
+        return f"DiscreteSchedule(prediction={self.prediction!r}, zsnr={self.zsnr})"
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The training timestep whose log-sigma is nearest, as float (same shape as sigma)."""
+        sigma = torch.as_tensor(sigma)
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device).float()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Sigma at a (fractional) timestep, interpolating the table linearly in log-sigma."""
+        timestep = torch.as_tensor(timestep)
+        t = timestep.float().to(self.log_sigmas.device).clamp(0, self.num_timesteps - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        return log_sigma.exp().to(timestep.device)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """Sigma at a fraction of the way through sampling (0 = start, 1 = end), for timestep ranges."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """c_in: the UNet sees x / sqrt(sigma^2 + 1)."""
+        sigma = _per_sample(torch.as_tensor(sigma, device=x.device), x.ndim)
+        return x / (sigma ** 2 + 1.0) ** 0.5
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
+        """x0 from the network output: eps -> x - sigma * eps; v -> c_skip * x - c_out * v."""
+        sigma = _per_sample(torch.as_tensor(sigma, device=model_output.device), model_output.ndim)
+        if self.prediction == "eps":
+            return model_input - model_output * sigma
+        return model_input / (sigma ** 2 + 1.0) - model_output * sigma / (sigma ** 2 + 1.0) ** 0.5
+
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor,
+                      max_denoise: bool = False) -> torch.Tensor:
+        """The sampler's starting point: latent + noise * sigma, or noise * sqrt(1 + sigma^2)
+        when starting from pure noise at the top of the schedule (max_denoise)."""
+        sigma = _per_sample(torch.as_tensor(sigma, device=noise.device), noise.ndim)
+        scaled = noise * torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else noise * sigma
+        return scaled + latent
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The sampler's result as a latent (the identity for eps/v models)."""
+        return latent
