@@ -81,3 +81,28 @@ def test_lowvram_keeps_weights_on_the_cpu_between_uses(files):
     cond, _ = TextModel(ck.arch, ck.text, p).encode("a red circle")
     assert cond.device.type == "cpu" and next(ck.text["l"].parameters()).device.type == "cpu"
     assert load_placed(files["sd15"], p, cache) is ck
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde"])
+def test_stochastic_samplers_give_the_same_latent_on_cuda_and_cpu(tmp_path, sampler):
+    """Step noise is drawn on the CPU from the seed, so the device does not change the result
+    (beyond TF32 rounding)."""
+    from latentgraph.graph import Environment, Executor, Workflow
+    from latentgraph.nodes import create_registry, create_services
+
+    make_checkpoint(tmp_path / "models" / "checkpoints" / "t.safetensors", "sd15", "tiny", seed=1)
+    outs = []
+    for device in ("cpu", "cuda"):
+        env = Environment(output_dir=tmp_path / "o", input_dir=tmp_path, temp_dir=tmp_path / "t",
+                          models_dir=tmp_path / "models", device=device, dtype="fp32")
+        ex = Executor(create_registry(), env, services=create_services(env))
+        wf = Workflow()
+        ck = wf.add("ckpt", "CheckpointLoaderSimple", ckpt_name="t.safetensors")
+        wf.add("pos", "CLIPTextEncode", clip=ck.CLIP, text="a red circle")
+        wf.add("neg", "CLIPTextEncode", clip=ck.CLIP, text="blurry")
+        wf.add("empty", "EmptyLatentImage", width=64, height=64, batch_size=2)
+        wf.add("k", "KSampler", model=ck.MODEL, seed=42, steps=6, cfg=5.0, sampler_name=sampler, scheduler="normal",
+               positive="pos", negative="neg", latent_image="empty", denoise=1.0)
+        outs.append(ex.run(wf, targets=["k"]).get("k")["samples"])
+    scale = outs[0].abs().max()
+    assert (outs[0] - outs[1]).abs().max() < 1e-3 * scale
