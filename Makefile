@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-DEMO ?= workflows/shapes.yaml
+DEMO ?= workflows/txt2img.yaml
 
 .PHONY: demo test bench install install-test clean
 

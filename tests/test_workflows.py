@@ -129,6 +129,8 @@ def test_lora_changes_the_image_and_leaves_the_base_untouched(executor):
     wf.set("lora.strength_clip", 0.0)
     without = executor.run(wf, targets=["sampler"]).get("sampler")["samples"]
     plain = load("txt2img", "yaml")
+    plain.set("ckpt.ckpt_name", "v1-5-pruned-emaonly.safetensors")
+    plain.set("sampler.cfg", 7.0)
     plain.set("sampler.seed", 8)
     plain.set("sampler.steps", 3)
     plain.set("sampler.sampler_name", "dpmpp_2m")

@@ -11,6 +11,8 @@ from pathlib import Path
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Model files that ship inside the package (the demo model), searched after the user's folders.
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -37,7 +39,9 @@ class Environment:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
     def folders(self, kind: str) -> list[Path]:
-        return [self.models_dir / kind, *self.model_dirs.get(kind, [])]
+        """Where files of ``kind`` are looked for: models_dir/kind, the extra folders, then
+        the package's own (which holds the demo checkpoint)."""
+        return [self.models_dir / kind, *self.model_dirs.get(kind, []), SHIPPED_MODELS / kind]
 
     def list_models(self, kind: str, extensions=MODEL_EXTENSIONS) -> list[str]:
         """Files under every folder of ``kind``, as sorted relative POSIX paths."""

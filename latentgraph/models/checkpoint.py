@@ -7,6 +7,7 @@ the networks and load every tensor strictly.
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architecture, Family
 from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_keys,
@@ -319,3 +321,21 @@ def original_layout(arch: Architecture, unet: torch.nn.Module, vae: torch.nn.Mod
     if arch.zsnr:
         out["ztsnr"] = torch.tensor([])
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_checkpoint(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file whose bytes depend only on its contents: safetensors writes
+    the metadata in hash-map order, which changes from call to call, so the header is
+    rewritten in place with the metadata keys sorted (same length, same tensor offsets)."""
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for a reordering; keep the file as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))

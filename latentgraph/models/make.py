@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from .checkpoint import build_text_encoders, original_layout
+from .checkpoint import build_text_encoders, original_layout, save_checkpoint
 from .families import METADATA_KEY, Architecture, full_architecture, tiny_architecture
 from .unet import UNetModel
 from .vae import AutoencoderKL
@@ -51,5 +50,5 @@ def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int 
         metadata[METADATA_KEY] = arch.to_json()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=metadata)
+    save_checkpoint(tensors, out, metadata=metadata)
     return arch
