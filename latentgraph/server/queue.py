@@ -1,0 +1,308 @@
+"""The prompt queue and the history, as ComfyUI keeps them, with two differences: history
+entries exist from the moment a prompt starts (status "running", with its progress) and every
+finished entry is written to disk, so the history outlives the server.
+
+Thread-safe: the HTTP handlers add and delete from the event loop while the worker thread
+takes prompts and records what happened.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("latentgraph.server")
+
+MAX_HISTORY = 10_000  # ComfyUI's MAXIMUM_HISTORY_SIZE
+# extra_data keys that carry credentials: kept for the run, never shown or stored (as ComfyUI)
+SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+
+
+@dataclass(order=True)
+class QueueItem:
+    """One queued prompt. Ordered by number (lower runs first), then by arrival."""
+
+    number: float
+    seq: int
+    prompt_id: str = field(compare=False)
+    prompt: dict = field(compare=False)
+    extra_data: dict = field(compare=False)
+    outputs: list[str] = field(compare=False)  # the output nodes to run
+    sensitive: dict = field(compare=False, default_factory=dict, repr=False)
+
+    def as_list(self) -> list:
+        """ComfyUI's 5-element form: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+        number = int(self.number) if float(self.number).is_integer() else self.number
+        return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
+
+
+class PromptQueue:
+    """Pending prompts in a heap, the running one aside; ``get`` blocks the worker."""
+
+    def __init__(self) -> None:
+        self._heap: list[QueueItem] = []
+        self._running: dict[str, QueueItem] = {}
+        self._cond = threading.Condition()
+        self._counter = 0  # ComfyUI's prompt number counter
+        self._seq = 0
+        self._closed = False
+        self.on_change: list = []  # callbacks () -> None, called after every change
+
+    def next_number(self, front: bool = False, number: Any = None) -> float:
+        """ComfyUI's numbering: an explicit number as given (float); otherwise the counter,
+        negated for ``front``, and the counter moves on."""
+        with self._cond:
+            if number is not None:
+                return float(number)
+            n = self._counter
+            self._counter += 1
+            return -n if front else n
+
+    def put(self, number: float, prompt_id: str, prompt: dict, extra_data: dict, outputs: list[str]) -> QueueItem:
+        extra = dict(extra_data)
+        sensitive = {k: extra.pop(k) for k in SENSITIVE_KEYS if k in extra}
+        with self._cond:
+            if any(i.prompt_id == prompt_id for i in self._heap) or prompt_id in self._running:
+                raise ValueError(f"prompt_id {prompt_id!r} is already queued")
+            self._seq += 1
+            item = QueueItem(number, self._seq, prompt_id, prompt, extra, list(outputs), sensitive)
+            heapq.heappush(self._heap, item)
+            self._cond.notify()
+        self._changed()
+        return item
+
+    def get(self, timeout: float | None = None) -> QueueItem | None:
+        """The next prompt, now marked running; None on timeout or once closed."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._heap and not self._closed:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            if self._closed:
+                return None
+            item = heapq.heappop(self._heap)
+            self._running[item.prompt_id] = item
+        self._changed()
+        return item
+
+    def done(self, item: QueueItem) -> None:
+        with self._cond:
+            self._running.pop(item.prompt_id, None)
+        self._changed()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def delete(self, prompt_ids) -> int:
+        """Remove pending prompts (a running one is left alone, as in ComfyUI)."""
+        wanted = set(prompt_ids)
+        with self._cond:
+            before = len(self._heap)
+            self._heap = [i for i in self._heap if i.prompt_id not in wanted]
+            heapq.heapify(self._heap)
+            removed = before - len(self._heap)
+        if removed:
+            self._changed()
+        return removed
+
+    def clear(self) -> int:
+        with self._cond:
+            removed, self._heap = len(self._heap), []
+        if removed:
+            self._changed()
+        return removed
+
+    def running(self) -> list[QueueItem]:
+        with self._cond:
+            return list(self._running.values())
+
+    def pending(self) -> list[QueueItem]:
+        """Pending prompts in the order they will run."""
+        with self._cond:
+            return sorted(self._heap)
+
+    def remaining(self) -> int:
+        """ComfyUI's queue_remaining: pending plus running."""
+        with self._cond:
+            return len(self._heap) + len(self._running)
+
+    def snapshot(self) -> dict:
+        """GET /queue's body."""
+        return {"queue_running": [i.as_list() for i in self.running()],
+                "queue_pending": [i.as_list() for i in self.pending()]}
+
+    def _changed(self) -> None:
+        for callback in list(self.on_change):
+            try:
+                callback()
+            except Exception:  # a listener must not break the queue
+                log.exception("queue change listener failed")
+
+
+class History:
+    """Entries keyed by prompt id, oldest first, at most ``max_items``. With a ``folder``,
+    every finished entry is written there as ``<prompt_id>.json`` and read back on start."""
+
+    def __init__(self, folder: str | Path | None = None, max_items: int = MAX_HISTORY) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.max_items = max_items
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, dict] = OrderedDict()
+        if self.folder is not None:
+            self._load()
+
+    # -- recording (worker thread) -------------------------------------------------------
+    def start(self, item: QueueItem) -> None:
+        """A prompt began: its entry exists from now on, with status "running"."""
+        entry = {"prompt": item.as_list(), "outputs": {}, "meta": {},
+                 "status": {"status_str": "running", "completed": False, "messages": [], "progress": None},
+                 "started": time.time()}
+        with self._lock:
+            self._entries.pop(item.prompt_id, None)
+            self._entries[item.prompt_id] = entry
+            self._trim()
+
+    def message(self, prompt_id: str, kind: str, data: dict) -> None:
+        """Record what the executor said: status messages, outputs, progress."""
+        with self._lock:
+            entry = self._entries.get(prompt_id)
+            if entry is None:
+                return
+            status = entry["status"]
+            if kind in ("execution_start", "execution_cached", "execution_success", "execution_error",
+                        "execution_interrupted"):
+                status["messages"].append([kind, data])
+            if kind == "executed":
+                node = data["node"]
+                entry["outputs"][node] = data["output"]
+                entry["meta"][node] = {"node_id": node, "display_node": data.get("display_node", node),
+                                       "parent_node": None, "real_node_id": node}
+            elif kind == "progress":
+                status["progress"] = {"node": data.get("node"), "value": data["value"], "max": data["max"]}
+            elif kind == "executing" and data.get("node") is not None:
+                status["node"] = data["node"]
+
+    def finish(self, prompt_id: str, success: bool) -> dict | None:
+        """The prompt ended: ComfyUI's final status, then written to disk."""
+        with self._lock:
+            entry = self._entries.get(prompt_id)
+            if entry is None:
+                return None
+            status = entry["status"]
+            status["status_str"] = "success" if success else "error"
+            status["completed"] = success
+            status.pop("progress", None)
+            status.pop("node", None)
+            entry["finished"] = time.time()
+            snapshot = json.loads(json.dumps(entry, default=str))
+        self._write(prompt_id, snapshot)
+        return snapshot
+
+    # -- reading (HTTP handlers) ----------------------------------------------------------
+    def get(self, prompt_id: str, include_running: bool = False) -> dict | None:
+        with self._lock:
+            entry = self._entries.get(prompt_id)
+            if entry is None or (not include_running and entry["status"]["status_str"] == "running"):
+                return None
+            return self._public(entry)
+
+    def items(self, max_items: int | None = None, offset: int = -1, include_running: bool = False) -> dict:
+        """GET /history's body: oldest first; ``max_items`` alone gives the newest N, as in
+        ComfyUI. Running entries only when asked (ComfyUI clients poll /history/{id} to learn
+        that a prompt has finished)."""
+        with self._lock:
+            ids = [k for k, e in self._entries.items()
+                   if include_running or e["status"]["status_str"] != "running"]
+            if offset < 0 and max_items is not None:
+                offset = len(ids) - max_items
+            offset = max(offset, 0)
+            chosen = ids[offset:] if max_items is None else ids[offset:offset + max_items]
+            return {k: self._public(self._entries[k]) for k in chosen}
+
+    def all_entries(self) -> list[tuple[str, dict]]:
+        """Every entry with its internal times, for the jobs API."""
+        with self._lock:
+            return [(k, json.loads(json.dumps(e, default=str))) for k, e in self._entries.items()]
+
+    def delete(self, prompt_ids) -> None:
+        with self._lock:
+            for pid in prompt_ids:
+                self._entries.pop(pid, None)
+        for pid in prompt_ids:
+            self._unlink(pid)
+
+    def clear(self) -> None:
+        with self._lock:
+            ids = [k for k, e in self._entries.items() if e["status"]["status_str"] != "running"]
+            for pid in ids:
+                del self._entries[pid]
+        for pid in ids:
+            self._unlink(pid)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    # -- internals ------------------------------------------------------------------------
+    @staticmethod
+    def _public(entry: dict) -> dict:
+        out = {k: entry[k] for k in ("prompt", "outputs", "status", "meta")}
+        return json.loads(json.dumps(out, default=str))
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.max_items:
+            old, _ = self._entries.popitem(last=False)
+            self._unlink(old)
+
+    def _path(self, prompt_id: str) -> Path | None:
+        if self.folder is None or not prompt_id or "/" in prompt_id or "\\" in prompt_id or prompt_id.startswith("."):
+            return None
+        return self.folder / f"{prompt_id}.json"
+
+    def _write(self, prompt_id: str, entry: dict) -> None:
+        path = self._path(prompt_id)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(entry))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write history entry %s: %s", path, exc)
+
+    def _unlink(self, prompt_id: str) -> None:
+        path = self._path(prompt_id)
+        if path is not None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove history entry %s: %s", path, exc)
+
+    def _load(self) -> None:
+        if not self.folder.is_dir():
+            return
+        found = []
+        for path in self.folder.glob("*.json"):
+            try:
+                entry = json.loads(path.read_text())
+                found.append((float(entry.get("finished", 0.0)), path.stem, entry))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable history entry %s: %s", path, exc)
+        for _, pid, entry in sorted(found, key=lambda f: (f[0], f[1])):
+            self._entries[pid] = entry
+        self._trim()
