@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unet-steps", type=int, default=None)
     train.add_argument("--pool", type=int, default=None, help="pictures encoded for the UNet stage")
 
+    serve = sub.add_parser("serve", parents=[common], help="serve ComfyUI's HTTP and websocket API",
+                           description="Run the ComfyUI-compatible server: queue prompts over HTTP, follow them "
+                                       "over the websocket, read the history.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8188, help="port (default: 8188)")
+    _folders(serve)
+    serve.add_argument("--user-dir", default="user", help="settings and the persisted history (default: user)")
+    serve.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB",
+                       help="largest request body in MB (default: 100)")
+
     nodes = sub.add_parser("nodes", parents=[common], help="list the node types")
     nodes.add_argument("--json", action="store_true", help="print the /object_info document")
     nodes.add_argument("--models-dir", default="models")
@@ -373,8 +383,24 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from aiohttp import web
+
+    from .server import create_app
+
+    if not 0 < args.port < 65536:
+        raise LatentgraphError(f"latentgraph: --port {args.port} is not a TCP port")
+    env = _env(args)
+    app = create_app(create_registry(), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=lambda text: print(text, flush=True))
+    except OSError as exc:
+        raise LatentgraphError(f"latentgraph: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
 _COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes,
-             "make-checkpoint": cmd_make_checkpoint, "train-demo": cmd_train_demo}
+             "make-checkpoint": cmd_make_checkpoint, "train-demo": cmd_train_demo, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,7 @@ class Plan:
     targets: list[str]
     warnings: list[Problem] = field(default_factory=list)
     graph: nx.DiGraph | None = None  # edges run source -> consumer; shared, do not modify
+    node_errors: dict[str, dict] = field(default_factory=dict)  # partial: why the other outputs were dropped
 
 
 @dataclass
@@ -123,11 +124,13 @@ def validate(wf: Workflow, registry, env=None, targets: list[str] | None = None,
         _check_cycles(graph, wf, node_errors)
 
     report_errors = {k: v for k, v in node_errors.items() if v}
+    skipped: dict[str, dict] = {}
     if report_errors or global_error:
         bad = set(report_errors)
         dependents = _dependent_outputs(graph, targets, bad)
         good = [t for t in targets if not dependents["__good__"].get(t)]
         if partial and good and global_error is None:
+            skipped = _report(wf, report_errors, dependents, None, warnings).node_errors
             targets = good
             graph = graph.subgraph(set().union(*(nx.ancestors(graph, t) | {t} for t in good))).copy()
         else:
@@ -136,7 +139,7 @@ def validate(wf: Workflow, registry, env=None, targets: list[str] | None = None,
     if order is None or partial:
         order = list(nx.topological_sort(graph))
     nodes = {i: checker.plan_nodes[i] for i in order}
-    return Plan(wf, nodes, targets, warnings, graph)
+    return Plan(wf, nodes, targets, warnings, graph, skipped)
 
 
 def _graph(nodes: list[str], edges: list, memo: dict | None) -> tuple[nx.DiGraph, list[str] | None]:

@@ -1,2 +1,6 @@
-"""The ComfyUI-compatible server (issue 6): the prompt queue and history so far; the aiohttp
-application and its routes come next."""
+"""The ComfyUI-compatible server: ``create_app`` builds the aiohttp application (routes at
+their paths and under ``/api``, the websocket, one worker thread over one executor)."""
+
+from .app import SERVER, Server, create_app
+
+__all__ = ["SERVER", "Server", "create_app"]

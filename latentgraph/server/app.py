@@ -1,0 +1,595 @@
+"""The aiohttp application: ComfyUI's HTTP routes and websocket over one executor.
+
+A single worker thread takes prompts from the queue and runs them on one Executor (so its
+result cache is shared by every prompt); what the executor reports is recorded in the history
+and relayed to the websocket of the client that queued the prompt, through one publisher task
+on the event loop (messages keep their order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import struct
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..graph import Environment, Executor, Workflow
+from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
+from ..graph.validate import validate
+from .files import FileRoutes
+from .queue import History, PromptQueue, QueueItem
+
+log = logging.getLogger("latentgraph.server")
+
+VERSION = "0.1.0"
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "clip", "text_encoders", "diffusion_models", "unet",
+                 "upscale_models", "controlnet")
+PREVIEW_JPEG, PREVIEW_PNG = 1, 2
+BINARY_PREVIEW, BINARY_PREVIEW_WITH_METADATA = 1, 4
+
+
+class Server:
+    """The state behind the routes: queue, history, executor, sockets, worker."""
+
+    def __init__(self, registry, env: Environment, services: dict, user_dir: Path, max_upload_bytes: int,
+                 previews: bool = True):
+        self.registry = registry
+        self.env = env
+        self.services = services
+        self.executor = Executor(registry, env, services=services)
+        self.user_dir = Path(user_dir)
+        self.queue = PromptQueue()
+        self.history = History(self.user_dir / "history")
+        self.max_upload_bytes = max_upload_bytes
+        self.previews = previews
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.socket_flags: dict[str, dict] = {}
+        self.current: QueueItem | None = None
+        self.current_node: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.outbox: asyncio.Queue | None = None
+        self._stopping = threading.Event()
+        self._free: dict = {}
+        self.queue.on_change.append(self._queue_changed)
+
+    # -- features ---------------------------------------------------------------------------
+    def features(self) -> dict:
+        return {"supports_preview_metadata": True, "max_upload_size": float(self.max_upload_bytes),
+                "extension": {"manager": {"supports_v4": False}}, "node_replacements": False, "assets": False}
+
+    def status(self) -> dict:
+        return {"status": {"exec_info": {"queue_remaining": self.queue.remaining()}}}
+
+    # -- messages (any thread) --------------------------------------------------------------
+    def send(self, kind: str, data: Any, sid: str | None = None) -> None:
+        """Queue a JSON message for one client (or everyone when ``sid`` is None)."""
+        self._post(("json", {"type": kind, "data": data}, sid))
+
+    def send_binary(self, payload: bytes, sid: str | None) -> None:
+        self._post(("bytes", payload, sid))
+
+    def _post(self, message: tuple) -> None:
+        loop, outbox = self.loop, self.outbox
+        if loop is None or outbox is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(outbox.put_nowait, message)
+        except RuntimeError:  # the loop is shutting down
+            pass
+
+    def _queue_changed(self) -> None:
+        self.send("status", self.status())
+
+    async def publisher(self) -> None:
+        """Deliver queued messages in order; a closed socket is skipped."""
+        while True:
+            kind, payload, sid = await self.outbox.get()
+            targets = list(self.sockets.items()) if sid is None else [(sid, self.sockets.get(sid))]
+            for target_sid, ws in targets:
+                if ws is None or ws.closed:
+                    continue
+                try:
+                    if kind == "json":
+                        await ws.send_str(json.dumps(payload, default=str))
+                    else:
+                        await ws.send_bytes(payload)
+                except (ConnectionError, RuntimeError):
+                    log.debug("dropping a message to closed socket %s", target_sid)
+
+    # -- the worker (its own thread) --------------------------------------------------------
+    def worker(self) -> None:
+        while not self._stopping.is_set():
+            self._maybe_free()
+            item = self.queue.get(timeout=0.5)
+            if item is None:
+                continue
+            try:
+                self.run_item(item)
+            except Exception:  # never let one prompt stop the worker
+                log.exception("prompt %s failed outside the executor", item.prompt_id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.queue.close()
+        self.executor.interrupt()
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        self._free = {"unload_models": unload_models or free_memory, "free_memory": free_memory}
+
+    def _maybe_free(self) -> None:
+        request, self._free = self._free, {}
+        if request.get("unload_models"):
+            models = self.services.get("models")
+            if models is not None and hasattr(models, "clear"):
+                models.clear()
+        if request.get("free_memory"):
+            self.executor.cache.clear()
+
+    def run_item(self, item: QueueItem) -> None:
+        client = item.extra_data.get("client_id") or None
+        pid = item.prompt_id
+        self.current, self.current_node = item, None
+        self.history.start(item)
+        ended: dict = {}
+
+        def listener(kind: str, data: dict) -> None:
+            preview = data.pop("preview", None) if kind == "progress" else None
+            if kind == "executing":
+                if data.get("node") is None:
+                    ended["executing"] = data  # sent after the history is stored, as ComfyUI
+                    return
+                self.current_node = data["node"]
+            self.history.message(pid, kind, data)
+            if kind in ("progress", "execution_interrupted"):
+                self.send(kind, data, client)  # broadcast when nobody queued it, as ComfyUI
+            elif client is not None:
+                self.send(kind, data, client)
+            if preview is not None and self.previews:
+                self._send_preview(preview, data, client)
+
+        ok = False
+        try:
+            wf = Workflow.from_api(item.prompt, source=f"prompt {pid}")
+            extra = {**item.extra_data, **item.sensitive}
+            self.executor.run(wf, prompt_id=pid, targets=item.outputs or None, extra_data=extra,
+                              listener=listener, partial=True)
+            ok = True
+        except ValidationError as exc:  # the files changed since the prompt was queued
+            self._fail_before_start(pid, client, exc)
+        except (NodeExecutionError, Interrupted):
+            pass  # the executor has already said so
+        except Exception as exc:
+            log.exception("prompt %s", pid)
+            self._fail_before_start(pid, client, exc)
+        finally:
+            self.history.finish(pid, ok)
+            self.current, self.current_node = None, None
+            self.queue.done(item)  # -> status broadcast
+            if client is not None:
+                self.send("executing", ended.get("executing") or {"node": None, "prompt_id": pid}, client)
+
+    def _fail_before_start(self, pid: str, client: str | None, exc: BaseException) -> None:
+        stamp = int(time.time() * 1000)
+        start = {"prompt_id": pid, "timestamp": stamp}
+        error = {"prompt_id": pid, "node_id": None, "node_type": None, "executed": [],
+                 "exception_message": str(exc), "exception_type": type(exc).__name__, "traceback": [],
+                 "current_inputs": {}, "current_outputs": [], "timestamp": stamp}
+        for kind, data in (("execution_start", start), ("execution_error", error)):
+            self.history.message(pid, kind, data)
+            if client is not None:
+                self.send(kind, data, client)
+
+    def _send_preview(self, preview, data: dict, client: str | None) -> None:
+        if client is not None and client not in self.sockets:
+            return
+        try:
+            image = preview() if callable(preview) else preview
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="JPEG", quality=95)
+        except Exception:
+            log.exception("preview failed")
+            return
+        flags = self.socket_flags.get(client, {}) if client else {}
+        if flags.get("supports_preview_metadata"):
+            node = data.get("node")
+            meta = json.dumps({"node_id": node, "prompt_id": data.get("prompt_id"), "display_node_id": node,
+                               "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}).encode()
+            payload = struct.pack(">II", BINARY_PREVIEW_WITH_METADATA, len(meta)) + meta + buf.getvalue()
+        else:
+            payload = struct.pack(">II", BINARY_PREVIEW, PREVIEW_JPEG) + buf.getvalue()
+        self.send_binary(payload, client)
+
+
+SERVER = web.AppKey("latentgraph_server", Server)
+
+
+# -- routes ---------------------------------------------------------------------------------
+def _server(request: web.Request) -> Server:
+    return request.app[SERVER]
+
+
+async def _json_body(request: web.Request, optional: bool = False) -> dict:
+    """The request's JSON object, or a 400 saying what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise _bad_request("empty_body", "The request has no JSON body")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if optional:
+            return {}
+        raise _bad_request("invalid_json", f"The request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        if optional:
+            return {}
+        raise _bad_request("invalid_json", "The request body must be a JSON object")
+    return body
+
+
+def _bad_request(kind: str, message: str, details: str = "") -> web.HTTPBadRequest:
+    body = {"error": {"type": kind, "message": message, "details": details or message, "extra_info": {}},
+            "node_errors": {}}
+    return web.HTTPBadRequest(text=json.dumps(body), content_type="application/json")
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    srv = _server(request)
+    body = await _json_body(request)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad_request("no_prompt", "No prompt provided")
+    if not isinstance(prompt, dict):
+        raise _bad_request("invalid_prompt", "The prompt must be an object of node id -> node")
+    try:
+        number = srv.queue.next_number(bool(body.get("front")), body.get("number"))
+    except (TypeError, ValueError):
+        raise _bad_request("invalid_number", f"number must be a number, not {body.get('number')!r}") from None
+    try:
+        wf = Workflow.from_api(prompt, source="prompt")
+    except WorkflowError as exc:
+        raise _bad_request("invalid_prompt", "Cannot read the prompt", str(exc)) from None
+    targets = body.get("partial_execution_targets")
+    if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise _bad_request("invalid_prompt", "partial_execution_targets must be a list of node ids")
+    try:
+        plan = await asyncio.to_thread(validate, wf, srv.registry, srv.env, targets, True)
+    except ValidationError as exc:
+        return web.json_response(exc.report.as_comfy(), status=400, dumps=_dumps)
+    extra = body.get("extra_data") or {}
+    if not isinstance(extra, dict):
+        raise _bad_request("invalid_prompt", "extra_data must be an object")
+    extra = dict(extra)
+    if body.get("client_id") is not None:
+        extra["client_id"] = body["client_id"]
+    extra["create_time"] = int(time.time() * 1000)
+    pid = body.get("prompt_id") or str(uuid.uuid4())
+    if not isinstance(pid, str):
+        raise _bad_request("invalid_prompt", "prompt_id must be a string")
+    try:
+        srv.queue.put(number, pid, prompt, extra, list(plan.targets))
+    except ValueError as exc:
+        raise _bad_request("duplicate_prompt_id", str(exc)) from None
+    return web.json_response({"prompt_id": pid, "number": number, "node_errors": plan.node_errors}, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    return web.json_response({"exec_info": {"queue_remaining": _server(request).queue.remaining()}})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    return web.json_response(_server(request).queue.snapshot(), dumps=_dumps)
+
+
+async def _clear_or_delete(request: web.Request, store) -> web.Response:
+    """POST /queue and POST /history: ``{"clear": true}`` and/or ``{"delete": [ids]}``."""
+    body = await _json_body(request)
+    if body.get("clear"):
+        store.clear()
+    if "delete" in body:
+        ids = body["delete"]
+        if not isinstance(ids, list):
+            raise _bad_request("invalid_request", "delete must be a list of prompt ids")
+        store.delete([str(i) for i in ids])
+    return web.Response(status=200)
+
+
+async def post_queue(request: web.Request) -> web.Response:
+    return await _clear_or_delete(request, _server(request).queue)
+
+
+async def post_interrupt(request: web.Request) -> web.Response:
+    srv = _server(request)
+    body = await _json_body(request, optional=True)
+    wanted = body.get("prompt_id")
+    running = srv.current
+    if wanted is None or (running is not None and running.prompt_id == wanted):
+        if running is not None:
+            srv.executor.interrupt()
+    return web.Response(status=200)
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise _bad_request("invalid_request", f"{name} must be an integer, not {raw!r}") from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def get_history(request: web.Request) -> web.Response:
+    srv = _server(request)
+    items = srv.history.items(_int_param(request, "max_items", None), _int_param(request, "offset", -1),
+                              include_running=_flag(request, "include_running"))
+    return web.json_response(items, dumps=_dumps)
+
+
+async def get_history_item(request: web.Request) -> web.Response:
+    srv = _server(request)
+    pid = request.match_info["prompt_id"]
+    entry = srv.history.get(pid, include_running=_flag(request, "include_running"))
+    return web.json_response({pid: entry} if entry is not None else {}, dumps=_dumps)
+
+
+async def post_history(request: web.Request) -> web.Response:
+    return await _clear_or_delete(request, _server(request).history)
+
+
+async def get_object_info(request: web.Request) -> web.Response:
+    srv = _server(request)
+    info = await asyncio.to_thread(srv.registry.object_info, srv.env)
+    return web.json_response(info, dumps=_dumps)
+
+
+async def get_object_info_one(request: web.Request) -> web.Response:
+    srv = _server(request)
+    name = request.match_info["node_class"]
+    ndef = srv.registry.get(name)
+    if ndef is None:
+        return web.json_response({})
+    return web.json_response({name: ndef.object_info(srv.env)}, dumps=_dumps)
+
+
+async def get_system_stats(request: web.Request) -> web.Response:
+    import platform
+
+    import torch
+
+    total, free = _memory()
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free_b, total_b = torch.cuda.mem_get_info(i)
+            devices.append({"name": f"cuda:{i} {torch.cuda.get_device_name(i)}", "type": "cuda", "index": i,
+                            "vram_total": total_b, "vram_free": free_b,
+                            "torch_vram_total": torch.cuda.memory_reserved(i),
+                            "torch_vram_free": torch.cuda.memory_reserved(i) - torch.cuda.memory_allocated(i)})
+    else:
+        devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free,
+                        "torch_vram_total": total, "torch_vram_free": free})
+    return web.json_response({
+        "system": {"os": sys.platform, "ram_total": total, "ram_free": free, "comfyui_version": VERSION,
+                   "latentgraph_version": VERSION, "required_frontend_version": "1.58.1",
+                   "python_version": sys.version, "pytorch_version": torch.__version__,
+                   "embedded_python": False, "argv": list(sys.argv), "platform": platform.platform()},
+        "devices": devices})
+
+
+def _memory() -> tuple[int, int]:
+    """Total and available RAM in bytes (Linux /proc/meminfo; sysconf elsewhere)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import os
+
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 0, 0
+
+
+async def get_embeddings(request: web.Request) -> web.Response:
+    names = _server(request).env.list_models("embeddings")
+    return web.json_response(sorted({n.rsplit(".", 1)[0] for n in names}))
+
+
+async def get_models(request: web.Request) -> web.Response:
+    return web.json_response(list(MODEL_FOLDERS))
+
+
+async def get_models_folder(request: web.Request) -> web.Response:
+    folder = request.match_info["folder"]
+    if folder not in MODEL_FOLDERS:
+        raise web.HTTPNotFound(text=f"unknown model folder {folder!r}")
+    return web.json_response(_server(request).env.list_models(folder))
+
+
+async def get_extensions(request: web.Request) -> web.Response:
+    return web.json_response([])
+
+
+async def get_features(request: web.Request) -> web.Response:
+    return web.json_response(_server(request).features())
+
+
+async def post_free(request: web.Request) -> web.Response:
+    body = await _json_body(request, optional=True)
+    _server(request).free(bool(body.get("unload_models")), bool(body.get("free_memory")))
+    return web.Response(status=200)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    srv = _server(request)
+    ws = web.WebSocketResponse(max_msg_size=1 << 20)
+    await ws.prepare(request)
+    sid = request.query.get("clientId") or uuid.uuid4().hex
+    old = srv.sockets.get(sid)
+    srv.sockets[sid] = ws
+    srv.socket_flags[sid] = {}
+    if old is not None and not old.closed:
+        await old.close()
+    try:
+        await ws.send_str(json.dumps({"type": "status", "data": {**srv.status(), "sid": sid}}))
+        running = srv.current
+        if running is not None and running.extra_data.get("client_id") == sid and srv.current_node is not None:
+            await ws.send_str(json.dumps({"type": "executing", "data": {"node": srv.current_node}}))
+        first = True
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    log.warning("websocket %s sent a message that is not JSON", sid)
+                    continue
+                if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                    flags = data.get("data")
+                    srv.socket_flags[sid] = flags if isinstance(flags, dict) else {}
+                    await ws.send_str(json.dumps({"type": "feature_flags", "data": srv.features()}))
+                first = False
+            elif msg.type == WSMsgType.ERROR:
+                log.warning("websocket %s closed with %s", sid, ws.exception())
+    finally:
+        if srv.sockets.get(sid) is ws:
+            srv.sockets.pop(sid, None)
+            srv.socket_flags.pop(sid, None)
+    return ws
+
+
+# -- middleware -------------------------------------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit("//" + value)
+    try:
+        port = str(parts.port) if parts.port is not None else None
+    except ValueError:
+        port = None
+    return (parts.hostname or "").lower(), port
+
+
+@web.middleware
+async def origin_check(request: web.Request, handler):
+    """ComfyUI's guard against cross-site requests to a server on the loopback: when the Host
+    is a loopback name and an Origin is sent, they must name the same host (and port)."""
+    host, origin = request.headers.get("Host"), request.headers.get("Origin")
+    if host and origin:
+        from urllib.parse import urlsplit
+
+        host_name, host_port = _split_host(host)
+        if _is_loopback(host_name):
+            o = urlsplit(origin)
+            try:
+                origin_port = str(o.port) if o.port is not None else None
+            except ValueError:
+                origin_port = None
+            origin_name = (o.hostname or "").lower()
+            same = origin_name == host_name and (origin_port is None or host_port is None or origin_port == host_port)
+            if not same:
+                log.warning("refused a request from origin %s to host %s", origin, host)
+                return web.Response(status=403, text="Forbidden: the Origin does not match the Host")
+    if request.method == "OPTIONS":
+        return web.Response(status=200)
+    return await handler(request)
+
+
+@web.middleware
+async def cache_headers(request: web.Request, handler):
+    response = await handler(request)
+    path = request.path.lower()
+    if path.endswith((".js", ".css")) or (path.rsplit("/", 1)[-1].startswith("index") and path.endswith(".json")):
+        response.headers.setdefault("Cache-Control", "no-cache")
+    return response
+
+
+# -- the application ------------------------------------------------------------------------
+ROUTES = [
+    ("POST", "/prompt", post_prompt), ("GET", "/prompt", get_prompt),
+    ("GET", "/queue", get_queue), ("POST", "/queue", post_queue),
+    ("POST", "/interrupt", post_interrupt),
+    ("GET", "/history", get_history), ("GET", "/history/{prompt_id}", get_history_item),
+    ("POST", "/history", post_history),
+    ("GET", "/object_info", get_object_info), ("GET", "/object_info/{node_class}", get_object_info_one),
+    ("GET", "/system_stats", get_system_stats), ("GET", "/embeddings", get_embeddings),
+    ("GET", "/models", get_models), ("GET", "/models/{folder}", get_models_folder),
+    ("GET", "/extensions", get_extensions), ("GET", "/features", get_features), ("POST", "/free", post_free),
+    ("GET", "/ws", websocket),
+]
+
+
+def create_app(registry=None, env: Environment | None = None, *, services: dict | None = None,
+               user_dir: str | Path | None = None, max_upload_mb: float = 100.0,
+               previews: bool = True) -> web.Application:
+    """The server as an aiohttp Application: every route at its path and under ``/api``, the
+    worker thread and the message publisher started and stopped with the app."""
+    if registry is None:
+        from ..nodes import create_registry
+
+        registry = create_registry()
+    env = env or Environment()
+    if services is None:
+        from ..nodes import create_services
+
+        services = create_services(env)
+    user_dir = Path(user_dir) if user_dir is not None else env.output_dir.parent / "user"
+    max_bytes = int(round(max_upload_mb * 1024 * 1024))
+    srv = Server(registry, env, services, user_dir, max_bytes, previews)
+    app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
+    app[SERVER] = srv
+    files = FileRoutes(lambda: srv.env)
+    routes = ROUTES + files.routes()
+    for method, path, handler in routes:
+        app.router.add_route(method, "/api" + path, handler)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application):
+    srv = app[SERVER]
+    srv.loop = asyncio.get_running_loop()
+    srv.outbox = asyncio.Queue()
+    publisher = asyncio.create_task(srv.publisher())
+    thread = threading.Thread(target=srv.worker, name="latentgraph-worker", daemon=True)
+    thread.start()
+    yield
+    srv.stop()
+    await asyncio.to_thread(thread.join, 30)
+    publisher.cancel()
+    for ws in list(srv.sockets.values()):
+        await ws.close()
+    srv.loop = None
