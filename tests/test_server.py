@@ -460,3 +460,64 @@ def test_history_survives_a_restart(tmp_path, shared):
     after = run(second())
     assert list(after) == [pid] and after == before
     assert (tmp_path / "user" / "history" / f"{pid}.json").is_file()
+
+
+def test_jobs_api_lists_filters_shows_and_cancels(tmp_path, shared):
+    async def go():
+        async with served(tmp_path, shared) as client:
+            ws, _ = await connect(client, "gina")
+            ok = (await (await client.post("/prompt", json={"prompt": cheap("j"), "client_id": "gina",
+                                                            "extra_data": {"extra_pnginfo": {"workflow": {"id": "wf-1"}}}})).json())["prompt_id"]
+            await until_done(ws, ok)
+            failing = {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
+                       "boom": {"class_type": "Explode", "inputs": {"image": ["img", 0]}},
+                       "save": {"class_type": "SaveImage", "inputs": {"images": ["boom", 0]}}}
+            bad = (await (await client.post("/prompt", json={"prompt": failing, "client_id": "gina"})).json())["prompt_id"]
+            await until_done(ws, bad)
+            long = (await (await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=4),
+                                                              "client_id": "gina"})).json())["prompt_id"]
+            while True:
+                msg = await ws.receive(timeout=60)
+                if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "progress":
+                    break
+            waiting = (await (await client.post("/prompt", json={"prompt": cheap("w")})).json())["prompt_id"]
+            body = await (await client.get("/api/jobs", params={"status": "in_progress,pending", "limit": "200",
+                                                                "offset": "0"})).json()
+            assert [(j["id"], j["status"]) for j in body["jobs"]] == [(waiting, "pending"), (long, "in_progress")]
+            assert body["pagination"] == {"offset": 0, "limit": 200, "total": 2, "has_more": False}
+            assert all(isinstance(j["create_time"], int) for j in body["jobs"])
+            # cancel the pending one, then the running one
+            assert await (await client.post(f"/api/jobs/{waiting}/cancel")).json() == {"cancelled": True}
+            assert await (await client.post(f"/api/jobs/{waiting}/cancel")).json() == {"cancelled": False}
+            r = await client.post("/api/jobs/cancel", json={"job_ids": [long]})
+            assert await r.json() == {"cancelled": True}
+            await until_done(ws, long)
+            body = await (await client.get("/api/jobs", params={"status": "completed,failed,cancelled",
+                                                                "sort_order": "asc"})).json()
+            assert [(j["id"], j["status"]) for j in body["jobs"]] == [(ok, "completed"), (bad, "failed"),
+                                                                      (long, "cancelled")]
+            done = body["jobs"][0]
+            assert done["outputs_count"] == 1 and done["workflow_id"] == "wf-1"
+            assert done["preview_output"] == {"filename": "j_00001_.png", "subfolder": "", "type": "output",
+                                              "nodeId": "save", "mediaType": "images"}
+            assert done["execution_end_time"] >= done["execution_start_time"] >= done["create_time"] - 1000
+            assert body["jobs"][1]["execution_error"]["node_id"] == "boom"
+            page = await (await client.get("/api/jobs", params={"limit": "1", "offset": "1", "sort_order": "asc"})).json()
+            assert [j["id"] for j in page["jobs"]] == [bad] and page["pagination"]["has_more"] is True
+            assert [j["id"] for j in (await (await client.get("/api/jobs", params={"workflow_id": "wf-1"})).json())["jobs"]] == [ok]
+            full = await (await client.get(f"/api/jobs/{ok}")).json()
+            assert full["outputs"]["save"]["images"][0]["filename"] == "j_00001_.png"
+            assert full["workflow"]["extra_data"]["extra_pnginfo"]["workflow"]["id"] == "wf-1"
+            assert full["execution_status"]["status_str"] == "success" and "save" in full["workflow"]["prompt"]
+            # refusals
+            assert (await client.get("/api/jobs/" + str(uuid.uuid4()))).status == 404
+            assert (await client.get("/api/jobs", params={"status": "weird"})).status == 400
+            assert (await client.get("/api/jobs", params={"limit": "0"})).status == 400
+            assert (await client.get("/api/jobs", params={"limit": "x"})).status == 400
+            assert (await client.get("/api/jobs", params={"sort_by": "name"})).status == 400
+            assert (await client.post("/api/jobs/cancel", json={"job_ids": "x"})).status == 400
+            assert (await client.post("/api/jobs/cancel", json={"job_ids": ["not-a-uuid"]})).status == 400
+            r = await client.post("/api/jobs/cancel", json={"job_ids": [str(uuid.uuid4())]})
+            assert r.status == 404 and "unknown_ids" in await r.json()
+
+    run(go())

@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from ..graph import Environment, Executor, Workflow
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from ..graph.validate import validate
+from . import jobs
 from .files import FileRoutes
 from .queue import History, PromptQueue, QueueItem
 
@@ -570,7 +571,7 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
-    routes = ROUTES + files.routes()
+    routes = ROUTES + files.routes() + jobs.ROUTES
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
