@@ -63,6 +63,11 @@ def txt2img(steps: int = 3, seed: int = 1, prefix: str = "t") -> dict:
     return prompt
 
 
+FAILING = {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
+           "boom": {"class_type": "Explode", "inputs": {"image": ["img", 0]}},
+           "save": {"class_type": "SaveImage", "inputs": {"images": ["boom", 0]}}}
+
+
 def cheap(prefix: str, colour: int = 0) -> dict:
     return {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": colour}},
             "save": {"class_type": "SaveImage", "inputs": {"images": ["img", 0], "filename_prefix": prefix}}}
@@ -224,10 +229,7 @@ def test_interrupt_stops_sampling_and_the_worker_goes_on(tmp_path, shared):
             entry = (await (await client.get(f"/history/{pid}")).json())[pid]
             assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
             # a node that raises is an execution_error, and the next prompt still runs
-            failing = {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
-                       "boom": {"class_type": "Explode", "inputs": {"image": ["img", 0]}},
-                       "save": {"class_type": "SaveImage", "inputs": {"images": ["boom", 0]}}}
-            pid2 = (await (await client.post("/prompt", json={"prompt": failing, "client_id": "carol"})).json())["prompt_id"]
+            pid2 = (await (await client.post("/prompt", json={"prompt": FAILING, "client_id": "carol"})).json())["prompt_id"]
             texts, _ = await until_done(ws, pid2)
             err = next(m["data"] for m in texts if m["type"] == "execution_error")
             assert err["node_id"] == "boom" and err["exception_message"] == "boom"
@@ -469,10 +471,7 @@ def test_jobs_api_lists_filters_shows_and_cancels(tmp_path, shared):
             ok = (await (await client.post("/prompt", json={"prompt": cheap("j"), "client_id": "gina",
                                                             "extra_data": {"extra_pnginfo": {"workflow": {"id": "wf-1"}}}})).json())["prompt_id"]
             await until_done(ws, ok)
-            failing = {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
-                       "boom": {"class_type": "Explode", "inputs": {"image": ["img", 0]}},
-                       "save": {"class_type": "SaveImage", "inputs": {"images": ["boom", 0]}}}
-            bad = (await (await client.post("/prompt", json={"prompt": failing, "client_id": "gina"})).json())["prompt_id"]
+            bad = (await (await client.post("/prompt", json={"prompt": FAILING, "client_id": "gina"})).json())["prompt_id"]
             await until_done(ws, bad)
             long = (await (await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=4),
                                                               "client_id": "gina"})).json())["prompt_id"]

@@ -325,13 +325,11 @@ async def post_interrupt(request: web.Request) -> web.Response:
 
 
 def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
     try:
-        return int(raw)
-    except ValueError:
-        raise _bad_request("invalid_request", f"{name} must be an integer, not {raw!r}") from None
+        value = jobs.int_query(request, name)
+    except ValueError as exc:
+        raise _bad_request("invalid_request", str(exc)) from None
+    return default if value is None else value
 
 
 def _flag(request: web.Request, name: str) -> bool:

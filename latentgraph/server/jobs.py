@@ -77,14 +77,14 @@ def all_jobs(srv) -> dict[str, dict]:
     return jobs
 
 
-def _int_query(request: web.Request, name: str) -> int | None:
+def int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer") from None
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -102,7 +102,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if order not in ("asc", "desc"):
         return _error(400, "sort_order must be 'asc' or 'desc'")
     try:
-        limit, offset = _int_query(request, "limit"), _int_query(request, "offset")
+        limit, offset = int_query(request, "limit"), int_query(request, "offset")
     except ValueError as exc:
         return _error(400, str(exc))
     if limit is not None and limit <= 0:
