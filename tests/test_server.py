@@ -98,6 +98,16 @@ async def until_done(ws, prompt_id: str) -> tuple[list[dict], list[bytes]]:
             return texts, frames
 
 
+async def start_long(client, ws, sid: str, seed: int) -> str:
+    """Queue a 5,000-step prompt and return its id once sampling is under way."""
+    r = await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=seed), "client_id": sid})
+    pid = (await r.json())["prompt_id"]
+    while True:
+        msg = await ws.receive(timeout=60)
+        if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "progress":
+            return pid
+
+
 def test_one_prompt_gets_comfyuis_messages_in_order(tmp_path, shared):
     async def go():
         async with served(tmp_path, shared) as client:
@@ -210,12 +220,7 @@ def test_interrupt_stops_sampling_and_the_worker_goes_on(tmp_path, shared):
     async def go():
         async with served(tmp_path, shared) as client:
             ws, _ = await connect(client, "carol")
-            r = await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=9), "client_id": "carol"})
-            pid = (await r.json())["prompt_id"]
-            while True:  # wait for sampling to be under way
-                msg = await ws.receive(timeout=60)
-                if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "progress":
-                    break
+            pid = await start_long(client, ws, "carol", seed=9)
             running = await (await client.get("/history", params={"include_running": "1"})).json()
             assert running[pid]["status"]["status_str"] == "running"
             assert running[pid]["status"]["progress"]["node"] == "sampler"
@@ -271,12 +276,7 @@ def test_front_and_number_and_queue_deletion(tmp_path, shared):
     async def go():
         async with served(tmp_path, shared) as client:
             ws, _ = await connect(client, "dave")
-            blocker = (await (await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=3),
-                                                                 "client_id": "dave"})).json())["prompt_id"]
-            while True:
-                msg = await ws.receive(timeout=60)
-                if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "progress":
-                    break
+            blocker = await start_long(client, ws, "dave", seed=3)
             a = await (await client.post("/prompt", json={"prompt": cheap("a")})).json()
             b = await (await client.post("/prompt", json={"prompt": cheap("b"), "front": True})).json()
             c = await (await client.post("/prompt", json={"prompt": cheap("c"), "number": 0.5})).json()
@@ -473,12 +473,7 @@ def test_jobs_api_lists_filters_shows_and_cancels(tmp_path, shared):
             await until_done(ws, ok)
             bad = (await (await client.post("/prompt", json={"prompt": FAILING, "client_id": "gina"})).json())["prompt_id"]
             await until_done(ws, bad)
-            long = (await (await client.post("/prompt", json={"prompt": txt2img(steps=5000, seed=4),
-                                                              "client_id": "gina"})).json())["prompt_id"]
-            while True:
-                msg = await ws.receive(timeout=60)
-                if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "progress":
-                    break
+            long = await start_long(client, ws, "gina", seed=4)
             waiting = (await (await client.post("/prompt", json={"prompt": cheap("w")})).json())["prompt_id"]
             body = await (await client.get("/api/jobs", params={"status": "in_progress,pending", "limit": "200",
                                                                 "offset": "0"})).json()
