@@ -24,6 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
+from latentgraph.server import wait_until_listening
+
 
 def tiny(i: int, prefix: str) -> dict:
     return {"img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
@@ -109,12 +111,7 @@ def main() -> None:
                "--user-dir", f"{tmp}/user", "--models-dir", f"{tmp}/models", "--device", "cpu"]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
         try:
-            for _ in range(300):
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    time.sleep(0.1)
+            wait_until_listening(port, process=server)
             asyncio.run(sequential(url, 10))  # warm-up
             wall, latencies = asyncio.run(load(url, args.prompts, args.clients))
             seq = asyncio.run(sequential(url, args.sequential))

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-dir", default="user", help="settings and the persisted history (default: user)")
     serve.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB",
                        help="largest request body in MB (default: 100)")
+    serve.add_argument("--frontend", default="auto", metavar="auto|none|PATH",
+                       help="ComfyUI's web frontend at /: auto = the installed comfyui-frontend-package "
+                            "(pip install 'latentgraph[frontend]'), none, or a folder with index.html")
 
     nodes = sub.add_parser("nodes", parents=[common], help="list the node types")
     nodes.add_argument("--json", action="store_true", help="print the /object_info document")
@@ -391,7 +394,11 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise LatentgraphError(f"latentgraph: --port {args.port} is not a TCP port")
     env = _env(args)
-    app = create_app(create_registry(), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size)
+    try:
+        app = create_app(create_registry(), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size,
+                         frontend=args.frontend)
+    except ValueError as exc:
+        raise LatentgraphError(f"latentgraph: {exc}") from None
     try:
         web.run_app(app, host=args.host, port=args.port, print=lambda text: print(text, flush=True))
     except OSError as exc:

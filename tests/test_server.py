@@ -47,6 +47,7 @@ async def served(tmp: Path, shared, **options):
     registry, services = shared
     env = Environment(output_dir=tmp / "output", input_dir=tmp / "input", temp_dir=tmp / "temp",
                       models_dir=tmp / "models", device="cpu")
+    options.setdefault("frontend", "none")
     app = create_app(registry, env, services=services, user_dir=tmp / "user", **options)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
@@ -513,5 +514,54 @@ def test_jobs_api_lists_filters_shows_and_cancels(tmp_path, shared):
             assert (await client.post("/api/jobs/cancel", json={"job_ids": ["not-a-uuid"]})).status == 400
             r = await client.post("/api/jobs/cancel", json={"job_ids": [str(uuid.uuid4())]})
             assert r.status == 404 and "unknown_ids" in await r.json()
+
+    run(go())
+
+
+def test_frontend_boot_routes_and_static_files(tmp_path, shared):
+    web_root = tmp_path / "web"
+    (web_root / "extensions" / "core").mkdir(parents=True)
+    (web_root / "assets").mkdir()
+    (web_root / "index.html").write_text("<html>front</html>")
+    (web_root / "assets" / "app.js").write_text("console.log(1)")
+    (web_root / "extensions" / "core" / "a.js").write_text("")
+    (web_root / "extensions" / "mine.js").write_text("")
+
+    async def go():
+        async with served(tmp_path, shared, frontend=web_root) as client:
+            r = await client.get("/")
+            assert await r.text() == "<html>front</html>" and r.headers["Cache-Control"] == "no-cache"
+            r = await client.get("/assets/app.js")
+            assert await r.text() == "console.log(1)" and r.headers["Cache-Control"] == "no-cache"
+            assert await (await client.get("/api/extensions")).json() == ["/extensions/core/a.js", "/extensions/mine.js"]
+            assert await (await client.get("/api/users")).json() == {"storage": "server", "migrated": False}
+            assert await (await client.get("/api/settings")).json() == {}
+            assert (await client.post("/api/settings", data=json.dumps({"Comfy.A": 1, "Comfy.B": "x"}))).status == 200
+            assert (await client.post("/api/settings/Comfy.A", data=json.dumps(2))).status == 200
+            assert await (await client.get("/api/settings")).json() == {"Comfy.A": 2, "Comfy.B": "x"}
+            assert await (await client.get("/api/settings/Comfy.B")).json() == "x"
+            assert (await client.post("/api/settings", data=b"[1]")).status == 400
+            for route in ("/api/i18n", "/api/global_subgraphs", "/api/workflow_templates"):
+                assert await (await client.get(route)).json() == {}
+            # user data: the frontend encodes the whole relative path into one segment
+            assert (await client.get("/api/userdata", params={"dir": "workflows"})).status == 404
+            r = await client.post("/api/userdata/workflows%2Fmy%20flow.json?overwrite=false&full_info=true", data=b'{"a": 1}')
+            info = await r.json()
+            assert r.status == 200 and info["path"] == "workflows/my flow.json" and info["size"] == 8
+            assert (await client.post("/api/userdata/workflows%2Fmy%20flow.json?overwrite=false", data=b"x")).status == 409
+            assert await (await client.get("/api/userdata/workflows%2Fmy%20flow.json")).read() == b'{"a": 1}'
+            listing = await (await client.get("/api/userdata", params={"dir": "workflows", "recurse": "true",
+                                                                      "full_info": "true"})).json()
+            assert [f["path"] for f in listing] == ["my flow.json"]
+            r = await client.post("/api/userdata/workflows%2Fmy%20flow.json/move/workflows%2Frenamed.json")
+            assert r.status == 200 and await r.json() == "workflows/renamed.json"
+            assert await (await client.get("/api/userdata", params={"dir": "workflows"})).json() == ["renamed.json"]
+            assert (await client.get("/api/userdata/..%2F..%2Fsecret")).status == 400
+            assert (await client.post("/api/userdata/..%2Fsettings.json", data=b"x")).status == 400
+            assert (await client.delete("/api/userdata/workflows%2Frenamed.json")).status == 204
+            assert (await client.get("/api/userdata/workflows%2Frenamed.json")).status == 404
+        async with served(tmp_path, shared, frontend=web_root) as client:  # settings persist
+            assert await (await client.get("/api/settings")).json() == {"Comfy.A": 2, "Comfy.B": "x"}
+            assert await (await client.get("/api/users")).json() == {"storage": "server", "migrated": True}
 
     run(go())

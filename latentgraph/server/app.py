@@ -27,6 +27,7 @@ from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, Wor
 from ..graph.validate import validate
 from . import jobs
 from .files import FileRoutes
+from .frontend import FrontendRoutes, find_frontend
 from .queue import History, PromptQueue, QueueItem
 
 log = logging.getLogger("latentgraph.server")
@@ -211,6 +212,7 @@ class Server:
 
 
 SERVER = web.AppKey("latentgraph_server", Server)
+FRONTEND = web.AppKey("latentgraph_frontend", FrontendRoutes)
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -426,7 +428,7 @@ async def get_models_folder(request: web.Request) -> web.Response:
 
 
 async def get_extensions(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return web.json_response(request.app[FRONTEND].extension_scripts())
 
 
 async def get_features(request: web.Request) -> web.Response:
@@ -551,9 +553,11 @@ ROUTES = [
 
 def create_app(registry=None, env: Environment | None = None, *, services: dict | None = None,
                user_dir: str | Path | None = None, max_upload_mb: float = 100.0,
-               previews: bool = True) -> web.Application:
+               previews: bool = True, frontend: str | Path | None = "auto") -> web.Application:
     """The server as an aiohttp Application: every route at its path and under ``/api``, the
-    worker thread and the message publisher started and stopped with the app."""
+    worker thread and the message publisher started and stopped with the app; with a
+    frontend (``auto``: the installed comfyui-frontend-package; ``none``; or a folder), ``/``
+    serves it."""
     if registry is None:
         from ..nodes import create_registry
 
@@ -569,11 +573,13 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
-    routes = ROUTES + files.routes() + jobs.ROUTES
+    front = app[FRONTEND] = FrontendRoutes(user_dir, find_frontend(frontend))
+    routes = ROUTES + files.routes() + jobs.ROUTES + front.routes()
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
+    front.install_static(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -592,3 +598,20 @@ async def _lifecycle(app: web.Application):
     for ws in list(srv.sockets.values()):
         await ws.close()
     srv.loop = None
+
+
+def wait_until_listening(port: int, host: str = "127.0.0.1", timeout: float = 60.0, process=None) -> None:
+    """For scripts and tests that start ``latentgraph serve``: return once the port accepts
+    connections; RuntimeError if ``process`` (a Popen) exits first or the time runs out."""
+    import socket
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {process.returncode}") from None
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
