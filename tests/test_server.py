@@ -369,6 +369,9 @@ def test_uploads_naming_refusals_and_use_by_loadimage(tmp_path, shared):
             assert (await upload(client, "big.png", np.random.default_rng(0).bytes(80_000))).status == 413
             r = await client.post("/upload/image", json={"image": "x"})
             assert r.status == 400
+            r = await client.post("/upload/image", data=b"--B\r\nContent-Disposition: form-data; name=\"image\"",
+                                  headers={"Content-Type": "multipart/form-data; boundary=B"})
+            assert r.status == 400 and "malformed multipart" in await r.text()
             assert not (tmp_path / "evil.png").exists()
             # a mask upload puts the mask's alpha on the original
             mask = png(size=(16, 12), colour=(0, 0, 0, 0))
