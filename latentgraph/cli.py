@@ -156,7 +156,7 @@ def _env(args) -> Environment:
 
 
 def _load(args, registry) -> Workflow:
-    wf = Workflow.load(args.file)
+    wf = Workflow.load(args.file, registry)
     apply_sets(wf, getattr(args, "sets", []), registry)
     return wf
 
@@ -296,7 +296,7 @@ def cmd_validate(args) -> int:
 
 def cmd_convert(args) -> int:
     registry = create_registry()
-    wf = Workflow.load(args.file)
+    wf = Workflow.load(args.file, registry)
     unknown = sorted({s.class_type for s in wf.nodes.values() if s.class_type not in registry})
     if unknown and wf.origin == "yaml" and args.to == "api":
         raise WorkflowError(wf.source, f"unknown node types {unknown}: their links cannot be resolved")

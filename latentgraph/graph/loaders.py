@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import Problem, WorkflowError
+from .ui_format import is_ui_workflow, ui_to_api
 from .workflow import Link, NodeSpec, Workflow, api_link, link_from_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,7 +24,9 @@ FORMAT_VERSION = 1
 
 
 # -- reading -------------------------------------------------------------------------------
-def load_file(path: str | Path) -> Workflow:
+def load_file(path: str | Path, registry=None) -> Workflow:
+    """A workflow file; UI-format JSON (and PNGs carrying only a ``workflow`` chunk) need the
+    ``registry`` to map widget values to inputs."""
     path = Path(path)
     source = str(path)
     try:
@@ -35,32 +38,29 @@ def load_file(path: str | Path) -> Workflow:
     except OSError as exc:
         raise WorkflowError(source, f"cannot read the file: {exc.strerror or exc}") from None
     if data.startswith(PNG_MAGIC):
-        return _load_png(path, source)
+        return _load_png(path, source, registry)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WorkflowError(source, f"not a text file (byte {exc.start} is not UTF-8); expected YAML or JSON") from None
-    return load_text(text, source)
+    return load_text(text, source, registry)
 
 
-def load_text(text: str, source: str = "<string>") -> Workflow:
+def load_text(text: str, source: str = "<string>", registry=None) -> Workflow:
     """Parse YAML or JSON text, telling API JSON from YAML-structured documents by content."""
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise WorkflowError(source, "the file is empty")
     is_json = stripped[0] in "{["
     data = _parse_json(text, source) if is_json else _parse_yaml(text, source)
-    return workflow_from_data(data, source, text, is_json)
+    return workflow_from_data(data, source, text, is_json, registry)
 
 
-def workflow_from_data(data: Any, source: str, text: str | None = None, is_json: bool = False) -> Workflow:
+def workflow_from_data(data: Any, source: str, text: str | None = None, is_json: bool = False,
+                       registry=None) -> Workflow:
     if isinstance(data, dict):
-        if isinstance(data.get("nodes"), list) and "links" in data:
-            raise WorkflowError(
-                source,
-                "this is a ComfyUI UI-format workflow (nodes/links); latentgraph reads the API format "
-                "for now: in ComfyUI use Workflow > Export (API)",
-            )
+        if is_ui_workflow(data):
+            return workflow_from_ui(data, source, registry)
         nodes = data.get("nodes")
         if "nodes" in data and not (isinstance(nodes, dict) and "class_type" in nodes):
             return workflow_from_yaml(data, source, text)
@@ -122,7 +122,18 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise WorkflowError(source, f"invalid YAML: {exc}") from None
 
 
-def _load_png(path: Path, source: str) -> Workflow:
+def workflow_from_ui(data: dict, source: str, registry) -> Workflow:
+    """A ComfyUI UI-format workflow, converted as ComfyUI's frontend converts it."""
+    if registry is None:
+        raise WorkflowError(source, "this is a ComfyUI UI-format workflow (nodes/links); converting it needs the "
+                                    "node registry (Workflow.load(path, registry=...))")
+    wf = workflow_from_api(ui_to_api(data, registry, source), source)
+    wf.origin = "ui"
+    wf.extra = {"extra_pnginfo": {"workflow": data}}
+    return wf
+
+
+def _load_png(path: Path, source: str, registry=None) -> Workflow:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -136,7 +147,10 @@ def _load_png(path: Path, source: str) -> Workflow:
         wf.origin = "png"
         return wf
     if isinstance(chunks.get("workflow"), str):
-        raise WorkflowError(source, "the PNG carries only a UI-format 'workflow' chunk, which is not supported yet")
+        data = _parse_json(chunks["workflow"], f"{source} (workflow chunk)")
+        wf = workflow_from_ui(data, source, registry)
+        wf.origin = "png"
+        return wf
     raise WorkflowError(source, "the PNG carries no workflow (no 'prompt' text chunk)")
 
 

@@ -88,15 +88,17 @@ class Workflow:
         self.source = source
         self.description = description
         self.extra: dict = {}  # extra_data of a /prompt request (extra_pnginfo, ...)
-        self.origin: str = "python"  # "yaml", "api", "png" or "python": how it was made
+        self.origin: str = "python"  # "yaml", "api", "ui", "png" or "python": how it was made
 
     # -- loading (the parsers live in loaders.py) ------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> "Workflow":
-        """Read a workflow file: YAML, API JSON, or a PNG carrying a ``prompt`` chunk."""
+    def load(cls, path: str | Path, registry=None) -> "Workflow":
+        """Read a workflow file: YAML, API JSON, ComfyUI UI JSON, or a PNG carrying a ``prompt``
+        or ``workflow`` chunk, told apart by content. UI-format files need the ``registry``
+        (widget values are matched to inputs by its declarations)."""
         from .loaders import load_file
 
-        return load_file(path)
+        return load_file(path, registry)
 
     @classmethod
     def loads(cls, text: str, source: str = "<string>") -> "Workflow":

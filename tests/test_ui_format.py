@@ -1,0 +1,110 @@
+"""UI-format workflows (ComfyUI's Save button) become the API prompt ComfyUI's own frontend
+makes of them: the seven real template files in tests/fixtures/comfy_workflows, whose
+.api.json was produced by ComfyUI 0.3.64's frontend (see that folder's README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentgraph.graph.errors import WorkflowError
+from latentgraph.graph.ui_format import is_ui_workflow, map_widgets, ui_to_api
+from latentgraph.nodes import create_registry
+
+FIXTURES = Path(__file__).parent / "fixtures" / "comfy_workflows"
+NAMES = sorted(p.name[: -len(".ui.json")] for p in FIXTURES.glob("*.ui.json"))
+
+
+def meaning(prompt: dict) -> dict:
+    """What a prompt means: no _meta, numbers as floats, links as [str, int]."""
+    def norm(v):
+        if isinstance(v, bool) or isinstance(v, str) or v is None:
+            return v
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], (str, int)) and isinstance(v[1], int):
+            return ["link", str(v[0]), v[1]]
+        return v
+    return {str(k): (n["class_type"], {i: norm(x) for i, x in n["inputs"].items()}) for k, n in prompt.items()}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return create_registry()
+
+
+def test_there_are_seven_fixtures():
+    assert NAMES == ["default", "image2image", "image_sdxl_simple", "inpaint_example", "lora",
+                     "sdxl_simple_example", "sdxlturbo_example"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_fixture_converts_to_what_comfyuis_frontend_made(registry, name):
+    ui = json.loads((FIXTURES / f"{name}.ui.json").read_text())
+    want = json.loads((FIXTURES / f"{name}.api.json").read_text())
+    assert is_ui_workflow(ui) and not is_ui_workflow(want)
+    got = ui_to_api(ui, registry, source=f"{name}.ui.json")
+    assert meaning(got) == meaning(want)
+    assert all(got[k]["_meta"]["title"] for k in got)
+
+
+def test_bypassed_lora_is_wired_through_and_primitives_are_copied(registry):
+    lora = ui_to_api(json.loads((FIXTURES / "lora.ui.json").read_text()), registry)
+    assert "13" not in lora and lora["3"]["inputs"]["model"] == ["11", 0]
+    sdxl = ui_to_api(json.loads((FIXTURES / "sdxl_simple_example.ui.json").read_text()), registry)
+    steps = sorted(n["inputs"]["steps"] for n in sdxl.values() if n["class_type"] == "KSamplerAdvanced")
+    assert steps == [25, 25]
+
+
+def test_widget_values_skip_control_and_upload_values(registry):
+    ks = registry.get("KSampler")
+    assert map_widgets(ks, [42, "randomize", 20, 7.5, "euler", "normal", 1.0]) == {
+        "seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    assert map_widgets(ks, [42, 20, 7.5, "euler", "normal", 1.0])["steps"] == 20  # no control value saved
+    assert map_widgets(ks, {"seed": 5, "cfg": 2.0, "other": 1}) == {"seed": 5, "cfg": 2.0}
+    assert map_widgets(registry.get("LoadImage"), ["a.png", "image"]) == {"image": "a.png"}
+    assert map_widgets(ks, [1, "fixed", 2, 3.0, "euler", "normal", 1.0, "extra", "more"])["denoise"] == 1.0
+
+
+def test_muted_nodes_notes_and_unreachable_nodes_are_dropped(registry):
+    ui = json.loads((FIXTURES / "default.ui.json").read_text())
+    save = next(n for n in ui["nodes"] if n["type"] == "SaveImage")
+    save["mode"] = 2
+    assert ui_to_api(ui, registry) == {}  # nothing reaches an output any more
+
+
+def test_refusals_name_the_file(registry):
+    with pytest.raises(WorkflowError, match="x.json.*not a UI-format"):
+        ui_to_api({"1": {}}, registry, source="x.json")
+    with pytest.raises(WorkflowError, match="group nodes"):
+        ui_to_api({"nodes": [], "links": [], "extra": {"groupNodes": {"g": {}}}}, registry, source="g.json")
+
+
+def test_entry_points_take_ui_json_and_png_workflow_chunks(registry, tmp_path, capsys):
+    from PIL import Image, PngImagePlugin
+
+    from latentgraph.cli import main
+    from latentgraph.graph import Workflow
+
+    ui_path = FIXTURES / "default.ui.json"
+    want = json.loads((FIXTURES / "default.api.json").read_text())
+    wf = Workflow.load(ui_path, registry)
+    assert wf.origin == "ui" and meaning(wf.to_api(registry)) == meaning(want)
+    assert wf.extra["extra_pnginfo"]["workflow"]["nodes"]  # kept for SaveImage, as the frontend sends it
+    with pytest.raises(WorkflowError, match="needs the node registry"):
+        Workflow.load(ui_path)
+    # the CLI converts it
+    out = tmp_path / "default.api.json"
+    assert main(["convert", str(ui_path), "--to", "api", "-o", str(out)]) == 0
+    assert meaning(json.loads(out.read_text())) == meaning(want)
+    # a PNG that carries only ComfyUI's `workflow` chunk
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", ui_path.read_text())
+    Image.new("RGB", (4, 4)).save(tmp_path / "shared.png", pnginfo=info)
+    png = Workflow.load(tmp_path / "shared.png", registry)
+    assert png.origin == "png" and meaning(png.to_api(registry)) == meaning(want)
+    # validate reads it and reports the missing checkpoint by node and input
+    assert main(["validate", str(ui_path), "--models-dir", str(tmp_path / "models")]) == 1
+    assert "ckpt_name" in capsys.readouterr().err
