@@ -18,6 +18,7 @@ import yaml
 
 from .graph import (Environment, Executor, Interrupted, LatentgraphError, NodeExecutionError, Problem,
                     ValidationError, Workflow, WorkflowError)
+from .graph.env import read_extra_model_paths
 from .graph.types import Combo, String
 from .nodes import create_registry, create_services
 
@@ -34,6 +35,8 @@ def _folders(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-dir", default="input", help="where LoadImage looks (default: input)")
     p.add_argument("--temp-dir", default="temp", help="where previews go (default: temp)")
     p.add_argument("--models-dir", default="models", help="model folders root (default: models)")
+    p.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML",
+                   help="ComfyUI's extra_model_paths.yaml: more model folders (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="model dtype (auto: fp16 on CUDA with the VAE in bf16 or fp32; fp32 on the CPU)")
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print the /object_info document")
     nodes.add_argument("--models-dir", default="models")
     nodes.add_argument("--input-dir", default="input")
+    nodes.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML")
     return parser
 
 
@@ -145,12 +149,20 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _extra_dirs(args) -> dict[str, list[Path]]:
+    dirs: dict[str, list[Path]] = {}
+    for path in getattr(args, "extra_model_paths", []) or []:
+        for kind, folders in read_extra_model_paths(path).items():
+            dirs.setdefault(kind, []).extend(folders)
+    return dirs
+
+
 def _env(args) -> Environment:
     try:
         return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
                            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
                            device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", "auto"),
-                           lowvram=getattr(args, "lowvram", False))
+                           lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
 
@@ -317,7 +329,7 @@ def cmd_convert(args) -> int:
 
 def cmd_nodes(args) -> int:
     registry = create_registry()
-    env = Environment(models_dir=Path(args.models_dir), input_dir=Path(args.input_dir))
+    env = Environment(models_dir=Path(args.models_dir), input_dir=Path(args.input_dir), model_dirs=_extra_dirs(args))
     info = registry.object_info(env)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -14,6 +14,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # Model files that ship inside the package (the demo model), searched after the user's folders.
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+# ComfyUI's legacy folder names and the kinds they now mean
+FOLDER_ALIASES = {"clip": "text_encoders", "unet": "diffusion_models"}
 
 
 @dataclass
@@ -39,9 +41,12 @@ class Environment:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
     def folders(self, kind: str) -> list[Path]:
-        """Where files of ``kind`` are looked for: models_dir/kind, the extra folders, then
-        the package's own (which holds the demo checkpoint)."""
-        return [self.models_dir / kind, *self.model_dirs.get(kind, []), SHIPPED_MODELS / kind]
+        """Where files of ``kind`` are looked for: models_dir/kind (and its legacy name, as
+        ComfyUI: ``clip`` for text_encoders, ``unet`` for diffusion_models), the extra folders
+        (``extra_model_paths.yaml``), then the package's own (which holds the demo checkpoint)."""
+        kind = FOLDER_ALIASES.get(kind, kind)
+        legacy = [self.models_dir / old for old, new in FOLDER_ALIASES.items() if new == kind]
+        return [self.models_dir / kind, *legacy, *self.model_dirs.get(kind, []), SHIPPED_MODELS / kind]
 
     def list_models(self, kind: str, extensions=MODEL_EXTENSIONS) -> list[str]:
         """Files under every folder of ``kind``, as sorted relative POSIX paths."""
@@ -109,3 +114,48 @@ def file_identity(path: Path, content_hash: bool = False) -> tuple:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return (str(path), digest.hexdigest())
+
+
+def read_extra_model_paths(path: str | Path) -> dict[str, list[Path]]:
+    """ComfyUI's ``extra_model_paths.yaml``: sections (``comfyui:``, ``a111:``, ...) each with an
+    optional ``base_path`` (``~`` and ``$VARS`` expanded; relative to the file's folder) and
+    folder kinds mapped to one path or several, one per line. Returns kind -> folders."""
+    import yaml
+
+    from .errors import LatentgraphError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LatentgraphError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise LatentgraphError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LatentgraphError(f"{path}: expected sections of folder paths (a mapping), got {type(data).__name__}")
+    out: dict[str, list[Path]] = {}
+    for section, entries in data.items():
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise LatentgraphError(f"{path}: section {section!r} must map folder kinds to paths")
+        base = entries.get("base_path")
+        base_dir = path.parent
+        if base is not None:
+            base_dir = Path(os.path.expandvars(os.path.expanduser(str(base))))
+            if not base_dir.is_absolute():
+                base_dir = path.parent / base_dir
+        for kind, value in entries.items():
+            if kind in ("base_path", "is_default") or value is None:
+                continue
+            if not isinstance(value, str):
+                raise LatentgraphError(f"{path}: {section}.{kind} must be a path or lines of paths")
+            kind = FOLDER_ALIASES.get(kind, kind)
+            for line in value.splitlines():
+                line = line.strip()
+                if line:
+                    folder = Path(os.path.expandvars(os.path.expanduser(line)))
+                    out.setdefault(kind, []).append(folder if folder.is_absolute() else base_dir / folder)
+    return out
