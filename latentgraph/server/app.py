@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -492,8 +493,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def _split_host(value: str) -> tuple[str, str | None]:
-    from urllib.parse import urlsplit
-
     parts = urlsplit("//" + value)
     try:
         port = str(parts.port) if parts.port is not None else None
@@ -508,16 +507,9 @@ async def origin_check(request: web.Request, handler):
     is a loopback name and an Origin is sent, they must name the same host (and port)."""
     host, origin = request.headers.get("Host"), request.headers.get("Origin")
     if host and origin:
-        from urllib.parse import urlsplit
-
         host_name, host_port = _split_host(host)
         if _is_loopback(host_name):
-            o = urlsplit(origin)
-            try:
-                origin_port = str(o.port) if o.port is not None else None
-            except ValueError:
-                origin_port = None
-            origin_name = (o.hostname or "").lower()
+            origin_name, origin_port = _split_host(urlsplit(origin).netloc)
             same = origin_name == host_name and (origin_port is None or host_port is None or origin_port == host_port)
             if not same:
                 log.warning("refused a request from origin %s to host %s", origin, host)
@@ -574,7 +566,7 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
     front = app[FRONTEND] = FrontendRoutes(user_dir, find_frontend(frontend))
-    routes = ROUTES + files.routes() + jobs.ROUTES + front.routes()
+    routes = ROUTES + files.routes() + jobs.JobRoutes(srv).routes() + front.routes()
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:

@@ -134,31 +134,31 @@ class FileRoutes:
             raise _bad("the 'image' field must be a file with a name")
         return form, image
 
-    def _place(self, form, filename: str, data: bytes) -> tuple[Path, str, str, str]:
-        """Where an upload goes (ComfyUI's naming: ``name (1).ext`` when the name is taken by
-        other content, the existing name when the same bytes are already there)."""
+    def _store(self, form, filename: str, data: bytes) -> web.Response:
+        """Write an upload (ComfyUI's naming: ``name (1).ext`` when the name is taken by other
+        content; nothing written, the existing name answered, when the same bytes are there)."""
         kind = form.get("type") or "input"
         subfolder = form.get("subfolder") or ""
         overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
         path = self.target(kind, subfolder, filename)
+        duplicate = False
         if not overwrite:
             stem, suffix, i = path.stem, path.suffix, 1
             digest = hashlib.sha256(data).digest()
             while path.exists():
                 if path.is_file() and hashlib.sha256(path.read_bytes()).digest() == digest:
+                    duplicate = True
                     break
                 path = path.with_name(f"{stem} ({i}){suffix}")
                 i += 1
-        return path, path.name, subfolder, kind
+        if not duplicate:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return web.json_response({"name": path.name, "subfolder": subfolder, "type": kind})
 
     async def upload_image(self, request: web.Request) -> web.Response:
         form, image = await self._form(request)
-        data = image.file.read()
-        path, name, subfolder, kind = self._place(form, image.filename, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not (path.exists() and path.read_bytes() == data):
-            path.write_bytes(data)
-        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+        return self._store(form, image.filename, image.file.read())
 
     async def upload_mask(self, request: web.Request) -> web.Response:
         form, image = await self._form(request)
@@ -186,11 +186,7 @@ class FileRoutes:
         result.putalpha(alpha.resize(result.size))
         buf = io.BytesIO()
         result.save(buf, format="PNG", pnginfo=info)
-        data = buf.getvalue()
-        path, name, subfolder, kind = self._place(form, image.filename, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+        return self._store(form, image.filename, buf.getvalue())
 
 
 def _header_safe(name: str) -> str:

@@ -87,61 +87,91 @@ def int_query(request: web.Request, name: str) -> int | None:
         raise ValueError(f"{name} must be an integer, not {raw!r}") from None
 
 
-async def list_jobs(request: web.Request) -> web.Response:
-    from .app import SERVER
+class JobRoutes:
+    """The jobs routes over one server (its queue, history and executor)."""
 
-    srv = request.app[SERVER]
-    q = request.query
-    wanted = [s for s in q.get("status", "").split(",") if s] or list(STATUSES)
-    bad = [s for s in wanted if s not in STATUSES]
-    if bad:
-        return _error(400, f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(STATUSES)}")
-    sort_by, order = q.get("sort_by", "created_at"), q.get("sort_order", "desc")
-    if sort_by not in ("created_at", "execution_duration"):
-        return _error(400, "sort_by must be 'created_at' or 'execution_duration'")
-    if order not in ("asc", "desc"):
-        return _error(400, "sort_order must be 'asc' or 'desc'")
-    try:
-        limit, offset = int_query(request, "limit"), int_query(request, "offset")
-    except ValueError as exc:
-        return _error(400, str(exc))
-    if limit is not None and limit <= 0:
-        return _error(400, "limit must be a positive integer")
-    offset = max(offset or 0, 0)
-    jobs = [j for j in all_jobs(srv).values() if j["status"] in wanted]
-    if "workflow_id" in q:
-        jobs = [j for j in jobs if j.get("workflow_id") == q["workflow_id"]]
-    if "ids" in q:
-        ids = {i for i in q["ids"].split(",") if i}
-        jobs = [j for j in jobs if j["id"] in ids]
-    if sort_by == "created_at":
-        key = lambda j: j.get("create_time", 0)  # noqa: E731
-    else:
-        key = lambda j: (j.get("execution_end_time") or 0) - (j.get("execution_start_time") or 0)  # noqa: E731
-    jobs.sort(key=key, reverse=order == "desc")
-    page = jobs[offset:] if limit is None else jobs[offset:offset + limit]
-    return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(jobs),
-                                                           "has_more": offset + len(page) < len(jobs)}},
-                             dumps=lambda o: json.dumps(o, default=str))
+    def __init__(self, srv):
+        self.srv = srv
+
+    def routes(self) -> list:
+        return [("GET", "/jobs", self.list_jobs), ("POST", "/jobs/cancel", self.cancel_jobs),
+                ("GET", "/jobs/{job_id}", self.get_job), ("POST", "/jobs/{job_id}/cancel", self.cancel_job)]
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        srv = self.srv
+        q = request.query
+        wanted = [s for s in q.get("status", "").split(",") if s] or list(STATUSES)
+        bad = [s for s in wanted if s not in STATUSES]
+        if bad:
+            return _error(400, f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(STATUSES)}")
+        sort_by, order = q.get("sort_by", "created_at"), q.get("sort_order", "desc")
+        if sort_by not in ("created_at", "execution_duration"):
+            return _error(400, "sort_by must be 'created_at' or 'execution_duration'")
+        if order not in ("asc", "desc"):
+            return _error(400, "sort_order must be 'asc' or 'desc'")
+        try:
+            limit, offset = int_query(request, "limit"), int_query(request, "offset")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if limit is not None and limit <= 0:
+            return _error(400, "limit must be a positive integer")
+        offset = max(offset or 0, 0)
+        jobs = [j for j in all_jobs(srv).values() if j["status"] in wanted]
+        if "workflow_id" in q:
+            jobs = [j for j in jobs if j.get("workflow_id") == q["workflow_id"]]
+        if "ids" in q:
+            ids = {i for i in q["ids"].split(",") if i}
+            jobs = [j for j in jobs if j["id"] in ids]
+        if sort_by == "created_at":
+            key = lambda j: j.get("create_time", 0)  # noqa: E731
+        else:
+            key = lambda j: (j.get("execution_end_time") or 0) - (j.get("execution_start_time") or 0)  # noqa: E731
+        jobs.sort(key=key, reverse=order == "desc")
+        page = jobs[offset:] if limit is None else jobs[offset:offset + limit]
+        return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(jobs),
+                                                               "has_more": offset + len(page) < len(jobs)}},
+                                 dumps=lambda o: json.dumps(o, default=str))
 
 
-async def get_job(request: web.Request) -> web.Response:
-    from .app import SERVER
-
-    srv = request.app[SERVER]
-    pid = request.match_info.get("job_id", "")
-    if not pid:
-        return _error(400, "job_id is required")
-    for item in srv.queue.running():
-        if item.prompt_id == pid:
-            return web.json_response(queued_job(item, "in_progress"))
-    for item in srv.queue.pending():
-        if item.prompt_id == pid:
-            return web.json_response(queued_job(item, "pending"))
-    for hid, entry in srv.history.all_entries():
-        if hid == pid and entry["status"].get("status_str") != "running":
+    async def get_job(self, request: web.Request) -> web.Response:
+        srv = self.srv
+        pid = request.match_info.get("job_id", "")
+        if not pid:
+            return _error(400, "job_id is required")
+        for item in srv.queue.running():
+            if item.prompt_id == pid:
+                return web.json_response(queued_job(item, "in_progress"))
+        for item in srv.queue.pending():
+            if item.prompt_id == pid:
+                return web.json_response(queued_job(item, "pending"))
+        entry = srv.history.get(pid)
+        if entry is not None:
             return web.json_response(history_job(pid, entry, full=True), dumps=lambda o: json.dumps(o, default=str))
-    return _error(404, "Job not found")
+        return _error(404, "Job not found")
+
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        return web.json_response({"cancelled": _cancel(self.srv, request.match_info["job_id"])})
+
+
+    async def cancel_jobs(self, request: web.Request) -> web.Response:
+        srv = self.srv
+        try:
+            body = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "Request body must be valid JSON")
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list):
+            return _error(400, "job_ids must be a list")
+        invalid = [i for i in ids if not _is_uuid(i)]
+        if invalid:
+            return _error(400, "job_ids must be UUIDs", invalid_ids=invalid)
+        known = set(all_jobs(srv))
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            return _error(404, "Job(s) not found", unknown_ids=unknown)
+        results = [_cancel(srv, i) for i in ids]
+        return web.json_response({"cancelled": any(results)})
 
 
 def _cancel(srv, pid: str) -> bool:
@@ -152,34 +182,6 @@ def _cancel(srv, pid: str) -> bool:
     return srv.queue.delete([pid]) > 0
 
 
-async def cancel_job(request: web.Request) -> web.Response:
-    from .app import SERVER
-
-    return web.json_response({"cancelled": _cancel(request.app[SERVER], request.match_info["job_id"])})
-
-
-async def cancel_jobs(request: web.Request) -> web.Response:
-    from .app import SERVER
-
-    srv = request.app[SERVER]
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "Request body must be valid JSON")
-    ids = body.get("job_ids") if isinstance(body, dict) else None
-    if not isinstance(ids, list):
-        return _error(400, "job_ids must be a list")
-    invalid = [i for i in ids if not _is_uuid(i)]
-    if invalid:
-        return _error(400, "job_ids must be UUIDs", invalid_ids=invalid)
-    known = set(all_jobs(srv))
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        return _error(404, "Job(s) not found", unknown_ids=unknown)
-    results = [_cancel(srv, i) for i in ids]
-    return web.json_response({"cancelled": any(results)})
-
-
 def _is_uuid(value) -> bool:
     try:
         uuid.UUID(str(value))
@@ -187,6 +189,3 @@ def _is_uuid(value) -> bool:
     except ValueError:
         return False
 
-
-ROUTES = [("GET", "/jobs", list_jobs), ("POST", "/jobs/cancel", cancel_jobs), ("GET", "/jobs/{job_id}", get_job),
-          ("POST", "/jobs/{job_id}/cancel", cancel_job)]

@@ -194,21 +194,20 @@ class History:
             elif kind == "executing" and data.get("node") is not None:
                 status["node"] = data["node"]
 
-    def finish(self, prompt_id: str, success: bool) -> dict | None:
+    def finish(self, prompt_id: str, success: bool) -> None:
         """The prompt ended: ComfyUI's final status, then written to disk."""
         with self._lock:
             entry = self._entries.get(prompt_id)
             if entry is None:
-                return None
+                return
             status = entry["status"]
             status["status_str"] = "success" if success else "error"
             status["completed"] = success
             status.pop("progress", None)
             status.pop("node", None)
             entry["finished"] = time.time()
-            snapshot = json.loads(json.dumps(entry, default=str))
-        self._write(prompt_id, snapshot)
-        return snapshot
+            text = json.dumps(entry, default=str)
+        self._write(prompt_id, text)
 
     # -- reading (HTTP handlers) ----------------------------------------------------------
     def get(self, prompt_id: str, include_running: bool = False) -> dict | None:
@@ -271,14 +270,14 @@ class History:
             return None
         return self.folder / f"{prompt_id}.json"
 
-    def _write(self, prompt_id: str, entry: dict) -> None:
+    def _write(self, prompt_id: str, text: str) -> None:
         path = self._path(prompt_id)
         if path is None:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(entry))
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write history entry %s: %s", path, exc)

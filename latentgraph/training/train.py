@@ -155,7 +155,7 @@ def train_unet(arch: Architecture, cfg: TrainConfig, latents: tuple[torch.Tensor
         with torch.no_grad():
             table = text(ids)[0]
     ema = copy.deepcopy(unet).requires_grad_(False)
-    ema_text = copy.deepcopy(text).requires_grad_(False)
+    ema_text = copy.deepcopy(text).requires_grad_(False) if train_text else text  # frozen: nothing to average
     opt = torch.optim.AdamW(groups, lr=cfg.unet_lr, weight_decay=0.0)
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float()
