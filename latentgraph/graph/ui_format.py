@@ -6,13 +6,24 @@ then optional, widget types only), skipping the extra value a seed-like input ke
 control_after_generate and the one LoadImage keeps for its upload button. A linked widget
 input takes the link (its stale value still takes its slot). Reroutes are followed to their
 source, PrimitiveNode values are copied into every input they feed, Note and MarkdownNote are
-dropped, muted nodes (mode 2) are dropped and bypassed nodes (mode 4) are removed with each
-output wired to the node's first input of the same type. Only nodes that reach an output node
-are kept.
+dropped, muted nodes (mode 2) are dropped and bypassed nodes (mode 4) are removed, each output
+wired to a matching input as the frontend picks it (the input in the same slot if its type
+fits, else the first of exactly the wanted type, else the first that fits).
+
+Subgraphs (``definitions.subgraphs``) are flattened as the frontend flattens them: a node inside
+an instance gets the id ``<instance id>:<node id>`` (one prefix per level of nesting); a link
+from the subgraph's input node (id -10) continues from whatever feeds that input of the
+instance, and a link into its output node (id -20) continues from inside. An instance input
+that nothing feeds takes the instance's promoted widget value (its ``widgets_values``, in the
+order of ``properties.proxyWidgets`` when present, else one per subgraph input that lands on a
+widget), and when the instance holds no value the inner widget keeps its own. A muted or
+bypassed instance drops everything inside it. Only nodes that reach an output node are kept.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import WorkflowError
@@ -21,6 +32,7 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 MUTED, BYPASSED = 2, 4
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = "-10", "-20"
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -28,16 +40,19 @@ def is_ui_workflow(data: Any) -> bool:
 
 
 def _links(data: dict, source: str) -> dict[int, tuple]:
-    """link id -> (origin id, origin slot, target id, target slot, type); arrays (0.4) or objects (1)."""
+    """link id -> (origin id, origin slot, target id, target slot, type), ids as strings;
+    links are arrays in schema 0.4 and objects in schema 1 and in subgraph definitions."""
     out = {}
     for link in data.get("links") or []:
         if isinstance(link, list) and len(link) >= 5:
-            out[link[0]] = tuple(link[1:6]) if len(link) >= 6 else (*link[1:5], None)
-        elif isinstance(link, dict):
-            out[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                               link.get("type"))
+            lid, origin, oslot, target, tslot = link[:5]
+            ltype = link[5] if len(link) >= 6 else None
+        elif isinstance(link, dict) and "id" in link:
+            lid, origin, oslot = link["id"], link.get("origin_id"), link.get("origin_slot")
+            target, tslot, ltype = link.get("target_id"), link.get("target_slot"), link.get("type")
         else:
-            raise WorkflowError(source, f"a link is neither an array nor an object: {link!r}")
+            raise WorkflowError(source, f"a link is neither an array nor an object with an id: {link!r}")
+        out[lid] = (str(origin), oslot, str(target), tslot, ltype)
     return out
 
 
@@ -59,14 +74,14 @@ def map_widgets(ndef, values: Any) -> dict[str, Any]:
     """widgets_values (a list, or the dict form) -> {input name: value}."""
     specs = _widget_specs(ndef)
     if isinstance(values, dict):
-        return {name: values[name] for name, _ in specs if name in values}
+        return {name: _wrap(values[name]) for name, _ in specs if name in values}
     out: dict[str, Any] = {}
     i = 0
     values = list(values or [])
     for name, options in specs:
         if i >= len(values):
             break
-        out[name] = values[i]
+        out[name] = _wrap(values[i])
         i += 1
         if options.get("control_after_generate") and i < len(values) and values[i] in CONTROL_VALUES:
             i += 1  # the control_after_generate widget's own value
@@ -75,57 +90,233 @@ def map_widgets(ndef, values: Any) -> dict[str, Any]:
     return out
 
 
+def _wrap(value: Any) -> Any:
+    """A list value is wrapped as the frontend wraps it, so that it is not read as a link."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def _types_fit(a: Any, b: Any) -> bool:
+    """LiteGraph's connection rule: '*' or empty fits anything; 'A,B' lists fit on any common type."""
+    if a in (None, "", "*", 0) or b in (None, "", "*", 0):
+        return True
+    a, b = str(a).lower(), str(b).lower()
+    return a == b or bool(set(a.split(",")) & set(b.split(",")))
+
+
+def _bypass_input(node: dict, slot: int, wanted: Any) -> int | None:
+    """Which input a bypassed node's output ``slot`` passes through to a consumer of type ``wanted``."""
+    inputs = node.get("inputs") or []
+    outputs = node.get("outputs") or []
+    out_type = outputs[slot].get("type") if slot < len(outputs) else wanted
+    if wanted in ("*", ""):
+        return slot if slot < len(inputs) else (0 if inputs else None)
+    wanted = out_type if wanted is None else wanted
+    if slot < len(inputs) and _types_fit(inputs[slot].get("type"), out_type) and _types_fit(inputs[slot].get("type"), wanted):
+        return slot
+    for i, inp in enumerate(inputs):
+        if inp.get("type") == wanted:
+            return i
+    for i, inp in enumerate(inputs):
+        if _types_fit(inp.get("type"), out_type) and _types_fit(inp.get("type"), wanted):
+            return i
+    return None
+
+
+class _Graph:
+    """One graph: the workflow itself or a subgraph definition."""
+
+    def __init__(self, data: dict, source: str):
+        self.data = data
+        self.nodes = {str(n["id"]): n for n in data.get("nodes") or [] if isinstance(n, dict) and "id" in n}
+        self.links = _links(data, source)
+        self.name = data.get("name") or data.get("id") or "workflow"
+
+
+@dataclass
+class _Scope:
+    """A graph as placed somewhere: the root, or one instance of a subgraph (at ``path``)."""
+
+    graph: _Graph
+    path: tuple[str, ...] = ()
+    instance: dict | None = None
+    parent: _Scope | None = None
+    input_values: dict[str, Any] = field(default_factory=dict)       # subgraph input name -> promoted value
+    widget_values: dict[tuple[str, str], Any] = field(default_factory=dict)  # (inner node, widget) -> value
+    chain: tuple[str, ...] = ()  # the subgraph definitions entered, to refuse a subgraph inside itself
+
+    def exec_id(self, node_id: str) -> str:
+        return ":".join((*self.path, node_id))
+
+
+class _Flattener:
+    def __init__(self, data: dict, registry, source: str):
+        self.registry = registry
+        self.source = source
+        self.definitions: dict[str, _Graph] = {}
+        self._collect_definitions(data)
+        self.root = _Scope(_Graph(data, source))
+        self.scopes: dict[tuple[str, ...], _Scope] = {(): self.root}
+
+    def _collect_definitions(self, data: dict) -> None:
+        for sub in ((data.get("definitions") or {}).get("subgraphs") or []):
+            if isinstance(sub, dict) and sub.get("id") is not None and str(sub["id"]) not in self.definitions:
+                self.definitions[str(sub["id"])] = _Graph(sub, self.source)
+                self._collect_definitions(sub)  # definitions nested in a definition
+
+    # -- instances ---------------------------------------------------------------------------
+    def child(self, scope: _Scope, node: dict) -> _Scope:
+        """The scope of the subgraph instance ``node`` placed in ``scope``."""
+        path = (*scope.path, str(node["id"]))
+        if path in self.scopes:
+            return self.scopes[path]
+        def_id = str(node["type"])
+        graph = self.definitions[def_id]
+        if def_id in scope.chain:
+            raise WorkflowError(self.source, f"subgraph '{graph.name}' contains itself (node {':'.join(path)})")
+        sub = _Scope(graph, path, node, scope, chain=(*scope.chain, def_id))
+        for (target, widget), value in self._promoted(graph, node).items():
+            self._place_value(sub, target, widget, value)
+        # a value the enclosing instance promotes from this instance's own promoted widget
+        for (target, widget), value in scope.widget_values.items():
+            if target == str(node["id"]):
+                sub.input_values[widget] = value
+        self.scopes[path] = sub
+        return sub
+
+    def _promoted(self, graph: _Graph, node: dict) -> dict[tuple[str, str], Any]:
+        """(inner node id, widget name) -> value for each widget the instance shows and holds a value for."""
+        values = node.get("widgets_values")
+        if not isinstance(values, list) or not values:
+            return {}
+        proxy = (node.get("properties") or {}).get("proxyWidgets")
+        if isinstance(proxy, str):
+            try:
+                proxy = json.loads(proxy)
+            except ValueError:
+                proxy = None
+        if isinstance(proxy, list):
+            entries = [(str(e[0]), str(e[1])) for e in proxy if isinstance(e, list) and len(e) >= 2]
+        else:  # one widget per subgraph input that lands on a widget, in input order
+            entries = []
+            for sub_input in graph.data.get("inputs") or []:
+                for link_id in sub_input.get("linkIds") or []:
+                    target = self._widget_input_fed_by(graph, link_id)
+                    if target is not None:
+                        entries.append(target)
+                        break
+        return {entry: value for entry, value in zip(entries, values)}
+
+    @staticmethod
+    def _widget_input_fed_by(graph: _Graph, link_id) -> tuple[str, str] | None:
+        link = graph.links.get(link_id)
+        if link is None:
+            return None
+        target = graph.nodes.get(link[2])
+        for inp in (target or {}).get("inputs") or []:
+            if inp.get("link") == link_id and isinstance(inp.get("widget"), dict):
+                return link[2], inp["widget"].get("name", inp.get("name"))
+        return None
+
+    @staticmethod
+    def _place_value(sub: _Scope, target: str, widget: str, value: Any) -> None:
+        """A promoted value goes to the subgraph input feeding that widget, else to the widget itself."""
+        node = sub.graph.nodes.get(target) or {}
+        for inp in node.get("inputs") or []:
+            if (inp.get("widget") or {}).get("name", None) == widget and inp.get("link") is not None:
+                link = sub.graph.links.get(inp["link"])
+                if link is not None and link[0] == SUBGRAPH_INPUT:
+                    ios = sub.graph.data.get("inputs") or []
+                    if isinstance(link[1], int) and 0 <= link[1] < len(ios):
+                        sub.input_values[ios[link[1]].get("name")] = value
+                        return
+        sub.widget_values[(target, widget)] = value
+
+    # -- links -------------------------------------------------------------------------------
+    def resolve_link(self, scope: _Scope, link_id, wanted, seen: frozenset) -> tuple | None:
+        """Where a link really comes from: ("link", exec id, slot), ("value", v) or None."""
+        if link_id is None:
+            return None
+        link = scope.graph.links.get(link_id)
+        if link is None:
+            return None
+        origin, slot = link[0], link[1]
+        if origin == SUBGRAPH_INPUT:
+            if scope.instance is None:
+                return None
+            ios = scope.graph.data.get("inputs") or []
+            name = ios[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(ios) else None
+            outer = next((i for i in scope.instance.get("inputs") or [] if i.get("name") == name), None)
+            if outer is None or outer.get("link") is None:
+                return ("value", scope.input_values[name]) if name in scope.input_values else None
+            return self.resolve_link(scope.parent, outer["link"], wanted, seen)
+        node = scope.graph.nodes.get(origin)
+        if node is None:
+            return None
+        return self.resolve_output(scope, node, slot, wanted, seen)
+
+    def resolve_output(self, scope: _Scope, node: dict, slot, wanted, seen: frozenset) -> tuple | None:
+        key = (scope.path, str(node["id"]), slot)
+        if key in seen:
+            raise WorkflowError(self.source, f"links loop through node {scope.exec_id(str(node['id']))} "
+                                             f"({node.get('type')}) without reaching a real node")
+        seen = seen | {key}
+        kind, mode = str(node.get("type")), node.get("mode", 0)
+        if mode == BYPASSED:
+            index = _bypass_input(node, slot, wanted)
+            if index is None:
+                return None
+            return self.resolve_link(scope, (node.get("inputs") or [])[index].get("link"), wanted, seen)
+        if mode == MUTED:
+            return None
+        if kind == "Reroute":
+            inputs = node.get("inputs") or [{}]
+            return self.resolve_link(scope, inputs[0].get("link"), wanted, seen)
+        if kind == "PrimitiveNode":
+            return ("value", (node.get("widgets_values") or [None])[0])
+        if kind in self.definitions:
+            sub = self.child(scope, node)
+            inner = next((lid for lid, link in sub.graph.links.items()
+                          if link[2] == SUBGRAPH_OUTPUT and link[3] == slot), None)
+            return self.resolve_link(sub, inner, wanted, seen)
+        if kind in FRONTEND_ONLY:
+            return None
+        return ("link", scope.exec_id(str(node["id"])), slot)
+
+    # -- nodes -------------------------------------------------------------------------------
+    def flatten(self) -> dict[str, dict]:
+        prompt: dict[str, dict] = {}
+        self._add_nodes(self.root, prompt)
+        return prompt
+
+    def _add_nodes(self, scope: _Scope, prompt: dict) -> None:
+        for node_id, node in scope.graph.nodes.items():
+            kind = str(node.get("type"))
+            if node.get("mode", 0) in (MUTED, BYPASSED) or kind in FRONTEND_ONLY:
+                continue
+            if kind in self.definitions:
+                self._add_nodes(self.child(scope, node), prompt)
+                continue
+            ndef = self.registry.get(kind)
+            inputs: dict[str, Any] = map_widgets(ndef, node.get("widgets_values")) if ndef is not None else {}
+            for (target, widget), value in scope.widget_values.items():
+                if target == node_id:
+                    inputs[widget] = _wrap(value)
+            for inp in node.get("inputs") or []:
+                found = self.resolve_link(scope, inp.get("link"), inp.get("type"), frozenset())
+                if found is not None:
+                    inputs[inp["name"]] = _wrap(found[1]) if found[0] == "value" else [found[1], found[2]]
+            title = node.get("title") or (ndef.display_name if ndef is not None else kind)
+            prompt[scope.exec_id(node_id)] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
+
+
 def ui_to_api(data: dict, registry, source: str = "<workflow>") -> dict:
     """The API prompt ComfyUI's frontend would queue for this UI workflow."""
     if not is_ui_workflow(data):
         raise WorkflowError(source, "not a UI-format workflow (no nodes and links)")
-    if data.get("definitions", {}).get("subgraphs"):
-        raise WorkflowError(source, "subgraphs are not supported yet")
     if (data.get("extra") or {}).get("groupNodes"):
-        raise WorkflowError(source, "legacy group nodes (extra.groupNodes) are not supported; ungroup them in "
-                                    "ComfyUI and save again")
-    nodes = {n["id"]: n for n in data["nodes"]}
-    links = _links(data, source)
-
-    def resolve(link_id, seen=()) -> tuple | None:
-        """A link's real source: ("link", node, slot), ("value", v) for a primitive, or None."""
-        if link_id is None or link_id not in links:
-            return None
-        origin, slot, _, _, ltype = links[link_id]
-        node = nodes.get(origin)
-        if node is None or origin in seen:
-            return None
-        kind, mode = node.get("type"), node.get("mode", 0)
-        if kind == "Reroute":
-            (inp,) = node.get("inputs") or [{"link": None}]
-            return resolve(inp.get("link"), (*seen, origin))
-        if kind == "PrimitiveNode":
-            return ("value", (node.get("widgets_values") or [None])[0])
-        if mode == MUTED:
-            return None
-        if mode == BYPASSED:
-            outputs = node.get("outputs") or []
-            wanted = outputs[slot].get("type") if slot < len(outputs) else ltype
-            for inp in node.get("inputs") or []:
-                if inp.get("type") == wanted and inp.get("link") is not None:
-                    return resolve(inp["link"], (*seen, origin))
-            return None
-        return ("link", str(origin), slot)
-
-    prompt: dict[str, dict] = {}
-    for node_id, node in nodes.items():
-        kind = node.get("type")
-        if kind in FRONTEND_ONLY or node.get("mode", 0) in (MUTED, BYPASSED):
-            continue
-        ndef = registry.get(kind)
-        inputs: dict[str, Any] = map_widgets(ndef, node.get("widgets_values")) if ndef is not None else {}
-        for inp in node.get("inputs") or []:
-            found = resolve(inp.get("link"))
-            if found is None:
-                continue
-            inputs[inp["name"]] = found[1] if found[0] == "value" else [found[1], found[2]]
-        title = node.get("title") or (ndef.display_name if ndef is not None else kind)
-        prompt[str(node_id)] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
+        raise WorkflowError(source, "legacy group nodes (extra.groupNodes) are not supported; open the workflow in "
+                                    "ComfyUI, convert each group node to a subgraph (or ungroup it) and save again")
+    prompt = _Flattener(data, registry, source).flatten()
 
     # keep what reaches an output node (unknown types count as outputs: validation reports them)
     def is_output(entry) -> bool:
@@ -140,4 +331,8 @@ def ui_to_api(data: dict, registry, source: str = "<workflow>") -> dict:
         keep.add(k)
         stack.extend(v[0] for v in prompt[k]["inputs"].values() if isinstance(v, list) and len(v) == 2
                      and isinstance(v[0], str))
-    return {k: v for k, v in prompt.items() if k in keep}
+    out = {k: v for k, v in prompt.items() if k in keep}
+    for entry in out.values():  # a link to a node that is not in the prompt is dropped, as the frontend does
+        entry["inputs"] = {k: v for k, v in entry["inputs"].items()
+                           if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] not in out)}
+    return out

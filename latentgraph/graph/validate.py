@@ -63,6 +63,11 @@ class ValidationReport:
         src = self.source or "<workflow>"
         n = self.count()
         lines = [f"{src}: invalid workflow, {n} problem{'s' if n != 1 else ''}:"]
+        missing = [(e["class_type"], node_id) for node_id, e in self.node_errors.items()
+                   if any(err["type"] == "missing_node_type" for err in e["errors"])]
+        if missing:
+            listed = ", ".join(f"{kind} (node {node_id})" for kind, node_id in sorted(missing))
+            lines.append(f"  unsupported node{'s' if len(missing) != 1 else ''}: {listed}")
         if not self.node_errors and self.error:
             lines.append(f"  - {self.error['message']}" + (f": {self.error['details']}" if self.error["details"] else ""))
         for node_id, entry in self.node_errors.items():
