@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", parents=[common], help="run a workflow file",
-                         description="Validate and run a workflow (YAML, API JSON, or a PNG with a prompt).")
+                         description="Validate and run a workflow (YAML, API JSON, ComfyUI UI JSON, or a PNG carrying one).")
     run.add_argument("file", help="workflow file")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input before running (repeatable); VALUE is read as YAML")

@@ -141,3 +141,53 @@ def test_a_real_template_reports_exactly_its_unsupported_nodes(registry):
                      if any(err["type"] == "missing_node_type" for err in e["errors"]))
     assert missing == [("CLIPLoader", "60:45"), ("UNETLoader", "60:44")]
     assert "unsupported nodes: CLIPLoader (node 60:45), UNETLoader (node 60:44)" in report.format()
+
+
+def demo_ui_workflow() -> dict:
+    """basic.ui.json on the shipped demo model: 64x64, 6 steps, the shapes vocabulary."""
+    ui = copy.deepcopy(load("basic")[0])
+    for node in ui["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"] = ["latentgraph-shapes.safetensors"]
+        if node["type"] == "CLIPTextEncode":
+            node["widgets_values"] = ["a red circle on a blue background" if node["id"] == 6 else ""]
+    for node in ui["definitions"]["subgraphs"][0]["nodes"]:
+        if node["type"] == "EmptyLatentImage":
+            node["widgets_values"] = [64, 64, 1]
+        if node["type"] == "KSampler":
+            node["widgets_values"][2] = 6
+    return ui
+
+
+def test_a_png_from_a_ui_workflow_runs_again_to_the_same_bytes(tmp_path):
+    """Round trip: the PNG SaveImage writes (prompt + workflow chunks) runs again, from either
+    chunk, to a byte-identical PNG — pixels and metadata."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from latentgraph import cli
+
+    src = tmp_path / "subgraph.json"
+    src.write_text(json.dumps(demo_ui_workflow()))
+    assert cli.main(["run", str(src), "--output-dir", str(tmp_path / "a"), "--device", "cpu", "--no-progress"]) == 0
+    (first,) = (tmp_path / "a").glob("*.png")
+    with Image.open(first) as im:
+        chunks = dict(im.text)
+    assert set(chunks) == {"prompt", "workflow"}
+    prompt = json.loads(chunks["prompt"])
+    assert any(k.startswith("17:") and v["class_type"] == "KSampler" for k, v in prompt.items())
+    assert json.loads(chunks["workflow"]) == json.loads(src.read_text())
+
+    assert cli.main(["run", str(first), "--output-dir", str(tmp_path / "b"), "--device", "cpu", "--no-progress"]) == 0
+    (second,) = (tmp_path / "b").glob("*.png")
+    assert second.read_bytes() == first.read_bytes()
+
+    # a PNG with only the UI workflow (as some tools strip the prompt) converts and runs the same
+    only_ui = tmp_path / "only_ui.png"
+    info = PngInfo()
+    info.add_text("workflow", chunks["workflow"])
+    with Image.open(first) as im:
+        im.save(only_ui, pnginfo=info)
+    assert cli.main(["run", str(only_ui), "--output-dir", str(tmp_path / "c"), "--device", "cpu", "--no-progress"]) == 0
+    (third,) = (tmp_path / "c").glob("*.png")
+    assert third.read_bytes() == first.read_bytes()

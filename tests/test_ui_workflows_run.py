@@ -1,6 +1,7 @@
-"""Every ComfyUI template fixture runs end to end, as it is (sizes, steps, samplers), with tiny
-random checkpoints placed under the model names it references. About 5 minutes on 2 cores
-(768x768 and 1024x1024 at 25-30 steps): marked slow, run by .ci/run."""
+"""Every ComfyUI template fixture (and two frontend-made subgraph workflows) runs end to end, as
+it is (sizes, steps, samplers), with tiny random checkpoints placed under the model names it
+references. About 6 minutes on 2 cores (768x768 and 1024x1024 at 25-30 steps): marked slow,
+run by .ci/run."""
 
 from __future__ import annotations
 
@@ -59,3 +60,17 @@ def test_fixture_runs_end_to_end(executor, name):
     # the UI graph went into the PNG, as ComfyUI's frontend sends it
     assert json.loads(picture.text["workflow"])["nodes"]
     assert set(json.loads(picture.text["prompt"])) == set(wf.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nested", "two_instances"])
+def test_subgraph_fixture_runs_end_to_end(executor, name):
+    """Frontend-made subgraph workflows (tests/fixtures/subgraphs) run as they are."""
+    wf = Workflow.load(FIXTURES.parent / "subgraphs" / f"{name}.ui.json", executor.registry)
+    result = executor.run(wf)
+    saved = [image for ui in result.outputs.values() for image in ui["images"]]
+    assert len(saved) == (2 if name == "two_instances" else 1)
+    for image in saved:
+        picture = Image.open(executor.env.output_dir / image["subfolder"] / image["filename"])
+        assert picture.size == (512, 512)
+        assert any(":" in k for k in json.loads(picture.text["prompt"]))  # flattened ids

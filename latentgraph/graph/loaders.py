@@ -144,14 +144,24 @@ def _load_png(path: Path, source: str, registry=None) -> Workflow:
     if isinstance(chunks.get("prompt"), str):
         data = _parse_json(chunks["prompt"], f"{source} (prompt chunk)")
         wf = workflow_from_api(data, source)
-        wf.origin = "png"
-        return wf
-    if isinstance(chunks.get("workflow"), str):
+    elif isinstance(chunks.get("workflow"), str):
         data = _parse_json(chunks["workflow"], f"{source} (workflow chunk)")
         wf = workflow_from_ui(data, source, registry)
-        wf.origin = "png"
-        return wf
-    raise WorkflowError(source, "the PNG carries no workflow (no 'prompt' text chunk)")
+    else:
+        raise WorkflowError(source, "the PNG carries no workflow (no 'prompt' or 'workflow' text chunk)")
+    wf.origin = "png"
+    # the other JSON chunks (ComfyUI's extra_pnginfo: 'workflow', ...) go with it, so that the
+    # images it saves carry the same metadata as the picture it came from
+    pnginfo = {}
+    for key, text in chunks.items():
+        if key != "prompt" and isinstance(text, str):
+            try:
+                pnginfo[key] = json.loads(text)
+            except ValueError:
+                continue  # a chunk that is not JSON (Software, parameters, ...) is not extra_pnginfo
+    if pnginfo:
+        wf.extra = {"extra_pnginfo": pnginfo}
+    return wf
 
 
 def workflow_from_api(data: Any, source: str = "<prompt>") -> Workflow:
