@@ -105,6 +105,17 @@ def test_entry_points_take_ui_json_and_png_workflow_chunks(registry, tmp_path, c
     Image.new("RGB", (4, 4)).save(tmp_path / "shared.png", pnginfo=info)
     png = Workflow.load(tmp_path / "shared.png", registry)
     assert png.origin == "png" and meaning(png.to_api(registry)) == meaning(want)
+    # ComfyUI's SaveImage writes both: `prompt` (the API prompt) and `workflow` (the UI graph)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps(want))
+    info.add_text("workflow", ui_path.read_text())
+    Image.new("RGB", (4, 4)).save(tmp_path / "comfy.png", pnginfo=info)
+    both = Workflow.load(tmp_path / "comfy.png", registry)
+    assert meaning(both.to_api(registry)) == meaning(want)
+    assert both.extra["extra_pnginfo"]["workflow"] == json.loads(ui_path.read_text())
+    out = tmp_path / "from_png.yaml"
+    assert main(["convert", str(tmp_path / "comfy.png"), "--to", "yaml", "-o", str(out)]) == 0
+    assert meaning(Workflow.load(out).to_api(registry)) == meaning(want)
     # validate reads it and reports the missing checkpoint by node and input
     assert main(["validate", str(ui_path), "--models-dir", str(tmp_path / "models")]) == 1
     assert "ckpt_name" in capsys.readouterr().err
