@@ -30,6 +30,16 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--custom-nodes", action="append", default=[], metavar="DIR",
+                   help="a folder of custom-node modules or packages (repeatable)")
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="config file with custom_nodes: (default: $LATENTGRAPH_CONFIG or "
+                        "~/.config/latentgraph/config.yaml if it exists)")
+    p.add_argument("--no-plugins", action="store_true",
+                   help="load no plugins: neither entry points nor custom-node folders")
+
+
 def _folders(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="output", help="where output images go (default: output)")
     p.add_argument("--input-dir", default="input", help="where LoadImage looks (default: input)")
@@ -58,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input before running (repeatable); VALUE is read as YAML")
     _folders(run)
+    _plugins(run)
     run.add_argument("--json", action="store_true", help="print one JSON object per run on stdout")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times in one process")
     run.add_argument("--no-progress", action="store_true", help="no progress bars even on a terminal")
@@ -66,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     val.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE")
     _folders(val)
+    _plugins(val)
     val.add_argument("--json", action="store_true", help="print ComfyUI's {error, node_errors} as JSON")
 
     conv = sub.add_parser("convert", parents=[common], help="convert between YAML and API JSON")
     conv.add_argument("file")
     conv.add_argument("--to", required=True, choices=("api", "yaml"), help="output format")
     conv.add_argument("-o", "--output", help="write here instead of stdout")
+    _plugins(conv)
 
     make = sub.add_parser("make-checkpoint", parents=[common], help="write a random-weight checkpoint",
                           description="Write a random-weight checkpoint in the original single-file layout, "
@@ -102,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8188, help="port (default: 8188)")
     _folders(serve)
+    _plugins(serve)
     serve.add_argument("--user-dir", default="user", help="settings and the persisted history (default: user)")
     serve.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB",
                        help="largest request body in MB (default: 100)")
@@ -114,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--models-dir", default="models")
     nodes.add_argument("--input-dir", default="input")
     nodes.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML")
+    nodes.add_argument("--plugins", action="store_true",
+                       help="list the plugin packs: source, status, nodes, import time")
+    _plugins(nodes)
     return parser
 
 
@@ -167,6 +184,23 @@ def _env(args) -> Environment:
         raise LatentgraphError(f"latentgraph: {exc}") from None
 
 
+def _registry(args):
+    """Built-in nodes plus the plugins: entry points, --custom-nodes, the config file's
+    custom_nodes and the custom_nodes of --extra-model-paths files."""
+    from .plugins import default_config_path, load_plugins, read_config
+
+    registry = create_registry()
+    if getattr(args, "no_plugins", False):
+        return registry
+    folders = list(getattr(args, "custom_nodes", []) or [])
+    config = getattr(args, "config", None) or default_config_path()
+    if config is not None:
+        folders += read_config(config)["custom_nodes"]
+    folders += _extra_dirs(args).get("custom_nodes", [])
+    load_plugins(registry, folders)
+    return registry
+
+
 def _load(args, registry) -> Workflow:
     wf = Workflow.load(args.file, registry)
     apply_sets(wf, getattr(args, "sets", []), registry)
@@ -208,7 +242,7 @@ def _yaml_scalar(raw: str) -> Any:
 def cmd_run(args) -> int:
     if args.repeat < 1:
         raise LatentgraphError("latentgraph run: --repeat must be at least 1")
-    registry = create_registry()
+    registry = _registry(args)
     env = _env(args)
     wf = _load(args, registry)
     try:
@@ -284,7 +318,7 @@ class _ProgressBars:
 
 
 def cmd_validate(args) -> int:
-    registry = create_registry()
+    registry = _registry(args)
     env = _env(args)
     wf = _load(args, registry)
     executor = Executor(registry, env)
@@ -307,7 +341,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    registry = create_registry()
+    registry = _registry(args)
     wf = Workflow.load(args.file, registry)
     unknown = sorted({s.class_type for s in wf.nodes.values() if s.class_type not in registry})
     if unknown and wf.origin == "yaml" and args.to == "api":
@@ -328,8 +362,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_nodes(args) -> int:
-    registry = create_registry()
+    registry = _registry(args)
     env = Environment(models_dir=Path(args.models_dir), input_dir=Path(args.input_dir), model_dirs=_extra_dirs(args))
+    if args.plugins:
+        return _print_plugins(registry, args.json)
     info = registry.object_info(env)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -348,6 +384,28 @@ def cmd_nodes(args) -> int:
             outs = ", ".join(entry["output_name"]) or ("(output node)" if entry["output_node"] else "-")
             print(f"  {entry['name']}({', '.join(ins)}) -> {outs}")
     print(f"{len(info)} node types")
+    return 0
+
+
+def _print_plugins(registry, as_json: bool) -> int:
+    packs = registry.plugins
+    if as_json:
+        print(json.dumps([p.to_json() for p in packs], indent=2))
+        return 0
+    if not packs:
+        print("no plugins (install a package with a 'latentgraph.nodes' entry point, or use --custom-nodes DIR)")
+        return 0
+    for p in packs:
+        status = p.status if p.status == "loaded" else f"{p.status}: {p.error}"
+        print(f"{p.name}  [{p.kind or '?'}]  {status}  ({p.import_seconds * 1000:.1f} ms)")
+        print(f"  source: {p.source}")
+        if p.nodes:
+            print(f"  nodes: {', '.join(p.nodes)}")
+        for note in p.notes:
+            print(f"  note: {note}")
+    loaded = sum(p.status == "loaded" for p in packs)
+    print(f"{len(packs)} plugin pack{'s' if len(packs) != 1 else ''}: {loaded} loaded, "
+          f"{len(packs) - loaded} not; {sum(len(p.nodes) for p in packs)} plugin nodes")
     return 0
 
 
@@ -407,7 +465,7 @@ def cmd_serve(args) -> int:
         raise LatentgraphError(f"latentgraph: --port {args.port} is not a TCP port")
     env = _env(args)
     try:
-        app = create_app(create_registry(), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size,
+        app = create_app(_registry(args), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size,
                          frontend=args.frontend)
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None

@@ -17,6 +17,8 @@ class NodeRegistry:
 
     def __init__(self):
         self._defs: dict[str, NodeDef] = {}
+        self.plugins: list = []  # latentgraph.plugins.PluginInfo of every pack loaded into it
+        self.ambiguous: dict[str, list[str]] = {}  # a name several packs define -> their 'pack/Name's
 
     def register(self, fn_or_def: Callable | NodeDef, *, python_module: str | None = None,
                  source: str = "builtin") -> NodeDef:
@@ -60,6 +62,19 @@ class NodeRegistry:
 
     def names(self) -> list[str]:
         return list(self._defs)
+
+    def missing_hint(self, name: str) -> str:
+        """Why ``name`` is not a node here, and what to use instead."""
+        if self.ambiguous.get(name):
+            return "it is defined by several plugins; use one of " + ", ".join(f"'{n}'" for n in self.ambiguous[name])
+        failed = [p for p in self.plugins if p.status != "loaded"]
+        hint = self.suggest(name)
+        if hint:
+            return f"did you mean '{hint}'?"
+        if failed:
+            return ("is a plugin that provides it not installed? (plugins that did not load: "
+                    + ", ".join(f"{p.name} ({p.status})" for p in failed) + ")")
+        return "is a plugin that provides it not installed?"
 
     def suggest(self, name: str) -> str | None:
         """The closest registered name, for "did you mean" hints."""

@@ -105,8 +105,7 @@ def validate(wf: Workflow, registry, env=None, targets: list[str] | None = None,
 
     for node_id, spec in wf.nodes.items():
         if spec.class_type not in registry:
-            hint = registry.suggest(spec.class_type)
-            hint = f"did you mean '{hint}'?" if hint else "is a plugin that provides it not installed?"
+            hint = registry.missing_hint(spec.class_type)
             node_errors[node_id] = [_err("missing_node_type", f"Node type '{spec.class_type}' is not registered; {hint}",
                                          f"Node ID '#{node_id}'", class_type=spec.class_type)]
 

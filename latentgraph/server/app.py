@@ -372,6 +372,11 @@ async def get_object_info_one(request: web.Request) -> web.Response:
     return web.json_response({name: ndef.object_info(srv.env)}, dumps=_dumps)
 
 
+async def get_plugins(request: web.Request) -> web.Response:
+    """The plugin packs, as `latentgraph nodes --plugins --json` prints them."""
+    return web.json_response([p.to_json() for p in _server(request).registry.plugins], dumps=_dumps)
+
+
 async def get_system_stats(request: web.Request) -> web.Response:
     import platform
 
@@ -535,7 +540,8 @@ ROUTES = [
     ("POST", "/interrupt", post_interrupt),
     ("GET", "/history", get_history), ("GET", "/history/{prompt_id}", get_history_item),
     ("POST", "/history", post_history),
-    ("GET", "/object_info", get_object_info), ("GET", "/object_info/{node_class}", get_object_info_one),
+    ("GET", "/object_info", get_object_info), ("GET", "/object_info/{node_class:.+}", get_object_info_one),
+    ("GET", "/plugins", get_plugins),
     ("GET", "/system_stats", get_system_stats), ("GET", "/embeddings", get_embeddings),
     ("GET", "/models", get_models), ("GET", "/models/{folder}", get_models_folder),
     ("GET", "/extensions", get_extensions), ("GET", "/features", get_features), ("POST", "/free", post_free),

@@ -1,0 +1,191 @@
+"""ComfyUI's V1 node classes (``INPUT_TYPES``, ``RETURN_TYPES``, ``FUNCTION``, ...) read into
+latentgraph NodeDefs, so node packs written for ComfyUI run here when they need only torch,
+numpy and PIL.
+
+What carries over: required/optional/hidden inputs (INT, FLOAT, STRING, BOOLEAN, combos as a
+list or ``("COMBO", {"options": [...]})``, any other type as a socket, with their options),
+``RETURN_TYPES``/``RETURN_NAMES``/``OUTPUT_IS_LIST``/``OUTPUT_TOOLTIPS``, ``FUNCTION``,
+``CATEGORY``, ``DESCRIPTION``, ``OUTPUT_NODE``, ``INPUT_IS_LIST``, ``DEPRECATED``,
+``EXPERIMENTAL``, ``IS_CHANGED`` (its value joins the cache key; NaN means "always run"),
+``VALIDATE_INPUTS`` (the inputs it names skip the built-in checks, as in ComfyUI), and return
+values as tuples or ``{"ui": ..., "result": (...)}``. As in ComfyUI one instance of the class is
+made per node id and kept. Not carried over: lazy inputs (``lazy`` and ``check_lazy_status``:
+every input is computed), node expansion (``{"expand": ...}``), V3 ``comfy_api`` nodes (they
+import ComfyUI).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import uuid
+from typing import Any
+
+from ..graph.declare import NodeDef, Result
+from ..graph.errors import DeclarationError
+from ..graph.types import HIDDEN_KINDS, Boolean, Combo, Float, Hidden, InputSpec, Int, Output, Socket, String
+
+CONTEXT = "__latentgraph_ctx__"
+_NUMBER_KEYS = ("min", "max", "step", "display")
+
+
+def _options(raw: Any) -> dict:
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
+def _spec(node: str, name: str, entry: Any, optional: bool) -> InputSpec:
+    """One V1 input entry, ``(TYPE,)`` or ``(TYPE, {options})``, as an InputSpec."""
+    if isinstance(entry, str):
+        entry = (entry,)
+    if not isinstance(entry, (tuple, list)) or not entry:
+        raise DeclarationError(f"{node}: input '{name}' must be a tuple (TYPE, {{options}}), got {entry!r}")
+    kind, opts = entry[0], _options(entry[1] if len(entry) > 1 else None)
+    default = opts.pop("default", inspect.Parameter.empty)
+    tooltip = opts.pop("tooltip", None)
+    common = {"optional": optional, "tooltip": tooltip}
+    if default is not inspect.Parameter.empty:
+        common["default"] = default
+    if isinstance(kind, (list, tuple)) or kind == "COMBO":
+        choices = kind if isinstance(kind, (list, tuple)) else opts.pop("options", [])
+        upload = bool(opts.pop("image_upload", False))
+        return Combo(list(choices), image_upload=upload, extra=opts, **common)
+    if not isinstance(kind, str):
+        raise DeclarationError(f"{node}: input '{name}' has type {kind!r}; expected a type name or a list of choices")
+    if kind == "INT":
+        numbers = {k: opts.pop(k) for k in _NUMBER_KEYS if k in opts}
+        control = bool(opts.pop("control_after_generate", False))
+        return Int(**numbers, control_after_generate=control, extra=opts, **common)
+    if kind == "FLOAT":
+        numbers = {k: opts.pop(k) for k in _NUMBER_KEYS if k in opts}
+        rounding = opts.pop("round", None)
+        return Float(**numbers, round=rounding, extra=opts, **common)
+    if kind == "STRING":
+        return String(multiline=bool(opts.pop("multiline", False)), placeholder=opts.pop("placeholder", None),
+                      dynamic_prompts=opts.pop("dynamicPrompts", None), extra=opts, **common)
+    if kind == "BOOLEAN":
+        return Boolean(label_on=opts.pop("label_on", None), label_off=opts.pop("label_off", None), extra=opts,
+                       **common)
+    common.pop("default", None)
+    return Socket(kind, extra=opts, **common)
+
+
+def _hook_inputs(fn, inputs: dict[str, InputSpec]) -> tuple[tuple[str, ...], bool, bool]:
+    """(the inputs a classmethod hook takes, whether it takes **kwargs, whether it wants input_types)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return (), False, False
+    kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if kwargs:  # ComfyUI gives it every constant input
+        named = tuple(n for n, s in inputs.items() if s.widget)
+    else:
+        named = tuple(n for n in params if n in inputs)
+    return named, kwargs, "input_types" in params
+
+
+def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source: str) -> NodeDef:
+    """The NodeDef of ComfyUI V1 node class ``cls`` registered as ``name``."""
+    where = f"{name} (class {getattr(cls, '__qualname__', cls)!s})"
+    if not inspect.isclass(cls):
+        raise DeclarationError(f"{where}: NODE_CLASS_MAPPINGS must map names to classes, got {type(cls).__name__}")
+    if hasattr(cls, "define_schema") or hasattr(cls, "execute") and not hasattr(cls, "INPUT_TYPES"):
+        raise DeclarationError(f"{where}: a V3 node (comfy_api io.ComfyNode) needs ComfyUI")
+    try:
+        declared = cls.INPUT_TYPES()
+    except Exception as exc:
+        raise DeclarationError(f"{where}: INPUT_TYPES() raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(declared, dict):
+        raise DeclarationError(f"{where}: INPUT_TYPES() must return a dict, got {type(declared).__name__}")
+    inputs: dict[str, InputSpec] = {}
+    for section, optional in (("required", False), ("optional", True)):
+        for iname, entry in (declared.get(section) or {}).items():
+            inputs[str(iname)] = _spec(where, iname, entry, optional)
+    hidden: dict[str, Hidden] = {}
+    unknown_hidden: list[str] = []
+    for hname, kind in (declared.get("hidden") or {}).items():
+        if kind in HIDDEN_KINDS:
+            hidden[str(hname)] = Hidden(kind)
+        else:
+            unknown_hidden.append(str(hname))  # e.g. AUTH_TOKEN_COMFY_ORG: the node gets None
+
+    return_types = getattr(cls, "RETURN_TYPES", ())
+    if isinstance(return_types, str) or not isinstance(return_types, (tuple, list)):
+        raise DeclarationError(f"{where}: RETURN_TYPES must be a tuple, got {return_types!r} "
+                               f"(a one-element tuple needs a comma: (\"IMAGE\",))")
+    names = list(getattr(cls, "RETURN_NAMES", None) or [])
+    is_list = list(getattr(cls, "OUTPUT_IS_LIST", None) or [])
+    tips = list(getattr(cls, "OUTPUT_TOOLTIPS", None) or [])
+    outputs = []
+    for i, rtype in enumerate(return_types):
+        rtype = "COMBO" if isinstance(rtype, (list, tuple)) else str(rtype)
+        outputs.append(Output(rtype, str(names[i]) if i < len(names) else rtype,
+                              bool(is_list[i]) if i < len(is_list) else False, tips[i] if i < len(tips) else None))
+    output_node = bool(getattr(cls, "OUTPUT_NODE", False))
+    if not outputs and not output_node:
+        raise DeclarationError(f"{where}: a node with no RETURN_TYPES must set OUTPUT_NODE = True")
+    function = getattr(cls, "FUNCTION", None)
+    if not isinstance(function, str) or not callable(getattr(cls, function, None)):
+        raise DeclarationError(f"{where}: FUNCTION must name a method of the class (got {function!r})")
+
+    instances: dict[str, Any] = {}
+
+    def call(**kwargs):
+        ctx = kwargs.pop(CONTEXT)
+        for hname in unknown_hidden:
+            kwargs.setdefault(hname, None)
+        obj = instances.get(ctx.node_id)
+        if obj is None:
+            obj = instances[ctx.node_id] = cls()
+        return _result(name, getattr(obj, function)(**kwargs), len(outputs))
+
+    fingerprint = fp_inputs = None
+    changed = getattr(cls, "IS_CHANGED", None)
+    if callable(changed):
+        fp_inputs, _, _ = _hook_inputs(changed, inputs)
+
+        def fingerprint(**kwargs):
+            value = changed(**kwargs)
+            if isinstance(value, float) and math.isnan(value):
+                return ("always", uuid.uuid4().hex)  # ComfyUI: NaN is never equal, so the node always runs
+            return repr(value)
+
+    validate = v_inputs = None
+    checker = getattr(cls, "VALIDATE_INPUTS", None)
+    if callable(checker):
+        v_inputs, _, wants_types = _hook_inputs(checker, inputs)
+
+        def validate(**kwargs):
+            if wants_types:
+                kwargs["input_types"] = {}  # types of linked inputs: checked by latentgraph itself
+            result = checker(**kwargs)
+            if result is True or result is None:
+                return None
+            return "invalid input" if result is False else str(result)
+
+    doc = getattr(cls, "DESCRIPTION", None)
+    return NodeDef(
+        name=name, fn=call, inputs=inputs, outputs=tuple(outputs), hidden=hidden,
+        category=str(getattr(cls, "CATEGORY", "") or "custom"),
+        display_name=str(display_name or name), description=str(doc) if doc else "",
+        output_node=output_node, fingerprint=fingerprint, fingerprint_inputs=fp_inputs or (),
+        validate=validate, validate_inputs=v_inputs or (), input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
+        deprecated=bool(getattr(cls, "DEPRECATED", False)), experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
+        python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source)
+
+
+def _result(name: str, ret: Any, n: int) -> Result:
+    """A V1 return value (a tuple, or {"ui", "result"}) as a Result."""
+    ui = None
+    if isinstance(ret, dict):
+        if "expand" in ret:
+            raise TypeError(f"{name} returned a node expansion ({{'expand': ...}}), which latentgraph does not run")
+        ui = ret.get("ui")
+        ret = ret.get("result", ())
+    if ret is None:
+        ret = ()
+    if not isinstance(ret, (tuple, list)):
+        raise TypeError(f"{name} returned a {type(ret).__name__}; a ComfyUI node returns a tuple (value,)")
+    values = tuple(ret)
+    if len(values) < n and ui is not None:
+        values += (None,) * (n - len(values))
+    return Result(*values, ui=ui)
