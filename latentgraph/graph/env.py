@@ -6,6 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # File endings listed in model folders (as ComfyUI's supported_pt_extensions).
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
@@ -116,21 +117,28 @@ def file_identity(path: Path, content_hash: bool = False) -> tuple:
     return (str(path), digest.hexdigest())
 
 
-def read_extra_model_paths(path: str | Path) -> dict[str, list[Path]]:
-    """ComfyUI's ``extra_model_paths.yaml``: sections (``comfyui:``, ``a111:``, ...) each with an
-    optional ``base_path`` (``~`` and ``$VARS`` expanded; relative to the file's folder) and
-    folder kinds mapped to one path or several, one per line. Returns kind -> folders."""
+def read_yaml_file(path: str | Path) -> Any:
+    """A small YAML settings file, its problems raised as LatentgraphError naming the file."""
     import yaml
 
     from .errors import LatentgraphError
 
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise LatentgraphError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise LatentgraphError(f"{path}: invalid YAML: {exc}") from None
+
+
+def read_extra_model_paths(path: str | Path) -> dict[str, list[Path]]:
+    """ComfyUI's ``extra_model_paths.yaml``: sections (``comfyui:``, ``a111:``, ...) each with an
+    optional ``base_path`` (``~`` and ``$VARS`` expanded; relative to the file's folder) and
+    folder kinds mapped to one path or several, one per line. Returns kind -> folders."""
+    from .errors import LatentgraphError
+
+    path = Path(path)
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -307,15 +307,10 @@ def default_config_path() -> Path | None:
 def read_config(path: str | Path) -> dict:
     """A latentgraph config file (YAML): ``custom_nodes:`` a folder or a list of folders,
     relative to the file's own folder. Unknown keys are refused."""
-    import yaml
+    from ..graph.env import read_yaml_file
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PluginError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise PluginError(f"{path}: invalid YAML: {exc}") from None
+    data = read_yaml_file(path)
     if data is None:
         return {"custom_nodes": []}
     if not isinstance(data, dict):
