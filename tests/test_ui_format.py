@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
+from latentgraph.graph import Int, NodeRegistry, node
 from latentgraph.graph.errors import WorkflowError
 from latentgraph.graph.ui_format import is_ui_workflow, map_widgets, ui_to_api
 from latentgraph.nodes import create_registry
@@ -119,3 +121,22 @@ def test_entry_points_take_ui_json_and_png_workflow_chunks(registry, tmp_path, c
     # validate reads it and reports the missing checkpoint by node and input
     assert main(["validate", str(ui_path), "--models-dir", str(tmp_path / "models")]) == 1
     assert "ckpt_name" in capsys.readouterr().err
+
+
+def test_a_seed_without_the_flag_still_has_a_control_value():
+    """The frontend gives any INT named seed or noise_seed a control widget unless told otherwise
+    (plugins written for ComfyUI rarely set control_after_generate)."""
+    @node(outputs=["INT"])
+    def Seeded(seed: Annotated[int, Int(0)], steps: Annotated[int, Int(1)]) -> int:
+        return seed + steps
+
+    @node(outputs=["INT"])
+    def NoControl(seed: Annotated[int, Int(0, extra={"control_after_generate": False})],
+                  steps: Annotated[int, Int(1)]) -> int:
+        return seed + steps
+
+    reg = NodeRegistry()
+    reg.register(Seeded)
+    reg.register(NoControl)
+    assert map_widgets(reg["Seeded"], [5, "fixed", 9]) == {"seed": 5, "steps": 9}
+    assert map_widgets(reg["NoControl"], [5, 9]) == {"seed": 5, "steps": 9}

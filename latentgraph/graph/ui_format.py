@@ -83,8 +83,10 @@ def map_widgets(ndef, values: Any) -> dict[str, Any]:
             break
         out[name] = _wrap(values[i])
         i += 1
-        if options.get("control_after_generate") and i < len(values) and values[i] in CONTROL_VALUES:
-            i += 1  # the control_after_generate widget's own value
+        # the frontend adds a control widget where declared, and by default to any "seed"/"noise_seed"
+        control = options.get("control_after_generate", name in ("seed", "noise_seed"))
+        if control and i < len(values) and values[i] in CONTROL_VALUES:
+            i += 1  # the control widget's own value
         if options.get("image_upload") and i < len(values) and values[i] in ("image", "upload"):
             i += 1  # the upload button's value
     return out
