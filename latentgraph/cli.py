@@ -30,6 +30,13 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", default=None, metavar="ADDRESS|local",
+                   help="run the jobs on a Ray cluster (pip install 'latentgraph[ray]'); 'local' starts one here")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers (default: one per GPU, else one per CPU slot of the cluster)")
+
+
 def _plugins(p: argparse.ArgumentParser) -> None:
     p.add_argument("--custom-nodes", action="append", default=[], metavar="DIR",
                    help="a folder of custom-node modules or packages (repeatable)")
@@ -72,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object per run on stdout")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times in one process")
     run.add_argument("--no-progress", action="store_true", help="no progress bars even on a terminal")
+    run.add_argument("--sweep", action="append", default=[], metavar="NODE.INPUT=VALUES",
+                     help="run once per value (a..b or a YAML list; several make a grid), as a batch")
+    _batch_options(run)
+
+    batch = sub.add_parser("batch", parents=[common], help="run a jobs file: one workflow, many overrides",
+                           description="Run every job of a jobs file (workflow: and jobs: and/or grid:), in this "
+                                       "process or on a Ray cluster; jobs already done are skipped.")
+    batch.add_argument("file", metavar="JOBS.yaml")
+    _folders(batch)
+    _plugins(batch)
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    _batch_options(batch)
 
     val = sub.add_parser("validate", parents=[common], help="check a workflow without running it")
     val.add_argument("file")
@@ -119,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-dir", default="user", help="settings and the persisted history (default: user)")
     serve.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB",
                        help="largest request body in MB (default: 100)")
+    serve.add_argument("--ray", default=None, metavar="ADDRESS|local",
+                       help="run queued prompts on a Ray cluster's workers (pip install 'latentgraph[ray]')")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="Ray workers (default: one per GPU, else one per CPU slot)")
     serve.add_argument("--frontend", default="auto", metavar="auto|none|PATH",
                        help="ComfyUI's web frontend at /: auto = the installed comfyui-frontend-package "
                             "(pip install 'latentgraph[frontend]'), none, or a folder with index.html")
@@ -187,18 +210,25 @@ def _env(args) -> Environment:
 def _registry(args):
     """Built-in nodes plus the plugins: entry points, --custom-nodes, the config file's
     custom_nodes and the custom_nodes of --extra-model-paths files."""
-    from .plugins import default_config_path, load_plugins, read_config
+    from .plugins import load_plugins
 
     registry = create_registry()
     if getattr(args, "no_plugins", False):
         return registry
-    folders = list(getattr(args, "custom_nodes", []) or [])
+    load_plugins(registry, _plugin_folders(args))
+    return registry
+
+
+def _plugin_folders(args) -> list[Path]:
+    """--custom-nodes, the config file's custom_nodes, and those of --extra-model-paths files."""
+    from .plugins import default_config_path, read_config
+
+    folders = [Path(f) for f in getattr(args, "custom_nodes", []) or []]
     config = getattr(args, "config", None) or default_config_path()
     if config is not None:
         folders += read_config(config)["custom_nodes"]
     folders += _extra_dirs(args).get("custom_nodes", [])
-    load_plugins(registry, folders)
-    return registry
+    return folders
 
 
 def _load(args, registry) -> Workflow:
@@ -240,6 +270,12 @@ def _yaml_scalar(raw: str) -> Any:
 
 
 def cmd_run(args) -> int:
+    if args.sweep or args.ray:
+        from .batch import sweep_overrides
+
+        if args.repeat != 1 or args.json:
+            raise LatentgraphError("latentgraph run: --sweep and --ray do not combine with --repeat or --json")
+        return _run_batch(args, Path(args.file), sweep_overrides(args.sweep))
     if args.repeat < 1:
         raise LatentgraphError("latentgraph run: --repeat must be at least 1")
     registry = _registry(args)
@@ -272,6 +308,48 @@ def cmd_run(args) -> int:
         print(f"{label}done in {elapsed:.2f} s: {len(result.executed)} nodes executed, "
               f"{len(result.cached)} cached", flush=True)
     return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import read_jobs_file
+
+    workflow, overrides = read_jobs_file(args.file)
+    return _run_batch(args, workflow, overrides)
+
+
+def _run_batch(args, workflow: Path, overrides: list[dict]) -> int:
+    from .batch import LocalRunner, make_jobs, run_batch
+
+    registry = _registry(args)
+    env = _env(args)
+    wf = Workflow.load(workflow, registry)
+    apply_sets(wf, getattr(args, "sets", []), registry)
+    jobs = make_jobs(wf, overrides, registry, env)
+    if args.ray:
+        from .batch.ray_runner import RayRunner
+
+        runner = RayRunner(args.ray, env, workers=args.workers, custom_nodes=_plugin_folders(args),
+                           plugins=not getattr(args, "no_plugins", False))
+    else:
+        if args.workers not in (None, 1):
+            raise LatentgraphError("latentgraph: --workers needs --ray (in this process jobs run one at a time)")
+        try:
+            services = create_services(env)
+        except ValueError as exc:
+            raise LatentgraphError(f"latentgraph: {exc}") from None
+        runner = LocalRunner(Executor(registry, env, services=services))
+    try:
+        result = run_batch(jobs, runner, env.output_dir, progress=None if not args.no_progress else False)
+    finally:
+        runner.close()
+    for record in result.failed:
+        _err(f"job {record['index']} ({record['job_id']}) failed:\n  " + record["error"].replace("\n", "\n  "))
+    print(f"batch: {len(jobs)} jobs on {runner.name}: {len(result.done)} done, {len(result.skipped)} already done, "
+          f"{len(result.failed)} failed{', interrupted' if result.interrupted else ''} in {result.seconds:.2f} s; "
+          f"outputs and records (job.json) in {env.output_dir}/<job id>/", flush=True)
+    if result.interrupted:
+        return 130
+    return 1 if result.failed else 0
 
 
 def _written_files(outputs: dict, env: Environment) -> list[Path]:
@@ -464,9 +542,18 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise LatentgraphError(f"latentgraph: --port {args.port} is not a TCP port")
     env = _env(args)
+    executor = None
+    if args.ray:
+        from .batch.ray_runner import RayExecutor
+
+        executor = RayExecutor(args.ray, env, workers=args.workers, custom_nodes=_plugin_folders(args),
+                               plugins=not args.no_plugins)
+        print(f"running prompts on {executor.pool.name}", flush=True)
+    elif args.workers is not None:
+        raise LatentgraphError("latentgraph: --workers needs --ray")
     try:
         app = create_app(_registry(args), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size,
-                         frontend=args.frontend)
+                         frontend=args.frontend, executor=executor)
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
     try:
@@ -477,7 +564,8 @@ def cmd_serve(args) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes,
-             "make-checkpoint": cmd_make_checkpoint, "train-demo": cmd_train_demo, "serve": cmd_serve}
+             "make-checkpoint": cmd_make_checkpoint, "train-demo": cmd_train_demo, "serve": cmd_serve,
+             "batch": cmd_batch}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -75,7 +75,9 @@ class Executor:
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
 
-    def interrupt(self) -> None:
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the running workflow (runs take turns, so there is at most one; ``prompt_id``
+        is accepted for executors that run several at once)."""
         self._stop.set()
 
     def validate(self, wf: Workflow, targets: list[str] | None = None, partial: bool = False) -> Plan:

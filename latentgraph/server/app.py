@@ -44,11 +44,13 @@ class Server:
     """The state behind the routes: queue, history, executor, sockets, worker."""
 
     def __init__(self, registry, env: Environment, services: dict, user_dir: Path, max_upload_bytes: int,
-                 previews: bool = True):
+                 previews: bool = True, executor=None):
         self.registry = registry
         self.env = env
         self.services = services
-        self.executor = Executor(registry, env, services=services)
+        # an Executor, or anything with its run/interrupt/cache (the Ray one runs `parallel` prompts at once)
+        self.executor = executor if executor is not None else Executor(registry, env, services=services)
+        self.parallel = max(1, int(getattr(self.executor, "parallel", 1)))
         self.user_dir = Path(user_dir)
         self.queue = PromptQueue()
         self.history = History(self.user_dir / "history")
@@ -56,8 +58,7 @@ class Server:
         self.previews = previews
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.socket_flags: dict[str, dict] = {}
-        self.current: QueueItem | None = None
-        self.current_node: str | None = None
+        self.active: dict[str, list] = {}  # running prompt id -> [QueueItem, node running now]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.outbox: asyncio.Queue | None = None
         self._stopping = threading.Event()
@@ -125,6 +126,18 @@ class Server:
         self.queue.close()
         self.executor.interrupt()
 
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt ``prompt_id`` (any running one when None); False if none runs."""
+        targets = [pid for pid in list(self.active) if prompt_id is None or pid == prompt_id]
+        for pid in targets:
+            self.executor.interrupt(pid)
+        return bool(targets)
+
+    def running_nodes(self, client: str) -> list[str]:
+        """The nodes running now in prompts queued by ``client``."""
+        return [node for item, node in list(self.active.values())
+                if node is not None and item.extra_data.get("client_id") == client]
+
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self._free = {"unload_models": unload_models or free_memory, "free_memory": free_memory}
 
@@ -140,7 +153,7 @@ class Server:
     def run_item(self, item: QueueItem) -> None:
         client = item.extra_data.get("client_id") or None
         pid = item.prompt_id
-        self.current, self.current_node = item, None
+        self.active[pid] = [item, None]
         self.history.start(item)
         ended: dict = {}
 
@@ -150,7 +163,7 @@ class Server:
                 if data.get("node") is None:
                     ended["executing"] = data  # sent after the history is stored, as ComfyUI
                     return
-                self.current_node = data["node"]
+                self.active[pid][1] = data["node"]
             self.history.message(pid, kind, data)
             if kind in ("progress", "execution_interrupted"):
                 self.send(kind, data, client)  # broadcast when nobody queued it, as ComfyUI
@@ -175,7 +188,7 @@ class Server:
             self._fail_before_start(pid, client, exc)
         finally:
             self.history.finish(pid, ok)
-            self.current, self.current_node = None, None
+            self.active.pop(pid, None)
             self.queue.done(item)  # -> status broadcast
             if client is not None:
                 self.send("executing", ended.get("executing") or {"node": None, "prompt_id": pid}, client)
@@ -319,11 +332,7 @@ async def post_queue(request: web.Request) -> web.Response:
 async def post_interrupt(request: web.Request) -> web.Response:
     srv = _server(request)
     body = await _json_body(request, optional=True)
-    wanted = body.get("prompt_id")
-    running = srv.current
-    if wanted is None or (running is not None and running.prompt_id == wanted):
-        if running is not None:
-            srv.executor.interrupt()
+    srv.interrupt(body.get("prompt_id"))
     return web.Response(status=200)
 
 
@@ -459,9 +468,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await old.close()
     try:
         await ws.send_str(json.dumps({"type": "status", "data": {**srv.status(), "sid": sid}}))
-        running = srv.current
-        if running is not None and running.extra_data.get("client_id") == sid and srv.current_node is not None:
-            await ws.send_str(json.dumps({"type": "executing", "data": {"node": srv.current_node}}))
+        for node in srv.running_nodes(sid):
+            await ws.send_str(json.dumps({"type": "executing", "data": {"node": node}}))
         first = True
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -551,7 +559,7 @@ ROUTES = [
 
 def create_app(registry=None, env: Environment | None = None, *, services: dict | None = None,
                user_dir: str | Path | None = None, max_upload_mb: float = 100.0,
-               previews: bool = True, frontend: str | Path | None = "auto") -> web.Application:
+               previews: bool = True, frontend: str | Path | None = "auto", executor=None) -> web.Application:
     """The server as an aiohttp Application: every route at its path and under ``/api``, the
     worker thread and the message publisher started and stopped with the app; with a
     frontend (``auto``: the installed comfyui-frontend-package; ``none``; or a folder), ``/``
@@ -567,7 +575,7 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
         services = create_services(env)
     user_dir = Path(user_dir) if user_dir is not None else env.output_dir.parent / "user"
     max_bytes = int(round(max_upload_mb * 1024 * 1024))
-    srv = Server(registry, env, services, user_dir, max_bytes, previews)
+    srv = Server(registry, env, services, user_dir, max_bytes, previews, executor)
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
@@ -587,11 +595,16 @@ async def _lifecycle(app: web.Application):
     srv.loop = asyncio.get_running_loop()
     srv.outbox = asyncio.Queue()
     publisher = asyncio.create_task(srv.publisher())
-    thread = threading.Thread(target=srv.worker, name="latentgraph-worker", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=srv.worker, name=f"latentgraph-worker-{i}", daemon=True)
+               for i in range(srv.parallel)]
+    for thread in threads:
+        thread.start()
     yield
     srv.stop()
-    await asyncio.to_thread(thread.join, 30)
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 30)
+    if hasattr(srv.executor, "close"):
+        await asyncio.to_thread(srv.executor.close)
     publisher.cancel()
     for ws in list(srv.sockets.values()):
         await ws.close()

@@ -175,9 +175,7 @@ class JobRoutes:
 
 
 def _cancel(srv, pid: str) -> bool:
-    running = srv.current
-    if running is not None and running.prompt_id == pid:
-        srv.executor.interrupt()
+    if srv.interrupt(pid):
         return True
     return srv.queue.delete([pid]) > 0
 
