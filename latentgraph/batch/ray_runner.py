@@ -162,7 +162,9 @@ class RayRunner:
             kwargs = dict(init_kwargs or {})
             kwargs.setdefault("include_dashboard", False)
             kwargs.setdefault("logging_level", "warning")
-            if address == "local":
+            if address == "local":  # a cluster of this machine alone: on loopback, without auth tokens
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                kwargs.setdefault("_node_ip_address", "127.0.0.1")
                 ray.init(**kwargs)
             else:
                 ray.init(address=address, **kwargs)
