@@ -155,6 +155,8 @@ class RayRunner:
     def __init__(self, address: str, env, *, workers: int | None = None, custom_nodes=(), plugins: bool = True,
                  max_in_flight: int = 2, init_kwargs: dict | None = None):
         _require_ray()
+        if workers is not None and workers < 1:
+            raise LatentgraphError("latentgraph: --workers must be at least 1")
         self.output_dir = Path(env.output_dir)
         self.max_in_flight = max(1, max_in_flight)
         self._owns_ray = False
@@ -172,8 +174,6 @@ class RayRunner:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         count = workers or (gpus or cpus)
-        if workers is not None and workers < 1:
-            raise LatentgraphError("latentgraph: --workers must be at least 1")
         per_worker = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
         if gpus and count > gpus:
             per_worker = {"num_gpus": gpus / count, "num_cpus": 0}

@@ -70,6 +70,10 @@ class PluginInfo:
                 "import_ms": round(self.import_seconds * 1000, 2)}
 
 
+class PluginError(LatentgraphError):
+    """A custom-node folder or config file cannot be used."""
+
+
 class NeedsComfyUI(ModuleNotFoundError):
     """A pack imported one of ComfyUI's own modules."""
 
@@ -284,10 +288,6 @@ def _commit(registry: NodeRegistry, staged: list[tuple[PluginInfo, NodeRegistry]
             if final != name and name in registry.ambiguous:
                 registry.ambiguous[name].append(final)
             info.nodes.append(final)
-
-
-class PluginError(LatentgraphError):
-    """A custom-node folder or config file cannot be used."""
 
 
 CONFIG_KEYS = ("custom_nodes",)
