@@ -240,6 +240,10 @@ class RayRunner:
                         else:
                             self._fail(job, on_done, attempts, f"its worker died twice ({type(exc).__name__})")
                         continue
+                    except ray.exceptions.RayTaskError as exc:  # not a node's failure: a bug, reported
+                        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                        self._fail(job, on_done, attempts, f"{type(cause).__name__}: {cause}")
+                        continue
                     self._store(reply, job, index, attempts, on_done)
             self._drain(by_id, on_progress)
         except KeyboardInterrupt:
