@@ -219,7 +219,8 @@ def test_serve_on_ray_relays_progress_and_files(cluster, home, reference):
                 pid = data["data"].get("prompt_id") if isinstance(data.get("data"), dict) else None
                 if pid in events:
                     events[pid].append(data["type"])
-                    if data["type"] == "execution_success":
+                    # `executing` with no node comes once the history holds the result, as in ComfyUI
+                    if data["type"] == "executing" and data["data"].get("node") is None:
                         finished.add(pid)
             files = []
             for pid in ids:
