@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-ray = pytest.importorskip("ray", reason="pip install -e '.[ray]'")
-
-from latentgraph.batch import LocalRunner, make_jobs, read_record, run_batch, sweep_overrides  # noqa: E402
-from latentgraph.batch.ray_runner import RayRunner  # noqa: E402
-from latentgraph.graph import Environment, Executor, Workflow  # noqa: E402
-from latentgraph.models.make import make_checkpoint  # noqa: E402
-from latentgraph.nodes import create_registry, create_services  # noqa: E402
+from latentgraph.batch import LocalRunner, make_jobs, read_record, run_batch, sweep_overrides
+from latentgraph.batch.ray_runner import RayRunner  # imports without Ray; using it needs the extra
+from latentgraph.graph import Environment, Executor, Workflow
+from latentgraph.models.make import make_checkpoint
+from latentgraph.nodes import create_registry, create_services
 
 pytestmark = pytest.mark.ray
 
@@ -45,6 +42,8 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray = pytest.importorskip("ray", reason="pip install -e '.[ray]'")
     context = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="warning",
                        _node_ip_address="127.0.0.1")
     yield context
