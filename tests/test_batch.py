@@ -115,3 +115,18 @@ def test_a_failing_job_is_reported_and_the_rest_go_on(tmp_path, capsys):
                  "--output-dir", str(tmp_path / "sweep"), "--no-progress", "--no-plugins", "--device", "cpu"]) == 0
     assert "batch: 2 jobs on in-process: 2 done" in capsys.readouterr().out
     assert len(list((tmp_path / "sweep").glob("*/txt2img_00001_.png"))) == 2
+
+
+def test_an_unreachable_ray_address_fails_fast():
+    """Ray itself retries for minutes; a HOST:PORT that does not answer is refused at once."""
+    import socket
+
+    from latentgraph.batch.ray_runner import _check_reachable
+    from latentgraph.graph import LatentgraphError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    with pytest.raises(LatentgraphError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        _check_reachable(f"127.0.0.1:{port}")
+    _check_reachable("auto")  # other forms are left to Ray

@@ -169,7 +169,11 @@ class RayRunner:
                 kwargs.setdefault("_node_ip_address", "127.0.0.1")
                 ray.init(**kwargs)
             else:
-                ray.init(address=address, **kwargs)
+                _check_reachable(address)
+                try:
+                    ray.init(address=address, **kwargs)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise LatentgraphError(f"latentgraph: cannot join the Ray cluster at {address}: {exc}") from None
             self._owns_ray = True
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
@@ -437,6 +441,21 @@ class _RemoteCaches:
 
     def clear(self) -> None:
         ray.get([w.free.remote(False) for w in self.owner.pool.workers])
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (Ray itself retries for minutes) when HOST:PORT does not answer."""
+    import socket
+
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if match is None:
+        return  # "auto" and other forms are left to Ray
+    try:
+        with socket.create_connection((match.group(1), int(match.group(2))), timeout=5):
+            pass
+    except OSError as exc:
+        raise LatentgraphError(f"latentgraph: cannot reach the Ray cluster at {address}: "
+                               f"{exc.strerror or exc}") from None
 
 
 def _free_name(folder: Path, name: str) -> str:
