@@ -339,7 +339,7 @@ def _run_batch(args, workflow: Path, overrides: list[dict]) -> int:
             raise LatentgraphError(f"latentgraph: {exc}") from None
         runner = LocalRunner(Executor(registry, env, services=services))
     try:
-        result = run_batch(jobs, runner, env.output_dir, progress=None if not args.no_progress else False)
+        result = run_batch(jobs, runner, env.output_dir, progress=False if args.no_progress else None)
     finally:
         runner.close()
     for record in result.failed:
@@ -353,14 +353,15 @@ def _run_batch(args, workflow: Path, overrides: list[dict]) -> int:
 
 
 def _written_files(outputs: dict, env: Environment) -> list[Path]:
-    roots = {"output": env.output_dir, "temp": env.temp_dir, "input": env.input_dir}
+    from .graph.env import FOLDER_TYPES
+    from .graph.executor import ui_files
+
     paths = []
     for ui in outputs.values():
-        for key in ("images", "gifs", "audio", "files"):
-            for item in ui.get(key, []) if isinstance(ui, dict) else []:
-                if isinstance(item, dict) and "filename" in item:
-                    root = roots.get(item.get("type", "output"), env.output_dir)
-                    paths.append(root / item.get("subfolder", "") / item["filename"])
+        for item in ui_files(ui):
+            kind = item.get("type", "output")
+            root = env.folder_of(kind) if kind in FOLDER_TYPES else env.output_dir
+            paths.append(root / item.get("subfolder", "") / item["filename"])
     return paths
 
 

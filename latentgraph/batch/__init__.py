@@ -209,15 +209,19 @@ def _describe(ov: dict) -> str:
 
 # -- running -------------------------------------------------------------------------------
 def written_files(outputs: dict) -> list[str]:
-    """The files a run's UI outputs name, as paths relative to their folder type."""
-    files = []
-    for ui in outputs.values():
-        for key in ("images", "gifs", "audio", "files"):
-            for item in ui.get(key, []) if isinstance(ui, dict) else []:
-                if isinstance(item, dict) and "filename" in item:
-                    files.append(f"{item.get('type', 'output')}:{item.get('subfolder', '')}/{item['filename']}"
-                                 .replace(":/", ":"))
-    return files
+    """The files a run's UI outputs name, as ``type:subfolder/filename``."""
+    from ..graph.executor import ui_files
+
+    return [f"{item.get('type', 'output')}:{item.get('subfolder', '')}/{item['filename']}".replace(":/", ":")
+            for ui in outputs.values() for item in ui_files(ui)]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it: readers see all of it or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def execute_job(executor: Executor, job: Job, listener: Callable | None = None, worker: str = "local") -> dict:
@@ -229,7 +233,7 @@ def execute_job(executor: Executor, job: Job, listener: Callable | None = None, 
     record = {"job_id": job.job_id, "index": job.index, "overrides": job.overrides, "seeds": job.seeds,
               "worker": worker, "status": "success", "files": [], "timings": {}, "error": None}
     try:
-        wf = workflow_from_api(json.loads(json.dumps(job.prompt)), f"job {job.job_id}")
+        wf = workflow_from_api(job.prompt, f"job {job.job_id}")
         result = executor.run(wf, prompt_id=job.job_id, listener=listener)
         record["files"] = written_files(result.outputs)
         record["timings"] = {k: round(v, 6) for k, v in result.timings.items()}
@@ -244,11 +248,8 @@ def execute_job(executor: Executor, job: Job, listener: Callable | None = None, 
 
 def write_record(output_dir: Path, record: dict) -> None:
     """The job's record, atomically: it is the mark that the job is done."""
-    folder = Path(output_dir) / record["job_id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, folder / RECORD)
+    write_atomic(Path(output_dir) / record["job_id"] / RECORD,
+                 (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_record(output_dir: Path, jid: str) -> dict | None:

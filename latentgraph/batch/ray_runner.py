@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..graph import LatentgraphError
-from . import Job, execute_job
+from ..graph.executor import ui_files
+from . import Job, execute_job, write_atomic
 
 try:
     import ray
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - exercised only where the extra is miss
     ray = None
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress events a worker sends for one job
+SHIPPED = ("output", "temp")  # file types a worker sends back (input files are the driver's own)
 
 
 def _require_ray():
@@ -68,23 +70,21 @@ class BatchWorker:
     def interrupt(self) -> None:
         self.executor.interrupt()
 
-    def free(self, unload_models: bool) -> None:
+    def free(self) -> None:
+        """Forget the cached results (the server's /free)."""
         self.executor.cache.clear()
-        models = self.executor.services.get("models")
-        if unload_models and models is not None and hasattr(models, "clear"):
-            models.clear()
 
     def _ship(self, output: dict) -> dict:
-        """The files an `executed` output names, as bytes (removed here)."""
-        roots = {"output": self.executor.env.output_dir, "temp": self.executor.env.temp_dir}
+        """The files an `executed` output names, as bytes. They stay here: a cached output node
+        of a later prompt names the same files."""
+        env = self.executor.env
         files = {}
-        for items in output.values():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and "filename" in item and item.get("type", "output") in roots:
-                    path = roots[item.get("type", "output")] / item.get("subfolder", "") / item["filename"]
-                    if path.is_file():  # kept: a cached output of a later prompt names the same file
-                        files[(item.get("type", "output"), item.get("subfolder", ""), item["filename"])] = \
-                            path.read_bytes()
+        for item in ui_files(output):
+            kind, sub = item.get("type", "output"), item.get("subfolder", "")
+            if kind in SHIPPED:
+                path = env.folder_of(kind) / sub / item["filename"]
+                if path.is_file():
+                    files[(kind, sub, item["filename"])] = path.read_bytes()
         return files
 
     def run_prompt(self, prompt: dict, prompt_id: str, targets, extra_data: dict, partial: bool) -> dict:
@@ -120,7 +120,7 @@ class BatchWorker:
         return reply
 
     def run(self, job: Job) -> dict:
-        """Run one job; the record, with the files it wrote as bytes (and removed here)."""
+        """Run one job; the record, with the files it wrote as bytes (kept here, as in _ship)."""
         last = [0.0]
 
         def listener(kind: str, data: dict) -> None:
@@ -260,11 +260,7 @@ class RayRunner:
         record = reply["record"]
         record["attempts"] = attempts[record["job_id"]]
         for rel, data in reply["files"].items():
-            path = self.output_dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_atomic(self.output_dir / rel, data)
         if record["status"] == "success":
             self.held[index].update(job.checkpoints)  # its model cache holds them now
         on_done(record)
@@ -399,28 +395,22 @@ class RayExecutor:
     def _place(self, index: int, files: dict, output: dict) -> None:
         """Write the files into the server's folders; a taken name gets the next free counter.
         The same file sent again (a cached output node) keeps the name it got the first time."""
-        roots = {"output": Path(self.env.output_dir), "temp": Path(self.env.temp_dir)}
         renamed = {}
         with self._lock:
             for (kind, sub, name), data in files.items():
-                folder = roots[kind] / sub
+                folder = Path(self.env.folder_of(kind)) / sub
                 digest = hashlib.blake2b(data, digest_size=16).hexdigest()
                 placed = self._placed.get((index, kind, sub, name))
                 if placed is not None and placed[1] == digest and (folder / placed[0]).is_file():
                     renamed[(kind, sub, name)] = placed[0]
                     continue
-                folder.mkdir(parents=True, exist_ok=True)
                 final = _free_name(folder, name)
-                tmp = folder / f".{final}.tmp"
-                tmp.write_bytes(data)
-                os.replace(tmp, folder / final)
+                write_atomic(folder / final, data)
                 self._placed[(index, kind, sub, name)] = (final, digest)
                 renamed[(kind, sub, name)] = final
-        for items in output.values():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and "filename" in item:
-                    key = (item.get("type", "output"), item.get("subfolder", ""), item["filename"])
-                    item["filename"] = renamed.get(key, item["filename"])
+        for item in ui_files(output):
+            key = (item.get("type", "output"), item.get("subfolder", ""), item["filename"])
+            item["filename"] = renamed.get(key, item["filename"])
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         with self._lock:
@@ -440,7 +430,7 @@ class _RemoteCaches:
         self.owner = owner
 
     def clear(self) -> None:
-        ray.get([w.free.remote(False) for w in self.owner.pool.workers])
+        ray.get([w.free.remote() for w in self.owner.pool.workers])
 
 
 def _check_reachable(address: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+FOLDER_TYPES = ("input", "output", "temp")  # ComfyUI's file "type"s
 # Model files that ship inside the package (the demo model), searched after the user's folders.
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -66,16 +67,19 @@ class Environment:
     def list_inputs(self) -> list[str]:
         return sorted(_list_files(self.input_dir, IMAGE_EXTENSIONS))
 
+    def folder_of(self, kind: str) -> Path:
+        """The folder of ComfyUI's file type ``kind``: input, output or temp."""
+        return {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}[kind]
+
     def annotated_path(self, name: str, default: str = "input") -> Path | None:
         """Resolve ComfyUI's annotated file names: "a.png", "a.png [output]", "sub/a.png [temp]".
         None when the name leaves its folder."""
-        base = {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}
         kind = default
-        for k in base:
+        for k in FOLDER_TYPES:
             if name.endswith(f" [{k}]"):
                 name, kind = name[: -len(k) - 3], k
                 break
-        return _safe_join(base[kind], name)
+        return _safe_join(self.folder_of(kind), name)
 
 
 def _list_files(folder: Path, extensions) -> list[str]:

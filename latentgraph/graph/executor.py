@@ -296,6 +296,14 @@ class _Run:
         return self._prompt_api
 
 
+def ui_files(ui: dict) -> list[dict]:
+    """The file entries ({filename, subfolder, type}) a node's UI output names, under any key
+    (images, gifs, audio, ...)."""
+    return [item for items in (ui.values() if isinstance(ui, dict) else ())
+            for item in (items if isinstance(items, list) else ())
+            if isinstance(item, dict) and "filename" in item]
+
+
 def _map_over_lists(ndef: NodeDef, inputs: dict[str, list], ctx) -> tuple[tuple, dict | None]:
     """Call the node once (input_is_list, or every input a single value) or once per index
     of the longest input list, shorter lists repeating their last item (ComfyUI's rule)."""

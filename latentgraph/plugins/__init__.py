@@ -276,7 +276,7 @@ def _commit(registry: NodeRegistry, staged: list[tuple[PluginInfo, NodeRegistry]
                 info.notes.append(f"'{name}' is also defined by {', '.join(others)}; this one is '{final}'")
             if final != name:
                 ndef = dataclasses.replace(ndef, name=final, display_name=f"{ndef.display_name} ({info.name})")
-            if ndef.python_module in ("nodes", None) or not ndef.python_module.startswith("custom_nodes."):
+            if not (ndef.python_module or "").startswith("custom_nodes."):
                 ndef = dataclasses.replace(ndef, python_module=f"custom_nodes.{info.name}")
             if ndef.source == "builtin":
                 ndef = dataclasses.replace(ndef, source=info.source)

@@ -54,7 +54,7 @@ class FileRoutes:
         env = self.env()
         if kind not in KINDS:
             raise _bad(f"type must be one of {', '.join(KINDS)}, not {kind!r}")
-        return Path({"input": env.input_dir, "output": env.output_dir, "temp": env.temp_dir}[kind])
+        return Path(env.folder_of(kind))
 
     def target(self, kind: str, subfolder: str, filename: str) -> Path:
         """``<folder>/<subfolder>/<basename of filename>``; 403 when the subfolder escapes."""
