@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv if missing.
-# TORCH_SPEC picks the torch requirement (CI: make test TORCH_SPEC=torch==2.13.0, a CPU build).
+# TORCH_SPEC picks the torch requirement (default: plain `torch`, as CI and a newcomer get it).
 
 PYTHON ?= python3
 VENV ?= .venv

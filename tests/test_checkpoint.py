@@ -149,7 +149,9 @@ def test_sdxl_clip_object_and_adm_parity():
     assert (cond - ref["clip/a_red_circle/cond"]).abs().max() < 1e-5
     assert (pooled - ref["clip/a_red_circle/pooled"]).abs().max() < 1e-5
     y = sdxl_adm(ref["clip/a_red_circle/pooled"], 64, 64)
-    assert y.shape == (1, 1552) and (y - ref["adm/y_a_red_circle_64x64"]).abs().max() < 1e-6
+    # the size embedding's sin/cos of float32 arguments differ in the last bits between torch
+    # builds (2.13 matches ComfyUI's bits, 2.14 is 2e-6 off): a float32 tolerance, not equality
+    assert y.shape == (1, 1552) and (y - ref["adm/y_a_red_circle_64x64"]).abs().max() < 1e-5
 
 
 def test_vae_conventions_match_comfyui():

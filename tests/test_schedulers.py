@@ -37,30 +37,33 @@ def _mismatch(got: torch.Tensor, want: torch.Tensor) -> str | None:
     return None
 
 
-def _check_all(schedule: DiscreteSchedule) -> tuple[int, int, list[str]]:
-    exact, problems = 0, []
+def _check_all(schedule: DiscreteSchedule) -> tuple[int, list[str]]:
+    problems = []
     for e in REF["schedules_eps"]:
         got = compute_sigmas(schedule, e["scheduler"], e["steps"], e["denoise"], e["sampler_name"])
-        want = _ref(e["sigmas"])
-        problem = _mismatch(got, want)
-        if problem is None:
-            exact += torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
-        else:
+        problem = _mismatch(got, _ref(e["sigmas"]))
+        if problem is not None:
             problems.append(f"{e['scheduler']} steps={e['steps']} denoise={e['denoise']} {e['sampler_name']}: {problem}")
-    return len(REF["schedules_eps"]), exact, problems
+    return len(REF["schedules_eps"]), problems
 
 
 def test_every_reference_schedule_matches(eps):
-    total, exact, problems = _check_all(eps)
+    # Within 1e-6 relative, not bit for bit: the last bits of float32 pow/exp/log differ between
+    # torch builds (torch 2.13's CPU build matches ComfyUI's bits on all 648; 2.14.1's on 553).
+    total, problems = _check_all(eps)
     assert total == 648
     assert not problems, "\n".join(problems[:20])
-    assert exact == total  # in fact bit-identical, not just within 1e-6
 
 
-def test_v_prediction_gives_identical_sigmas():
+def test_v_prediction_gives_identical_sigmas(eps):
     assert REF["v_prediction"]["sigmas_identical_to_eps"]
-    total, exact, problems = _check_all(DiscreteSchedule("v"))
-    assert not problems and exact == total
+    v = DiscreteSchedule("v")
+    total, problems = _check_all(v)
+    assert not problems
+    # against our own eps schedule on the same torch build the sigmas are bit-identical
+    for e in REF["schedules_eps"]:
+        args = (e["scheduler"], e["steps"], e["denoise"], e["sampler_name"])
+        assert torch.equal(compute_sigmas(v, *args).nan_to_num(-1.0), compute_sigmas(eps, *args).nan_to_num(-1.0))
 
 
 def test_kl_optimal_one_step_is_nan_as_in_comfyui(eps):
