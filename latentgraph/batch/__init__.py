@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..graph import Executor, LatentgraphError, Problem, ValidationError, Workflow, WorkflowError
+from ..graph.fileio import write_atomic  # the one atomic writer; the Ray runner imports it from here
 from ..graph.types import String
 
 RECORD = "job.json"
@@ -214,14 +214,6 @@ def written_files(outputs: dict) -> list[str]:
 
     return [f"{item.get('type', 'output')}:{item.get('subfolder', '')}/{item['filename']}".replace(":/", ":")
             for ui in outputs.values() for item in ui_files(ui)]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it: readers see all of it or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def execute_job(executor: Executor, job: Job, listener: Callable | None = None, worker: str = "local") -> dict:
