@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
+
+from ..graph.fileio import write_atomic
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
@@ -76,26 +79,50 @@ def save_path(base_dir: Path, filename_prefix: str) -> tuple[Path, str, str, int
     return folder, stem, folder.relative_to(base).as_posix() if folder != base else "", highest + 1
 
 
-def png_metadata(prompt: dict | None, extra_pnginfo: dict | None) -> PngInfo:
-    """The text chunks ComfyUI writes: ``prompt`` (API JSON) and each key of extra_pnginfo."""
+# bytes of JSON text in one PNG's metadata (prompt plus every extra_pnginfo value): a UI workflow
+# is a few hundred KiB at most, and each image of a batch carries its own copy
+PNG_METADATA_BUDGET = 16 * 1024 * 1024
+
+
+def png_metadata(prompt: dict | None, extra_pnginfo: dict | None, budget: int = PNG_METADATA_BUDGET) -> PngInfo:
+    """The text chunks ComfyUI writes: ``prompt`` (API JSON) and each key of extra_pnginfo,
+    measured while they are serialised: ValueError naming the budget once they pass it."""
     info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(str(key), json.dumps(value))
+    chunks = [("prompt", prompt)] if prompt is not None else []
+    chunks += [(str(key), value) for key, value in (extra_pnginfo or {}).items()]
+    left = budget
+    for key, value in chunks:
+        text = _bounded_json(value, key, left, budget)
+        left -= len(text) + len(key)
+        info.add_text(key, text)
     return info
+
+
+def _bounded_json(value, key: str, left: int, budget: int) -> str:
+    """``json.dumps(value)`` built piece by piece and abandoned as soon as it passes ``left``
+    characters (ASCII, so bytes): an oversized value is never serialised whole."""
+    parts, size = [], 0
+    for piece in json.JSONEncoder().iterencode(value):
+        size += len(piece)
+        if size > left:
+            raise ValueError(f"the PNG metadata is over its budget of {budget:,} bytes (PNG_METADATA_BUDGET) "
+                             f"at the {key!r} text chunk: the prompt and extra_pnginfo are written into every "
+                             f"image, so keep large values out of extra_pnginfo")
+        parts.append(piece)
+    return "".join(parts)
 
 
 def save_images(images: torch.Tensor, folder_root: Path, prefix: str, kind: str, compress_level: int,
                 prompt: dict | None = None, extra_pnginfo: dict | None = None) -> list[dict]:
     """Write a batch as numbered PNGs; return ComfyUI's UI entries for them."""
     folder, stem, subfolder, counter = save_path(folder_root, prefix)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = png_metadata(prompt, extra_pnginfo)
+    meta = png_metadata(prompt, extra_pnginfo)  # before any file: an oversized one writes nothing
     results = []
     for image in images:
         name = f"{stem}_{counter:05}_.png"
-        tensor_to_pil(image).save(folder / name, pnginfo=meta, compress_level=compress_level)
+        buf = io.BytesIO()
+        tensor_to_pil(image).save(buf, format="PNG", pnginfo=meta, compress_level=compress_level)
+        write_atomic(folder / name, buf.getvalue())  # a kill never leaves a truncated PNG under its name
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         counter += 1
     return results
