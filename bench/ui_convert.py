@@ -17,9 +17,9 @@ import time
 import uuid
 
 from latentgraph.graph.env import Environment
-from latentgraph.graph.loaders import load_text, workflow_from_api
 from latentgraph.graph.ui_format import ui_to_api
 from latentgraph.graph.validate import validate
+from latentgraph.graph.workflow import Workflow
 from latentgraph.nodes import create_registry
 
 CKPT = "latentgraph-shapes.safetensors"
@@ -145,10 +145,10 @@ def main() -> int:
         parsed = json.loads(text)
         parse = statistics.median(_time(lambda: json.loads(text), args.repeat))
         convert = statistics.median(_time(lambda: ui_to_api(parsed, registry), args.repeat))
-        wf_api = workflow_from_api(prompt)
+        wf_api = Workflow.from_api(prompt)
         check = statistics.median(_time(lambda: validate(wf_api, registry, env), args.repeat))
-        total = _time(lambda: validate(load_text(text, name, registry), registry, env), args.repeat)
-        api_total = _time(lambda: validate(load_text(api_text, name, registry), registry, env), args.repeat)
+        total = _time(lambda: validate(Workflow.loads(text, name, registry), registry, env), args.repeat)
+        api_total = _time(lambda: validate(Workflow.loads(api_text, name, registry), registry, env), args.repeat)
         med, p95 = statistics.median(total), sorted(total)[int(0.95 * len(total)) - 1]
         worst = max(worst, med)
         print(f"{name:<10} {count:>8} {len(prompt):>9} {parse:>6.1f}  {convert:>7.1f}  {check:>8.1f}  "

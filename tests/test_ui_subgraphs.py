@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from latentgraph.graph.errors import ValidationError, WorkflowError
-from latentgraph.graph.loaders import load_file
 from latentgraph.graph.ui_format import ui_to_api
 from latentgraph.graph.validate import validate
+from latentgraph.graph.workflow import Workflow
 from latentgraph.nodes import create_registry
 
 from test_ui_format import meaning
@@ -128,7 +128,7 @@ def test_a_subgraph_that_contains_itself_is_refused(registry):
 
 def test_a_real_template_reports_exactly_its_unsupported_nodes(registry):
     path = FIXTURES / "templates" / "image_anima_preview.json"
-    wf = load_file(path, registry)
+    wf = Workflow.load(path, registry)
     assert wf.origin == "ui"
     assert sum(1 for s in wf.nodes.values() if s.class_type != "SaveImage") == 8  # all inside subgraph 60
     assert all(k.startswith("60:") for k, s in wf.nodes.items() if s.class_type != "SaveImage")

@@ -219,13 +219,12 @@ def written_files(outputs: dict) -> list[str]:
 def execute_job(executor: Executor, job: Job, listener: Callable | None = None, worker: str = "local") -> dict:
     """Run one job on ``executor``; the record of what happened (never raises for a node's failure)."""
     from ..graph import NodeExecutionError
-    from ..graph.loaders import workflow_from_api
 
     start = time.perf_counter()
     record = {"job_id": job.job_id, "index": job.index, "overrides": job.overrides, "seeds": job.seeds,
               "worker": worker, "status": "success", "files": [], "timings": {}, "error": None}
     try:
-        wf = workflow_from_api(job.prompt, f"job {job.job_id}")
+        wf = Workflow.from_api(job.prompt, f"job {job.job_id}")
         result = executor.run(wf, prompt_id=job.job_id, listener=listener)
         record["files"] = written_files(result.outputs)
         record["timings"] = {k: round(v, 6) for k, v in result.timings.items()}

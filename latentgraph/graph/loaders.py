@@ -1,98 +1,135 @@
-"""Reading and writing workflow files: ComfyUI API JSON, YAML for people, PNG ``prompt`` chunks.
+"""Reading workflow files into plain, checked data: YAML, JSON, and the text chunks of a PNG.
 
-Every structural problem of a file is collected and raised at once in one WorkflowError that
-names the file, the node, the input and (for YAML) the line.
+This module knows files and formats, not the Workflow model: it returns a Document (the parsed
+data and where it came from) that ``Workflow.load`` turns into a workflow, so the dependency runs
+one way, workflow.py -> loaders.py. Every read is held to the size budgets of budgets.py before
+the allocation it would cause: the file size before reading, PNG chunk sizes before reading or
+inflating them, nesting depth while parsing, and YAML anchors and aliases (which can make a
+1 KB file expand into gigabytes) are refused outright.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import budgets
 from .errors import Problem, WorkflowError
-from .ui_format import is_ui_workflow, ui_to_api
-from .workflow import Link, NodeSpec, Workflow, api_link, link_from_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-YAML_NODE_KEYS = ("type", "title", "meta", "inputs")
-YAML_TOP_KEYS = ("nodes", "version", "description")
-FORMAT_VERSION = 1
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
-# -- reading -------------------------------------------------------------------------------
-def load_file(path: str | Path, registry=None) -> Workflow:
-    """A workflow file; UI-format JSON (and PNGs carrying only a ``workflow`` chunk) need the
-    ``registry`` to map widget values to inputs."""
+@dataclass
+class Document:
+    """A parsed workflow file. ``kind``: "text" (YAML or JSON), "png_prompt" (API JSON from a
+    PNG's prompt chunk) or "png_workflow" (UI JSON from its workflow chunk)."""
+
+    data: Any
+    source: str
+    kind: str = "text"
+    text: str | None = None        # the YAML text, for the line numbers in messages
+    is_json: bool = False
+    pnginfo: dict = field(default_factory=dict)  # a PNG's other JSON chunks (ComfyUI's extra_pnginfo)
+
+
+# -- files ---------------------------------------------------------------------------------
+def read_file(path: str | Path) -> Document:
+    """A workflow file (YAML, JSON or a PNG carrying one), told apart by content."""
     path = Path(path)
     source = str(path)
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            is_png = f.read(8) == PNG_MAGIC
+            if is_png:
+                budgets.check("png_file_bytes", size, source, "the PNG file")
+                return _read_png(f, source)
+            budgets.check("workflow_file_bytes", size, source, "the workflow file")
+            f.seek(0)
+            # one byte past the budget: a file that grew since stat is still caught
+            data = f.read(budgets.limit("workflow_file_bytes") + 1)
     except FileNotFoundError:
         raise WorkflowError(source, "file not found") from None
     except IsADirectoryError:
         raise WorkflowError(source, "is a directory, not a workflow file") from None
     except OSError as exc:
         raise WorkflowError(source, f"cannot read the file: {exc.strerror or exc}") from None
-    if data.startswith(PNG_MAGIC):
-        return _load_png(path, source, registry)
+    budgets.check("workflow_file_bytes", len(data), source, "the workflow file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WorkflowError(source, f"not a text file (byte {exc.start} is not UTF-8); expected YAML or JSON") from None
-    return load_text(text, source, registry)
+    return parse_text(text, source)
 
 
-def load_text(text: str, source: str = "<string>", registry=None) -> Workflow:
-    """Parse YAML or JSON text, telling API JSON from YAML-structured documents by content."""
+def parse_text(text: str, source: str = "<string>") -> Document:
+    """YAML or JSON text, told apart by its first character."""
+    budgets.check("workflow_file_bytes", len(text), source, "the workflow text")
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise WorkflowError(source, "the file is empty")
-    is_json = stripped[0] in "{["
-    data = _parse_json(text, source) if is_json else _parse_yaml(text, source)
-    return workflow_from_data(data, source, text, is_json, registry)
+    if stripped[0] in "{[":
+        return Document(parse_json(text, source), source, text=None, is_json=True)
+    return Document(parse_yaml(text, source), source, text=text)
 
 
-def workflow_from_data(data: Any, source: str, text: str | None = None, is_json: bool = False,
-                       registry=None) -> Workflow:
-    if isinstance(data, dict):
-        if is_ui_workflow(data):
-            return workflow_from_ui(data, source, registry)
-        nodes = data.get("nodes")
-        if "nodes" in data and not (isinstance(nodes, dict) and "class_type" in nodes):
-            return workflow_from_yaml(data, source, text)
-        prompt = data.get("prompt")
-        if isinstance(prompt, dict) and "class_type" not in prompt:  # a /prompt request body
-            wf = workflow_from_api(prompt, source)
-            if isinstance(data.get("extra_data"), dict):
-                wf.extra = data["extra_data"]
-            return wf
-        if data and (is_json or all(isinstance(v, dict) for v in data.values())):
-            return workflow_from_api(data, source)
-        if not data:
-            raise WorkflowError(source, "the workflow has no nodes")
-    kind = _kind(data) if not isinstance(data, dict) else "mapping without 'nodes'"
-    raise WorkflowError(
-        source,
-        f"expected a workflow: a YAML mapping with a 'nodes' key, or API JSON "
-        f"{{\"id\": {{\"class_type\": ..., \"inputs\": {{...}}}}}}; got a {kind}",
-    )
-
-
-def _parse_json(text: str, source: str) -> Any:
+# -- JSON ----------------------------------------------------------------------------------
+def parse_json(text: str, source: str) -> Any:
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise WorkflowError(source, [Problem(f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno)]) from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+    except RecursionError:  # nested past Python's stack, far past the budget
+        raise WorkflowError(source, budgets.over("nesting_depth", "the JSON's nesting of lists and objects")) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise WorkflowError(source, f"invalid JSON: {exc}") from None
+    budgets.check_depth(data, source, "the JSON's nesting of lists and objects")
+    return data
+
+
+# -- YAML ----------------------------------------------------------------------------------
+class _Refused(Exception):
+    """Valid YAML that a workflow file may not use; carries the mark for the line."""
+
+    def __init__(self, message: str, mark):
+        super().__init__(message)
+        self.message, self.mark = message, mark
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+    """SafeLoader that refuses duplicate keys (instead of keeping the last one silently), anchors
+    and aliases (an alias bomb expands a tiny file into gigabytes once written out as JSON or
+    hashed) and nesting past the budget (PyYAML recurses once per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in workflow files: "
+                           "write the value out", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(f"YAML anchors (&{event.anchor}) are not allowed in workflow files: "
+                           "write the value out", event.start_mark)
+        container = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if container:
+            self._depth += 1
+            if self._depth > budgets.limit("nesting_depth"):
+                raise _Refused(budgets.over("nesting_depth", "the YAML's nesting of lists and mappings"),
+                               event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if container:
+                self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -109,200 +146,27 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        col = f" (column {exc.mark.column + 1})" if exc.mark else ""
+        raise WorkflowError(source, [Problem(exc.message + col, line=exc.mark.line + 1 if exc.mark else None)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         what = exc.problem or exc.context or "syntax error"
         col = f" (column {mark.column + 1})" if mark else ""
         raise WorkflowError(source, [Problem(f"invalid YAML: {what}{col}", line=line)]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. '1e400000' as a timestamp
         raise WorkflowError(source, f"invalid YAML: {exc}") from None
 
 
-def workflow_from_ui(data: dict, source: str, registry) -> Workflow:
-    """A ComfyUI UI-format workflow, converted as ComfyUI's frontend converts it."""
-    if registry is None:
-        raise WorkflowError(source, "this is a ComfyUI UI-format workflow (nodes/links); converting it needs the "
-                                    "node registry (Workflow.load(path, registry=...))")
-    wf = workflow_from_api(ui_to_api(data, registry, source), source)
-    wf.origin = "ui"
-    wf.extra = {"extra_pnginfo": {"workflow": data}}
-    return wf
-
-
-def _load_png(path: Path, source: str, registry=None) -> Workflow:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            chunks = dict(getattr(im, "text", {}) or im.info)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise WorkflowError(source, f"cannot read the PNG: {exc}") from None
-    if isinstance(chunks.get("prompt"), str):
-        data = _parse_json(chunks["prompt"], f"{source} (prompt chunk)")
-        wf = workflow_from_api(data, source)
-    elif isinstance(chunks.get("workflow"), str):
-        data = _parse_json(chunks["workflow"], f"{source} (workflow chunk)")
-        wf = workflow_from_ui(data, source, registry)
-    else:
-        raise WorkflowError(source, "the PNG carries no workflow (no 'prompt' or 'workflow' text chunk)")
-    wf.origin = "png"
-    # the other JSON chunks (ComfyUI's extra_pnginfo: 'workflow', ...) go with it, so that the
-    # images it saves carry the same metadata as the picture it came from
-    pnginfo = {}
-    for key, text in chunks.items():
-        if key != "prompt" and isinstance(text, str):
-            try:
-                pnginfo[key] = json.loads(text)
-            except ValueError:
-                continue  # a chunk that is not JSON (Software, parameters, ...) is not extra_pnginfo
-    if pnginfo:
-        wf.extra = {"extra_pnginfo": pnginfo}
-    return wf
-
-
-def workflow_from_api(data: Any, source: str = "<prompt>") -> Workflow:
-    """ComfyUI API format: ``{"id": {"class_type", "inputs", "_meta"}}``."""
-    if not isinstance(data, dict):
-        raise WorkflowError(source, f"expected a JSON object mapping node ids to nodes, got {type(data).__name__}")
-    problems: list[Problem] = []
-    nodes: dict[str, NodeSpec] = {}
-    for raw_id, entry in data.items():
-        node_id = str(raw_id)
-        if not isinstance(entry, dict):
-            problems.append(Problem(f"expected an object with class_type and inputs, got {_kind(entry)}", node=node_id))
-            continue
-        class_type = entry.get("class_type")
-        if not isinstance(class_type, str) or not class_type:
-            problems.append(Problem("missing 'class_type' (the node's type name)", node=node_id))
-            continue
-        inputs = entry.get("inputs", {})
-        if not isinstance(inputs, dict):
-            problems.append(Problem(f"'inputs' must be an object, got {_kind(inputs)}", node=node_id))
-            continue
-        meta = entry.get("_meta", {})
-        if not isinstance(meta, dict):
-            problems.append(Problem(f"'_meta' must be an object, got {_kind(meta)}", node=node_id))
-            continue
-        meta = dict(meta)
-        title = meta.pop("title", None)
-        values = {str(k): (api_link(v) or v) for k, v in inputs.items()}
-        nodes[node_id] = NodeSpec(class_type, values, title if isinstance(title, str) else None, meta)
-    if problems:
-        raise WorkflowError(source, problems)
-    if not nodes:
-        raise WorkflowError(source, "the workflow has no nodes")
-    wf = Workflow(nodes, source)
-    wf.origin = "api"
-    return wf
-
-
-def workflow_from_yaml(data: dict, source: str, text: str | None = None) -> Workflow:
-    """YAML for people (see the README's "Workflow files"):
-
-        nodes:
-          ckpt: {type: CheckpointLoaderSimple, ckpt_name: demo.safetensors}
-          pos:  {type: CLIPTextEncode, clip: ckpt.CLIP, text: "a red circle"}
-    """
-    problems: list[Problem] = []
-    lines = _yaml_node_lines(text) if text else {}
-    unknown = [k for k in data if k not in YAML_TOP_KEYS]
-    if unknown:
-        problems.append(Problem(f"unknown top-level keys {unknown}; allowed: {list(YAML_TOP_KEYS)}"))
-    version = data.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        problems.append(Problem(f"format version {version!r} is not supported (this latentgraph reads {FORMAT_VERSION})"))
-    description = data.get("description")
-    if description is not None and not isinstance(description, str):
-        problems.append(Problem("'description' must be a string"))
-    raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, dict):
-        problems.append(Problem(f"'nodes' must be a mapping of node id to node, got {_kind(raw_nodes)}"))
-        raise WorkflowError(source, problems)
-    nodes: dict[str, NodeSpec] = {}
-    for raw_id, entry in raw_nodes.items():
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-            problems.append(Problem(f"node id {raw_id!r} must be a string or an integer (quote it)"))
-            continue
-        node_id = str(raw_id)
-        line = lines.get(node_id)
-        spec = _yaml_node(node_id, entry, problems, line)
-        if spec is not None:
-            nodes[node_id] = spec
-    if not raw_nodes:
-        problems.append(Problem("'nodes' is empty"))
-    if problems:
-        raise WorkflowError(source, problems)
-    wf = Workflow(nodes, source, description)
-    wf.origin = "yaml"
-    return wf
-
-
-def _yaml_node(node_id: str, entry: Any, problems: list[Problem], line: int | None) -> NodeSpec | None:
-    if not isinstance(entry, dict):
-        problems.append(Problem(f"expected a mapping with a 'type' key, got {_kind(entry)}", node=node_id, line=line))
-        return None
-    class_type = entry.get("type")
-    if not isinstance(class_type, str) or not class_type:
-        problems.append(Problem("missing 'type' (the node's class, e.g. KSampler)", node=node_id, line=line))
-        return None
-    title = entry.get("title")
-    if title is not None and not isinstance(title, str):
-        problems.append(Problem("'title' must be a string", node=node_id, line=line))
-    meta = entry.get("meta", {})
-    if not isinstance(meta, dict):
-        problems.append(Problem("'meta' must be a mapping", node=node_id, line=line))
-        meta = {}
-    nested = entry.get("inputs", {})
-    if not isinstance(nested, dict):
-        problems.append(Problem("'inputs' must be a mapping of input name to value", node=node_id, line=line))
-        nested = {}
-    flat = {k: v for k, v in entry.items() if k not in YAML_NODE_KEYS}
-    inputs: dict[str, Any] = {}
-    for source_map in (flat, nested):
-        for name, value in source_map.items():
-            if not isinstance(name, str):
-                problems.append(Problem(f"input name {name!r} must be a string (quote it)", node=node_id, line=line))
-                continue
-            if name in inputs:
-                problems.append(Problem("input given twice (flat and under 'inputs')", node=node_id, input=name, line=line))
-                continue
-            inputs[name] = _yaml_value(value, node_id, name, problems, line)
-    return NodeSpec(class_type, inputs, title if isinstance(title, str) else None, dict(meta))
-
-
-def _yaml_value(value: Any, node_id: str, name: str, problems: list[Problem], line: int | None) -> Any:
-    if isinstance(value, dict) and "from" in value:
-        extra = set(value) - {"from", "output"}
-        src, out = value.get("from"), value.get("output")
-        if extra or isinstance(src, bool) or not isinstance(src, (str, int)):
-            problems.append(Problem("a link is written {from: NODE, output: NAME_OR_INDEX}", node=node_id,
-                                    input=name, line=line))
-            return value
-        if out is not None and (isinstance(out, bool) or not isinstance(out, (str, int))):
-            problems.append(Problem(f"link output {out!r} must be a name or an index", node=node_id, input=name, line=line))
-            return value
-        return Link(str(src), out)
-    if isinstance(value, list):
-        return api_link(value) or _named_list_link(value) or value
-    return value
-
-
-def _named_list_link(value: list) -> Link | None:
-    if len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], str) \
-            and not isinstance(value[0], bool) and value[1]:
-        return Link(str(value[0]), value[1])
-    return None
-
-
-def _yaml_node_lines(text: str) -> dict[str, int]:
+def yaml_node_lines(text: str) -> dict[str, int]:
     """Line of each node id under ``nodes:`` (for messages); {} if it cannot be told."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=_StrictLoader)
+    except (yaml.YAMLError, _Refused, ValueError):
         return {}
     if not isinstance(root, yaml.MappingNode):
         return {}
@@ -310,88 +174,6 @@ def _yaml_node_lines(text: str) -> dict[str, int]:
         if key.value == "nodes" and isinstance(value, yaml.MappingNode):
             return {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
     return {}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "mapping", list: "list", str: "string", int: "integer", float: "number",
-            bool: "boolean"}.get(type(value), type(value).__name__)
-
-
-# -- link resolution shared by the writers and validation ----------------------------------
-def classify_input(value: Any, socket: bool, node_ids) -> tuple[str, Any]:
-    """What an input value is: ("link", Link), ("const", value), ("bad_link", raw) for a
-    malformed API link, or ("text_link", text) for a friendly link naming no node."""
-    if isinstance(value, Link):
-        return "link", value
-    if isinstance(value, (list, tuple)):
-        link = api_link(value) or (_named_list_link(list(value)) if isinstance(value, (list, tuple)) else None)
-        return ("link", link) if link else ("bad_link", value)
-    if isinstance(value, dict) and len(value) == 1 and "__value__" in value:
-        return "const", value["__value__"]
-    if socket and isinstance(value, str):
-        link = link_from_text(value, node_ids)
-        return ("link", link) if link else ("text_link", value)
-    return "const", value
-
-
-def resolve_output(link: Link, wf: Workflow, registry) -> tuple[int | None, str | None]:
-    """(index, None) for a link to an existing output, else (None, reason)."""
-    if link.node not in wf.nodes:
-        return None, f"links to node '{link.node}', which is not in the workflow"
-    src_type = wf.nodes[link.node].class_type
-    src = registry.get(src_type) if registry is not None else None
-    if src is None:
-        if isinstance(link.output, int):
-            return link.output, None
-        return None, f"cannot resolve output {link.output!r} of node '{link.node}' (unknown type {src_type})"
-    if link.output is None:
-        if len(src.outputs) == 1:
-            return 0, None
-        names = ", ".join(src.output_names) or "none"
-        return None, (f"node '{link.node}' ({src_type}) has {len(src.outputs)} outputs ({names}); "
-                      f"name one, e.g. {link.node}.{src.output_names[0] if src.outputs else 'OUT'}")
-    index = src.output_index(link.output)
-    if index is None:
-        names = ", ".join(f"{i}:{n}" for i, n in enumerate(src.output_names)) or "none"
-        return None, f"node '{link.node}' ({src_type}) has no output {link.output!r} (outputs: {names})"
-    return index, None
-
-
-# -- writing -------------------------------------------------------------------------------
-def workflow_to_api(wf: Workflow, registry=None) -> dict:
-    problems: list[Problem] = []
-    out: dict[str, dict] = {}
-    for node_id, spec in wf.nodes.items():
-        ndef = registry.get(spec.class_type) if registry is not None else None
-        inputs = {}
-        for name, value in spec.inputs.items():
-            ispec = ndef.inputs.get(name) if ndef is not None else None
-            socket = ispec is not None and not ispec.widget
-            kind, val = classify_input(value, socket, wf.nodes)
-            if kind == "link":
-                index, reason = resolve_output(val, wf, registry)
-                if index is None:
-                    problems.append(Problem(reason, node=node_id, input=name))
-                    continue
-                inputs[name] = [val.node, index]
-            elif kind == "text_link":
-                problems.append(Problem(f"'{val}' names no node of the workflow", node=node_id, input=name))
-            elif isinstance(val, list) or kind == "bad_link":
-                inputs[name] = {"__value__": val} if kind == "const" else val
-            else:
-                inputs[name] = val
-            if ndef is None and registry is not None and wf.origin == "yaml" and isinstance(value, str) \
-                    and link_from_text(value, wf.nodes):
-                problems.append(Problem(f"unknown node type '{spec.class_type}': cannot tell whether "
-                                        f"'{value}' is a link or a value", node=node_id, input=name))
-        meta = dict(spec.meta)
-        title = spec.title or (ndef.display_name if ndef is not None else spec.class_type)
-        out[node_id] = {"inputs": inputs, "class_type": spec.class_type, "_meta": {"title": title, **meta}}
-    if problems:
-        raise WorkflowError(wf.source, problems)
-    return out
 
 
 class _Dumper(yaml.SafeDumper):
@@ -416,51 +198,100 @@ _Dumper.add_representer(str, _str_representer)
 _Dumper.add_representer(float, _float_representer)
 
 
-def workflow_to_yaml(wf: Workflow, registry=None) -> str:
-    nodes: dict[str, dict] = {}
-    for node_id, spec in wf.nodes.items():
-        ndef = registry.get(spec.class_type) if registry is not None else None
-        entry: dict[str, Any] = {"type": spec.class_type}
-        if spec.title and (ndef is None or spec.title != ndef.display_name):
-            entry["title"] = spec.title
-        if spec.meta:
-            entry["meta"] = dict(spec.meta)
-        flat, nested = {}, {}
-        for name, value in spec.inputs.items():
-            ispec = ndef.inputs.get(name) if ndef is not None else None
-            socket = ispec is not None and not ispec.widget
-            kind, val = classify_input(value, socket, wf.nodes)
-            if kind == "link":
-                written = _yaml_link(val, wf, registry, socket)
-            elif kind == "const" and (isinstance(val, list) or isinstance(value, dict) and "__value__" in value):
-                written = {"__value__": val}
-            elif kind == "const" and isinstance(val, dict) and "from" in val:
-                written = {"__value__": val}
-            else:
-                written = val
-            (nested if name in YAML_NODE_KEYS else flat)[name] = written
-        entry.update(flat)
-        if nested:
-            entry["inputs"] = nested
-        nodes[node_id] = entry
-    doc: dict[str, Any] = {}
-    if wf.description:
-        doc["description"] = wf.description
-    doc["nodes"] = nodes
+def dump_yaml(doc: dict) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
-def _yaml_link(link: Link, wf: Workflow, registry, socket: bool) -> Any:
-    src_spec = wf.nodes.get(link.node)
-    src = registry.get(src_spec.class_type) if registry is not None and src_spec else None
-    label: Any = link.output
-    if src is not None:
-        index, _ = resolve_output(link, wf, registry)
-        if index is not None:
-            if socket and len(src.outputs) == 1 and link_from_text(link.node, wf.nodes) == Link(link.node, None):
-                return link.node
-            label = src.output_label(index)
-    if socket and label is not None and link_from_text(f"{link.node}.{label}", wf.nodes) == Link(
-            link.node, label):
-        return f"{link.node}.{label}"
-    return {"from": link.node, "output": label} if label is not None else {"from": link.node}
+# -- PNG -----------------------------------------------------------------------------------
+def _read_png(f, source: str) -> Document:
+    """The workflow in a PNG's ``prompt`` (API JSON) or ``workflow`` (UI JSON) text chunk."""
+    chunks = png_text_chunks(f, source)
+    if "prompt" in chunks:
+        doc = Document(parse_json(chunks["prompt"], f"{source} (prompt chunk)"), source, "png_prompt")
+    elif "workflow" in chunks:
+        doc = Document(parse_json(chunks["workflow"], f"{source} (workflow chunk)"), source, "png_workflow")
+    else:
+        raise WorkflowError(source, "the PNG carries no workflow (no 'prompt' or 'workflow' text chunk)")
+    # the other JSON chunks go with it, so that the images it saves carry the same metadata
+    for key, text in chunks.items():
+        if key == "prompt":
+            continue
+        if key == "workflow" and doc.kind == "png_workflow":
+            doc.pnginfo[key] = doc.data
+            continue
+        try:
+            doc.pnginfo[key] = parse_json(text, f"{source} ({key} chunk)")
+        except WorkflowError as exc:
+            if not exc.problems[0].message.startswith("invalid JSON"):
+                raise  # over a budget: refused like the workflow itself
+            # a chunk that is not JSON (Software, parameters, ...) is not extra_pnginfo
+    return doc
+
+
+def png_text_chunks(f, source: str) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of the PNG open at ``f`` (past the signature), walking
+    the chunk headers and skipping the pixel data, which is never decoded."""
+    chunks: dict[str, str] = {}
+    total = count = 0
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            if count == 0:
+                raise WorkflowError(source, "cannot read the PNG: it has no chunks")
+            return chunks  # a truncated file: keep what came before the cut, as Pillow does
+        length, ctype = struct.unpack(">I4s", head)
+        count += 1
+        budgets.check("png_chunks", count, source, "the PNG's chunk count")
+        if count == 1 and ctype != b"IHDR":
+            raise WorkflowError(source, "cannot read the PNG: it does not start with an IHDR chunk")
+        if ctype == b"IEND":
+            return chunks
+        if ctype not in _TEXT_CHUNKS:
+            f.seek(length + 4, 1)  # data and CRC
+            continue
+        budgets.check("png_text_bytes", length, source, f"the PNG's {ctype.decode()} chunk")
+        data = f.read(length)
+        f.seek(4, 1)
+        if len(data) < length:
+            return chunks
+        key, text = _text_chunk(ctype, data, source)
+        total += len(text)
+        budgets.check("png_text_total_bytes", total, source, "the PNG's text chunks together")
+        chunks[key] = text  # a repeated key: the last one wins, as with Pillow
+
+
+def _text_chunk(ctype: bytes, data: bytes, source: str) -> tuple[str, str]:
+    key, _, rest = data.partition(b"\0")
+    name = key.decode("latin-1")
+    where = f"the PNG's {ctype.decode()} chunk '{name}'"
+    if ctype == b"tEXt":
+        return name, rest.decode("latin-1")
+    if ctype == b"zTXt":
+        return name, _inflate(rest[1:], source, where).decode("latin-1")
+    compressed = rest[:1] == b"\x01"
+    _lang, _, rest = rest[2:].partition(b"\0")
+    _translated, _, rest = rest.partition(b"\0")
+    raw = _inflate(rest, source, where) if compressed else rest
+    try:
+        return name, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(source, f"cannot read the PNG: {where} is not UTF-8 (byte {exc.start})") from None
+
+
+def _inflate(data: bytes, source: str, where: str) -> bytes:
+    """zlib data, inflated no further than the budget: a zip bomb stops at its first excess byte."""
+    cap = budgets.limit("png_text_bytes")
+    try:
+        out = zlib.decompressobj().decompress(data, cap + 1)
+    except zlib.error as exc:
+        raise WorkflowError(source, f"cannot read the PNG: {where}: {exc}") from None
+    if len(out) > cap:
+        raise WorkflowError(source, budgets.over("png_text_bytes", f"{where} once inflated"))
+    return out
+
+
+def kind_name(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "mapping", list: "list", str: "string", int: "integer", float: "number",
+            bool: "boolean"}.get(type(value), type(value).__name__)

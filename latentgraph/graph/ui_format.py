@@ -18,6 +18,11 @@ that nothing feeds takes the instance's promoted widget value (its ``widgets_val
 order of ``properties.proxyWidgets`` when present, else one per subgraph input that lands on a
 widget), and when the instance holds no value the inner widget keeps its own. A muted or
 bypassed instance drops everything inside it. Only nodes that reach an output node are kept.
+
+Before anything is flattened, every graph's shape is checked (each field the conversion reads has
+the type it needs, with an error naming the node) and the size of the result is computed from the
+definitions (instances x definition sizes, memoised per definition), so a few KB of nested
+subgraphs that would flatten into 10^8 nodes is refused in microseconds, naming the budget.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WorkflowError
+from . import budgets
+from .errors import Problem, WorkflowError
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -85,7 +91,7 @@ def map_widgets(ndef, values: Any) -> dict[str, Any]:
         i += 1
         # the frontend adds a control widget where declared, and by default to any "seed"/"noise_seed"
         control = options.get("control_after_generate", name in ("seed", "noise_seed"))
-        if control and i < len(values) and values[i] in CONTROL_VALUES:
+        if control and i < len(values) and isinstance(values[i], str) and values[i] in CONTROL_VALUES:
             i += 1  # the control widget's own value
         if options.get("image_upload") and i < len(values) and values[i] in ("image", "upload"):
             i += 1  # the upload button's value
@@ -158,10 +164,16 @@ class _Flattener:
         self._collect_definitions(data)
         self.root = _Scope(_Graph(data, source))
         self.scopes: dict[tuple[str, ...], _Scope] = {(): self.root}
+        _check_flat_size(self.root.graph, self.definitions, source)
 
     def _collect_definitions(self, data: dict) -> None:
-        for sub in ((data.get("definitions") or {}).get("subgraphs") or []):
-            if isinstance(sub, dict) and sub.get("id") is not None and str(sub["id"]) not in self.definitions:
+        defs = data.get("definitions")
+        subs = defs.get("subgraphs") if isinstance(defs, dict) else None
+        if not isinstance(defs, (dict, type(None))) or not isinstance(subs, (list, type(None))):
+            raise WorkflowError(self.source, "'definitions' must be an object with a list 'subgraphs'")
+        for sub in subs or []:
+            if isinstance(sub, dict) and isinstance(sub.get("id"), (str, int)) and str(sub["id"]) not in self.definitions:
+                _check_shape(sub, self.source, f"subgraph '{sub['id']}'")
                 self.definitions[str(sub["id"])] = _Graph(sub, self.source)
                 self._collect_definitions(sub)  # definitions nested in a definition
 
@@ -262,6 +274,10 @@ class _Flattener:
             raise WorkflowError(self.source, f"links loop through node {scope.exec_id(str(node['id']))} "
                                              f"({node.get('type')}) without reaching a real node")
         seen = seen | {key}
+        if len(seen) > budgets.limit("link_hops"):  # each hop is a Python call: stop before the stack does
+            raise WorkflowError(self.source, budgets.over(
+                "link_hops", f"the link into node {scope.exec_id(str(node['id']))} passing through reroutes, "
+                             f"bypassed nodes and subgraphs"))
         kind, mode = str(node.get("type")), node.get("mode", 0)
         if mode == BYPASSED:
             index = _bypass_input(node, slot, wanted)
@@ -318,6 +334,7 @@ def ui_to_api(data: dict, registry, source: str = "<workflow>") -> dict:
     if (data.get("extra") or {}).get("groupNodes"):
         raise WorkflowError(source, "legacy group nodes (extra.groupNodes) are not supported; open the workflow in "
                                     "ComfyUI, convert each group node to a subgraph (or ungroup it) and save again")
+    _check_shape(data, source, "the workflow")
     prompt = _Flattener(data, registry, source).flatten()
 
     # keep what reaches an output node (unknown types count as outputs: validation reports them)
@@ -338,3 +355,112 @@ def ui_to_api(data: dict, registry, source: str = "<workflow>") -> dict:
         entry["inputs"] = {k: v for k, v in entry["inputs"].items()
                            if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] not in out)}
     return out
+
+
+# -- shape and size, checked before flattening -------------------------------------------------
+_SCALAR = (str, int)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, _SCALAR) and not isinstance(value, bool)
+
+
+def _is_slot(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shape(graph: dict, source: str, label: str) -> None:
+    """Every field the conversion reads has the type it needs; all problems at once."""
+    nodes, links = graph.get("nodes", []), graph.get("links")
+    if not isinstance(nodes, list) or not isinstance(links, (list, type(None))):
+        raise WorkflowError(source, f"{label}: 'nodes' and 'links' must be lists")
+    budgets.check("nodes", len(nodes), source, f"{label}: the node count")
+    budgets.check("links", len(links or []), source, f"{label}: the link count")
+    problems: list[Problem] = []
+    for node in nodes:
+        if not isinstance(node, dict) or not _is_id(node.get("id")):
+            problems.append(Problem(f"{label}: a node is not an object with an integer or string 'id': "
+                                    f"{str(node)[:80]}"))
+            continue
+        problems += _node_shape(node, label)
+    for link in links or []:
+        if isinstance(link, list) and len(link) >= 5:
+            lid, origin, oslot, target, tslot = link[:5]
+        elif isinstance(link, dict):
+            lid, origin, oslot = link.get("id"), link.get("origin_id"), link.get("origin_slot")
+            target, tslot = link.get("target_id"), link.get("target_slot")
+        else:
+            problems.append(Problem(f"{label}: a link is neither an array of 6 nor an object: {str(link)[:80]}"))
+            continue
+        if not (_is_id(lid) and _is_id(origin) and _is_id(target) and _is_slot(oslot) and _is_slot(tslot)):
+            problems.append(Problem(f"{label}: link {str(lid)[:40]} needs an id, origin and target node ids and "
+                                    f"slots that are integers >= 0: {str(link)[:80]}"))
+    for io in ("inputs", "outputs"):
+        for entry in _list_of(graph, io, problems, label, None):
+            if not isinstance(entry.get("linkIds", []), list):
+                problems.append(Problem(f"{label}: the linkIds of subgraph {io[:-1]} {entry.get('name')!r} "
+                                        f"must be a list"))
+    if problems:
+        raise WorkflowError(source, problems)
+
+
+def _node_shape(node: dict, label: str) -> list[Problem]:
+    nid = str(node["id"])
+    problems: list[Problem] = []
+    if not isinstance(node.get("type"), str):
+        problems.append(Problem(f"{label}: 'type' must be a string", node=nid))
+    if not isinstance(node.get("mode", 0), (int, type(None))):
+        problems.append(Problem(f"{label}: 'mode' must be an integer", node=nid))
+    for name, kinds in (("properties", dict), ("widgets_values", (list, dict))):
+        if not isinstance(node.get(name), (kinds, type(None))):
+            problems.append(Problem(f"{label}: '{name}' must be {'an object' if kinds is dict else 'a list'}",
+                                    node=nid))
+    _list_of(node, "outputs", problems, label, nid)
+    for inp in _list_of(node, "inputs", problems, label, nid):
+        if not isinstance(inp.get("name"), str) or not (inp.get("link") is None or _is_id(inp.get("link"))) \
+                or not isinstance(inp.get("widget"), (dict, type(None))):
+            problems.append(Problem(f"{label}: an input needs a string 'name', a link id or null, and a widget "
+                                    f"object or none: {str(inp)[:80]}", node=nid))
+    return problems
+
+
+def _list_of(owner: dict, key: str, problems: list[Problem], label: str, nid: str | None) -> list[dict]:
+    """``owner[key]`` when it is a list of objects (or absent); else a problem and []."""
+    value = owner.get(key) or []
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return value
+    problems.append(Problem(f"{label}: '{key}' must be a list of objects", node=nid))
+    return []
+
+
+def _check_flat_size(root: _Graph, definitions: dict[str, _Graph], source: str) -> None:
+    """Refuse, before flattening, a workflow whose subgraphs would flatten past the node budget or
+    nest past the depth budget: the size of each definition (its nodes, plus for each instance 1 +
+    the instance's size) is computed once and reused, so 10^8 nodes are found in microseconds."""
+    sizes: dict[str, tuple[int, int]] = {}  # definition id -> (nodes once flattened, nesting below)
+    max_nodes, max_depth = budgets.limit("nodes"), budgets.limit("subgraph_depth")
+
+    def size(graph: _Graph, chain: tuple[str, ...]) -> tuple[int, int]:
+        total, height = 0, 0
+        for node_id, node in graph.nodes.items():
+            kind = str(node.get("type"))
+            if kind not in definitions:
+                total += 1
+                continue
+            if kind in chain:
+                raise WorkflowError(source, f"subgraph '{definitions[kind].name}' contains itself "
+                                            f"(node {node_id} of '{graph.name}')")
+            if len(chain) >= max_depth:
+                raise WorkflowError(source, budgets.over("subgraph_depth", "subgraphs nested inside each other"))
+            if kind not in sizes:
+                sizes[kind] = size(definitions[kind], (*chain, kind))
+            inner, below = sizes[kind]
+            total, height = total + 1 + inner, max(height, below + 1)
+            if total > max_nodes:  # stop counting at once: the total may have hundreds of digits
+                raise WorkflowError(source, budgets.over(
+                    "nodes", f"the workflow once its subgraphs are flattened (instances x their contents)"))
+            if len(chain) + height > max_depth:
+                raise WorkflowError(source, budgets.over("subgraph_depth", "subgraphs nested inside each other"))
+        return total, height
+
+    size(root, ())

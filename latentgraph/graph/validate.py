@@ -11,9 +11,8 @@ import networkx as nx
 
 from .declare import NodeDef
 from .errors import Problem, ValidationError
-from .loaders import classify_input, resolve_output
 from .types import MISSING, CoercionError, types_compatible
-from .workflow import Link, Workflow
+from .workflow import Link, Workflow, classify_input, resolve_output
 
 
 @dataclass
