@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,10 @@ from ..graph.validate import validate
 from . import jobs
 from .files import FileRoutes
 from .frontend import FrontendRoutes, find_frontend
-from .queue import History, PromptQueue, QueueItem
+from .journal import JOURNAL_FILE, Journal
+from .limits import (MAX_TARGETS, BadInput, check_depth, optional_bool, optional_id, parse_json, prompt_number,
+                     query_int)
+from .queue import MAX_HISTORY, History, PromptQueue, QueueItem
 
 log = logging.getLogger("latentgraph.server")
 
@@ -38,6 +42,21 @@ MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "clip", "text_enco
                  "upscale_models", "controlnet")
 PREVIEW_JPEG, PREVIEW_PNG = 1, 2
 BINARY_PREVIEW, BINARY_PREVIEW_WITH_METADATA = 1, 4
+SOCKET_QUEUE = 1024  # messages waiting for one websocket before it is dropped as not reading
+SEND_TIMEOUT = 30.0  # seconds one message may take to go out before its websocket is dropped
+STOPPED = "the server stopped while this prompt was running; it did not finish (queue it again to run it)"
+
+
+@dataclass(eq=False)
+class Client:
+    """One websocket: its own bounded queue and writer task, so a client that stops reading
+    only ever stalls itself."""
+
+    sid: str
+    ws: web.WebSocketResponse
+    transport: Any  # asyncio transport, aborted when the socket is dropped
+    queue: asyncio.Queue
+    task: asyncio.Task | None = None
 
 
 class Server:
@@ -52,11 +71,15 @@ class Server:
         self.executor = executor if executor is not None else Executor(registry, env, services=services)
         self.parallel = max(1, int(getattr(self.executor, "parallel", 1)))
         self.user_dir = Path(user_dir)
-        self.queue = PromptQueue()
         self.history = History(self.user_dir / "history")
+        self.queue = PromptQueue(Journal(self.user_dir / JOURNAL_FILE))
+        # prompts that were running when the server last stopped (kill -9 included) get a failed
+        # history entry saying so; the pending ones are queued again as they were
+        self.queue.restore(lambda item: self.history.stopped(item, STOPPED))
         self.max_upload_bytes = max_upload_bytes
         self.previews = previews
-        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.socket_queue, self.send_timeout = SOCKET_QUEUE, SEND_TIMEOUT
+        self.sockets: dict[str, Client] = {}
         self.socket_flags: dict[str, dict] = {}
         self.active: dict[str, list] = {}  # running prompt id -> [QueueItem, node running now]
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -93,21 +116,59 @@ class Server:
     def _queue_changed(self) -> None:
         self.send("status", self.status())
 
+    async def sender(self) -> None:
+        """The publisher, restarted (and the crash logged) whatever kills it."""
+        while True:
+            try:
+                await self.publisher()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the websocket sender crashed; restarting it")
+
     async def publisher(self) -> None:
-        """Deliver queued messages in order; a closed socket is skipped."""
+        """Hand each queued message to its sockets' own queues, in order; never waits on a socket."""
         while True:
             kind, payload, sid = await self.outbox.get()
-            targets = list(self.sockets.items()) if sid is None else [(sid, self.sockets.get(sid))]
-            for target_sid, ws in targets:
-                if ws is None or ws.closed:
-                    continue
+            targets = list(self.sockets.values()) if sid is None else [self.sockets.get(sid)]
+            targets = [c for c in targets if c is not None and not c.ws.closed]
+            if not targets:
+                continue
+            data = json.dumps(payload, default=str) if kind == "json" else payload
+            for client in targets:
                 try:
-                    if kind == "json":
-                        await ws.send_str(json.dumps(payload, default=str))
-                    else:
-                        await ws.send_bytes(payload)
-                except (ConnectionError, RuntimeError):
-                    log.debug("dropping a message to closed socket %s", target_sid)
+                    client.queue.put_nowait(data)
+                except asyncio.QueueFull:
+                    self.drop(client, f"{client.queue.maxsize} messages are waiting for it (not reading)")
+
+    async def writer(self, client: Client) -> None:
+        """Send one socket's messages; a send that takes longer than send_timeout drops it."""
+        try:
+            while True:
+                data = await client.queue.get()
+                send = client.ws.send_str(data) if isinstance(data, str) else client.ws.send_bytes(data)
+                await asyncio.wait_for(send, self.send_timeout)
+        except asyncio.TimeoutError:
+            self.drop(client, f"a message took more than {self.send_timeout:g} s to send (not reading)")
+        except (ConnectionError, RuntimeError):
+            self.drop(client, None)  # closed under us: nothing to report
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the sender of websocket %s failed", client.sid)
+            self.drop(client, None)
+
+    def drop(self, client: Client, why: str | None) -> None:
+        """Forget a socket and cut its connection (a close handshake could wait on it forever)."""
+        if why is not None:
+            log.warning("dropping websocket %s: %s", client.sid, why)
+        if self.sockets.get(client.sid) is client:
+            self.sockets.pop(client.sid, None)
+            self.socket_flags.pop(client.sid, None)
+        if client.task is not None and client.task is not asyncio.current_task():
+            client.task.cancel()
+        if client.transport is not None:
+            client.transport.abort()
 
     # -- the worker (its own thread) --------------------------------------------------------
     def worker(self) -> None:
@@ -187,7 +248,15 @@ class Server:
             log.exception("prompt %s", pid)
             self._fail_before_start(pid, client, exc)
         finally:
+            self._end(item, ok, client, ended)
+
+    def _end(self, item: QueueItem, ok: bool, client: str | None, ended: dict) -> None:
+        """A prompt leaves the queue whatever happens to its history entry (a full disk is
+        logged by the history, and the entry stays readable until the server stops)."""
+        pid = item.prompt_id
+        try:
             self.history.finish(pid, ok)
+        finally:
             self.active.pop(pid, None)
             self.queue.done(item)  # -> status broadcast
             if client is not None:
@@ -235,18 +304,17 @@ def _server(request: web.Request) -> Server:
 
 
 async def _json_body(request: web.Request, optional: bool = False) -> dict:
-    """The request's JSON object, or a 400 saying what is wrong with it."""
+    """The request's JSON object, or a 400 saying what is wrong with it (an optional body that
+    is missing or not an object counts as ``{}``, as ComfyUI)."""
     raw = await request.read()
     if not raw.strip():
         if optional:
             return {}
         raise _bad_request("empty_body", "The request has no JSON body")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if optional:
-            return {}
-        raise _bad_request("invalid_json", f"The request body is not valid JSON: {exc}")
+        body = parse_json(raw)
+    except BadInput as exc:
+        raise _bad_request("invalid_json", f"The request body is not acceptable JSON: {exc}") from None
     if not isinstance(body, dict):
         if optional:
             return {}
@@ -260,43 +328,62 @@ def _bad_request(kind: str, message: str, details: str = "") -> web.HTTPBadReque
     return web.HTTPBadRequest(text=json.dumps(body), content_type="application/json")
 
 
-async def post_prompt(request: web.Request) -> web.Response:
-    srv = _server(request)
-    body = await _json_body(request)
+def _prompt_fields(body: dict) -> dict:
+    """Every field of a POST /prompt body checked by type and range before anything is queued."""
     prompt = body.get("prompt")
     if prompt is None:
         raise _bad_request("no_prompt", "No prompt provided")
     if not isinstance(prompt, dict):
         raise _bad_request("invalid_prompt", "The prompt must be an object of node id -> node")
     try:
-        number = srv.queue.next_number(bool(body.get("front")), body.get("number"))
-    except (TypeError, ValueError):
-        raise _bad_request("invalid_number", f"number must be a number, not {body.get('number')!r}") from None
+        number = prompt_number(body.get("number"))
+        front = optional_bool(body.get("front"), "front")
+        pid = optional_id(body.get("prompt_id"), "prompt_id", file_safe=True)
+        extra = body.get("extra_data")
+        if extra is not None and not isinstance(extra, dict):
+            raise BadInput("extra_data must be an object")
+        extra = dict(extra or {})
+        client = optional_id(body.get("client_id"), "client_id")
+        client = client if client is not None else optional_id(extra.get("client_id"), "extra_data.client_id")
+        if extra.get("extra_pnginfo") is not None and not isinstance(extra["extra_pnginfo"], dict):
+            raise BadInput("extra_data.extra_pnginfo must be an object")
+        targets = body.get("partial_execution_targets")
+        if targets is not None and not (isinstance(targets, list) and len(targets) <= MAX_TARGETS
+                                        and all(isinstance(t, str) for t in targets)):
+            raise BadInput(f"partial_execution_targets must be a list of at most {MAX_TARGETS} node ids")
+    except BadInput as exc:
+        raise _bad_request("invalid_prompt", str(exc)) from None
+    extra.pop("client_id", None)
+    if client is not None:
+        extra["client_id"] = client
+    return {"prompt": prompt, "number": number, "front": front, "prompt_id": pid, "extra": extra,
+            "targets": targets}
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    srv = _server(request)
+    fields = _prompt_fields(await _json_body(request))
     try:
-        wf = Workflow.from_api(prompt, source="prompt")
+        wf = Workflow.from_api(fields["prompt"], source="prompt")
     except WorkflowError as exc:
         raise _bad_request("invalid_prompt", "Cannot read the prompt", str(exc)) from None
-    targets = body.get("partial_execution_targets")
-    if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise _bad_request("invalid_prompt", "partial_execution_targets must be a list of node ids")
     try:
-        plan = await asyncio.to_thread(validate, wf, srv.registry, srv.env, targets, True)
+        plan = await asyncio.to_thread(validate, wf, srv.registry, srv.env, fields["targets"], True)
     except ValidationError as exc:
         return web.json_response(exc.report.as_comfy(), status=400, dumps=_dumps)
-    extra = body.get("extra_data") or {}
-    if not isinstance(extra, dict):
-        raise _bad_request("invalid_prompt", "extra_data must be an object")
-    extra = dict(extra)
-    if body.get("client_id") is not None:
-        extra["client_id"] = body["client_id"]
+    extra = fields["extra"]
     extra["create_time"] = int(time.time() * 1000)
-    pid = body.get("prompt_id") or str(uuid.uuid4())
-    if not isinstance(pid, str):
-        raise _bad_request("invalid_prompt", "prompt_id must be a string")
+    pid = fields["prompt_id"] or str(uuid.uuid4())
+    number = srv.queue.next_number(fields["front"], fields["number"])
     try:
-        srv.queue.put(number, pid, prompt, extra, list(plan.targets))
+        srv.queue.put(number, pid, fields["prompt"], extra, list(plan.targets))
     except ValueError as exc:
         raise _bad_request("duplicate_prompt_id", str(exc)) from None
+    except OSError as exc:  # the journal cannot record it: refuse rather than lose it on a crash
+        log.error("%s", exc)
+        body = {"error": {"type": "queue_unavailable", "message": str(exc), "details": str(exc), "extra_info": {}},
+                "node_errors": {}}
+        return web.json_response(body, status=503)
     return web.json_response({"prompt_id": pid, "number": number, "node_errors": plan.node_errors}, dumps=_dumps)
 
 
@@ -321,6 +408,8 @@ async def _clear_or_delete(request: web.Request, store) -> web.Response:
         ids = body["delete"]
         if not isinstance(ids, list):
             raise _bad_request("invalid_request", "delete must be a list of prompt ids")
+        if len(ids) > MAX_HISTORY or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
+            raise _bad_request("invalid_request", f"delete must be a list of at most {MAX_HISTORY} prompt ids")
         store.delete([str(i) for i in ids])
     return web.Response(status=200)
 
@@ -332,16 +421,19 @@ async def post_queue(request: web.Request) -> web.Response:
 async def post_interrupt(request: web.Request) -> web.Response:
     srv = _server(request)
     body = await _json_body(request, optional=True)
-    srv.interrupt(body.get("prompt_id"))
+    try:
+        pid = optional_id(body.get("prompt_id"), "prompt_id")
+    except BadInput as exc:
+        raise _bad_request("invalid_request", str(exc)) from None
+    srv.interrupt(pid)
     return web.Response(status=200)
 
 
-def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     try:
-        value = jobs.int_query(request, name)
-    except ValueError as exc:
+        return query_int(request.query, name, default, lo, hi)
+    except BadInput as exc:
         raise _bad_request("invalid_request", str(exc)) from None
-    return default if value is None else value
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -350,7 +442,8 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def get_history(request: web.Request) -> web.Response:
     srv = _server(request)
-    items = srv.history.items(_int_param(request, "max_items", None), _int_param(request, "offset", -1),
+    items = srv.history.items(_int_param(request, "max_items", None, 0, MAX_HISTORY),
+                              _int_param(request, "offset", -1, -1, MAX_HISTORY),
                               include_running=_flag(request, "include_running"))
     return web.json_response(items, dumps=_dumps)
 
@@ -458,38 +551,53 @@ async def post_free(request: web.Request) -> web.Response:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     srv = _server(request)
+    try:
+        sid = optional_id(request.query.get("clientId"), "clientId") or uuid.uuid4().hex
+    except BadInput as exc:
+        raise _bad_request("invalid_request", str(exc)) from None
     ws = web.WebSocketResponse(max_msg_size=1 << 20)
     await ws.prepare(request)
-    sid = request.query.get("clientId") or uuid.uuid4().hex
+    client = Client(sid, ws, request.transport, asyncio.Queue(srv.socket_queue))
     old = srv.sockets.get(sid)
-    srv.sockets[sid] = ws
+    if old is not None:
+        srv.drop(old, None)  # the same client reconnected: the new socket takes over
+    # registered and greeted with no await in between, so the status message is always first
+    srv.sockets[sid] = client
     srv.socket_flags[sid] = {}
-    if old is not None and not old.closed:
-        await old.close()
+    client.queue.put_nowait(json.dumps({"type": "status", "data": {**srv.status(), "sid": sid}}))
+    for node in srv.running_nodes(sid):
+        client.queue.put_nowait(json.dumps({"type": "executing", "data": {"node": node}}))
+    client.task = asyncio.create_task(srv.writer(client))
     try:
-        await ws.send_str(json.dumps({"type": "status", "data": {**srv.status(), "sid": sid}}))
-        for node in srv.running_nodes(sid):
-            await ws.send_str(json.dumps({"type": "executing", "data": {"node": node}}))
-        first = True
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    log.warning("websocket %s sent a message that is not JSON", sid)
-                    continue
-                if first and isinstance(data, dict) and data.get("type") == "feature_flags":
-                    flags = data.get("data")
-                    srv.socket_flags[sid] = flags if isinstance(flags, dict) else {}
-                    await ws.send_str(json.dumps({"type": "feature_flags", "data": srv.features()}))
-                first = False
-            elif msg.type == WSMsgType.ERROR:
-                log.warning("websocket %s closed with %s", sid, ws.exception())
+        await _read_socket(srv, client)
     finally:
-        if srv.sockets.get(sid) is ws:
+        if srv.sockets.get(sid) is client:
             srv.sockets.pop(sid, None)
             srv.socket_flags.pop(sid, None)
+        client.task.cancel()
     return ws
+
+
+async def _read_socket(srv: Server, client: Client) -> None:
+    """What a client sends: only its first message matters (ComfyUI's feature_flags)."""
+    first = True
+    async for msg in client.ws:
+        if msg.type == WSMsgType.TEXT:
+            try:
+                data = parse_json(msg.data)
+            except BadInput as exc:
+                log.warning("websocket %s sent a message that is not acceptable JSON: %s", client.sid, exc)
+                continue
+            if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                flags = data.get("data")
+                srv.socket_flags[client.sid] = flags if isinstance(flags, dict) else {}
+                try:
+                    client.queue.put_nowait(json.dumps({"type": "feature_flags", "data": srv.features()}))
+                except asyncio.QueueFull:
+                    srv.drop(client, "its queue is full")
+            first = False
+        elif msg.type == WSMsgType.ERROR:
+            log.warning("websocket %s closed with %s", client.sid, client.ws.exception())
 
 
 # -- middleware -------------------------------------------------------------------------------
@@ -575,7 +683,10 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
         services = create_services(env)
     user_dir = Path(user_dir) if user_dir is not None else env.output_dir.parent / "user"
     max_bytes = int(round(max_upload_mb * 1024 * 1024))
-    srv = Server(registry, env, services, user_dir, max_bytes, previews, executor)
+    try:
+        srv = Server(registry, env, services, user_dir, max_bytes, previews, executor)
+    except OSError as exc:  # the queue journal cannot be opened: say so as the CLI says bad options
+        raise ValueError(str(exc)) from None
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
@@ -594,7 +705,7 @@ async def _lifecycle(app: web.Application):
     srv = app[SERVER]
     srv.loop = asyncio.get_running_loop()
     srv.outbox = asyncio.Queue()
-    publisher = asyncio.create_task(srv.publisher())
+    publisher = asyncio.create_task(srv.sender())
     threads = [threading.Thread(target=srv.worker, name=f"latentgraph-worker-{i}", daemon=True)
                for i in range(srv.parallel)]
     for thread in threads:
@@ -606,8 +717,15 @@ async def _lifecycle(app: web.Application):
     if hasattr(srv.executor, "close"):
         await asyncio.to_thread(srv.executor.close)
     publisher.cancel()
-    for ws in list(srv.sockets.values()):
-        await ws.close()
+    for client in list(srv.sockets.values()):
+        try:  # a polite close, but never wait on a client that does not answer
+            await asyncio.wait_for(client.ws.close(), 2)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            srv.drop(client, None)
+        if client.task is not None:
+            client.task.cancel()
+    if srv.queue.journal is not None:
+        srv.queue.journal.close()
     srv.loop = None
 
 

@@ -11,10 +11,13 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..graph.fileio import write_atomic
 from .files import clean_name
+from .limits import BadInput, parse_json
 
 USER = "default"  # one user, as ComfyUI without --multi-user
 SETTINGS_FILE = "comfy.settings.json"
+MAX_USER_PATH_BYTES = 1024
 
 
 def find_frontend(choice: str | Path | None) -> Path | None:
@@ -64,11 +67,7 @@ class FrontendRoutes:
             return {}
 
     def _save_settings(self, settings: dict) -> None:
-        path = self._settings_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=4))
-        os.replace(tmp, path)
+        write_atomic(self._settings_path(), json.dumps(settings, indent=4).encode())
 
     async def get_settings(self, request: web.Request) -> web.Response:
         return web.json_response(self._settings())
@@ -78,9 +77,9 @@ class FrontendRoutes:
 
     async def _json(self, request: web.Request):
         try:
-            return json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise web.HTTPBadRequest(text=f"the body is not valid JSON: {exc}") from None
+            return parse_json(await request.read())
+        except BadInput as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
 
     async def post_settings(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -110,6 +109,8 @@ class FrontendRoutes:
     # -- user data ----------------------------------------------------------------------------
     def _user_path(self, rel: str) -> Path:
         rel = clean_name(unquote(rel), "path")
+        if len(rel.encode("utf-8", "surrogatepass")) > MAX_USER_PATH_BYTES:
+            raise web.HTTPBadRequest(text=f"the path is longer than {MAX_USER_PATH_BYTES} bytes (MAX_USER_PATH_BYTES)")
         path = (self.user_root / rel).resolve()
         root = self.user_root.resolve()
         if path != root and root not in path.parents:
@@ -168,8 +169,7 @@ class FrontendRoutes:
                 raise web.HTTPConflict(text="File already exists")
             body = await request.read()
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(body)
+                write_atomic(target, body)
             except OSError as exc:
                 raise web.HTTPBadRequest(text=f"cannot write: {exc.strerror or exc}") from None
         rel = target.relative_to(self.user_root.resolve()).as_posix()

@@ -9,6 +9,8 @@ import uuid
 
 from aiohttp import web
 
+from .limits import BadInput, parse_json
+
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 PREVIEW_MEDIA = ("images", "video", "audio", "3d")
 _END_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
@@ -157,9 +159,9 @@ class JobRoutes:
     async def cancel_jobs(self, request: web.Request) -> web.Response:
         srv = self.srv
         try:
-            body = json.loads(await request.read() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "Request body must be valid JSON")
+            body = parse_json(await request.read() or b"null")
+        except BadInput as exc:
+            return _error(400, f"Request body must be valid JSON: {exc}")
         ids = body.get("job_ids") if isinstance(body, dict) else None
         if not isinstance(ids, list):
             return _error(400, "job_ids must be a list")

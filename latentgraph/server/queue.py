@@ -11,13 +11,14 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..graph.fileio import write_atomic
 
 log = logging.getLogger("latentgraph.server")
 
@@ -47,7 +48,8 @@ class QueueItem:
 class PromptQueue:
     """Pending prompts in a heap, the running one aside; ``get`` blocks the worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal=None) -> None:
+        self.journal = journal  # a Journal: pending and running prompts survive a crash
         self._heap: list[QueueItem] = []
         self._running: dict[str, QueueItem] = {}
         self._cond = threading.Condition()
@@ -72,8 +74,10 @@ class PromptQueue:
         with self._cond:
             if any(i.prompt_id == prompt_id for i in self._heap) or prompt_id in self._running:
                 raise ValueError(f"prompt_id {prompt_id!r} is already queued")
+            item = QueueItem(number, self._seq + 1, prompt_id, prompt, extra, list(outputs), sensitive)
+            if self.journal is not None:
+                self.journal.add(item)  # JournalError: not queued, the caller says so
             self._seq += 1
-            item = QueueItem(number, self._seq, prompt_id, prompt, extra, list(outputs), sensitive)
             heapq.heappush(self._heap, item)
             self._cond.notify()
         self._changed()
@@ -92,13 +96,42 @@ class PromptQueue:
                 return None
             item = heapq.heappop(self._heap)
             self._running[item.prompt_id] = item
+        self._journal("running", item.prompt_id)
         self._changed()
         return item
 
     def done(self, item: QueueItem) -> None:
         with self._cond:
             self._running.pop(item.prompt_id, None)
+        self._journal("remove", [item.prompt_id])
         self._changed()
+
+    def restore(self, on_stopped=None) -> list[QueueItem]:
+        """After a restart: the journal's pending prompts queued again, in their order and with
+        their numbers. Those that were running when the server stopped are handed to
+        ``on_stopped(item)`` (to record them) and then leave the journal; they are returned."""
+        if self.journal is None:
+            return []
+        stopped = []
+        with self._cond:
+            for rec in self.journal.load():
+                item = QueueItem(rec["number"], rec["seq"], rec["prompt_id"], rec["prompt"], rec["extra_data"],
+                                 list(rec["outputs"]))
+                self._seq = max(self._seq, item.seq)
+                if item.number >= 0:  # new prompts are numbered after the restored ones
+                    self._counter = max(self._counter, int(item.number) + 1)
+                if rec["state"] == "running":
+                    stopped.append(item)
+                else:
+                    heapq.heappush(self._heap, item)
+            self._cond.notify_all()
+        for item in stopped:
+            if on_stopped is not None:
+                on_stopped(item)
+            self._journal("remove", [item.prompt_id])
+        if stopped or self._heap:
+            self._changed()
+        return stopped
 
     def close(self) -> None:
         with self._cond:
@@ -110,16 +143,20 @@ class PromptQueue:
         wanted = set(prompt_ids)
         with self._cond:
             before = len(self._heap)
+            gone = [i.prompt_id for i in self._heap if i.prompt_id in wanted]
             self._heap = [i for i in self._heap if i.prompt_id not in wanted]
             heapq.heapify(self._heap)
             removed = before - len(self._heap)
+        self._journal("remove", gone)
         if removed:
             self._changed()
         return removed
 
     def clear(self) -> int:
         with self._cond:
-            removed, self._heap = len(self._heap), []
+            gone, self._heap = [i.prompt_id for i in self._heap], []
+        removed = len(gone)
+        self._journal("remove", gone)
         if removed:
             self._changed()
         return removed
@@ -142,6 +179,16 @@ class PromptQueue:
         """GET /queue's body."""
         return {"queue_running": [i.as_list() for i in self.running()],
                 "queue_pending": [i.as_list() for i in self.pending()]}
+
+    def _journal(self, action: str, arg) -> None:
+        """Keep the journal in step; a failure is logged, never stops the queue (at worst a
+        restart shows a prompt that had already left)."""
+        if self.journal is None or not arg:
+            return
+        try:
+            getattr(self.journal, action)(arg)
+        except OSError as exc:
+            log.error("%s", exc)
 
     def _changed(self) -> None:
         for callback in list(self.on_change):
@@ -194,20 +241,39 @@ class History:
             elif kind == "executing" and data.get("node") is not None:
                 status["node"] = data["node"]
 
-    def finish(self, prompt_id: str, success: bool) -> None:
-        """The prompt ended: ComfyUI's final status, then written to disk."""
+    def finish(self, prompt_id: str, success: bool) -> bool:
+        """The prompt ended: ComfyUI's final status, then written to disk. False (and an error
+        logged) when the entry could not be written; it stays readable until the server stops."""
         with self._lock:
             entry = self._entries.get(prompt_id)
             if entry is None:
-                return
+                return True
             status = entry["status"]
             status["status_str"] = "success" if success else "error"
             status["completed"] = success
             status.pop("progress", None)
             status.pop("node", None)
             entry["finished"] = time.time()
-            text = json.dumps(entry, default=str)
-        self._write(prompt_id, text)
+            try:
+                text = json.dumps(entry, default=str)
+            except (ValueError, TypeError, RecursionError) as exc:
+                log.error("cannot write the history entry of prompt %s: its outputs are not JSON: %s", prompt_id, exc)
+                return False
+        return self._write(prompt_id, text)
+
+    def stopped(self, item: QueueItem, message: str) -> None:
+        """Record a prompt that was running when the server stopped: a finished entry with
+        status "error" and ComfyUI's execution_error message saying why."""
+        if self.get(item.prompt_id) is not None:
+            return  # it finished and was written just before the stop
+        self.start(item)
+        stamp = int(time.time() * 1000)
+        self.message(item.prompt_id, "execution_start", {"prompt_id": item.prompt_id, "timestamp": stamp})
+        self.message(item.prompt_id, "execution_error", {
+            "prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
+            "exception_message": message, "exception_type": "ServerStopped", "traceback": [],
+            "current_inputs": {}, "current_outputs": [], "timestamp": stamp})
+        self.finish(item.prompt_id, False)
 
     # -- reading (HTTP handlers) ----------------------------------------------------------
     def get(self, prompt_id: str, include_running: bool = False) -> dict | None:
@@ -270,17 +336,16 @@ class History:
             return None
         return self.folder / f"{prompt_id}.json"
 
-    def _write(self, prompt_id: str, text: str) -> None:
+    def _write(self, prompt_id: str, text: str) -> bool:
         path = self._path(prompt_id)
         if path is None:
-            return
+            return True
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_atomic(path, text.encode())
         except OSError as exc:
-            log.warning("cannot write history entry %s: %s", path, exc)
+            log.error("cannot write the history entry %s: %s", path, exc)
+            return False
+        return True
 
     def _unlink(self, prompt_id: str) -> None:
         path = self._path(prompt_id)
