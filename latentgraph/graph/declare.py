@@ -138,6 +138,10 @@ class NodeDef:
     validate: Callable | None = None
     validate_inputs: tuple = ()
     validate_env: bool = False
+    # ComfyUI's VALIDATE_INPUTS: called even when inputs it names are linked (they get None) or
+    # hidden, and given input_types {input: linked type} when it asks (then it owns type checks)
+    validate_linked: bool = False
+    validate_types: bool = False
     input_is_list: bool = False
     deprecated: bool = False
     experimental: bool = False

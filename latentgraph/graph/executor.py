@@ -330,13 +330,25 @@ def _map_over_lists(ndef: NodeDef, inputs: dict[str, list], ctx) -> tuple[tuple,
             else:
                 outputs[j].append(values[j])
         if part_ui:
-            ui = ui or {}
-            for k, v in part_ui.items():
-                if isinstance(v, list):
-                    ui.setdefault(k, []).extend(v)
-                else:
-                    ui[k] = v
+            ui = _merge_ui(ui or {}, part_ui, ndef.name)
     return outputs, ui
+
+
+def _merge_ui(ui: dict, part: Any, name: str) -> dict:
+    """Add one call's UI output to the node's: as ComfyUI, each key's items are concatenated
+    over the calls of a per-item run, whatever sequence held them (a tuple such as
+    ``"animated": (True,)`` is as good as a list). A value that is no sequence counts as one
+    item rather than being split up (a string) or overwritten by the next call."""
+    if not isinstance(part, dict):
+        raise TypeError(f"{name} returned a ui of type {type(part).__name__}; "
+                        f"it must be a dict of lists such as {{'images': [...]}}")
+    for key, value in part.items():
+        items = ui.setdefault(key, [])
+        if isinstance(value, (list, tuple)):
+            items.extend(value)
+        else:
+            items.append(value)
+    return ui
 
 
 def _normalise(ndef: NodeDef, ret: Any) -> tuple[tuple, dict | None]:

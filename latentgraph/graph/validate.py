@@ -251,7 +251,7 @@ class _Checker:
                 continue
             kind, val = classify_input(raw, not ispec.widget, nodes)
             if kind == "link":
-                src = self._check_link(node_id, name, ispec, val, errors)
+                src = self._check_link(node_id, name, ispec, val, errors, ndef.validate_types)
                 if src is not None:
                     links[name] = src
                 if val.node in nodes:  # checked even when the link itself is wrong
@@ -277,13 +277,13 @@ class _Checker:
                 self.warnings.append(Problem(f"{ndef.name} has no input '{name}'; the value is ignored",
                                              node=node_id, input=name))
         if ndef.validate is not None and not errors:
-            errors.extend(self._custom_validate(ndef, consts))
+            errors.extend(self._custom_validate(node_id, ndef, consts, links))
         if errors:
             self.node_errors.setdefault(node_id, []).extend(errors)
         self.plan_nodes[node_id] = PlanNode(node_id, ndef, consts, links)
         return sources
 
-    def _check_link(self, node_id, name, ispec, link, errors) -> tuple[str, int] | None:
+    def _check_link(self, node_id, name, ispec, link, errors, hook_owns_types=False) -> tuple[str, int] | None:
         if link.node not in self.wf.nodes:
             errors.append(_err("missing_linked_node", f"Input links to node '{link.node}', which is not in the workflow",
                                f"{name}: [{link.node!r}, {link.output!r}]", input_name=name,
@@ -298,7 +298,7 @@ class _Checker:
                                linked_node=[link.node, link.output]))
             return None
         received = src_def.output_types[index]
-        if not types_compatible(received, ispec.type):
+        if not hook_owns_types and not types_compatible(received, ispec.type):
             errors.append(_err("return_type_mismatch", "Return type mismatch between linked nodes",
                                f"{name}, received_type({received}) mismatch input_type({ispec.type})",
                                input_name=name, input_config=ispec.info([]), received_type=received,
@@ -335,12 +335,10 @@ class _Checker:
             self._choices[key] = ispec.resolve(self.env)
         return self._choices[key]
 
-    def _custom_validate(self, ndef: NodeDef, consts: dict) -> list[dict]:
-        kwargs = {n: consts[n] for n in ndef.validate_inputs if n in consts}
-        if len(kwargs) < len(ndef.validate_inputs):
-            return []  # a linked input: its value is only known when the node runs
-        if ndef.validate_env:
-            kwargs["env"] = self.env
+    def _custom_validate(self, node_id: str, ndef: NodeDef, consts: dict, links: dict) -> list[dict]:
+        kwargs = self._hook_kwargs(node_id, ndef, consts, links)
+        if kwargs is None:
+            return []
         try:
             result = ndef.validate(**kwargs)
         except Exception as exc:  # a plugin's hook must not take validation down
@@ -351,8 +349,44 @@ class _Checker:
         first = ndef.validate_inputs[0] if ndef.validate_inputs else None
         items = result.items() if isinstance(result, dict) else [(first, m) for m in (
             result if isinstance(result, list) else [result])]
+        # details as ComfyUI writes them: "input - message", or the input alone when the hook
+        # said only False (an empty message)
         return [_err("custom_validation_failed", "Custom validation failed for node",
-                     f"{name} - {msg}" if name else str(msg), input_name=name) for name, msg in items]
+                     f"{name} - {msg}" if name and msg != "" else (name or str(msg)), input_name=name)
+                for name, msg in items]
+
+    def _hook_kwargs(self, node_id: str, ndef: NodeDef, consts: dict, links: dict) -> dict | None:
+        """What the validate hook is called with; None when it is not called."""
+        if not ndef.validate_linked:
+            kwargs = {n: consts[n] for n in ndef.validate_inputs if n in consts}
+            if len(kwargs) < len(ndef.validate_inputs):
+                return None  # a linked input: its value is only known when the node runs
+        else:
+            # ComfyUI's VALIDATE_INPUTS gets every input it takes that the prompt holds: linked
+            # ones as None (their values do not exist yet), hidden ones as at validation time
+            kwargs = {}
+            for n in ndef.validate_inputs:
+                if n in consts:
+                    kwargs[n] = consts[n]
+                elif n in links:
+                    kwargs[n] = None
+                elif n in ndef.hidden:
+                    kwargs[n] = _hidden_at_validation(ndef.hidden[n].kind, node_id)
+        if ndef.validate_types:
+            kwargs["input_types"] = types = {}
+            for n, (src, i) in links.items():
+                src_def = self.registry.get(self.wf.nodes[src].class_type)
+                if src_def is not None and 0 <= i < len(src_def.output_types):  # else its own error says why
+                    types[n] = src_def.output_types[i]
+        if ndef.validate_env:
+            kwargs["env"] = self.env
+        return kwargs
+
+
+def _hidden_at_validation(kind: str, node_id: str) -> Any:
+    """A hidden input's value before anything runs, as ComfyUI gives VALIDATE_INPUTS: the node
+    id, an empty prompt, and nothing for the rest (there is no run yet)."""
+    return {"UNIQUE_ID": node_id, "PROMPT": {}}.get(kind)
 
 
 def _short(value: Any, limit: int = 80) -> Any:

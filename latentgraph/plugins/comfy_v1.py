@@ -83,6 +83,49 @@ def _hook_inputs(fn, inputs: dict[str, InputSpec]) -> tuple[tuple[str, ...], boo
     return named, kwargs, "input_types" in params
 
 
+def _validate_inputs(fn, inputs: dict[str, InputSpec], hidden: dict) -> tuple[tuple[str, ...], bool]:
+    """(the inputs VALIDATE_INPUTS is given, whether it asks for input_types). As ComfyUI: with
+    **kwargs every input and hidden input; else those it names, hidden ones included."""
+    named, kwargs, wants_types = _hook_inputs(fn, inputs)
+    if kwargs:
+        return (*inputs, *hidden), wants_types
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return named, wants_types
+    return named + tuple(n for n in params if n in hidden), wants_types
+
+
+def _validator(checker, names: tuple[str, ...], unknown_hidden: list[str]):
+    """VALIDATE_INPUTS wrapped as a validate hook. As ComfyUI, anything but True fails (None
+    too), and the failure is reported once per input the hook was given: {input: message},
+    the message empty when it returned False."""
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in _parameters(checker))
+    params = {p.name for p in _parameters(checker)}
+    extra = [h for h in unknown_hidden if takes_all or h in params]  # e.g. AUTH_TOKEN_COMFY_ORG: None
+
+    def validate(**kwargs):
+        for hname in extra:
+            kwargs.setdefault(hname, None)
+        result = checker(**kwargs)
+        if result is True:
+            return None
+        message = "" if result is False else str(result)
+        given = [n for n in kwargs if n != "input_types"]
+        if not given:  # ComfyUI drops this failure silently; here it is reported, with no input
+            return {None: message or "VALIDATE_INPUTS returned False"}
+        return {n: message for n in given}
+
+    return validate
+
+
+def _parameters(fn) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
 def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source: str) -> NodeDef:
     """The NodeDef of ComfyUI V1 node class ``cls`` registered as ``name``."""
     where = f"{name} (class {getattr(cls, '__qualname__', cls)!s})"
@@ -150,17 +193,11 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
             return repr(value)
 
     validate = v_inputs = None
+    wants_types = False
     checker = getattr(cls, "VALIDATE_INPUTS", None)
     if callable(checker):
-        v_inputs, _, wants_types = _hook_inputs(checker, inputs)
-
-        def validate(**kwargs):
-            if wants_types:
-                kwargs["input_types"] = {}  # types of linked inputs: checked by latentgraph itself
-            result = checker(**kwargs)
-            if result is True or result is None:
-                return None
-            return "invalid input" if result is False else str(result)
+        v_inputs, wants_types = _validate_inputs(checker, inputs, hidden)
+        validate = _validator(checker, v_inputs, unknown_hidden)
 
     doc = getattr(cls, "DESCRIPTION", None)
     return NodeDef(
@@ -168,7 +205,8 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         category=str(getattr(cls, "CATEGORY", "") or "custom"),
         display_name=str(display_name or name), description=str(doc) if doc else "",
         output_node=output_node, fingerprint=fingerprint, fingerprint_inputs=fp_inputs or (),
-        validate=validate, validate_inputs=v_inputs or (), input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
+        validate=validate, validate_inputs=v_inputs or (), validate_linked=True, validate_types=wants_types,
+        input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
         deprecated=bool(getattr(cls, "DEPRECATED", False)), experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
         python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source)
 
