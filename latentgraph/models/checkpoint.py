@@ -11,28 +11,22 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import CheckpointError
 from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architecture, Family
-from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_keys,
-                            to_hf_clip_keys, to_openclip_keys)
+from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_file_key,
+                            openclip_keys, to_hf_clip_keys, to_openclip_keys)
 from .unet import UNetConfig, UNetModel, unet_config_from_state_dict
 from .management import ModelCache, Placement
+from .variants import check_layout, check_vae_layout, refusal, refuse_markers, refuse_unknown, unet_variant
 from .vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict, vae_keys
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-# Keys real checkpoints carry besides the networks: DDPM schedule buffers, EMA bookkeeping,
-# prediction markers. They are read (markers) or skipped, never reported as unexpected.
-NON_NETWORK_PREFIXES = ("model_ema.", "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "log_one_minus",
-                        "posterior_", "lvlb_weights", "logvar", "v_pred", "ztsnr", "denoiser.", "model.diffusion_model_ema")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read, recognised or loaded; the message says what was found."""
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -102,65 +96,88 @@ def detect_architecture(sd: dict, metadata: dict | None = None, source: str = "c
                         overrides: dict | None = None) -> Architecture:
     """The family and exact architecture of a checkpoint, from its metadata if it has our
     record, else from its keys and shapes. ``overrides`` sets what shapes cannot show
-    (``unet_num_heads``, ``unet_num_head_channels``, ``text_num_heads``)."""
-    overrides = overrides or {}
+    (``unet_num_heads``, ``unet_num_head_channels``, ``text_num_heads``). Files latentgraph would
+    sample wrongly (variant markers, a layout not the family's, unknown tensors) are refused."""
+    refuse_markers(sd, source)
     if metadata and METADATA_KEY in metadata:
         try:
-            return Architecture.from_json(metadata[METADATA_KEY])
+            arch = Architecture.from_json(metadata[METADATA_KEY])
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{source}: its {METADATA_KEY} metadata is unreadable: {exc}") from None
+    else:
+        arch = _from_keys(sd, source, overrides or {})
+    check_layout(arch, source)
+    refuse_unknown(sd, arch.spec, source)
+    return arch
+
+
+def _unet_config(unet_sd: dict, source: str, **heads) -> UNetConfig:
+    try:
+        return unet_config_from_state_dict(unet_sd, **heads)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{source}: the UNet's layout is not one latentgraph knows ({exc})") from None
+
+
+def _from_keys(sd: dict, source: str, overrides: dict) -> Architecture:
     unet_sd = {k[len(UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)}
     if "input_blocks.0.0.weight" not in unet_sd:
         raise CheckpointError(f"{source}: not a Stable Diffusion checkpoint: no UNet under "
                               f"'{UNET_PREFIX}' ({_describe(sd)})")
     family_name = _text_family(sd)
-    try:
-        probe = unet_config_from_state_dict(unet_sd)
-    except (KeyError, ValueError, IndexError) as exc:
-        raise CheckpointError(f"{source}: the UNet's layout is not one latentgraph knows ({exc})") from None
+    probe = _unet_config(unet_sd, source)
     if family_name is None:
+        variant = unet_variant(probe)
+        if variant is not None:  # say what it is before saying what is missing
+            raise refusal(source, variant)
         by_context = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
         raise CheckpointError(
             f"{source}: no text encoder found (no cond_stage_model.* or conditioner.embedders.*); the UNet's "
             f"context width {probe.context_dim} suggests {by_context.get(probe.context_dim, 'an unknown family')}. "
             f"UNet-only files belong in diffusion_models/ ({_describe(sd)})")
     family = FAMILIES[family_name]
-    text = {}
-    for slot in family.text:
-        keys = text_keys(sd, slot)
-        if "transformer.embeddings.token_embedding.weight" not in keys:
-            raise CheckpointError(f"{source}: {family.label} text encoder '{slot.name}' is incomplete under "
-                                  f"'{slot.prefix}' ({_describe(sd)})")
-        text[slot.name] = config_from_keys(keys, slot.act, overrides.get("text_num_heads"))
-    _check_context(family, probe, text, source)
+    text = {slot.name: _text_config(sd, slot, family, source, overrides.get("text_num_heads")) for slot in family.text}
     heads = {}
     if "unet_num_heads" in overrides or "unet_num_head_channels" in overrides:
         heads = dict(num_heads=overrides.get("unet_num_heads"), num_head_channels=overrides.get("unet_num_head_channels"))
-    unet = unet_config_from_state_dict(unet_sd, **heads) if heads else probe
+    unet = _unet_config(unet_sd, source, **heads) if heads else probe
     vae_sd = {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
     if not vae_sd:
         raise CheckpointError(f"{source}: no VAE under '{VAE_PREFIX}' ({_describe(sd)})")
-    vae = vae_config_from_state_dict(vae_sd)
-    prediction, zsnr = _prediction(family, sd)
+    vae = _vae_config(vae_keys(vae_sd), source, VAE_PREFIX)
+    prediction, zsnr = _prediction(family, sd, unet.in_channels)
     return Architecture(family.name, unet, vae, text, prediction, zsnr)
 
 
-def _check_context(family: Family, unet: UNetConfig, text: dict[str, TextEncoderConfig], source: str) -> None:
-    width = sum(c.hidden_size for c in text.values())
-    if family.name == "sdxl_refiner":
-        width = text["g"].hidden_size
-    if unet.context_dim != width:
-        raise CheckpointError(
-            f"{source}: looks like {family.label} by its text encoder layout, but the UNet's context width "
-            f"{unet.context_dim} does not match the text encoders' width {width}")
+def _text_config(sd: dict, slot, family: Family, source: str, num_heads: int | None) -> TextEncoderConfig:
+    keys = text_keys(sd, slot)
+    if "transformer.embeddings.token_embedding.weight" not in keys:
+        raise CheckpointError(f"{source}: {family.label} text encoder '{slot.name}' is incomplete under "
+                              f"'{slot.prefix}' ({_describe(sd)})")
+    try:
+        return config_from_keys(keys, slot.act, num_heads)
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: {family.label} text encoder '{slot.name}' under '{slot.prefix}' "
+                              f"lacks {exc.args[0]} (in our naming)") from None
+    except (ValueError, IndexError) as exc:
+        raise CheckpointError(f"{source}: {family.label} text encoder '{slot.name}' under '{slot.prefix}' has "
+                              f"a layout latentgraph cannot read ({exc})") from None
 
 
-def _prediction(family: Family, sd: dict) -> tuple[str, bool]:
-    """eps or v, and zero terminal SNR, from marker keys (SDXL v_pred/ztsnr) or, for SD2,
-    ComfyUI's heuristic: a 768-v model has a wide spread of this norm bias."""
+def _vae_config(vae_sd: dict, source: str, prefix: str) -> VAEConfig:
+    try:
+        return vae_config_from_state_dict(vae_sd)
+    except (KeyError, ValueError, IndexError) as exc:
+        where = f" (read from {prefix}encoder.conv_in.weight and {prefix}encoder.down.*)" if "multiple of 32" in str(exc) else ""
+        raise CheckpointError(f"{source}: not a VAE latentgraph can read ({exc}){where}") from None
+
+
+def _prediction(family: Family, sd: dict, in_channels: int = 4) -> tuple[str, bool]:
+    """eps or v, and zero terminal SNR, from marker keys (v_pred/ztsnr) or, for SD2,
+    ComfyUI's heuristic: a 768-v model has a wide spread of this norm bias (not applied to
+    inpainting UNets, which are all eps)."""
     if "v_pred" in sd:
         return "v", "ztsnr" in sd
-    if family.name == "sd2":
+    if family.name == "sd2" and in_channels == 4:
         key = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
         if key in sd and not sd[key].is_meta and float(sd[key].float().std(unbiased=False)) > 0.09:
             return "v", False
@@ -195,8 +212,32 @@ def split_state_dict(sd: dict, arch: Architecture) -> dict[str, dict]:
     return parts
 
 
-def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None) -> None:
-    """Load every tensor or fail, naming the missing and unexpected keys."""
+def check_shapes(module: torch.nn.Module, sd: dict, what: str, source: str,
+                 file_key: Callable[[str], str] = str, linear_as_conv: bool = False) -> None:
+    """Every tensor the module has a place for must have that place's shape (and be floating
+    point where the module is), checked before anything is loaded or run; the error names the
+    file's keys. ``linear_as_conv``: (C, C) stands for a (C, C, 1, 1) kernel (the VAE's attention)."""
+    expected = module.state_dict(keep_vars=True)
+    wrong = []
+    for key, value in sd.items():
+        want = expected.get(key)
+        if want is None:
+            continue  # unexpected keys are strict_load's to report
+        found, shape = tuple(value.shape), tuple(want.shape)
+        if found != shape and not (linear_as_conv and len(found) == 2 and shape == (*found, 1, 1)):
+            wrong.append(f"{file_key(key)} is {found}, expected {shape}")
+        elif want.is_floating_point() and not value.is_floating_point():
+            wrong.append(f"{file_key(key)} holds {value.dtype}, expected floating point")
+    if wrong:
+        more = f" ... ({len(wrong)} in all)" if len(wrong) > 5 else ""
+        raise CheckpointError(f"{source}: {len(wrong)} {what} tensor{'s' if len(wrong) > 1 else ''} do not fit the "
+                              f"{what} the file's other tensors describe: " + "; ".join(wrong[:5]) + more)
+
+
+def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None,
+                file_key: Callable[[str], str] = str, linear_as_conv: bool = False) -> None:
+    """Load every tensor or fail, naming the wrong shapes, then the missing and unexpected keys."""
+    check_shapes(module, sd, what, source, file_key, linear_as_conv)
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     result = module.load_state_dict(sd, strict=False, assign=True)
@@ -213,6 +254,42 @@ def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype
         raise CheckpointError("; ".join(msg))
 
 
+def _build(what: str, source: str, make: Callable[[], Any]) -> Any:
+    """Build a network on the meta device; shapes no network has are the file's fault."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{source}: the {what} cannot be built from the shapes in the file ({exc})") from None
+
+
+def check_unet_widths(cfg: UNetConfig, source: str) -> None:
+    """Each level's width must be a multiple of 32 (the GroupNorm groups): name the tensor the
+    width was read from rather than let GroupNorm fail without saying which file or tensor."""
+    n, widths = 1, [("input_blocks.0.0.weight", cfg.model_channels)]
+    for level, mult in enumerate(cfg.channel_mult):
+        widths.append((f"input_blocks.{n}.0.out_layers.3.weight", cfg.model_channels * mult))
+        n += cfg.num_res_blocks[level] + 1  # the level's ResBlocks and its Downsample
+    for key, width in widths:
+        if width <= 0 or width % 32:
+            raise CheckpointError(
+                f"{source}: {UNET_PREFIX}{key} makes a UNet level {width} channels wide, which is not a positive "
+                f"multiple of 32 (the GroupNorm groups): that tensor has the wrong shape, or this is not a "
+                f"Stable Diffusion UNet")
+
+
+def text_file_key(slot, key: str, names: set[str]) -> str:
+    """The file's name for one of our text-encoder keys (for messages)."""
+    if slot.layout == "openclip":
+        return openclip_file_key(key, slot.prefix)
+    rest = key[len("transformer."):] if key.startswith("transformer.") else key
+    if key == "text_projection.weight":
+        return next((slot.prefix + n for n in ("text_projection.weight", "text_projection") if slot.prefix + n in names),
+                    slot.prefix + "text_projection.weight")
+    with_model = slot.prefix + "text_model." + rest
+    return with_model if with_model in names or slot.prefix + rest not in names else slot.prefix + rest
+
+
 def load_checkpoint(path: str | Path, *, dtypes: dict[str, torch.dtype] | None = None,
                     overrides: dict | None = None, parts: tuple = ("unet", "vae", "text")) -> Checkpoint:
     """Read, detect and build a checkpoint's networks on the CPU (move them with .to()).
@@ -221,18 +298,24 @@ def load_checkpoint(path: str | Path, *, dtypes: dict[str, torch.dtype] | None =
     sd, metadata = read_state_dict(path)
     arch = detect_architecture(sd, metadata, source, overrides)
     tensors = split_state_dict(sd, arch)
+    names = set(sd)
     del sd
     dtypes = dtypes or {}
-    with torch.device("meta"):
-        unet = UNetModel(arch.unet) if "unet" in parts else None
-        vae = AutoencoderKL(arch.vae) if "vae" in parts else None
-        text = build_text_encoders(arch) if "text" in parts else {}
-    if unet is not None:
-        strict_load(unet, tensors["unet"], "UNet", source, dtypes.get("unet"))
-    if vae is not None:
-        strict_load(vae, tensors["vae"], "VAE", source, dtypes.get("vae"))
+    unet = vae = None
+    text: dict[str, ClipTextEncoder] = {}
+    if "unet" in parts:
+        check_unet_widths(arch.unet, source)
+        unet = _build("UNet", source, lambda: UNetModel(arch.unet))
+        strict_load(unet, tensors["unet"], "UNet", source, dtypes.get("unet"), lambda k: UNET_PREFIX + k)
+    if "vae" in parts:
+        vae = _build("VAE", source, lambda: AutoencoderKL(arch.vae))
+        strict_load(vae, tensors["vae"], "VAE", source, dtypes.get("vae"), lambda k: VAE_PREFIX + k, True)
+    if "text" in parts:
+        text = _build("text encoders", source, lambda: build_text_encoders(arch))
+    slots = {slot.name: slot for slot in arch.spec.text}
     for name, enc in text.items():
-        strict_load(enc, tensors["text." + name], f"text encoder '{name}'", source, dtypes.get("text"))
+        strict_load(enc, tensors["text." + name], f"text encoder '{name}'", source, dtypes.get("text"),
+                    lambda k, slot=slots[name]: text_file_key(slot, k, names))
         _materialise_buffers(enc)
     for module in (unet, vae):
         if module is not None:
@@ -261,16 +344,16 @@ def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> Autoenc
     keys with no prefix or under ``first_stage_model.``; EMA copies and loss weights are skipped."""
     source = str(path)
     sd, _ = read_state_dict(path)
-    tensors = vae_keys(sd) or vae_keys(sd, VAE_PREFIX)
+    prefix = ""
+    tensors = vae_keys(sd)
+    if not tensors:
+        prefix, tensors = VAE_PREFIX, vae_keys(sd, VAE_PREFIX)
     if not tensors:
         raise CheckpointError(f"{source}: not a VAE: no encoder./decoder. tensors ({_describe(sd)})")
-    try:
-        config = vae_config_from_state_dict(tensors)
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{source}: not a VAE latentgraph can read ({exc})") from None
-    with torch.device("meta"):
-        vae = AutoencoderKL(config)
-    strict_load(vae, tensors, "VAE", source, dtype)
+    config = _vae_config(tensors, source, prefix)
+    check_vae_layout(config, source)
+    vae = _build("VAE", source, lambda: AutoencoderKL(config))
+    strict_load(vae, tensors, "VAE", source, dtype, lambda k: prefix + k, True)
     _materialise_buffers(vae)
     return vae.eval().requires_grad_(False)
 

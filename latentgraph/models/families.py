@@ -36,6 +36,10 @@ class Family:
     latent_scale: float  # LATENT values are unscaled VAE space; the sampler multiplies by this
     text: tuple[TextSlot, ...]
     context_dims: tuple[int, ...]  # UNet context width of the full-size model(s)
+    linear_proj: bool  # the UNet's transformers have Linear proj_in/proj_out (1x1 convs if False)
+    # the UNet's vector input y: None for no label_emb, else how many 256-wide size embeddings
+    # follow the pooled text of the last text encoder (SDXL 6, refiner 5)
+    adm_sizes: int | None
 
 
 _L_SD1 = TextSlot("l", "cond_stage_model.transformer.", "hf", EncoderRole.sd1(), "quick_gelu")
@@ -46,10 +50,10 @@ _G_REFINER = TextSlot("g", "conditioner.embedders.0.model.", "openclip", Encoder
 
 # Names in this registry may be added, never changed or removed.
 FAMILIES: dict[str, Family] = {
-    "sd15": Family("sd15", "Stable Diffusion 1.x", 0.18215, (_L_SD1,), (768,)),
-    "sd2": Family("sd2", "Stable Diffusion 2.x", 0.18215, (_H_SD2,), (1024,)),
-    "sdxl": Family("sdxl", "Stable Diffusion XL", 0.13025, (_L_XL, _G_XL), (2048,)),
-    "sdxl_refiner": Family("sdxl_refiner", "Stable Diffusion XL refiner", 0.13025, (_G_REFINER,), (1280,)),
+    "sd15": Family("sd15", "Stable Diffusion 1.x", 0.18215, (_L_SD1,), (768,), False, None),
+    "sd2": Family("sd2", "Stable Diffusion 2.x", 0.18215, (_H_SD2,), (1024,), True, None),
+    "sdxl": Family("sdxl", "Stable Diffusion XL", 0.13025, (_L_XL, _G_XL), (2048,), True, 6),
+    "sdxl_refiner": Family("sdxl_refiner", "Stable Diffusion XL refiner", 0.13025, (_G_REFINER,), (1280,), True, 5),
 }
 
 

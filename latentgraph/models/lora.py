@@ -16,11 +16,15 @@ A LoRA key is a *module name* and a suffix. Module names understood, per family:
 Suffixes: ``.lora_up.weight``/``.lora_down.weight`` with optional ``.alpha`` and LoCon's
 ``.lora_mid.weight``; ``.lora_B.weight``/``.lora_A.weight``; ``.lora.up.weight``,
 ``_lora.up.weight`` and ``.lora_linear_layer.up.weight`` (older diffusers, with their
-``down``); full deltas ``.diff`` (weight) and ``.diff_b`` (bias). A low-rank patch adds
+``down``); full deltas ``.diff`` (weight) and ``.diff_b`` (bias), and LyCORIS' trained norms
+``.w_norm``/``.b_norm`` (full deltas too). A low-rank patch adds
 ``strength * alpha / rank * (up @ down)`` to the weight (scale 1 without alpha).
 
-Other adapter kinds (LoHa, LoKr, DoRA, OFT, ...) are not applied: their keys come back as
-unmatched, for the caller to warn about, like keys that name no module of the model.
+Other adapter kinds (LoHa, LoKr, DoRA, OFT, ...) are not applied, nor are keys that name no
+module of the model: ``load_lora_into`` refuses such a file, naming the format detected and the
+keys not applied, grouped (lora_formats.py), rather than give a picture without them. Harmless
+leftovers pass: an alpha with no pair, and keys for a part not being patched (the text encoders
+in a model-only load).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_state_dict
 from .families import FAMILIES, TextSlot
+from .lora_formats import ROLE_KIND, TEXT_NAME_PREFIXES, describe_format, group_report, unsupported_kind
 from .text_encoders import _OPENCLIP_LAYER
 from .unet import Downsample, ResBlock, SpatialTransformer, UNetModel, Upsample
 
@@ -251,7 +256,20 @@ _SUFFIXES = (  # no suffix here is the end of another, so the first match is the
     ("_lora.up.weight", "up"), ("_lora.down.weight", "down"),
     (".lora_linear_layer.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
     (".alpha", "alpha"), (".diff", "diff"), (".diff_b", "diff_b"), (".dora_scale", "dora_scale"),
+    (".w_norm", "w_norm"), (".b_norm", "b_norm"),
 )
+
+
+@dataclass
+class LoraMatch:
+    """What a LoRA file does to a model: patches keyed by parameter name, and every key that
+    is not applied with (why, module name, suffix)."""
+
+    unet: dict[str, Patch]
+    text: dict[str, dict[str, Patch]]
+    skipped: dict[str, tuple[str, str, str]]
+    harmless: set[str]  # skipped keys that change nothing: an alpha alone, parts not being patched
+    modules: dict[str, str]  # module name -> adapter kind, for describing the file's format
 
 
 def _group(lora_sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -269,79 +287,157 @@ def _group(lora_sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, str]],
     return groups, unknown
 
 
-def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, Patch], list[str]]:
-    """One module's patches ({"weight": ..., "bias": ...}) and the keys left unused.
-    Raises ValueError when the parts contradict each other."""
+def _alpha(roles: dict[str, str], sd: dict) -> float | None:
+    if "alpha" not in roles:
+        return None
+    value = sd[roles["alpha"]]
+    if value.numel() != 1:
+        raise ValueError(f"{roles['alpha']} holds {value.numel()} values, expected one")
+    return float(value)
+
+
+def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, tuple[Patch, str]], list[str]]:
+    """One module's patches ({"weight": (patch, its keys), "bias": ...}) and the roles left
+    unused. Raises ValueError, naming the keys, when the parts contradict each other."""
     if "dora_scale" in roles:  # DoRA renormalises the weight; a plain LoRA sum would be wrong
-        return {}, list(roles.values())
-    patches: dict[str, Patch] = {}
+        return {}, list(roles)
+    sources = [r for r in ("pair", "diff", "w_norm") if (r == "pair" and {"up", "down"} <= set(roles)) or r in roles]
+    if len(sources) > 1:
+        raise ValueError(f"{', '.join(sorted(roles.values()))}: more than one delta for the same weight")
+    patches: dict[str, tuple[Patch, str]] = {}
     used = set()
-    if "up" in roles and "down" in roles:
-        if "diff" in roles:
-            raise ValueError("has both a low-rank pair and a full .diff for the same weight")
-        alpha = float(sd[roles["alpha"]]) if "alpha" in roles else None
+    if sources == ["pair"]:
+        up, down = roles["up"], roles["down"]
         mid = sd[roles["mid"]] if "mid" in roles else None
-        patches["weight"] = LowRank(sd[roles["up"]], sd[roles["down"]], mid, alpha)
+        try:
+            patch = LowRank(sd[up], sd[down], mid, _alpha(roles, sd))
+        except ValueError as exc:
+            raise ValueError(f"{up} and {down}: {exc}") from None
+        patches["weight"] = (patch, f"{up} {tuple(sd[up].shape)} x {down} {tuple(sd[down].shape)}")
         used |= {"up", "down", "alpha", "mid"}
-    elif "diff" in roles:
-        patches["weight"] = Diff(sd[roles["diff"]])
-        used.add("diff")
-    if "diff_b" in roles:
-        patches["bias"] = Diff(sd[roles["diff_b"]])
-        used.add("diff_b")
-    return patches, [key for role, key in roles.items() if role not in used]
+    elif sources:
+        key = roles[sources[0]]
+        patches["weight"] = (Diff(sd[key]), f"{key} {tuple(sd[key].shape)}")
+        used.add(sources[0])
+    for role in ("diff_b", "b_norm"):
+        if role in roles:
+            if "bias" in patches:
+                raise ValueError(f"{roles['diff_b']} and {roles['b_norm']}: two deltas for the same bias")
+            patches["bias"] = (Diff(sd[roles[role]]), f"{roles[role]} {tuple(sd[roles[role]].shape)}")
+            used.add(role)
+    return patches, [role for role in roles if role not in used]
 
 
-def lora_patches(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | None,
-                 text_encoders: dict[str, nn.Module], source: str = "LoRA"
-                 ) -> tuple[dict[str, Patch], dict[str, dict[str, Patch]], list[str]]:
-    """Match a LoRA state dict to a family's UNet and text encoders (either may be absent).
-    Returns (UNet patches, {encoder name: patches}, unmatched LoRA keys), patches keyed by
-    parameter name. Raises LoraError listing every shape mismatch or conflict at once."""
-    if family not in FAMILIES:
-        raise LoraError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    names: dict[str, tuple[str, str]] = {}  # LoRA module name -> (part, our module path)
+def _why_unused(role: str, roles: dict[str, str]) -> tuple[str, bool]:
+    """Why a role of a module was not applied, and whether that changes nothing (an alpha
+    scales only a low-rank pair; with none applied it scales nothing, in any implementation)."""
+    if "dora_scale" in roles:
+        return "DoRA (not implemented yet)", False
+    if role == "alpha":
+        return "an alpha with no low-rank pair to scale", True
+    if role in ("up", "down", "mid"):
+        return "an incomplete low-rank pair (lora_up, lora_down: one is missing)", False
+    return "an unused part", False
+
+
+def _names(family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
+    """LoRA module name -> (part, our module path) for the parts given."""
+    names: dict[str, tuple[str, str]] = {}
     if unet is not None:
         names.update((alias, ("unet", path)) for alias, path in unet_lora_names(unet).items())
     for position, slot in enumerate(FAMILIES[family].text):
         if slot.name in text_encoders:
             found = text_lora_names(text_encoders[slot.name], slot, position)
             names.update((alias, (slot.name, path)) for alias, path in found.items())
+    return names
+
+
+def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | None,
+               text_encoders: dict[str, nn.Module], source: str = "LoRA") -> LoraMatch:
+    """Match a LoRA state dict to a family's UNet and text encoders (either may be absent: their
+    keys are then skipped as harmless). Raises LoraError listing every misfit at once, naming keys."""
+    if family not in FAMILIES:
+        raise LoraError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    label = FAMILIES[family].label
+    names = _names(family, unet, text_encoders)
     modules = {"unet": unet, **text_encoders}
     params = {part: dict(m.named_parameters()) for part, m in modules.items() if m is not None}
-    patches: dict[str, dict[str, Patch]] = {part: {} for part in modules}
-    claimed: dict[tuple[str, str], str] = {}  # (part, parameter) -> the LoRA module name that patches it
-    groups, unmatched = _group(lora_sd)
+    out = LoraMatch({}, {part: {} for part in text_encoders}, {}, set(), {})
+    claimed: dict[tuple[str, str], str] = {}  # (part, parameter) -> the keys that patch it
+    groups, unknown = _group(lora_sd)
     problems = []
+
+    def skip(key: str, module: str, reason: str, harmless: bool = False) -> None:
+        out.skipped[key] = (reason, module, key[len(module):] or key)
+        if harmless:
+            out.harmless.add(key)
+
+    for key in unknown:
+        kind = unsupported_kind(key)
+        module = kind[1] if kind else key.rsplit(".", 1)[0]
+        out.modules.setdefault(module, kind[0] if kind else "unknown keys")
+        skip(key, module, f"{kind[0]} (not implemented yet)" if kind else "a key of no kind latentgraph knows")
     for name, roles in groups.items():
+        kinds = [ROLE_KIND[r] for r in roles if r in ROLE_KIND]
+        if kinds:
+            out.modules[name] = "DoRA" if "DoRA" in kinds else kinds[0]
         if name not in names:
-            unmatched.extend(roles.values())
+            part_absent = (not text_encoders) if name.startswith(TEXT_NAME_PREFIXES) else unet is None
+            for key in roles.values():
+                if part_absent:
+                    skip(key, name, "for a part not being patched", True)
+                elif set(roles) == {"alpha"}:
+                    skip(key, name, "an alpha with no low-rank pair to scale", True)
+                else:
+                    skip(key, name, f"names no module of this {label} model")
             continue
         part, path = names[name]
         try:
             built, unused = _build(roles, lora_sd)
         except ValueError as exc:
-            problems.append(f"{name}: {exc}")
+            problems.append(str(exc))
             continue
-        unmatched.extend(unused)
-        for kind, patch in built.items():
+        for role in unused:
+            reason, harmless = _why_unused(role, roles)
+            skip(roles[role], name, reason, harmless)
+        for kind, (patch, keys) in built.items():
             param = f"{path}.{kind}"
             if param not in params[part]:  # only a bias can be missing: names come from weights
-                unmatched.append(roles["diff_b"])
+                for role in ("diff_b", "b_norm"):
+                    if role in roles:
+                        skip(roles[role], name, "a bias delta for a module without a bias")
                 continue
             shape = params[part][param].shape
             if not patch.fits(shape):
-                problems.append(f"{name}: its {kind} delta does not fit {part} {param} of shape {tuple(shape)}")
+                problems.append(f"{keys}: does not fit {part} {param} of shape {tuple(shape)}")
             elif (part, param) in claimed:
-                problems.append(f"{name} and {claimed[part, param]} both patch {part} {param}")
+                problems.append(f"{keys} and {claimed[part, param]} both patch {part} {param}")
             else:
-                claimed[part, param] = name
-                patches[part][param] = patch
+                claimed[part, param] = keys
+                (out.unet if part == "unet" else out.text[part])[param] = patch
     if problems:
-        raise LoraError(f"{source} does not fit this {FAMILIES[family].label} model (a LoRA for another "
-                        f"model?):\n  " + "\n  ".join(problems))
-    unet_patches = patches.pop("unet")
-    return unet_patches, patches, sorted(unmatched)
+        raise LoraError(f"{source} does not fit this {label} model (a LoRA for another model?):\n  "
+                        + "\n  ".join(problems))
+    return out
+
+
+def lora_patches(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | None,
+                 text_encoders: dict[str, nn.Module], source: str = "LoRA"
+                 ) -> tuple[dict[str, Patch], dict[str, dict[str, Patch]], list[str]]:
+    """(UNet patches, {encoder name: patches}, every LoRA key not applied) of match_lora."""
+    m = match_lora(lora_sd, family, unet, text_encoders, source)
+    return m.unet, m.text, sorted(m.skipped)
+
+
+def refuse_unapplied(m: LoraMatch, source: str, total: int) -> None:
+    """Raise LoraError if any key that would change the picture is not applied: a picture made
+    without part of a LoRA, with only a log line to say so, is a silently wrong picture."""
+    fatal = {k: v for k, v in m.skipped.items() if k not in m.harmless}
+    if fatal:
+        raise LoraError(
+            f"{source}: {len(fatal)} of its {total} keys would not be applied (format detected: "
+            f"{describe_format(m.modules)}), and a LoRA applied in part gives a picture without it, so it is "
+            f"refused. Keys not applied, grouped:\n{group_report(fatal)}")
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -380,9 +476,13 @@ def apply_lora(module: nn.Module, patches: dict[str, Patch], strength: float = 1
 def load_lora_into(path: str | Path, family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module],
                    strength_model: float = 1.0, strength_clip: float = 1.0
                    ) -> tuple[nn.Module | None, dict[str, nn.Module], list[str]]:
-    """Read a LoRA file and return (patched UNet, {name: patched text encoder}, unmatched keys);
-    the given modules are left as they are."""
-    unet_patches, text_patches, unmatched = lora_patches(read_lora(path), family, unet, text_encoders, str(path))
-    new_unet = apply_lora(unet, unet_patches, strength_model) if unet is not None else None
-    new_text = {name: apply_lora(enc, text_patches[name], strength_clip) for name, enc in text_encoders.items()}
-    return new_unet, new_text, unmatched
+    """Read a LoRA file and return (patched UNet, {name: patched text encoder}, the keys skipped
+    as harmless); the given modules are left as they are. Raises LoraError if the file does not
+    fit or any other key would not be applied. Passing no text encoders (a model-only load)
+    skips the text-encoder keys, as passing no UNet skips the UNet's."""
+    lora_sd = read_lora(path)
+    m = match_lora(lora_sd, family, unet, text_encoders, str(path))
+    refuse_unapplied(m, str(path), len(lora_sd))
+    new_unet = apply_lora(unet, m.unet, strength_model) if unet is not None else None
+    new_text = {name: apply_lora(enc, m.text[name], strength_clip) for name, enc in text_encoders.items()}
+    return new_unet, new_text, sorted(m.harmless)

@@ -271,6 +271,15 @@ def to_openclip_keys(sd: dict, prefix: str) -> dict:
     return out
 
 
+def openclip_file_key(key: str, prefix: str) -> str:
+    """The OpenCLIP file's name for one of our keys (for messages); q/k/v are thirds of in_proj."""
+    parts = key.split(".")
+    if key.startswith("transformer.encoder.layers.") and parts[-2] in ("q_proj", "k_proj", "v_proj"):
+        return f"{prefix}transformer.resblocks.{parts[3]}.attn.in_proj_{parts[-1]} (its {parts[-2][0]} third)"
+    names = list(to_openclip_keys({key: torch.empty((1, 1), device="meta")}, prefix))
+    return names[0] if names else prefix + key
+
+
 def to_hf_clip_keys(sd: dict, prefix: str) -> dict:
     """Our keys -> transformers layout under ``prefix`` (``...transformer.text_model.``)."""
     out = {}

@@ -107,11 +107,12 @@ def _apply_lora(ctx: NodeContext, model: SDModel, clip: TextModel | None, lora_n
     path = ctx.env.find_model("loras", lora_name)
     placement, cache = services(ctx)
     text = clip.encoders if clip is not None else {}
-    unet, encoders, unmatched = load_lora_into(path, model.arch.family, model.unet, text,
-                                               strength_model, strength_clip)
-    if unmatched:
-        log.warning("%s: %d LoRA keys matched nothing in this model (first: %s)", lora_name, len(unmatched),
-                    ", ".join(unmatched[:3]))
+    # a LoRA that would be applied only in part raises here (LoraError), failing the node
+    unet, encoders, skipped = load_lora_into(path, model.arch.family, model.unet, text,
+                                             strength_model, strength_clip)
+    if skipped:
+        log.debug("%s: %d LoRA keys change nothing here and were skipped (first: %s)", lora_name, len(skipped),
+                  ", ".join(skipped[:3]))
     new_model = replace(model, unet=unet, patches=model.patches + ((lora_name, strength_model),))
     new_clip = replace(clip, encoders=encoders) if clip is not None else None
     return new_model, new_clip
