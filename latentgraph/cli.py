@@ -14,11 +14,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .graph import (Environment, Executor, Interrupted, LatentgraphError, NodeExecutionError, Problem,
                     ValidationError, Workflow, WorkflowError)
+from .graph import budgets
 from .graph.env import read_extra_model_paths
+from .graph.loaders import parse_yaml_value
 from .graph.types import Combo, String
 from .nodes import create_registry, create_services
 
@@ -256,17 +257,18 @@ def apply_sets(wf: Workflow, sets: list[str], registry) -> None:
             problems.append(Problem(f"--set {item!r}: {ndef.name} has no input '{name}' (inputs: {hint})",
                                     node=node_id, input=name))
             continue
+        if len(raw) > budgets.limit("set_value_chars"):
+            problems.append(Problem(budgets.over("set_value_chars", f"--set {path}=...: the value"),
+                                    node=node_id, input=name))
+            continue
         spec = ndef.inputs[name] if ndef is not None else None
-        wf.set(path, raw if isinstance(spec, (String, Combo)) else _yaml_scalar(raw))
+        try:
+            wf.set(path, raw if isinstance(spec, (String, Combo)) or not raw.strip()
+                   else parse_yaml_value(raw, f"--set {path}"))
+        except ValueError as exc:  # an anchor, an alias or nesting past the budget
+            problems.append(Problem(str(exc), node=node_id, input=name))
     if problems:
         raise WorkflowError(wf.source, problems)
-
-
-def _yaml_scalar(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else raw
-    except (yaml.YAMLError, ValueError):
-        return raw
 
 
 def cmd_run(args) -> int:
@@ -324,7 +326,7 @@ def _run_batch(args, workflow: Path, overrides: list[dict]) -> int:
     env = _env(args)
     wf = Workflow.load(workflow, registry)
     apply_sets(wf, getattr(args, "sets", []), registry)
-    jobs = make_jobs(wf, overrides, registry, env)
+    jobs = make_jobs(wf, overrides, registry, env, source=str(args.file))
     if args.ray:
         from .batch.ray_runner import RayRunner
 

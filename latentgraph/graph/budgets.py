@@ -69,6 +69,6 @@ def check_depth(data: Any, source: str | None, what: str = "the document") -> No
         else:
             continue
         if depth > cap:
-            raise WorkflowError(source, over("nesting_depth", f"{what}: lists and mappings nested {depth} deep"))
+            raise WorkflowError(source, over("nesting_depth", what))
         stack.extend((child, depth + 1) for child in children
                      if isinstance(child, (dict, list, tuple)))

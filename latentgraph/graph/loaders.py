@@ -114,11 +114,11 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in workflow files: "
-                           "write the value out", event.start_mark)
+            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in workflow files (they can expand a "
+                           "small file into gigabytes): write the value out", event.start_mark)
         if getattr(event, "anchor", None) is not None:
-            raise _Refused(f"YAML anchors (&{event.anchor}) are not allowed in workflow files: "
-                           "write the value out", event.start_mark)
+            raise _Refused(f"YAML anchors (&{event.anchor}) are not allowed in workflow files (they can expand a "
+                           "small file into gigabytes): write the value out", event.start_mark)
         container = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
         if container:
             self._depth += 1
@@ -160,6 +160,17 @@ def parse_yaml(text: str, source: str) -> Any:
         raise WorkflowError(source, [Problem(f"invalid YAML: {what}{col}", line=line)]) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. '1e400000' as a timestamp
         raise WorkflowError(source, f"invalid YAML: {exc}") from None
+
+
+def parse_yaml_value(text: str, what: str) -> Any:
+    """A value given on the command line (``--set NODE.INPUT=VALUE``) read as YAML with the same
+    refusals as a file; text that is not YAML stays the text. Raises ValueError when refused."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        raise ValueError(f"{what}: {exc.message}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+        return text
 
 
 def yaml_node_lines(text: str) -> dict[str, int]:

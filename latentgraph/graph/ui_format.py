@@ -331,7 +331,8 @@ def ui_to_api(data: dict, registry, source: str = "<workflow>") -> dict:
     """The API prompt ComfyUI's frontend would queue for this UI workflow."""
     if not is_ui_workflow(data):
         raise WorkflowError(source, "not a UI-format workflow (no nodes and links)")
-    if (data.get("extra") or {}).get("groupNodes"):
+    extra = data.get("extra")
+    if isinstance(extra, dict) and extra.get("groupNodes"):
         raise WorkflowError(source, "legacy group nodes (extra.groupNodes) are not supported; open the workflow in "
                                     "ComfyUI, convert each group node to a subgraph (or ungroup it) and save again")
     _check_shape(data, source, "the workflow")
