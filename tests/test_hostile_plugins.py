@@ -22,7 +22,7 @@ HOSTILE = Path(__file__).parent / "fixtures" / "plugins" / "hostile"
 def registry():
     registry = create_registry()
     infos = load_plugins(registry, [HOSTILE], entry_points=False)
-    assert [(i.name, i.status) for i in infos] == [("v1_semantics", "loaded")]
+    assert [(i.name, i.status) for i in infos] == [("savers", "loaded"), ("v1_semantics", "loaded")]
     return registry
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import posixpath
+import re
 import shutil
 import sys
 import time
@@ -36,6 +38,7 @@ from ..graph.types import String
 
 RECORD = "job.json"
 SEED_INPUTS = ("seed", "noise_seed")
+PREFIX_INPUT = "filename_prefix"  # put under the job's folder; must stay there
 
 
 class BatchError(LatentgraphError):
@@ -153,8 +156,10 @@ def job_id(prompt: dict) -> str:
     return hashlib.blake2b(_canonical(prompt).encode(), digest_size=8).hexdigest()
 
 
-def make_jobs(wf: Workflow, overrides: list[dict[str, Any]], registry, env=None) -> list[Job]:
-    """One Job per override set, each validated; every problem of every job is raised at once."""
+def make_jobs(wf: Workflow, overrides: list[dict[str, Any]], registry, env=None, source: str | None = None
+              ) -> list[Job]:
+    """One Job per override set, each validated; every problem of every job is raised at once,
+    named after ``source`` (the jobs file; the workflow's file by default)."""
     from ..graph.validate import validate
 
     problems: list[Problem] = []
@@ -192,15 +197,57 @@ def make_jobs(wf: Workflow, overrides: list[dict[str, Any]], registry, env=None)
             problems.append(Problem(f"job {index} ({_describe(ov)}) is the same run as job {seen[jid]}"))
             continue
         seen[jid] = index
-        for node in prompt.values():
-            if isinstance(node["inputs"].get("filename_prefix"), str):
-                node["inputs"]["filename_prefix"] = f"{jid}/{node['inputs']['filename_prefix']}"
+        confined = _confine_prefixes(prompt, jid, f"job {index} ({_describe(ov)})")
+        if confined:
+            problems.extend(confined)
+            continue
         ckpts = tuple(sorted({v for n in prompt.values() for k, v in n["inputs"].items()
                               if isinstance(v, str) and k.endswith(("ckpt_name", "lora_name", "vae_name"))}))
         jobs.append(Job(index, dict(ov), prompt, jid, ckpts))
     if problems:
-        raise WorkflowError(wf.source, problems)
+        raise WorkflowError(source or wf.source, problems)
     return jobs
+
+
+def prefix_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a job's ``filename_prefix`` (None when it can). It is put under
+    the job's folder, so it must be a relative path that stays there: backslashes count as
+    slashes (as when saving) and '..' is judged after normalising ("a/../b" is "b")."""
+    if not isinstance(value, str):
+        return f"must be text, not {type(value).__name__}"
+    if "\x00" in value:
+        return f"{value!r} holds a NUL character"
+    norm = value.replace("\\", "/").strip()
+    if norm.startswith("/") or re.match(r"[A-Za-z]:", norm):
+        return f"{value!r} is an absolute path; in a batch it must be relative to the job's folder <output>/<job id>/"
+    if not norm or norm.endswith("/"):
+        return f"{value!r} names no file"
+    flat = posixpath.normpath(norm)
+    if flat == ".." or flat.startswith("../"):
+        return f"{value!r} climbs out of the job's folder <output>/<job id>/ with '..'; give a path inside it"
+    return None
+
+
+def _confine_prefixes(prompt: dict, jid: str, label: str) -> list[Problem]:
+    """Put every ``filename_prefix`` (the input by which ComfyUI's savers and plugin savers
+    name their files) under the job's folder, so that a rerun, which empties that folder
+    first, leaves nothing behind; the problems of those that cannot be."""
+    problems = []
+    for nid, node in prompt.items():
+        if PREFIX_INPUT not in node["inputs"]:
+            continue
+        value = node["inputs"][PREFIX_INPUT]
+        if isinstance(value, list):  # a link: its text is known only when the job runs
+            problems.append(Problem(f"{label}: {PREFIX_INPUT} is linked from node '{value[0]}'; in a batch it must "
+                                    f"be a constant, to be put under the job's folder <output>/<job id>/",
+                                    node=nid, input=PREFIX_INPUT))
+            continue
+        why = prefix_problem(value)
+        if why:
+            problems.append(Problem(f"{label}: {PREFIX_INPUT} {why}", node=nid, input=PREFIX_INPUT))
+        else:
+            node["inputs"][PREFIX_INPUT] = f"{jid}/{value}"
+    return problems
 
 
 def _describe(ov: dict) -> str:
@@ -227,6 +274,11 @@ def execute_job(executor: Executor, job: Job, listener: Callable | None = None, 
         wf = Workflow.from_api(job.prompt, f"job {job.job_id}")
         result = executor.run(wf, prompt_id=job.job_id, listener=listener)
         record["files"] = written_files(result.outputs)
+        strays = _outside_job(result.outputs, job)
+        if strays:  # a node that saves by another input, or a cached one naming another job's files
+            record["status"] = "failed"
+            record["error"] = (f"job {job.job_id}: files outside the job's folder <output>/{job.job_id}/ "
+                               f"(a rerun could not clean them up): " + "; ".join(strays))
         record["timings"] = {k: round(v, 6) for k, v in result.timings.items()}
         record["executed"], record["cached"] = list(result.executed), list(result.cached)
     except NodeExecutionError as exc:
@@ -237,6 +289,40 @@ def execute_job(executor: Executor, job: Job, listener: Callable | None = None, 
     return record
 
 
+def in_job_folder(rel: str, jid: str) -> bool:
+    """Whether ``rel`` (a path under the output folder, as a record lists it) is inside the
+    job's folder once normalised."""
+    flat = posixpath.normpath(rel.replace("\\", "/"))
+    return flat.startswith(f"{jid}/") and not posixpath.isabs(flat) and "\x00" not in flat
+
+
+def _outside_job(outputs: dict, job: Job) -> list[str]:
+    """The output files a run's UI names outside the job's folder, each with its node."""
+    from ..graph.executor import ui_files
+
+    strays = []
+    for nid, ui in outputs.items():
+        for item in ui_files(ui):
+            rel = f"{item.get('subfolder', '')}/{item['filename']}".lstrip("/")
+            if item.get("type", "output") == "output" and not in_job_folder(rel, job.job_id):
+                kind = job.prompt.get(nid, {}).get("class_type", "?")
+                strays.append(f"node '{nid}' ({kind}) names output:{rel}")
+    return strays
+
+
+def clear_job_folder(output_dir: Path, jid: str) -> None:
+    """Remove ``<output>/<jid>`` whatever it is: a folder (links in it are removed, never
+    followed), a file, or a link (removed, not what it points to)."""
+    folder = Path(output_dir) / jid
+    try:
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+    except OSError as exc:
+        raise BatchError(f"{folder}: cannot clear what an unfinished run left: {exc.strerror or exc}") from None
+
+
 def write_record(output_dir: Path, record: dict) -> None:
     """The job's record, atomically: it is the mark that the job is done."""
     write_atomic(Path(output_dir) / record["job_id"] / RECORD,
@@ -244,8 +330,11 @@ def write_record(output_dir: Path, record: dict) -> None:
 
 
 def read_record(output_dir: Path, jid: str) -> dict | None:
+    folder = Path(output_dir) / jid
+    if folder.is_symlink() or (folder / RECORD).is_symlink():
+        return None  # a record must be the job's own, in its own folder
     try:
-        record = json.loads((Path(output_dir) / jid / RECORD).read_text())
+        record = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -279,7 +368,7 @@ def run_batch(jobs: list[Job], runner, output_dir: str | Path, *, progress: bool
         if record is not None and record.get("status") == "success":
             result.skipped.append(record)
         else:
-            shutil.rmtree(output_dir / job.job_id, ignore_errors=True)  # what an unfinished run left
+            clear_job_folder(output_dir, job.job_id)  # what an unfinished run left
             todo.append(job)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None

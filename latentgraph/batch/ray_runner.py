@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from ..graph import LatentgraphError
 from ..graph.executor import ui_files
-from . import Job, execute_job, write_atomic
+from . import Job, execute_job, in_job_folder, write_atomic
 
 try:
     import ray
@@ -82,8 +82,8 @@ class BatchWorker:
         for item in ui_files(output):
             kind, sub = item.get("type", "output"), item.get("subfolder", "")
             if kind in SHIPPED:
-                path = env.folder_of(kind) / sub / item["filename"]
-                if path.is_file():
+                path = _within(env.folder_of(kind), sub, item["filename"])
+                if path is not None and path.is_file():
                     files[(kind, sub, item["filename"])] = path.read_bytes()
         return files
 
@@ -138,8 +138,8 @@ class BatchWorker:
         files = {}
         for item in record["files"]:
             kind, _, rel = item.partition(":")
-            if kind == "output":  # kept here: a cached output node names the files of an earlier run
-                files[rel] = (out / rel).read_bytes()
+            if kind == "output" and in_job_folder(rel, job.job_id):  # execute_job failed the job if not
+                files[rel] = (out / rel).read_bytes()  # kept here: a cached output node names them again
         return {"record": record, "files": files}
 
     def cleanup(self) -> None:
@@ -259,6 +259,10 @@ class RayRunner:
     def _store(self, reply: dict, job: Job, index: int, attempts, on_done) -> None:
         record = reply["record"]
         record["attempts"] = attempts[record["job_id"]]
+        strays = [rel for rel in reply["files"] if not in_job_folder(rel, job.job_id)]
+        if strays:  # the worker checks this too; nothing it sends lands outside the job's folder
+            self._fail(job, on_done, attempts, f"its worker sent files outside the job's folder: {', '.join(strays)}")
+            return
         for rel, data in reply["files"].items():
             write_atomic(self.output_dir / rel, data)
         if record["status"] == "success":
@@ -398,6 +402,8 @@ class RayExecutor:
         renamed = {}
         with self._lock:
             for (kind, sub, name), data in files.items():
+                if _within(self.env.folder_of(kind), sub, name) is None:
+                    continue  # the worker sends only files inside its folders; this is a stray
                 folder = Path(self.env.folder_of(kind)) / sub
                 digest = hashlib.blake2b(data, digest_size=16).hexdigest()
                 placed = self._placed.get((index, kind, sub, name))
@@ -446,6 +452,16 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise LatentgraphError(f"latentgraph: cannot reach the Ray cluster at {address}: "
                                f"{exc.strerror or exc}") from None
+
+
+def _within(folder: Path, sub: str, name: str) -> Path | None:
+    """``folder/sub/name`` when a UI entry's subfolder and name stay inside ``folder`` (no
+    absolute part, no '..'); else None."""
+    sub, name = str(sub or "").replace("\\", "/"), str(name or "").replace("\\", "/")
+    rel = f"{sub}/{name}" if sub else name
+    if not name or "\x00" in rel or rel.startswith("/") or ".." in rel.split("/") or re.match(r"[A-Za-z]:", rel):
+        return None
+    return Path(folder) / rel
 
 
 def _free_name(folder: Path, name: str) -> str:
