@@ -15,7 +15,10 @@ Every job gets an id: a hash of the prompt it runs (the workflow with its overri
 Its images go to ``<output>/<job id>/`` (each ``filename_prefix`` is put under that folder) and
 its record — overrides, seeds, files, timings, worker, attempts — to
 ``<output>/<job id>/job.json``, written last. A job whose record says it succeeded is done: a
-rerun of the batch skips it, so nothing is lost or made twice.
+rerun of the batch skips it, so nothing is lost or made twice. An unfinished job's folder is
+emptied before it runs again, so every file a job makes must be in it: a ``filename_prefix``
+that is absolute, climbs out with '..' or is linked (its text unknown until it runs) is refused
+when the jobs are validated, and a job whose outputs name files elsewhere fails.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ list or ``("COMBO", {"options": [...]})``, any other type as a socket, with thei
 ``RETURN_TYPES``/``RETURN_NAMES``/``OUTPUT_IS_LIST``/``OUTPUT_TOOLTIPS``, ``FUNCTION``,
 ``CATEGORY``, ``DESCRIPTION``, ``OUTPUT_NODE``, ``INPUT_IS_LIST``, ``DEPRECATED``,
 ``EXPERIMENTAL``, ``IS_CHANGED`` (its value joins the cache key; NaN means "always run"),
-``VALIDATE_INPUTS`` (the inputs it names skip the built-in checks, as in ComfyUI), and return
-values as tuples or ``{"ui": ..., "result": (...)}``. As in ComfyUI one instance of the class is
+``VALIDATE_INPUTS`` (as in ComfyUI: the inputs it takes skip the built-in checks, linked ones
+are given as None, hidden ones too, ``input_types`` when it asks; anything but True fails, once
+per input it was given), and return values as tuples or ``{"ui": ..., "result": (...)}`` (a
+per-item run's ui lists are concatenated). As in ComfyUI one instance of the class is
 made per node id and kept. Not carried over: lazy inputs (``lazy`` and ``check_lazy_status``:
 every input is computed), node expansion (``{"expand": ...}``), V3 ``comfy_api`` nodes (they
 import ComfyUI).
