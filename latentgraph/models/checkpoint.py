@@ -205,7 +205,7 @@ def split_state_dict(sd: dict, arch: Architecture) -> dict[str, dict]:
     """The tensors of each network, keyed as our modules name them."""
     parts = {
         "unet": {k[len(UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)},
-        "vae": {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)},
+        "vae": vae_keys(sd, VAE_PREFIX),  # the networks only: a training checkpoint's loss weights stay out
     }
     for slot in arch.spec.text:
         parts["text." + slot.name] = text_keys(sd, slot)
@@ -230,8 +230,9 @@ def check_shapes(module: torch.nn.Module, sd: dict, what: str, source: str,
             wrong.append(f"{file_key(key)} holds {value.dtype}, expected floating point")
     if wrong:
         more = f" ... ({len(wrong)} in all)" if len(wrong) > 5 else ""
-        raise CheckpointError(f"{source}: {len(wrong)} {what} tensor{'s' if len(wrong) > 1 else ''} do not fit the "
-                              f"{what} the file's other tensors describe: " + "; ".join(wrong[:5]) + more)
+        count = f"1 {what} tensor does" if len(wrong) == 1 else f"{len(wrong)} {what} tensors do"
+        raise CheckpointError(f"{source}: {count} not fit the {what} the file's other tensors describe: "
+                              + "; ".join(wrong[:5]) + more)
 
 
 def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None,

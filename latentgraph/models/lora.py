@@ -309,8 +309,9 @@ def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, tuple[Patch, str]
     if sources == ["pair"]:
         up, down = roles["up"], roles["down"]
         mid = sd[roles["mid"]] if "mid" in roles else None
+        alpha = _alpha(roles, sd)
         try:
-            patch = LowRank(sd[up], sd[down], mid, _alpha(roles, sd))
+            patch = LowRank(sd[up], sd[down], mid, alpha)
         except ValueError as exc:
             raise ValueError(f"{up} and {down}: {exc}") from None
         patches["weight"] = (patch, f"{up} {tuple(sd[up].shape)} x {down} {tuple(sd[down].shape)}")
@@ -375,11 +376,12 @@ def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | 
     for key in unknown:
         kind = unsupported_kind(key)
         module = kind[1] if kind else key.rsplit(".", 1)[0]
-        out.modules.setdefault(module, kind[0] if kind else "unknown keys")
+        # an unknown key counts alone: its module may also hold a pair that is applied
+        out.modules.setdefault(module if kind else key, kind[0] if kind else "unknown keys")
         skip(key, module, f"{kind[0]} (not implemented yet)" if kind else "a key of no kind latentgraph knows")
     for name, roles in groups.items():
         kinds = [ROLE_KIND[r] for r in roles if r in ROLE_KIND]
-        if kinds:
+        if kinds and out.modules.get(name, "unknown keys") == "unknown keys":  # DoRA's PEFT magnitude stays DoRA
             out.modules[name] = "DoRA" if "DoRA" in kinds else kinds[0]
         if name not in names:
             part_absent = (not text_encoders) if name.startswith(TEXT_NAME_PREFIXES) else unet is None
