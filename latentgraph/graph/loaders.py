@@ -54,8 +54,9 @@ def read_file(path: str | Path) -> Document:
                 return _read_png(f, source)
             budgets.check("workflow_file_bytes", size, source, "the workflow file")
             f.seek(0)
-            # one byte past the budget: a file that grew since stat is still caught
-            data = f.read(budgets.limit("workflow_file_bytes") + 1)
+            # one byte past the size: a file that grew since stat is still caught (read(n)
+            # allocates n bytes at once, so n is the file's size, not the budget)
+            data = f.read(size + 1)
     except FileNotFoundError:
         raise WorkflowError(source, "file not found") from None
     except IsADirectoryError:
@@ -292,13 +293,17 @@ def _text_chunk(ctype: bytes, data: bytes, source: str) -> tuple[str, str]:
 def _inflate(data: bytes, source: str, where: str) -> bytes:
     """zlib data, inflated no further than the budget: a zip bomb stops at its first excess byte."""
     cap = budgets.limit("png_text_bytes")
+    inflater, parts, size = zlib.decompressobj(), [], 0
     try:
-        out = zlib.decompressobj().decompress(data, cap + 1)
+        while data and size <= cap:  # 1 MB at a time: zlib's own buffer would double past the budget
+            parts.append(inflater.decompress(data, 2**20))
+            size += len(parts[-1])
+            data = inflater.unconsumed_tail
     except zlib.error as exc:
         raise WorkflowError(source, f"cannot read the PNG: {where}: {exc}") from None
-    if len(out) > cap:
+    if size > cap:
         raise WorkflowError(source, budgets.over("png_text_bytes", f"{where} once inflated"))
-    return out
+    return b"".join(parts)
 
 
 def kind_name(value: Any) -> str:
