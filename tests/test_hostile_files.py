@@ -343,3 +343,48 @@ def test_a_png_saved_by_pillow_still_loads_with_its_metadata(tmp_path):
     wf = Workflow.load(path)
     assert wf.origin == "png" and wf["2"].inputs["filename_prefix"] == "é✓"
     assert wf.extra == {"extra_pnginfo": {"workflow": {"nodes": [], "links": []}}}
+
+
+# -- section 6: the engine's modules import one way ----------------------------------------------
+def _graph_imports() -> dict[str, set[str]]:
+    """module -> the latentgraph.graph modules it imports, at the top or inside functions."""
+    import ast
+
+    folder = Path(__file__).resolve().parents[1] / "latentgraph" / "graph"
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("latentgraph.graph."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("latentgraph.graph.")}
+        graph[path.stem] = deps
+    return graph
+
+
+def test_loaders_and_workflow_import_one_way():
+    graph = _graph_imports()
+    assert "loaders" in graph["workflow"]  # the model builds itself from what the readers return
+    assert graph["loaders"] == {"budgets", "errors"}  # the readers know files, not the model
+    assert "workflow" not in graph["ui_format"] and "loaders" not in graph["ui_format"]
+
+
+def test_the_engine_has_no_import_cycle():
+    graph = _graph_imports()
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        assert state.get(name) != 1, f"import cycle: {' -> '.join((*trail, name))}"
+        state[name] = 1
+        for dep in sorted(graph.get(name, ())):
+            visit(dep, (*trail, name))
+        state[name] = 2
+
+    for name in sorted(graph):
+        visit(name, ())
+    assert len(state) == len(graph) >= 12
