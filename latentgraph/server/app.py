@@ -17,12 +17,10 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from ..graph import Environment, Executor, Workflow
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
@@ -31,9 +29,11 @@ from . import jobs
 from .files import FileRoutes
 from .frontend import FrontendRoutes, find_frontend
 from .journal import JOURNAL_FILE, Journal
-from .limits import (MAX_TARGETS, BadInput, check_depth, optional_bool, optional_id, parse_json, prompt_number,
+from .limits import (MAX_TARGETS, BadInput, optional_bool, optional_id, parse_json, prompt_number,
                      query_int)
+from .middleware import cache_headers, origin_check
 from .queue import MAX_HISTORY, History, PromptQueue, QueueItem
+from .sockets import Client, SocketHub, serve_socket
 
 log = logging.getLogger("latentgraph.server")
 
@@ -47,19 +47,7 @@ SEND_TIMEOUT = 30.0  # seconds one message may take to go out before its websock
 STOPPED = "the server stopped while this prompt was running; it did not finish (queue it again to run it)"
 
 
-@dataclass(eq=False)
-class Client:
-    """One websocket: its own bounded queue and writer task, so a client that stops reading
-    only ever stalls itself."""
-
-    sid: str
-    ws: web.WebSocketResponse
-    transport: Any  # asyncio transport, aborted when the socket is dropped
-    queue: asyncio.Queue
-    task: asyncio.Task | None = None
-
-
-class Server:
+class Server(SocketHub):
     """The state behind the routes: queue, history, executor, sockets, worker."""
 
     def __init__(self, registry, env: Environment, services: dict, user_dir: Path, max_upload_bytes: int,
@@ -115,60 +103,6 @@ class Server:
 
     def _queue_changed(self) -> None:
         self.send("status", self.status())
-
-    async def sender(self) -> None:
-        """The publisher, restarted (and the crash logged) whatever kills it."""
-        while True:
-            try:
-                await self.publisher()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the websocket sender crashed; restarting it")
-
-    async def publisher(self) -> None:
-        """Hand each queued message to its sockets' own queues, in order; never waits on a socket."""
-        while True:
-            kind, payload, sid = await self.outbox.get()
-            targets = list(self.sockets.values()) if sid is None else [self.sockets.get(sid)]
-            targets = [c for c in targets if c is not None and not c.ws.closed]
-            if not targets:
-                continue
-            data = json.dumps(payload, default=str) if kind == "json" else payload
-            for client in targets:
-                try:
-                    client.queue.put_nowait(data)
-                except asyncio.QueueFull:
-                    self.drop(client, f"{client.queue.maxsize} messages are waiting for it (not reading)")
-
-    async def writer(self, client: Client) -> None:
-        """Send one socket's messages; a send that takes longer than send_timeout drops it."""
-        try:
-            while True:
-                data = await client.queue.get()
-                send = client.ws.send_str(data) if isinstance(data, str) else client.ws.send_bytes(data)
-                await asyncio.wait_for(send, self.send_timeout)
-        except asyncio.TimeoutError:
-            self.drop(client, f"a message took more than {self.send_timeout:g} s to send (not reading)")
-        except (ConnectionError, RuntimeError):
-            self.drop(client, None)  # closed under us: nothing to report
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the sender of websocket %s failed", client.sid)
-            self.drop(client, None)
-
-    def drop(self, client: Client, why: str | None) -> None:
-        """Forget a socket and cut its connection (a close handshake could wait on it forever)."""
-        if why is not None:
-            log.warning("dropping websocket %s: %s", client.sid, why)
-        if self.sockets.get(client.sid) is client:
-            self.sockets.pop(client.sid, None)
-            self.socket_flags.pop(client.sid, None)
-        if client.task is not None and client.task is not asyncio.current_task():
-            client.task.cancel()
-        if client.transport is not None:
-            client.transport.abort()
 
     # -- the worker (its own thread) --------------------------------------------------------
     def worker(self) -> None:
@@ -550,103 +484,10 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    srv = _server(request)
     try:
-        sid = optional_id(request.query.get("clientId"), "clientId") or uuid.uuid4().hex
+        return await serve_socket(_server(request), request)
     except BadInput as exc:
         raise _bad_request("invalid_request", str(exc)) from None
-    ws = web.WebSocketResponse(max_msg_size=1 << 20)
-    await ws.prepare(request)
-    client = Client(sid, ws, request.transport, asyncio.Queue(srv.socket_queue))
-    old = srv.sockets.get(sid)
-    if old is not None:
-        srv.drop(old, None)  # the same client reconnected: the new socket takes over
-    # registered and greeted with no await in between, so the status message is always first
-    srv.sockets[sid] = client
-    srv.socket_flags[sid] = {}
-    client.queue.put_nowait(json.dumps({"type": "status", "data": {**srv.status(), "sid": sid}}))
-    for node in srv.running_nodes(sid):
-        client.queue.put_nowait(json.dumps({"type": "executing", "data": {"node": node}}))
-    client.task = asyncio.create_task(srv.writer(client))
-    try:
-        await _read_socket(srv, client)
-    finally:
-        if srv.sockets.get(sid) is client:
-            srv.sockets.pop(sid, None)
-            srv.socket_flags.pop(sid, None)
-        client.task.cancel()
-    return ws
-
-
-async def _read_socket(srv: Server, client: Client) -> None:
-    """What a client sends: only its first message matters (ComfyUI's feature_flags)."""
-    first = True
-    async for msg in client.ws:
-        if msg.type == WSMsgType.TEXT:
-            try:
-                data = parse_json(msg.data)
-            except BadInput as exc:
-                log.warning("websocket %s sent a message that is not acceptable JSON: %s", client.sid, exc)
-                continue
-            if first and isinstance(data, dict) and data.get("type") == "feature_flags":
-                flags = data.get("data")
-                srv.socket_flags[client.sid] = flags if isinstance(flags, dict) else {}
-                try:
-                    client.queue.put_nowait(json.dumps({"type": "feature_flags", "data": srv.features()}))
-                except asyncio.QueueFull:
-                    srv.drop(client, "its queue is full")
-            first = False
-        elif msg.type == WSMsgType.ERROR:
-            log.warning("websocket %s closed with %s", client.sid, client.ws.exception())
-
-
-# -- middleware -------------------------------------------------------------------------------
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _split_host(value: str) -> tuple[str, str | None]:
-    parts = urlsplit("//" + value)
-    try:
-        port = str(parts.port) if parts.port is not None else None
-    except ValueError:
-        port = None
-    return (parts.hostname or "").lower(), port
-
-
-@web.middleware
-async def origin_check(request: web.Request, handler):
-    """ComfyUI's guard against cross-site requests to a server on the loopback: when the Host
-    is a loopback name and an Origin is sent, they must name the same host (and port)."""
-    host, origin = request.headers.get("Host"), request.headers.get("Origin")
-    if host and origin:
-        host_name, host_port = _split_host(host)
-        if _is_loopback(host_name):
-            origin_name, origin_port = _split_host(urlsplit(origin).netloc)
-            same = origin_name == host_name and (origin_port is None or host_port is None or origin_port == host_port)
-            if not same:
-                log.warning("refused a request from origin %s to host %s", origin, host)
-                return web.Response(status=403, text="Forbidden: the Origin does not match the Host")
-    if request.method == "OPTIONS":
-        return web.Response(status=200)
-    return await handler(request)
-
-
-@web.middleware
-async def cache_headers(request: web.Request, handler):
-    response = await handler(request)
-    path = request.path.lower()
-    if path.endswith((".js", ".css")) or (path.rsplit("/", 1)[-1].startswith("index") and path.endswith(".json")):
-        response.headers.setdefault("Cache-Control", "no-cache")
-    return response
 
 
 # -- the application ------------------------------------------------------------------------
