@@ -143,6 +143,15 @@ def test_query_parameters_out_of_range_get_400_naming_the_parameter(tmp_path, to
             for query, message in history.items():
                 resp = await client.get(f"/history?{query}")
                 assert await error_of(resp) == message, query
+            jobs = {"limit=0": "limit must be between 1 and 1000000, not 0",
+                    "limit=" + "1" * 5000: "limit must be an integer, not '" + "1" * 40 + "'",
+                    "offset=10000000": "offset must be between -1000000 and 1000000, not 10000000",
+                    "offset=1.5": "offset must be an integer, not '1.5'"}
+            for query, message in jobs.items():
+                resp = await client.get(f"/api/jobs?{query}")
+                assert resp.status == 400 and (await resp.json())["error"] == message, query[:40]
+            page = await (await client.get("/api/jobs?offset=-5&limit=1000000")).json()
+            assert page["pagination"] == {"offset": 0, "limit": 1000000, "total": 0, "has_more": False}
             resp = await client.get("/ws?clientId=" + "x" * 200)
             assert await error_of(resp) == "clientId is longer than 128 characters (MAX_ID_LENGTH)"
             resp = await client.post("/interrupt", json={"prompt_id": 5})

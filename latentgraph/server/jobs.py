@@ -9,11 +9,12 @@ import uuid
 
 from aiohttp import web
 
-from .limits import BadInput, parse_json
+from .limits import BadInput, parse_json, query_int
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 PREVIEW_MEDIA = ("images", "video", "audio", "3d")
 _END_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
+MAX_JOBS_PAGE = 1_000_000  # limit and offset of GET /jobs (the history holds at most 10,000)
 
 
 def _error(status: int, message: str, **extra) -> web.Response:
@@ -79,16 +80,6 @@ def all_jobs(srv) -> dict[str, dict]:
     return jobs
 
 
-def int_query(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-
-
 class JobRoutes:
     """The jobs routes over one server (its queue, history and executor)."""
 
@@ -112,12 +103,11 @@ class JobRoutes:
         if order not in ("asc", "desc"):
             return _error(400, "sort_order must be 'asc' or 'desc'")
         try:
-            limit, offset = int_query(request, "limit"), int_query(request, "offset")
-        except ValueError as exc:
+            limit = query_int(q, "limit", None, 1, MAX_JOBS_PAGE)
+            # a negative offset counts as 0, as in ComfyUI
+            offset = max(query_int(q, "offset", 0, -MAX_JOBS_PAGE, MAX_JOBS_PAGE), 0)
+        except BadInput as exc:
             return _error(400, str(exc))
-        if limit is not None and limit <= 0:
-            return _error(400, "limit must be a positive integer")
-        offset = max(offset or 0, 0)
         jobs = [j for j in all_jobs(srv).values() if j["status"] in wanted]
         if "workflow_id" in q:
             jobs = [j for j in jobs if j.get("workflow_id") == q["workflow_id"]]
