@@ -242,10 +242,15 @@ def test_a_prompt_whose_history_cannot_be_written_still_leaves_the_queue(tmp_pat
             assert srv.queue.remaining() == 0
             entry = (await (await client.get("/history/h1")).json())["h1"]
             assert entry["status"]["status_str"] == "success" and entry["outputs"]["2"]["value"] == [2]
+            kind, data = entry["status"]["messages"][-1]
+            assert kind == "history_not_saved" and data["prompt_id"] == "h1"
+            assert data["message"].startswith("the history entry could not be written, it is lost at the next "
+                                              f"restart: {tmp_path}/user/history/h1.json: ")
     with caplog.at_level(logging.ERROR, logger="latentgraph.server"):
         run(go())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].startswith(f"cannot write the history entry {tmp_path}/user/history/h1.json")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"cannot write the history entry of prompt h1: {tmp_path}/user/history/h1.json: ")
 
 
 # -- websockets -------------------------------------------------------------------------------

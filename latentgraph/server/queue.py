@@ -242,8 +242,9 @@ class History:
                 status["node"] = data["node"]
 
     def finish(self, prompt_id: str, success: bool) -> bool:
-        """The prompt ended: ComfyUI's final status, then written to disk. False (and an error
-        logged) when the entry could not be written; it stays readable until the server stops."""
+        """The prompt ended: ComfyUI's final status, then written to disk. False when the entry
+        could not be written: the error is logged and recorded in the entry's status messages
+        (``history_not_saved``), and the entry stays readable until the server stops."""
         with self._lock:
             entry = self._entries.get(prompt_id)
             if entry is None:
@@ -257,9 +258,17 @@ class History:
             try:
                 text = json.dumps(entry, default=str)
             except (ValueError, TypeError, RecursionError) as exc:
-                log.error("cannot write the history entry of prompt %s: its outputs are not JSON: %s", prompt_id, exc)
-                return False
-        return self._write(prompt_id, text)
+                text, reason = None, f"its outputs are not JSON: {exc}"
+        if text is not None:
+            reason = self._write(prompt_id, text)
+        if reason is None:
+            return True
+        log.error("cannot write the history entry of prompt %s: %s", prompt_id, reason)
+        with self._lock:
+            status["messages"].append(["history_not_saved", {
+                "prompt_id": prompt_id, "timestamp": int(time.time() * 1000),
+                "message": f"the history entry could not be written, it is lost at the next restart: {reason}"}])
+        return False
 
     def stopped(self, item: QueueItem, message: str) -> None:
         """Record a prompt that was running when the server stopped: a finished entry with
@@ -336,16 +345,16 @@ class History:
             return None
         return self.folder / f"{prompt_id}.json"
 
-    def _write(self, prompt_id: str, text: str) -> bool:
+    def _write(self, prompt_id: str, text: str) -> str | None:
+        """None once written (or when there is no folder), else why not."""
         path = self._path(prompt_id)
         if path is None:
-            return True
+            return None
         try:
             write_atomic(path, text.encode())
         except OSError as exc:
-            log.error("cannot write the history entry %s: %s", path, exc)
-            return False
-        return True
+            return f"{path}: {exc}"
+        return None
 
     def _unlink(self, prompt_id: str) -> None:
         path = self._path(prompt_id)
