@@ -167,7 +167,9 @@ def _vae_config(vae_sd: dict, source: str, prefix: str) -> VAEConfig:
     try:
         return vae_config_from_state_dict(vae_sd)
     except (KeyError, ValueError, IndexError) as exc:
-        where = f" (read from {prefix}encoder.conv_in.weight and {prefix}encoder.down.*)" if "multiple of 32" in str(exc) else ""
+        where = ""
+        if "multiple of 32" in str(exc):  # the widths come from these tensors' shapes
+            where = f" (read from {prefix}encoder.conv_in.weight and {prefix}encoder.down.*)"
         raise CheckpointError(f"{source}: not a VAE latentgraph can read ({exc}){where}") from None
 
 
@@ -285,8 +287,8 @@ def text_file_key(slot, key: str, names: set[str]) -> str:
         return openclip_file_key(key, slot.prefix)
     rest = key[len("transformer."):] if key.startswith("transformer.") else key
     if key == "text_projection.weight":
-        return next((slot.prefix + n for n in ("text_projection.weight", "text_projection") if slot.prefix + n in names),
-                    slot.prefix + "text_projection.weight")
+        stored = [slot.prefix + n for n in ("text_projection.weight", "text_projection") if slot.prefix + n in names]
+        return stored[0] if stored else slot.prefix + "text_projection.weight"
     with_model = slot.prefix + "text_model." + rest
     return with_model if with_model in names or slot.prefix + rest not in names else slot.prefix + rest
 

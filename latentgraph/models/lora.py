@@ -271,6 +271,30 @@ class LoraMatch:
     harmless: set[str]  # skipped keys that change nothing: an alpha alone, parts not being patched
     modules: dict[str, str]  # module name -> adapter kind, for describing the file's format
 
+    def skip(self, key: str, module: str, reason: str, harmless: bool = False) -> None:
+        self.skipped[key] = (reason, module, key[len(module):] or key)
+        if harmless:
+            self.harmless.add(key)
+
+    def skip_unknown(self, keys: list[str]) -> None:
+        """Keys with no suffix we apply: an adapter kind not implemented, or nothing known."""
+        for key in keys:
+            kind = unsupported_kind(key)
+            module = kind[1] if kind else key.rsplit(".", 1)[0]
+            # an unknown key counts alone: its module may also hold a pair that is applied
+            self.modules.setdefault(module if kind else key, kind[0] if kind else "unknown keys")
+            self.skip(key, module, f"{kind[0]} (not implemented yet)" if kind else "a key of no kind latentgraph knows")
+
+    def skip_unnamed(self, name: str, roles: dict[str, str], part_absent: bool, label: str) -> None:
+        """A module name that addresses nothing given: harmless for a part not being patched."""
+        for key in roles.values():
+            if part_absent:
+                self.skip(key, name, "for a part not being patched", True)
+            elif set(roles) == {"alpha"}:
+                self.skip(key, name, "an alpha with no low-rank pair to scale", True)
+            else:
+                self.skip(key, name, f"names no module of this {label} model")
+
 
 def _group(lora_sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Keys by module name and role ({"lora_unet_x": {"up": key, "down": key}}), and the keys
@@ -367,31 +391,14 @@ def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | 
     claimed: dict[tuple[str, str], str] = {}  # (part, parameter) -> the keys that patch it
     groups, unknown = _group(lora_sd)
     problems = []
-
-    def skip(key: str, module: str, reason: str, harmless: bool = False) -> None:
-        out.skipped[key] = (reason, module, key[len(module):] or key)
-        if harmless:
-            out.harmless.add(key)
-
-    for key in unknown:
-        kind = unsupported_kind(key)
-        module = kind[1] if kind else key.rsplit(".", 1)[0]
-        # an unknown key counts alone: its module may also hold a pair that is applied
-        out.modules.setdefault(module if kind else key, kind[0] if kind else "unknown keys")
-        skip(key, module, f"{kind[0]} (not implemented yet)" if kind else "a key of no kind latentgraph knows")
+    out.skip_unknown(unknown)
     for name, roles in groups.items():
         kinds = [ROLE_KIND[r] for r in roles if r in ROLE_KIND]
         if kinds and out.modules.get(name, "unknown keys") == "unknown keys":  # DoRA's PEFT magnitude stays DoRA
             out.modules[name] = "DoRA" if "DoRA" in kinds else kinds[0]
         if name not in names:
             part_absent = (not text_encoders) if name.startswith(TEXT_NAME_PREFIXES) else unet is None
-            for key in roles.values():
-                if part_absent:
-                    skip(key, name, "for a part not being patched", True)
-                elif set(roles) == {"alpha"}:
-                    skip(key, name, "an alpha with no low-rank pair to scale", True)
-                else:
-                    skip(key, name, f"names no module of this {label} model")
+            out.skip_unnamed(name, roles, part_absent, label)
             continue
         part, path = names[name]
         try:
@@ -400,14 +407,13 @@ def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | 
             problems.append(str(exc))
             continue
         for role in unused:
-            reason, harmless = _why_unused(role, roles)
-            skip(roles[role], name, reason, harmless)
+            out.skip(roles[role], name, *_why_unused(role, roles))
         for kind, (patch, keys) in built.items():
             param = f"{path}.{kind}"
             if param not in params[part]:  # only a bias can be missing: names come from weights
                 for role in ("diff_b", "b_norm"):
                     if role in roles:
-                        skip(roles[role], name, "a bias delta for a module without a bias")
+                        out.skip(roles[role], name, "a bias delta for a module without a bias")
                 continue
             shape = params[part][param].shape
             if not patch.fits(shape):
