@@ -265,3 +265,47 @@ def test_the_ray_worker_and_driver_move_only_files_inside_the_job_folder(folder,
     assert _within(folder, "a", "b.png") == folder / "a" / "b.png"
     assert [_within(folder, s, n) for s, n in (("..", "x"), ("", "../x"), ("/etc", "x"), ("", "/x"), ("a\\..\\..", "x"),
                                                 ("", ""), ("C:", "x"))] == [None] * 7
+
+
+# -- jobs files and sweeps that would expand into too much ------------------------------------
+@pytest.mark.parametrize("jobs, message", [
+    ("grid:\n" + "".join(f"  n{i}.seed: 0..9\n" for i in range(6)),
+     "grid: the number of jobs exceeds the limit jobs = 100,000 jobs (found 1,000,000)"),
+    ("grid:\n  save.seed: 0..1000000000000\n",
+     "grid: save.seed: the number of jobs exceeds the limit jobs = 100,000 jobs (found 1,000,000,000,001)"),
+    ("grid:\n  a.seed: &x [1, 2]\n  b.seed: *x\n",
+     "3: YAML anchors (&x) are not allowed in latentgraph's YAML files (they can expand a small file into "
+     "gigabytes): write the value out (column 11)"),
+])
+def test_a_jobs_file_that_expands_too_far_is_refused_before_any_job_is_made(folder, capsys, jobs, message):
+    assert batch(folder, jobs) == 1
+    assert message in capsys.readouterr().err
+    assert not (folder / "out").exists()
+
+
+def test_a_huge_jobs_file_is_refused_by_its_size_before_it_is_read(folder, capsys):
+    with open(folder / "jobs.yaml", "wb") as f:
+        f.write(b"workflow: wf.yaml\n# ")
+        f.truncate(5 * 2**20)  # sparse: 5 MiB on disk costs nothing
+    assert main(["batch", str(folder / "jobs.yaml"), "--output-dir", str(folder / "out"), "--no-plugins"]) == 1
+    assert (f"{folder}/jobs.yaml: the settings file exceeds the limit settings_file_bytes = 4,194,304 bytes "
+            f"(found 5,242,880)") in capsys.readouterr().err
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.parametrize("sweep, message", [
+    (["save.seed=0..99999999999"], "--sweep: save.seed: the number of jobs exceeds the limit jobs = 100,000 jobs"),
+    (["save.seed=0..999", "img.width=0..999"], "--sweep: the number of jobs exceeds the limit jobs = 100,000 jobs "
+                                               "(found 1,000,000)"),
+    (["save.seed=&a [1, *a]"], "--sweep save.seed: cannot read the values: YAML anchors (&a) are not allowed"),
+    (["save.seed=" + "[" * 200 + "]" * 200], "--sweep save.seed: cannot read the values: the YAML's nesting"),
+    (["save.seed=[" + "1," * 60_000 + "]"], "--sweep save.seed: cannot read the values: the values exceeds the limit "
+                                          "set_value_chars = 100,000 characters (found 120,002)"),
+])
+def test_run_sweep_refuses_what_would_expand_too_far(folder, capsys, sweep, message):
+    args = ["run", str(folder / "wf.yaml"), "--output-dir", str(folder / "out"), "--no-plugins", "--no-progress"]
+    for s in sweep:
+        args += ["--sweep", s]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (folder / "out").exists()

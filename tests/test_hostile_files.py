@@ -86,7 +86,7 @@ def test_billion_laughs_is_refused_at_its_first_anchor_by_library_and_cli(tmp_pa
     path = tmp_path / "laughs.yaml"
     path.write_text(laughs())
     assert path.stat().st_size < 1024  # 9^9 = 387 million strings once expanded
-    message = (f"{path}:6: YAML anchors (&l0) are not allowed in workflow files (they can expand a small file "
+    message = (f"{path}:6: YAML anchors (&l0) are not allowed in latentgraph's YAML files (they can expand a small file "
                f"into gigabytes): write the value out (column 8)")
     assert load_error(path) == message
     assert peak_bytes(lambda: Workflow.load(path)) < 2 * MB
@@ -102,7 +102,7 @@ def test_billion_laughs_is_refused_at_its_first_anchor_by_library_and_cli(tmp_pa
 def test_every_anchor_and_alias_is_refused_with_its_line(tmp_path, text, line, col, what):
     path = tmp_path / "flow.yaml"
     path.write_text(text)
-    assert load_error(path) == (f"{path}:{line}: YAML {what} are not allowed in workflow files (they can expand a "
+    assert load_error(path) == (f"{path}:{line}: YAML {what} are not allowed in latentgraph's YAML files (they can expand a "
                                 f"small file into gigabytes): write the value out (column {col})")
 
 
@@ -111,7 +111,7 @@ def test_an_alias_bomb_in_a_set_value_is_refused(tmp_path, monkeypatch, capsys):
     path.write_text("nodes:\n  img: {type: EmptyImage}\n  save: {type: SaveImage, images: img}\n")
     bomb = "[&a [1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a], [*b, *b, *b, *b, *b, *b, *b]]"
     message = (f"{path}: node 'img', input 'width': --set img.width: YAML anchors (&a) are not allowed in "
-               f"workflow files (they can expand a small file into gigabytes): write the value out")
+               f"latentgraph's YAML files (they can expand a small file into gigabytes): write the value out")
     refused_by_the_cli(tmp_path, monkeypatch, capsys, path, message, sets=[f"img.width={bomb}"])
     long_value = "1" * (BUDGETS["set_value_chars"].limit + 1)
     refused_by_the_cli(tmp_path, monkeypatch, capsys, path,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import posixpath
 import re
 import shutil
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..graph import Executor, LatentgraphError, Problem, ValidationError, Workflow, WorkflowError
+from ..graph import budgets
 from ..graph.fileio import write_atomic  # the one atomic writer; the Ray runner imports it from here
+from ..graph.loaders import parse_yaml
 from ..graph.types import String
 
 RECORD = "job.json"
@@ -88,34 +91,41 @@ def parse_values(text: Any, where: str) -> list:
             raise BatchError(f"{where}: {text!r} is not a range of integers like 1..100") from None
         if b < a:
             raise BatchError(f"{where}: the range {text!r} is empty (its end is below its start)")
+        _check_jobs(b - a + 1, where)
         return list(range(a, b + 1))
     return [text]
 
 
+def _check_jobs(count: int, where: str) -> None:
+    if count > budgets.limit("jobs"):
+        raise BatchError(f"{where}: {budgets.over('jobs', 'the number of jobs')} (found {count:,})")
+
+
 def grid(axes: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, the first axis varying slowest."""
+    """Every combination of the axes' values, the first axis varying slowest; the number of
+    combinations is held to the jobs budget before any is made."""
     names = list(axes)
     values = [parse_values(axes[n], f"{where}: {n}") for n in names]
+    _check_jobs(math.prod(len(v) for v in values), where)
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
 def sweep_overrides(sweeps: Iterable[str]) -> list[dict[str, Any]]:
     """``--sweep NODE.INPUT=VALUES`` (repeatable; several make a grid). VALUES is ``a..b`` or a
     YAML list (``[1, 2, 3]``)."""
-    import yaml
-
     axes: dict[str, Any] = {}
     for item in sweeps:
         path, eq, raw = item.partition("=")
         if not eq or "." not in path:
-            raise BatchError(f"--sweep {item!r}: expected NODE.INPUT=VALUES (1..100 or [a, b, c])")
+            raise BatchError(f"--sweep {item[:200]!r}: expected NODE.INPUT=VALUES (1..100 or [a, b, c])")
         if ".." in raw and not raw.lstrip().startswith("["):
             axes[path] = raw.strip()
         else:
             try:
-                axes[path] = yaml.safe_load(raw)
-            except yaml.YAMLError as exc:
-                raise BatchError(f"--sweep {item!r}: cannot read the values: {exc}") from None
+                budgets.check("set_value_chars", len(raw), f"--sweep {path}", "the values")
+                axes[path] = parse_yaml(raw, f"--sweep {path}")
+            except WorkflowError as exc:  # the workflow files' refusals: no aliases, bounded depth
+                raise BatchError(f"--sweep {path}: cannot read the values: {exc.problems[0].message}") from None
     return grid(axes, "--sweep") if axes else [{}]
 
 

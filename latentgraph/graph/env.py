@@ -122,17 +122,11 @@ def file_identity(path: Path, content_hash: bool = False) -> tuple:
 
 
 def read_yaml_file(path: str | Path) -> Any:
-    """A small YAML settings file, its problems raised as LatentgraphError naming the file."""
-    import yaml
+    """A small YAML settings file, its problems raised naming the file (size budget, no YAML
+    anchors or aliases: the same refusals as workflow files)."""
+    from .loaders import read_settings_yaml
 
-    from .errors import LatentgraphError
-
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LatentgraphError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise LatentgraphError(f"{path}: invalid YAML: {exc}") from None
+    return read_settings_yaml(path)
 
 
 def read_extra_model_paths(path: str | Path) -> dict[str, list[Path]]:

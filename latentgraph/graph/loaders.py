@@ -52,23 +52,40 @@ def read_file(path: str | Path) -> Document:
             if is_png:
                 budgets.check("png_file_bytes", size, source, "the PNG file")
                 return _read_png(f, source)
-            budgets.check("workflow_file_bytes", size, source, "the workflow file")
             f.seek(0)
-            # one byte past the size: a file that grew since stat is still caught (read(n)
-            # allocates n bytes at once, so n is the file's size, not the budget)
-            data = f.read(size + 1)
+            text = _read_text(f, size, source, "workflow_file_bytes", "the workflow file")
     except FileNotFoundError:
         raise WorkflowError(source, "file not found") from None
     except IsADirectoryError:
         raise WorkflowError(source, "is a directory, not a workflow file") from None
     except OSError as exc:
         raise WorkflowError(source, f"cannot read the file: {exc.strerror or exc}") from None
-    budgets.check("workflow_file_bytes", len(data), source, "the workflow file")
+    return parse_text(text, source)
+
+
+def read_settings_yaml(path: str | Path) -> Any:
+    """A YAML settings file (jobs file, extra_model_paths.yaml, the plugin config) with the
+    workflow files' refusals: a size budget checked by stat, no anchors or aliases, bounded depth."""
+    source = str(path)
     try:
-        text = data.decode("utf-8-sig")
+        with open(path, "rb") as f:
+            text = _read_text(f, Path(path).stat().st_size, source, "settings_file_bytes", "the settings file")
+    except OSError as exc:
+        raise WorkflowError(source, f"cannot read: {exc.strerror or exc}") from None
+    return parse_yaml(text, source)  # nesting is bounded while parsing
+
+
+def _read_text(f, size: int, source: str, budget: str, what: str) -> str:
+    """The UTF-8 text of an open file whose stat size is ``size``, held to ``budget``."""
+    budgets.check(budget, size, source, what)
+    # one byte past the size: a file that grew since stat is still caught (read(n) allocates
+    # n bytes at once, so n is the file's size, not the budget)
+    data = f.read(size + 1)
+    budgets.check(budget, len(data), source, what)
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WorkflowError(source, f"not a text file (byte {exc.start} is not UTF-8); expected YAML or JSON") from None
-    return parse_text(text, source)
 
 
 def parse_text(text: str, source: str = "<string>") -> Document:
@@ -115,10 +132,10 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in workflow files (they can expand a "
+            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed in latentgraph's YAML files (they can expand a "
                            "small file into gigabytes): write the value out", event.start_mark)
         if getattr(event, "anchor", None) is not None:
-            raise _Refused(f"YAML anchors (&{event.anchor}) are not allowed in workflow files (they can expand a "
+            raise _Refused(f"YAML anchors (&{event.anchor}) are not allowed in latentgraph's YAML files (they can expand a "
                            "small file into gigabytes): write the value out", event.start_mark)
         container = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
         if container:
