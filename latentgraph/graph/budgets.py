@@ -37,6 +37,15 @@ _TABLE = (
     Budget("settings_file_bytes", 4 * 2**20, "bytes",
            "a YAML settings file (jobs file, extra_model_paths.yaml, the plugin config), checked with stat"),
     Budget("jobs", 100_000, "jobs", "jobs of one batch or sweep, counted before the grid is expanded"),
+    Budget("image_pixels", 16384 * 16384, "pixels",
+           "an image file a node loads: one frame, and all its frames together, from the header before each "
+           "frame is decoded (ComfyUI's MAX_RESOLUTION squared)"),
+    Budget("image_frames", 10_000, "frames",
+           "frames of an image file a node loads (GIF/APNG/WebP/TIFF), counted from the header before decoding"),
+    Budget("prompt_chars", 100_000, "characters", "one prompt text a node tokenizes (real prompts are < 2,000)"),
+    Budget("tensor_bytes", 8 * 2**30, "bytes",
+           "one tensor a node makes whose size comes from its inputs (widget sizes, batch counts, scale "
+           "factors), computed from shape and dtype before allocating"),
 )
 BUDGETS: dict[str, Budget] = {b.name: b for b in _TABLE}
 

@@ -12,6 +12,7 @@ import torch
 
 from ..graph import CLIP, CONDITIONING, MASK, Combo, Float, Int, String, node
 from ..models.clip import TextModel
+from .budget import check_prompt
 
 MAX_RESOLUTION = 16384
 Cond = Any  # a CONDITIONING list
@@ -32,6 +33,7 @@ def CLIPTextEncode(
     clip: Annotated[TextModel, CLIP(tooltip="The CLIP model used for encoding the text.")],
 ) -> list:
     """Encodes a text prompt into conditioning that guides the diffusion model."""
+    check_prompt(text, "text")
     cond, pooled = clip.encode(text)
     return [_entry(cond, pooled)]
 
@@ -73,6 +75,8 @@ def CLIPTextEncodeSDXL(
     """SDXL text encoding with separate prompts for its two encoders and its size conditioning."""
     if "g" not in clip.tokenizers or "l" not in clip.tokenizers:
         raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL base checkpoint's CLIP, got {clip.arch.spec.label}")
+    check_prompt(text_g, "text_g")
+    check_prompt(text_l, "text_l")
     cond, pooled = clip.encode_tokens(_pair_tokens(clip, text_g, text_l))
     return [_entry(cond, pooled, width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                    target_width=target_width, target_height=target_height)]
@@ -87,6 +91,7 @@ def CLIPTextEncodeSDXLRefiner(
     clip: Annotated[TextModel, CLIP],
 ) -> list:
     """SDXL refiner text encoding with an aesthetic score."""
+    check_prompt(text, "text")
     cond, pooled = clip.encode(text)
     return [_entry(cond, pooled, aesthetic_score=ascore, width=width, height=height)]
 

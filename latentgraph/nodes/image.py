@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..graph import IMAGE, MASK, Boolean, Combo, Float, Hidden, Int, NodeContext, Result, String, file_identity, node
+from .budget import check_tensor, pillow_guard
 from .imageio import pil_to_tensors, save_images, tensor_to_pil
 
 MAX_RESOLUTION = 16384
@@ -42,8 +43,8 @@ def LoadImage(image: Annotated[str, Combo(lambda env: env.list_inputs() if env e
     """Loads an image from the input folder; the mask is its inverted alpha channel."""
     path = _image_path(image, ctx.env)
     try:
-        with Image.open(path) as img:
-            return pil_to_tensors(img)
+        with pillow_guard(image), Image.open(path) as img:
+            return pil_to_tensors(img, image)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {image!r}: {exc}") from exc
 
@@ -80,6 +81,8 @@ def EmptyImage(
     color: Annotated[int, Int(0, min=0, max=0xFFFFFF, step=1, display="color")],
 ) -> Tensor:
     """An image of one colour, given as 0xRRGGBB."""
+    check_tensor((batch_size, height, width, 3), f"width {width} x height {height} x batch_size {batch_size}",
+                 "an image")
     rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
     return rgb.expand(batch_size, height, width, 3).clone()
 
@@ -131,6 +134,13 @@ def upscale(samples: Tensor, width: int, height: int, method: str, crop: str = "
     return F.interpolate(samples, size=(height, width), mode=method)
 
 
+def check_resize(image: Tensor, width: int, height: int, what: str) -> None:
+    """Refuse (tensor_bytes) to resize IMAGE [B, H, W, C] to width x height when the result
+    would be too big; ``what`` says which inputs gave the size."""
+    b, _, _, c = image.shape
+    check_tensor((b, height, width, c), f"{what} for a batch of {b}", "an image")
+
+
 def resize(image: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
     """Resize IMAGE [B, H, W, C] with ``upscale``; ``crop="center"`` crops to the target aspect first."""
     return upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
@@ -153,6 +163,7 @@ def ImageScale(
         width = max(1, round(w * height / h))
     elif height == 0:
         height = max(1, round(h * width / w))
+    check_resize(image, width, height, f"width {width} x height {height}")
     return resize(image, width, height, upscale_method, crop)
 
 
@@ -164,7 +175,9 @@ def ImageScaleBy(
 ) -> Tensor:
     """Resizes an image by a factor (each side rounded to whole pixels)."""
     _, h, w, _ = image.shape
-    return resize(image, round(w * scale_by), round(h * scale_by), upscale_method)
+    width, height = round(w * scale_by), round(h * scale_by)
+    check_resize(image, width, height, f"scale_by {scale_by} ({w} x {h} to {width} x {height})")
+    return resize(image, width, height, upscale_method)
 
 
 @node(category="image/upscaling", display_name="Scale Image to Total Pixels", outputs=["IMAGE"])
@@ -177,7 +190,9 @@ def ImageScaleToTotalPixels(
     _, h, w, _ = image.shape
     total = int(megapixels * 1024 * 1024)
     scale = math.sqrt(total / (w * h))
-    return resize(image, round(w * scale), round(h * scale), upscale_method)
+    width, height = round(w * scale), round(h * scale)
+    check_resize(image, width, height, f"megapixels {megapixels} ({w} x {h} to {width} x {height})")
+    return resize(image, width, height, upscale_method)
 
 
 def _soft_light(a: Tensor, b: Tensor) -> Tensor:
@@ -205,6 +220,7 @@ def ImageBlend(
 ) -> Tensor:
     """Blends image2 over image1 (resized to image1 if needed) with a blend mode."""
     if image2.shape[1:3] != image1.shape[1:3]:
+        check_resize(image2, image1.shape[2], image1.shape[1], "image2 resized to image1's size")
         image2 = resize(image2, image1.shape[2], image1.shape[1], "bicubic", "center")
     blended = BLEND_MODES[blend_mode](image1, image2)
     out = image1 * (1 - blend_factor) + blended * blend_factor
@@ -239,11 +255,18 @@ def composite(destination: Tensor, source: Tensor, x: int, y: int, mask: Tensor 
               resize_source: bool) -> Tensor:
     """Paste ``source`` onto ``destination`` at (x, y), weighted by ``mask`` (1 = source).
     Both IMAGE [B, H, W, C]; the part of source outside destination is dropped."""
-    out = destination.clone()
-    b, h, w, _ = out.shape
+    b, h, w, c = destination.shape
     if resize_source:
+        check_resize(source, w, h, "resize_source (the destination's size)")
         source = resize(source, w, h, "bilinear")
     sh, sw = source.shape[1:3]
+    # source and mask are repeated to the destination's batch, the mask resized to the source
+    check_tensor((max(b, source.shape[0]), sh, sw, c), f"a source of {sw} x {sh} for a destination batch of {b}",
+                 "a source batch")
+    if mask is not None:
+        check_tensor((max(b, mask.reshape(-1, *mask.shape[-2:]).shape[0]), sh, sw),
+                     f"a mask resized to the source's {sw} x {sh} for a destination batch of {b}", "a mask")
+    out = destination.clone()
     if source.shape[0] < b:
         source = source.repeat((b + source.shape[0] - 1) // source.shape[0], 1, 1, 1)[:b]
     if mask is None:
@@ -291,6 +314,9 @@ def ImagePadForOutpaint(
     ``feathering`` pixels of a padded side (d the distance to it), as ComfyUI computes it; the
     fade is left out when the image is not wider and taller than 2 * feathering."""
     b, h, w, c = image.shape
+    check_tensor((b, h + top + bottom, w + left + right, c),
+                 f"left {left} + right {right} and top {top} + bottom {bottom} around a batch of {b} of {w} x {h}",
+                 "an image")
     out = torch.full((b, h + top + bottom, w + left + right, c), 0.5, dtype=torch.float32)
     out[:, top:top + h, left:left + w] = image
     mask = torch.ones((h + top + bottom, w + left + right), dtype=torch.float32)

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from ..graph.fileio import write_atomic
+from .budget import FrameBudget
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
@@ -23,12 +24,20 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def pil_to_tensors(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+def pil_to_tensors(img: Image.Image, name: str = "the image") -> tuple[torch.Tensor, torch.Tensor]:
     """A PIL image (every frame of the same size) -> IMAGE [B, H, W, 3] and MASK [B, H, W].
-    The mask is 1 - alpha, so painted-out (transparent) pixels are 1, as in ComfyUI."""
-    images, masks = [], []
+    The mask is 1 - alpha, so painted-out (transparent) pixels are 1, as in ComfyUI.
+
+    The frame count and pixels are held to the image_frames and image_pixels budgets from the
+    header, before each frame is decoded (``name`` is the file, for the message); frames are
+    kept as 8-bit pixels and made float once, into the output (not a float copy per frame and
+    then a stacked one)."""
+    budget = FrameBudget(name)
+    budget.declare(img)
+    pixels, masks = [], []
     size = None
     for frame in ImageSequence.Iterator(img):
+        budget.frame(frame.size)
         frame = ImageOps.exif_transpose(frame)
         if frame.mode == "I":
             frame = frame.point(lambda v: v * (1 / 255))
@@ -37,7 +46,7 @@ def pil_to_tensors(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
             size = rgb.size
         if rgb.size != size:
             continue
-        images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0))
+        pixels.append(np.asarray(rgb, dtype=np.uint8))
         if "A" in frame.getbands():
             alpha = np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0
             masks.append(1.0 - torch.from_numpy(alpha))
@@ -46,11 +55,15 @@ def pil_to_tensors(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
             masks.append(1.0 - torch.from_numpy(alpha))
         else:
             masks.append(torch.zeros((64, 64), dtype=torch.float32))
-    if not images:
+    if not pixels:
         raise ValueError("the image has no frames")
-    if len(images) > 1 and img.format == "MPO":  # a stereo JPEG: keep the first view
-        images, masks = images[:1], masks[:1]
-    return torch.stack(images), torch.stack(masks)
+    if len(pixels) > 1 and img.format == "MPO":  # a stereo JPEG: keep the first view
+        pixels, masks = pixels[:1], masks[:1]
+    images = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.float32)  # (B, H, W, 3)
+    view = images.numpy()  # numpy casts the read-only 8-bit frames in place, torch would warn
+    for i, arr in enumerate(pixels):
+        view[i] = arr
+    return images.div_(255.0), torch.stack(masks)  # the same float32 values as arr / 255.0
 
 
 _COUNTER = re.compile(r"_(\d+)_?\.[A-Za-z0-9]+$")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..graph import LATENT, MASK, Combo, Float, Int, Output, node
+from .budget import check_tensor
 from .image import CROP_METHODS, MAX_RESOLUTION, crop_to_aspect, upscale
 
 Tensor = torch.Tensor
@@ -59,6 +60,13 @@ def bislerp(samples: Tensor, width: int, height: int) -> Tensor:
     return x.movedim(-1, 1).to(dtype)
 
 
+def check_latent_resize(samples: Tensor, width: int, height: int, what: str) -> None:
+    """Refuse (tensor_bytes) to resize latents (B, C, H, W) to width x height latent pixels when
+    the result would be too big; ``what`` says which inputs gave the size."""
+    b, c = samples.shape[:2]
+    check_tensor((b, c, height, width), f"{what} for a batch of {b}", "a latent")
+
+
 def upscale_latent(samples: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
     """Resize (B, C, H, W) to width x height (latent pixels) with any of LATENT_UPSCALE_METHODS."""
     if method != "bislerp":
@@ -78,6 +86,8 @@ def EmptyLatentImage(
     batch_size: Annotated[int, Int(1, min=1, max=4096, tooltip="The number of latent images in the batch.")],
 ) -> dict:
     """Create a new batch of empty latent images to be denoised via sampling."""
+    check_tensor((batch_size, 4, height // 8, width // 8),
+                 f"width {width} x height {height} x batch_size {batch_size}", "a latent")
     return {"samples": torch.zeros((batch_size, 4, height // 8, width // 8))}
 
 
@@ -104,6 +114,7 @@ def LatentUpscale(
         height = max(64, round(h * width / w))
     else:
         width, height = max(64, width), max(64, height)
+    check_latent_resize(samples["samples"], width // 8, height // 8, f"width {width} x height {height}")
     out["samples"] = upscale_latent(samples["samples"], width // 8, height // 8, upscale_method, crop)
     return out
 
@@ -116,8 +127,11 @@ def LatentUpscaleBy(
 ) -> dict:
     """Resizes latents by a factor (each side rounded to whole latent pixels)."""
     h, w = samples["samples"].shape[-2:]
+    width, height = round(w * scale_by), round(h * scale_by)
+    check_latent_resize(samples["samples"], width, height,
+                        f"scale_by {scale_by} ({w * 8} x {h * 8} to {width * 8} x {height * 8} pixels)")
     out = dict(samples)
-    out["samples"] = upscale_latent(samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method)
+    out["samples"] = upscale_latent(samples["samples"], width, height, upscale_method)
     return out
 
 
@@ -138,6 +152,10 @@ def LatentFromBatch(
     sampling gives them the noise they had in the whole batch."""
     x = samples["samples"]
     start = min(x.shape[0] - 1, batch_index)
+    if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
+        masks = samples["noise_mask"]  # cycled to the batch below, then cut
+        check_tensor((x.shape[0], *masks.shape[1:]), f"a noise_mask of {tuple(masks.shape)} cycled to a batch "
+                     f"of {x.shape[0]}", "a noise mask")
     length = min(x.shape[0] - start, length)
     out = dict(samples)
     out["samples"] = x[start:start + length].clone()
@@ -165,9 +183,13 @@ def RepeatLatentBatch(
     Batch indices of each repeat are shifted past the previous ones (by max - min + 1), so
     repeats get new noise."""
     x = samples["samples"]
+    masks = samples.get("noise_mask")
+    check_tensor((amount * x.shape[0], *x.shape[1:]), f"amount {amount} x a batch of {x.shape[0]}", "a latent")
+    if masks is not None and masks.shape[0] > 1:
+        check_tensor((amount * masks.shape[0], *masks.shape[1:]),
+                     f"amount {amount} x a noise_mask batch of {masks.shape[0]}", "a noise mask")
     out = dict(samples)
     out["samples"] = x.repeat((amount,) + (1,) * (x.ndim - 1))
-    masks = samples.get("noise_mask")
     if masks is not None and masks.shape[0] > 1:  # a single mask already serves every item
         out["noise_mask"] = masks.repeat((amount,) + (1,) * (masks.ndim - 1))
     if "batch_index" in samples:

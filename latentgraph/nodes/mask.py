@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..graph import IMAGE, MASK, Boolean, Combo, Float, Int, NodeContext, node
+from .budget import FrameBudget, check_tensor, pillow_guard
 from .image import MAX_RESOLUTION, _image_path, _load_image_fingerprint, _load_image_validate
 
 Tensor = torch.Tensor
@@ -23,6 +24,7 @@ def SolidMask(
     height: Annotated[int, Int(512, min=1, max=MAX_RESOLUTION, step=1)],
 ) -> Tensor:
     """A mask of one value."""
+    check_tensor((1, height, width), f"width {width} x height {height}", "a mask")
     return torch.full((1, height, width), value, dtype=torch.float32)
 
 
@@ -36,6 +38,7 @@ def InvertMask(mask: Annotated[Tensor, MASK]) -> Tensor:
 def MaskToImage(mask: Annotated[Tensor, MASK]) -> Tensor:
     """A grey image of the mask."""
     m = mask.reshape(-1, mask.shape[-2], mask.shape[-1])
+    check_tensor((*m.shape, 3), f"a mask batch of {m.shape[0]} of {m.shape[2]} x {m.shape[1]}", "an image")
     return m[..., None].expand(*m.shape, 3).clone()
 
 
@@ -128,7 +131,8 @@ def LoadImageMask(
     its alpha mask is all 0."""
     path = _image_path(image, ctx.env)
     try:
-        with Image.open(path) as img:
+        with pillow_guard(image), Image.open(path) as img:
+            FrameBudget(image).frame(img.size)  # only the first frame is decoded
             img = ImageOps.exif_transpose(img)
             if img.getbands() != ("R", "G", "B", "A"):
                 if img.mode == "I":  # 32-bit integer pixels: scaled to 8 bits as LoadImage does

@@ -12,6 +12,7 @@ from ..sampling.ksampler import sample, trim_sigmas
 from ..sampling.noise import prepare_noise
 from ..sampling.samplers import SAMPLER_NAMES
 from ..sampling.schedulers import SCHEDULER_NAMES, compute_sigmas, karras_sigmas, sd_turbo_sigmas
+from .budget import check_tensor
 from .preview import preview_factory
 from .sd import SDModel, inpaint_concat, schedule_for, to_conds
 
@@ -28,6 +29,7 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
     placement = model.placement
     device = placement.device
     samples = latent["samples"]
+    check_noise_mask(samples, latent.get("noise_mask"))
     noise = prepare_noise(samples, seed, latent.get("batch_index")) if add_noise else torch.zeros_like(samples)
     mask = latent.get("noise_mask")
     latent_dev = samples.to(device, torch.float32)
@@ -49,6 +51,17 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
     denoised = last.get("denoised")
     denoised = denoised.float().cpu() / model.latent_scale if denoised is not None else result["samples"]
     return result, denoised
+
+
+def check_noise_mask(samples: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Refuse (tensor_bytes) a noise mask that, resized to the latent and repeated over its
+    channels and batch, would be too big (a batch of tiny masks over a large latent)."""
+    if mask is None:
+        return
+    b, c, h, w = samples.shape
+    mb = mask.reshape(-1, *mask.shape[-2:]).shape[0]
+    check_tensor((max(b, mb), c, h, w), f"a noise_mask batch of {mb} resized to a latent batch of {b} of "
+                 f"{w} x {h}", "a noise mask")
 
 
 _MODEL = MODEL(tooltip="The model used for denoising the input latent.")

@@ -17,6 +17,7 @@ from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..sampling.guidance import Cond, resize_mask
 from ..sampling.schedule import DiscreteSchedule
+from .budget import check_tensor
 
 
 @dataclass
@@ -111,6 +112,9 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
             area = (max(1, round(ph * h)), max(1, round(pw * w)), round(py * h), round(px * w))
         mask = opts.get("mask")
         if mask is not None:
+            mb = mask.reshape(-1, *mask.shape[-2:]).shape[0]
+            check_tensor((mb, h, w), f"a conditioning mask batch of {mb} resized to the latent's {w} x {h}",
+                         "a mask")
             mask = resize_mask(mask.to(device), h, w)
             if opts.get("set_area_to_bounds", False):
                 area = _bounds(mask)

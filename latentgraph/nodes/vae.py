@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..graph import IMAGE, LATENT, MASK, VAE, Int, node
 from ..models.latent import crop_to_multiple, decode_latent, encode_image
+from .budget import check_tensor
 from .sd import VAEModel
 
 Tensor = torch.Tensor
@@ -20,6 +21,9 @@ def _decode(vae: VAEModel, samples: Tensor, tiled: bool = False, tile: int = 64,
     if samples.ndim != 4 or samples.shape[1] != vae.vae.config.embed_dim:
         raise ValueError(f"this VAE decodes latents of {vae.vae.config.embed_dim} channels, got shape "
                          f"{tuple(samples.shape)}")
+    b, _, h, w = samples.shape
+    f = vae.downscale
+    check_tensor((b, h * f, w * f, 3), f"a latent batch of {b} of {w} x {h} (decoded {f}x larger)", "an image")
     return decode_latent(vae.vae, samples, vae.placement, tiled, tile, overlap)
 
 
@@ -76,6 +80,8 @@ def VAEEncodeForInpaint(
     a few pixels) as the latent's noise mask, for inpainting models."""
     f = vae.downscale
     H, W = pixels.shape[1], pixels.shape[2]
+    batch = max(pixels.shape[0], mask.reshape(-1, *mask.shape[-2:]).shape[0])
+    check_tensor((batch, 1, H, W), f"a mask resized to the pixels' {W} x {H} for a batch of {batch}", "a mask")
     m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(), size=(H, W), mode="bilinear")
     h, w = H // f * f, W // f * f
     top, left = (H % f) // 2, (W % f) // 2
