@@ -73,10 +73,10 @@ def CLIPTextEncodeSDXL(
     text_l: Annotated[str, String("", multiline=True, dynamic_prompts=True)],
 ) -> list:
     """SDXL text encoding with separate prompts for its two encoders and its size conditioning."""
-    if "g" not in clip.tokenizers or "l" not in clip.tokenizers:
-        raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL base checkpoint's CLIP, got {clip.arch.spec.label}")
     check_prompt(text_g, "text_g")
     check_prompt(text_l, "text_l")
+    if "g" not in clip.tokenizers or "l" not in clip.tokenizers:
+        raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL base checkpoint's CLIP, got {clip.arch.spec.label}")
     cond, pooled = clip.encode_tokens(_pair_tokens(clip, text_g, text_l))
     return [_entry(cond, pooled, width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                    target_width=target_width, target_height=target_height)]
