@@ -367,7 +367,8 @@ def test_nodes_whose_growth_is_bounded_hold_a_lowered_limit(ex, monkeypatch):
         ("SolidMask", dict(value=1.0, width=512, height=512), "MaskToImage", dict(mask="src"),
          "a mask batch of 1 of 512 x 512 makes an image of 3 MiB"),
         ("EmptyLatentImage", dict(width=512, height=512, batch_size=1), "VAEDecode",
-         dict(samples="src", vae="ckpt.VAE"), "a latent batch of 1 of 64 x 64 (decoded 8x larger) makes an image of 3 MiB"),
+         dict(samples="src", vae="ckpt.VAE"),
+         "a latent batch of 1 of 64 x 64 (decoded 8x larger) makes an image of 3 MiB"),
         ("EmptyImage", dict(width=1, height=1, batch_size=1, color=0), "SolidMask",
          dict(value=0.5, width=1024, height=1024), "width 1024 x height 1024 makes a mask of 4 MiB"),
     ]

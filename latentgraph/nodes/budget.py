@@ -100,9 +100,10 @@ def pillow_guard(name: str) -> Iterator[None]:
     error past twice that) as a ValueError naming the file and the limit: never a warning and
     then a decode, never a bare traceback.
 
-    catch_warnings changes the process's filters while the block runs; nodes run one at a time
-    per executor, and the only effect on another thread would be that a Pillow bomb warning
-    raised there too."""
+    catch_warnings swaps the process's warning filters while the block runs (Python < 3.14 has
+    no per-thread filters): a warning another thread issues meanwhile meets these filters, which
+    differ from the usual ones only for Pillow's bomb warning. Setting PIL.Image.MAX_IMAGE_PIXELS
+    instead would change Pillow for the whole process for good."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
