@@ -201,7 +201,8 @@ def test_deep_json_is_refused(tmp_path, monkeypatch, capsys, text):
 
 @pytest.mark.parametrize("text,line", [
     ("nodes:\n  a: {type: EmptyImage, width: " + "[" * 100_000 + "]" * 100_000 + "}\n", 2),
-    ("nodes:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(80)) + "  " * 81 + "v\n", 65),
+    # 65: the YAML form may sit one level deeper than the API JSON (YAML_DEPTH_SLACK)
+    ("nodes:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(80)) + "  " * 81 + "v\n", 66),
 ])
 def test_deep_yaml_is_refused_with_its_line(tmp_path, text, line):
     path = tmp_path / "deep.yaml"
@@ -215,6 +216,26 @@ def test_nesting_at_the_budget_loads(tmp_path):
     path = tmp_path / "ok.json"
     path.write_text('{"1": {"class_type": "EmptyImage", "inputs": {"width": ' + "[" * 61 + "]" * 61 + "}}}")
     assert Workflow.load(path)["1"].inputs["width"] is not None
+
+
+def test_a_workflow_at_the_budget_converts_to_yaml_and_back(tmp_path):
+    """Found by the fuzzer: YAML puts `meta` (and `__value__`) one level deeper than API JSON,
+    so the YAML reader has one level of slack and the workflow it builds has the API's budget."""
+    deep: object = {"title": "t"}
+    for _ in range(61):  # root > node > _meta > 61 levels = 64
+        deep = {"k": deep}
+    api = {"1": {"class_type": "EmptyImage", "inputs": {}, "_meta": deep}}
+    wf = Workflow.loads(json.dumps(api), "api.json")
+    back = Workflow.loads(wf.to_yaml(), "back.yaml")
+    assert back.to_api() == wf.to_api() and back.to_api()["1"]["_meta"]["k"] == deep["k"]
+    too_deep = "x"
+    for _ in range(62):  # nodes > b > junk > 62 lists = 65 in YAML, and 65 as API JSON
+        too_deep = [too_deep]
+    text = "nodes:\n  b:\n    type: PreviewImage\n    junk: " + json.dumps(too_deep) + "\n"
+    with pytest.raises(WorkflowError) as info:
+        Workflow.loads(text, "deep.yaml")
+    assert info.value.format() == "deep.yaml: the workflow's nesting of lists and mappings exceeds the limit " \
+                                  "nesting_depth = 64 levels"
 
 
 def test_a_prompt_sent_as_data_is_held_to_the_same_budgets():

@@ -24,6 +24,7 @@ from . import budgets
 from .errors import Problem, WorkflowError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+YAML_DEPTH_SLACK = 1  # levels a YAML workflow may sit deeper than the same workflow as API JSON
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
@@ -140,7 +141,10 @@ class _StrictLoader(yaml.SafeLoader):
         container = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
         if container:
             self._depth += 1
-            if self._depth > budgets.limit("nesting_depth"):
+            # one level of slack: a workflow in YAML sits one level deeper than in API JSON
+            # (`nodes:` above the node ids, `__value__` around literal lists, `meta` beside the
+            # inputs); the workflow built from it is held to the API form's depth
+            if self._depth > budgets.limit("nesting_depth") + YAML_DEPTH_SLACK:
                 raise _Refused(budgets.over("nesting_depth", "the YAML's nesting of lists and mappings"),
                                event.start_mark)
         try:

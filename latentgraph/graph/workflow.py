@@ -321,6 +321,10 @@ def _from_yaml(data: dict, source: str, text: str | None = None) -> Workflow:
         problems.append(Problem("'nodes' is empty"))
     if problems:
         raise WorkflowError(source, problems)
+    # the same depth budget as the API JSON this workflow converts to (links count as lists)
+    budgets.check_depth({nid: {"inputs": {k: [v.node, 0] if isinstance(v, Link) else v
+                                          for k, v in spec.inputs.items()}, "_meta": spec.meta}
+                         for nid, spec in nodes.items()}, source, "the workflow's nesting of lists and mappings")
     wf = Workflow(nodes, source, description)
     wf.origin = "yaml"
     return wf
