@@ -144,13 +144,23 @@ def test_a_png_header_claiming_100000_squared_is_refused_by_pillows_guard_as_a_c
     refused(ex, mask_flow("bomb.png"), "mask", "LoadImageMask", f"image 'bomb.png' is {pillow}")
 
 
-def test_pillows_bomb_warning_is_an_error_not_a_warning_and_a_decode(ex, env, recwarn):
-    (env.input_dir / "big.png").write_bytes(png_claiming(10_000, 9_000))  # between 1x and 2x Pillow's limit
-    refused(ex, load_flow("big.png"), "load", "LoadImage",
-            "image 'big.png' is refused by Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS = "
-            "89,478,485 pixels): Image size (90000000 pixels) exceeds limit of 89478485 pixels, could be "
-            "decompression bomb DOS attack.")
+def test_pillows_bomb_warning_range_loads_quietly_and_past_it_is_a_clean_error(ex, env, recwarn, monkeypatch):
+    """Our own header check has run by then, so Pillow's warning (1x to 2x its limit) is not
+    needed: the image loads as in ComfyUI, without the warning; past 2x, Pillow's error is ours."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # scaled down: 1x = 1,000, 2x = 2,000 pixels
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(env.input_dir / "warned.png")  # 1,200 pixels
+    Image.new("RGB", (50, 50), (200, 10, 10)).save(env.input_dir / "refused.png")  # 2,500 pixels
+    ex.run(load_flow("warned.png"))
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    saved = sorted(p.name for p in env.output_dir.iterdir())
+    assert saved == ["x_00001_.png"]
+    with Image.open(env.output_dir / saved[0]) as out:  # (this open warns: it is the test's, unguarded)
+        assert out.size == (40, 30) and out.getpixel((0, 0)) == (200, 10, 10)
+    (env.output_dir / saved[0]).unlink()
+    refused(ex, load_flow("refused.png"), "load", "LoadImage",
+            "image 'refused.png' is refused by Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS = "
+            "1,000 pixels): Image size (2500 pixels) exceeds limit of 2000 pixels, could be "
+            "decompression bomb DOS attack.")
 
 
 def test_with_pillows_guard_off_image_pixels_still_holds_one_frame(ex, env, monkeypatch):

@@ -96,18 +96,19 @@ class FrameBudget:
 
 @contextmanager
 def pillow_guard(name: str) -> Iterator[None]:
-    """Pillow's own decompression-bomb guard (a warning past PIL.Image.MAX_IMAGE_PIXELS, an
-    error past twice that) as a ValueError naming the file and the limit: never a warning and
-    then a decode, never a bare traceback.
+    """Pillow's own decompression-bomb guard: its error (past twice PIL.Image.MAX_IMAGE_PIXELS)
+    as a ValueError naming the file and the limit, never a bare traceback. Its warning (past
+    once the limit) is silenced: our own header checks (FrameBudget) have run by then, and
+    ComfyUI loads such images too.
 
     catch_warnings swaps the process's warning filters while the block runs (Python < 3.14 has
     no per-thread filters): a warning another thread issues meanwhile meets these filters, which
     differ from the usual ones only for Pillow's bomb warning. Setting PIL.Image.MAX_IMAGE_PIXELS
     instead would change Pillow for the whole process for good."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except Image.DecompressionBombError as exc:
             raise ValueError(f"image {name!r} is refused by Pillow's decompression-bomb guard "
                              f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,} pixels): {exc}") from exc
