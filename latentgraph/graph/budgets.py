@@ -33,7 +33,7 @@ _TABLE = (
     Budget("links", 200_000, "links", "links of a UI-format graph or subgraph definition"),
     Budget("subgraph_depth", 32, "levels", "UI subgraph instances inside each other"),
     Budget("link_hops", 256, "hops", "reroutes, bypassed nodes and subgraph borders one UI link passes"),
-    Budget("set_value_chars", 100_000, "characters", "one --set NODE.INPUT=VALUE"),
+    Budget("set_value_chars", 100_000, "characters", "one --set NODE.INPUT=VALUE or --sweep NODE.INPUT=VALUES"),
     Budget("settings_file_bytes", 4 * 2**20, "bytes",
            "a YAML settings file (jobs file, extra_model_paths.yaml, the plugin config), checked with stat"),
     Budget("jobs", 100_000, "jobs", "jobs of one batch or sweep, counted before the grid is expanded"),
