@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JsonConfig
+from .patcher import is_patched
 
 _PER_LEVEL = ("channel_mult", "num_res_blocks", "transformer_depth")
 
@@ -148,24 +149,35 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention on projected tokens: q (B, T, heads*dim) over k, v
+    (B, S, heads*dim) -> (B, T, heads*dim). The UNet's own attention; an ``attn1``/``attn2``
+    replacement that calls it gives the unpatched result bit for bit."""
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, dim)
+    return out.transpose(1, 2).flatten(2)
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of x over context (self-attention when context is None)."""
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int):
         super().__init__()
         inner = heads * head_dim
-        self.heads = heads
+        self.heads, self.dim_head = heads, head_dim
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                value: torch.Tensor | None = None) -> torch.Tensor:
+        """``value`` defaults to the context (an attn patch may give keys and values apart)."""
         context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (B, T, inner), (B, S, inner)
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, dim)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, dim)
-        return self.to_out(out.transpose(1, 2).flatten(2))  # (B, T, query_dim)
+        value = context if value is None else value
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(value)  # (B, T, inner), (B, S, inner)
+        return self.to_out(attention(q, k, v, self.heads))  # (B, T, query_dim)
 
 
 class GEGLU(nn.Module):
@@ -199,10 +211,53 @@ class BasicTransformerBlock(nn.Module):
         self.attn2 = CrossAttention(dim, context_dim, heads, head_dim)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, to: dict | None = None) -> torch.Tensor:
+        if to is not None:  # a patched model: ComfyUI's call points (docs/model-options.md)
+            return self._forward_patched(x, context, to)
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
+
+    def _forward_patched(self, x: torch.Tensor, context: torch.Tensor, to: dict) -> torch.Tensor:
+        patches, replace = to.get("patches", {}), to.get("patches_replace", {})
+        # what every patch here receives: the transformer options without the patches themselves
+        extra = {k: v for k, v in to.items() if k != "patches" and k != "patches_replace"}
+        extra.update(n_heads=self.attn1.heads, dim_head=self.attn1.dim_head, attn_precision=None)
+        block = to.get("block")
+        keys = (block,) if block is None else ((block[0], block[1], to.get("block_index", 0)), block)
+        n = self._attend(self.attn1, self.norm1(x), None, patches.get("attn1_patch"), replace.get("attn1"),
+                         keys, extra)
+        for p in patches.get("attn1_output_patch", ()):
+            n = p(n, extra)
+        x = x + n
+        for p in patches.get("middle_patch", ()):
+            x = p(x, extra)
+        n = self._attend(self.attn2, self.norm2(x), context, patches.get("attn2_patch"), replace.get("attn2"),
+                         keys, extra)
+        for p in patches.get("attn2_output_patch", ()):
+            n = p(n, extra)
+        x = x + n
+        return x + self.ff(self.norm3(x))
+
+    @staticmethod
+    def _attend(attn: CrossAttention, n: torch.Tensor, context: torch.Tensor | None, patches: list | None,
+                replacements: dict | None, keys: tuple, extra: dict) -> torch.Tensor:
+        """One attention with its ``attnN_patch`` list (on q input, keys, values) and its
+        replacement (on projected q, k, v), the (block, id, index) key before (block, id)."""
+        value = None
+        if patches:
+            context = n if context is None else context
+            value = context
+            for p in patches:
+                n, context, value = p(n, context, value, extra)
+        replacement = None
+        if replacements:
+            replacement = next((replacements[k] for k in keys if k in replacements), None)
+        if replacement is None:
+            return attn(n, context, value)
+        context = n if context is None else context
+        value = context if value is None else value
+        return attn.to_out(replacement(attn.to_q(n), attn.to_k(context), attn.to_v(value), extra))
 
 
 class SpatialTransformer(nn.Module):
@@ -218,8 +273,10 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, context_dim, heads, head_dim) for _ in range(depth))
         self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, to: dict | None = None) -> torch.Tensor:
         B, _, H, W = x.shape
+        if to is not None:
+            to["activations_shape"] = list(x.shape)
         h = self.norm(x)
         if not self.linear:
             h = self.proj_in(h)
@@ -228,8 +285,10 @@ class SpatialTransformer(nn.Module):
         h = h.permute(0, 2, 3, 1).reshape(B, H * W, -1).contiguous()  # (B, T, C)
         if self.linear:
             h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = block(h, context)
+        for i, block in enumerate(self.transformer_blocks):
+            if to is not None:
+                to["block_index"] = i
+            h = block(h, context, to)
         if self.linear:
             h = self.proj_out(h)
         h = h.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C, H, W), strided as channels_last
@@ -246,12 +305,14 @@ class TimestepBlock(nn.ModuleList):
     what it takes (the time embedding, the context, the skip's size)."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
-                size: torch.Size | None = None) -> torch.Tensor:
+                size: torch.Size | None = None, to: dict | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, to)
+                if to is not None:  # counts the spatial transformers of the whole forward
+                    to["transformer_index"] = to.get("transformer_index", 0) + 1
             elif isinstance(layer, Upsample):
                 x = layer(x, size)
             else:
@@ -309,24 +370,68 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), timesteps (B,), context (B, T, context_dim), y (B, adm) -> (B, out_channels, H, W)."""
+                y: torch.Tensor | None = None, control: dict | None = None,
+                transformer_options: dict | None = None) -> torch.Tensor:
+        """x (B, C, H, W), timesteps (B,), context (B, T, context_dim), y (B, adm) -> (B, out_channels, H, W).
+
+        ``control``: ComfyUI's residuals, {"input"|"middle"|"output": [tensor or None, ...]},
+        each list consumed from its end, one per block in order. ``transformer_options``: a
+        per-call dict (it is written to) holding ``patches``/``patches_replace`` and what the
+        patches read (docs/model-options.md); without patches the unpatched path runs."""
         if (y is not None) != (self.label_emb is not None):
             raise ValueError("y (the vector conditioning) must be given exactly when the UNet has label_emb "
                              f"(adm_in_channels={self.config.adm_in_channels})")
+        to = transformer_options if is_patched(transformer_options) else None
+        patches = to.get("patches", {}) if to is not None else {}
+        if to is not None:
+            to["original_shape"], to["transformer_index"] = list(x.shape), 0
+        control = {k: list(v) for k, v in control.items()} if control else None  # popped here, not the caller's
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))  # (B, 4*mc)
+        for p in patches.get("emb_patch", ()):
+            emb = p(emb, self.config.model_channels, to)
         if self.label_emb is not None:
             emb = emb + self.label_emb(y)
+        in_patch, skip_patch = patches.get("input_block_patch", ()), patches.get("input_block_patch_after_skip", ())
         hs, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb, context)
+        for i, block in enumerate(self.input_blocks):
+            if to is not None:
+                to["block"] = ("input", i)
+            h = block(h, emb, context, None, to)
+            h = _apply_control(h, control, "input", i)
+            for p in in_patch:
+                h = p(h, to)
             hs.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
-            h = torch.cat([h, hs.pop()], dim=1)
+            for p in skip_patch:
+                h = p(h, to)
+        if to is not None:
+            to["block"] = ("middle", 0)
+        h = self.middle_block(h, emb, context, None, to)
+        h = _apply_control(h, control, "middle", 0)
+        out_patch = patches.get("output_block_patch", ())
+        for i, block in enumerate(self.output_blocks):
+            if to is not None:
+                to["block"] = ("output", i)
+            skip = _apply_control(hs.pop(), control, "output", i)
+            for p in out_patch:
+                h, skip = p(h, skip, to)
+            h = torch.cat([h, skip], dim=1)
             # an Upsample ends this block: grow to the next skip's size (odd sizes were rounded up going down)
-            h = block(h, emb, context, hs[-1].shape[-2:] if hs else None)
+            h = block(h, emb, context, hs[-1].shape[-2:] if hs else None, to)
         return self.out(h)
+
+
+def _apply_control(h: torch.Tensor, control: dict | None, name: str, index: int) -> torch.Tensor:
+    """Add the next residual of control[name] (from the list's end, as ComfyUI) to h."""
+    if control is None or not control.get(name):
+        return h
+    residual = control[name].pop()
+    if residual is None:
+        return h
+    if residual.shape[1:] != h.shape[1:] or residual.shape[0] not in (1, h.shape[0]):
+        # ComfyUI logs and skips a misfit; a picture without its control is a wrong picture
+        raise ValueError(f"control residual for the {name} block {index} has shape {tuple(residual.shape)}, "
+                         f"the block's output has {tuple(h.shape)}")
+    return h + residual.to(h)
 
 
 # -- reading the architecture from a state dict ----------------------------------------------

@@ -113,7 +113,7 @@ def _apply_lora(ctx: NodeContext, model: SDModel, clip: TextModel | None, lora_n
     if skipped:
         log.debug("%s: %d LoRA keys change nothing here and were skipped (first: %s)", lora_name, len(skipped),
                   ", ".join(skipped[:3]))
-    new_model = replace(model, unet=unet, patches=model.patches + ((lora_name, strength_model),))
+    new_model = model.clone(unet=unet, patches=model.patches + ((lora_name, strength_model),))
     new_clip = replace(clip, encoders=encoders) if clip is not None else None
     return new_model, new_clip
 

@@ -45,7 +45,7 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
 
     with placement.use(model.unet):
         out = sample(model.apply_model, model.schedule, sampler_name, sigmas, noise.to(device), latent_dev,
-                     pos, neg, cfg, seed, model.latent_scale, mask, step)
+                     pos, neg, cfg, seed, model.latent_scale, mask, step, model.model_options, model)
     result = dict(latent)
     result["samples"] = out.cpu()
     denoised = last.get("denoised")

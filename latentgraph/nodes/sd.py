@@ -13,6 +13,7 @@ import torch
 
 from ..models.families import Architecture, sdxl_adm, sdxl_refiner_adm
 from ..models.management import Placement
+from ..models.patcher import ModelPatcher, copy_options, new_model_options
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..sampling.guidance import Cond, resize_mask
@@ -21,15 +22,23 @@ from .budget import check_tensor
 
 
 @dataclass
-class SDModel:
-    """A UNet ready to sample: its architecture, noise schedule and placement. LoRA nodes
-    return a new SDModel whose UNet shares every unpatched tensor with this one."""
+class SDModel(ModelPatcher):
+    """A UNet ready to sample: its architecture, noise schedule, placement and ComfyUI-shaped
+    ``model_options`` (models/patcher.py). LoRA nodes return a new SDModel whose UNet shares
+    every unpatched tensor with this one; patch nodes ``clone()`` and call ``set_model_*``."""
 
     unet: UNetModel
     arch: Architecture
     schedule: DiscreteSchedule
     placement: Placement
     patches: tuple = field(default=())  # (lora name, strength) applied, for display
+    model_options: dict = field(default_factory=new_model_options)
+
+    def clone(self, **changes) -> "SDModel":
+        """A new MODEL value sharing the UNet and every tensor, with its own copy of the
+        options' dicts and lists (so patching it leaves this one as it is); ``changes`` as
+        dataclasses.replace."""
+        return replace(self, **{"model_options": copy_options(self.model_options), **changes})
 
     @property
     def latent_scale(self) -> float:
@@ -40,18 +49,21 @@ class SDModel:
         return next(self.unet.parameters()).dtype
 
     def with_schedule(self, schedule: DiscreteSchedule) -> "SDModel":
-        return replace(self, schedule=schedule)
+        return self.clone(schedule=schedule)
 
-    def apply_model(self, x, sigma, context, y=None, concat=None) -> torch.Tensor:
+    def apply_model(self, x, sigma, c_crossattn, y=None, c_concat=None, control=None, transformer_options=None,
+                    **_) -> torch.Tensor:
         """ComfyUI's apply_model: scale the input for sigma, run the UNet at the matching
-        timestep in the model's dtype, return the denoised latent in float32."""
+        timestep in the model's dtype, return the denoised latent in float32. The keywords are
+        ComfyUI's (what a model_function_wrapper finds in args["c"])."""
         s = self.schedule
         xc = s.calculate_input(sigma, x)
-        if concat is not None:
-            xc = torch.cat([xc, concat.to(xc)], dim=1)
+        if c_concat is not None:
+            xc = torch.cat([xc, c_concat.to(xc)], dim=1)
         device, dtype = xc.device, self.dtype
         t = s.timestep(sigma).float()
-        out = self.unet(xc.to(dtype), t, context.to(device, dtype), None if y is None else y.to(device, dtype))
+        out = self.unet(xc.to(dtype), t, c_crossattn.to(device, dtype), None if y is None else y.to(device, dtype),
+                        control, transformer_options)
         return s.calculate_denoised(sigma, out.float(), x)
 
 

@@ -6,7 +6,12 @@ mask and (for areas) a feathered edge; a prompt's prediction is the weighted ave
 entries' (ConditioningCombine). Entries whose inputs have the same shape run in one model
 call, the negative prompt's first (ComfyUI orders the batch [uncond, cond]; another order
 moves results by ~1e-6). Then ``uncond + (cond - uncond) * cfg``; with cfg == 1 the negative
-prompt is not evaluated at all.
+prompt is not evaluated at all (unless ``disable_cfg1_optimization``).
+
+The model's ``model_options`` (ComfyUI's, see models/patcher.py and docs/model-options.md) are
+called here as ComfyUI's samplers.py calls them: ``model_function_wrapper`` around each model
+call, ``sampler_calc_cond_batch_function``, ``sampler_pre_cfg_function``,
+``sampler_cfg_function`` and ``sampler_post_cfg_function`` with its argument dicts.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-# apply_model(x (B,C,h,w), sigma (B,), context (B,T,D), y (B,adm) or None, concat (B,c,h,w) or None) -> denoised
+# apply_model(x (B,C,h,w), sigma (B,), c_crossattn=(B,T,D), y=(B,adm), c_concat=(B,c,h,w),
+#             transformer_options=dict) -> denoised; y and c_concat only when the entries have them
 ApplyModel = Callable[..., torch.Tensor]
+COND, UNCOND = 0, 1  # the cond_or_uncond labels of a batch's chunks (ComfyUI's)
+_CFG_KEYS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
 AREA_FEATHER = 8  # latent pixels of linear fade at an area's inner edges
 
 
@@ -123,9 +131,32 @@ def _cat_context(contexts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in contexts])
 
 
+def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
+    """One batched model call for ``runs``, through ``model_function_wrapper`` if set."""
+    n = len(runs)
+    xb = torch.cat([r.x for r in runs])
+    sb = torch.cat([sigma] * n)
+    c = {"c_crossattn": _cat_context([r.context for r in runs])}
+    if runs[0].y is not None:
+        c["y"] = torch.cat([r.y for r in runs])
+    if runs[0].concat is not None:
+        c["c_concat"] = torch.cat([r.concat for r in runs])
+    cond_or_uncond = [r.which for r in runs]
+    # a fresh dict per call: the UNet writes the block ids into it as it goes
+    to = dict(model_options.get("transformer_options", {}))
+    to["cond_or_uncond"], to["sigmas"] = cond_or_uncond[:], sigma
+    c["transformer_options"] = to
+    wrapper = model_options.get("model_function_wrapper")
+    if wrapper is None:
+        return apply_model(xb, sb, **c)
+    return wrapper(apply_model, {"input": xb, "timestep": sb, "c": c, "cond_or_uncond": cond_or_uncond})
+
+
 def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x: torch.Tensor,
-                    sigma: torch.Tensor) -> list[torch.Tensor]:
-    """The denoised prediction of each prompt at (x, sigma): entries averaged by weight."""
+                    sigma: torch.Tensor, model_options: dict | None = None) -> list[torch.Tensor]:
+    """The denoised prediction of each prompt at (x, sigma): entries averaged by weight
+    (a prompt given as None predicts zeros)."""
+    model_options = {} if model_options is None else model_options
     outs = [torch.zeros_like(x) for _ in prompts]
     counts = [torch.full_like(x, 1e-37) for _ in prompts]
     pending = [run for which, conds in enumerate(prompts) if conds is not None
@@ -137,13 +168,7 @@ def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x
         runs = [pending[i] for i in group]
         for i in sorted(group, reverse=True):
             pending.pop(i)
-        n = len(runs)
-        xb = torch.cat([r.x for r in runs])
-        sb = torch.cat([sigma] * n)
-        context = _cat_context([r.context for r in runs])
-        y = torch.cat([r.y for r in runs]) if runs[0].y is not None else None
-        concat = torch.cat([r.concat for r in runs]) if runs[0].concat is not None else None
-        out = apply_model(xb, sb, context, y, concat).chunk(n)
+        out = _model_call(apply_model, runs, sigma, model_options).chunk(len(runs))
         for r, o in zip(runs, out):
             target, count = outs[r.which], counts[r.which]
             if r.area is not None:
@@ -155,19 +180,53 @@ def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x
     return [o / c for o, c in zip(outs, counts)]
 
 
-class CFGDenoiser:
-    """The denoiser samplers call: ``denoiser(x, sigma) -> denoised`` with guidance."""
+def cfg_function(model, cond_pred: torch.Tensor, uncond_pred: torch.Tensor, cond_scale: float, x: torch.Tensor,
+                 sigma: torch.Tensor, model_options: dict, cond=None, uncond=None) -> torch.Tensor:
+    """Guidance: ``sampler_cfg_function`` (in noise space: it gets x - prediction and returns
+    a noise, turned back into x - result) or the standard formula, then each
+    ``sampler_post_cfg_function`` on the denoised result. ComfyUI's argument dicts."""
+    cfg_fn = model_options.get("sampler_cfg_function")
+    if cfg_fn is None:
+        result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+    else:
+        args = {"cond": x - cond_pred, "uncond": x - uncond_pred, "cond_scale": cond_scale, "timestep": sigma,
+                "input": x, "sigma": sigma, "cond_denoised": cond_pred, "uncond_denoised": uncond_pred,
+                "model": model, "model_options": model_options, "input_cond": cond, "input_uncond": uncond}
+        result = x - cfg_fn(args)
+    for fn in model_options.get("sampler_post_cfg_function", ()):
+        result = fn({"denoised": result, "cond": cond, "uncond": uncond, "cond_scale": cond_scale, "model": model,
+                     "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": sigma,
+                     "model_options": model_options, "input": x})
+    return result
 
-    def __init__(self, apply_model: ApplyModel, positive: list[Cond], negative: list[Cond], cfg: float):
+
+class CFGDenoiser:
+    """The denoiser samplers call: ``denoiser(x, sigma) -> denoised`` with guidance.
+    ``model`` is what the cfg functions get as args["model"] (the MODEL value)."""
+
+    def __init__(self, apply_model: ApplyModel, positive: list[Cond], negative: list[Cond], cfg: float,
+                 model_options: dict | None = None, model=None):
         self.apply_model = apply_model
         self.positive, self.negative, self.cfg = positive, negative, cfg
+        self.model_options = {} if model_options is None else model_options
+        self.model = model
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
-        negative = None if math.isclose(self.cfg, 1.0) else self.negative
-        cond, uncond = calc_cond_batch(self.apply_model, [self.positive, negative], x, sigma)
-        if negative is None:
-            return cond
-        return uncond + (cond - uncond) * self.cfg
+        opts = self.model_options
+        skip_uncond = math.isclose(self.cfg, 1.0) and not opts.get("disable_cfg1_optimization", False)
+        negative = None if skip_uncond else self.negative
+        conds = [self.positive, negative]
+        batch_fn = opts.get("sampler_calc_cond_batch_function")
+        if batch_fn is None:
+            out = calc_cond_batch(self.apply_model, conds, x, sigma, opts)
+        else:
+            out = batch_fn({"conds": conds, "input": x, "sigma": sigma, "model": self.model, "model_options": opts})
+        if negative is None and not any(k in opts for k in _CFG_KEYS):
+            return out[0]  # cfg 1 with nothing to call: the positive prediction (the formula's, exactly)
+        for fn in opts.get("sampler_pre_cfg_function", ()):
+            out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": sigma, "input": x,
+                      "sigma": sigma, "model": self.model, "model_options": opts})
+        return cfg_function(self.model, out[0], out[1], self.cfg, x, sigma, opts, self.positive, negative)
 
 
 def _area_inside(a: tuple, b: tuple) -> bool:

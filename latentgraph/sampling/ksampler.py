@@ -44,17 +44,23 @@ def prepare_denoise_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.Tensor, noise: torch.Tensor,
            latent: torch.Tensor, positive: list[Cond], negative: list[Cond], cfg: float, seed: int,
            latent_scale: float, denoise_mask: torch.Tensor | None = None,
-           callback: StepCallback | None = None) -> torch.Tensor:
+           callback: StepCallback | None = None, model_options: dict | None = None, model=None) -> torch.Tensor:
     """Sample and return the LATENT samples (unscaled VAE space, float32).
 
     noise and latent are (B, C, h, w) on the compute device; ``denoise_mask`` is 1 where the
-    latent is to be regenerated (a SetLatentNoiseMask / VAEEncodeForInpaint mask)."""
+    latent is to be regenerated (a SetLatentNoiseMask / VAEEncodeForInpaint mask).
+    ``model_options`` are the MODEL's (ComfyUI's shape; not changed here) and ``model`` what
+    its functions receive as the model."""
     if sigmas.numel() == 0:
         return latent
     sigmas = sigmas.to(noise.device)
     latent_in = latent * latent_scale if torch.count_nonzero(latent) > 0 else latent  # an empty latent stays 0
     positive, negative = add_opposite_areas(positive, negative)
-    guided = CFGDenoiser(apply_model, positive, negative, cfg)
+    options = dict(model_options or {})
+    # the run's whole schedule, for patches that act on a part of it (ComfyUI's sample_sigmas)
+    options["transformer_options"] = {**options.get("transformer_options", {}), "sample_sigmas": sigmas}
+    guided = CFGDenoiser(apply_model, positive, negative, cfg, options, model)
+    mask_fn = options.get("denoise_mask_function")
     mask = prepare_denoise_mask(denoise_mask, noise.shape).to(noise) if denoise_mask is not None else None
     # ComfyUI's ddim re-imposes the known region with fresh noise from seed + 1 when inpainting
     inpaint_noise = noise
@@ -65,10 +71,13 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.T
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
         if mask is None:
             return guided(x, sigma)
-        keep = 1.0 - mask
+        step_mask = mask
+        if mask_fn is not None:  # e.g. DifferentialDiffusion: the mask as a function of sigma
+            step_mask = mask_fn(sigma, mask, extra_options={"model": model, "sigmas": sigmas})
+        keep = 1.0 - step_mask
         known = schedule.noise_scaling(sigma.reshape(-1, 1, 1, 1), inpaint_noise, latent_in, False)
-        x = x * mask + known * keep
-        return guided(x, sigma) * mask + latent_in * keep
+        x = x * step_mask + known * keep
+        return guided(x, sigma) * step_mask + latent_in * keep
 
     max_sigma = float(schedule.sigma_max)
     first = float(sigmas[0])
