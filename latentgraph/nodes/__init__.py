@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from ..graph import NodeRegistry
 from . import conditioning, image, latent, loaders, mask, primitives, sampling, vae
+from . import model_patches
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
+BUILTIN_MODULES += (model_patches,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
