@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from ..graph import NodeRegistry
 from . import conditioning, image, latent, loaders, mask, primitives, sampling, vae
+from . import attention_patches
 from . import model_patches
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
+BUILTIN_MODULES += (attention_patches,)
 BUILTIN_MODULES += (model_patches,)
 
 
