@@ -120,7 +120,7 @@ def test_prediction_types():
     want_v = x / (s ** 2 + 1) - out * s / (s ** 2 + 1).sqrt()
     assert torch.allclose(DiscreteSchedule("v").calculate_denoised(sigma, out, x), want_v)
     with pytest.raises(ValueError, match="eps"):
-        DiscreteSchedule("x0")
+        DiscreteSchedule("edm")  # x0 became a prediction type with issue 15
 
 
 def test_noise_scaling(eps):

@@ -11,6 +11,7 @@ from ..graph import CONDITIONING, LATENT, MODEL, Boolean, Combo, Float, Int, Nod
 from ..sampling.ksampler import sample, trim_sigmas
 from ..sampling.noise import prepare_noise
 from ..sampling.samplers import SAMPLER_NAMES
+from ..sampling.schedule import LCMSchedule
 from ..sampling.schedulers import SCHEDULER_NAMES, compute_sigmas, karras_sigmas, sd_turbo_sigmas
 from .budget import check_tensor
 from .preview import preview_factory
@@ -189,8 +190,11 @@ def SplitSigmas(sigmas: Annotated[torch.Tensor, SIGMAS],
 @node(category="advanced/model", display_name="ModelSamplingDiscrete", outputs=[MODEL])
 def ModelSamplingDiscrete(
     model: Annotated[SDModel, MODEL],
-    sampling: Annotated[str, Combo(["eps", "v_prediction"], default="eps")],
+    sampling: Annotated[str, Combo(["eps", "v_prediction", "lcm", "x0", "img_to_img"], default="eps")],
     zsnr: Annotated[bool, Boolean(False)],
 ) -> SDModel:
-    """Overrides what the model predicts (eps or v) and zero-terminal-SNR."""
-    return model.with_schedule(schedule_for(model.arch, "v" if sampling == "v_prediction" else "eps", zsnr))
+    """Overrides what the model predicts (eps, v, x0; lcm: a latent consistency model's
+    distilled 50-step schedule and output) and zero-terminal-SNR."""
+    if sampling == "lcm":
+        return model.with_schedule(LCMSchedule(zsnr))
+    return model.with_schedule(schedule_for(model.arch, {"v_prediction": "v"}.get(sampling, sampling), zsnr))

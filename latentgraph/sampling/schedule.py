@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-PREDICTIONS = ("eps", "v")
+# what the network predicts: the noise, v (Salimans & Ho 2022), x0 itself, or x0 from an
+# unscaled input ("img_to_img", ComfyUI's name for models fed the noisy latent as it is)
+PREDICTIONS = ("eps", "v", "x0", "img_to_img")
 # alpha_bar of the last timestep after zero-terminal-SNR rescaling: exactly 0 would give an
 # infinite sigma, so ComfyUI pins it to this small value (sigma ~ 4519)
 ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
@@ -98,12 +100,17 @@ class DiscreteSchedule:
         return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
 
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """c_in: the UNet sees x / sqrt(sigma^2 + 1)."""
+        """c_in: the UNet sees x / sqrt(sigma^2 + 1) (img_to_img: x as it is)."""
+        if self.prediction == "img_to_img":
+            return x
         sigma = _per_sample(torch.as_tensor(sigma, device=x.device), x.ndim)
         return x / (sigma ** 2 + 1.0) ** 0.5
 
     def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
-        """x0 from the network output: eps -> x - sigma * eps; v -> c_skip * x - c_out * v."""
+        """x0 from the network output: eps -> x - sigma * eps; v -> c_skip * x - c_out * v;
+        x0 / img_to_img -> the output itself."""
+        if self.prediction in ("x0", "img_to_img"):
+            return model_output
         sigma = _per_sample(torch.as_tensor(sigma, device=model_output.device), model_output.ndim)
         if self.prediction == "eps":
             return model_input - model_output * sigma
@@ -120,3 +127,55 @@ class DiscreteSchedule:
     def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """The sampler's result as a latent (the identity for eps/v models)."""
         return latent
+
+
+class LCMSchedule(DiscreteSchedule):
+    """A latent consistency model's schedule (Luo et al. 2023, "Latent Consistency Models"):
+    distilled on ``original_timesteps`` of the 1000 (every 20th, ending at 999), so the sigma
+    table keeps only those, timesteps snap to them, and the eps output goes through the
+    consistency boundary condition c_skip * x + c_out * x0 (sigma_data 0.5, timestep x 10).
+    The numbers are ComfyUI's (ModelSamplingDiscrete "lcm")."""
+
+    SIGMA_DATA = 0.5
+    TIMESTEP_SCALING = 10.0
+
+    def __init__(self, zsnr: bool = False, original_timesteps: int = 50, **kwargs):
+        super().__init__("eps", zsnr, **kwargs)
+        full = self.sigmas
+        self.skip_steps = len(full) // original_timesteps
+        # keep timesteps T-1, T-1-skip, ... (ascending): index i holds timestep skip*i + skip-1
+        keep = torch.arange(original_timesteps) * self.skip_steps + (len(full) - 1 - (original_timesteps - 1) * self.skip_steps)
+        self.sigmas = full[keep]
+        self.log_sigmas = full[keep].log()
+        self.offset = int(keep[0])  # the timestep of table entry 0 (19 for 1000/50)
+
+    def __repr__(self) -> str:
+        return f"LCMSchedule(zsnr={self.zsnr})"
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.sigmas) * self.skip_steps
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The distilled timestep nearest in log-sigma (19, 39, ..., 999)."""
+        sigma = torch.as_tensor(sigma)
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        index = dists.abs().argmin(dim=0).view(sigma.shape)
+        return (index * self.skip_steps + self.offset).to(sigma.device).float()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Sigma at a (fractional) timestep, interpolated over the distilled table."""
+        timestep = torch.as_tensor(timestep)
+        t = ((timestep.float().to(self.log_sigmas.device) - self.offset) / self.skip_steps).clamp(0, len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        return log_sigma.exp().to(timestep.device)
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=model_output.device)
+        shape = sigma.shape[:1] + (1,) * (model_output.ndim - 1)
+        scaled_t = self.timestep(sigma).view(shape) * self.TIMESTEP_SCALING
+        x0 = model_input - model_output * sigma.view(shape)
+        c_skip = self.SIGMA_DATA ** 2 / (scaled_t ** 2 + self.SIGMA_DATA ** 2)
+        c_out = scaled_t / (scaled_t ** 2 + self.SIGMA_DATA ** 2) ** 0.5
+        return c_out * x0 + c_skip * model_input
