@@ -236,6 +236,8 @@ def test_differential_diffusion_thresholds_the_mask_by_step():
     half = differential_mask(torch.tensor([4.0]), mask, opts, strength=0.5)
     torch.testing.assert_close(half, 0.5 * mid + 0.5 * mask)
     assert torch.equal(differential_mask(torch.tensor([4.0]), mask, opts, strength=0.0), mid)  # ComfyUI's rule
+    with pytest.raises(ValueError, match="DifferentialDiffusion: the sampler must pass the model"):
+        differential_mask(torch.tensor([4.0]), mask, {"model": None, "sigmas": sigmas})
     m = DifferentialDiffusion(model, strength=0.5)
     fn = m.model_options["denoise_mask_function"]
     torch.testing.assert_close(fn(torch.tensor([4.0]), mask, extra_options=opts), half)

@@ -225,7 +225,10 @@ def differential_mask(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_opt
     """The denoise_mask_function of DifferentialDiffusion (Levin & Fried 2023, "Differential
     Diffusion"): at each step regenerate only where the mask is at least the fraction of the
     run's timesteps still ahead, so a soft mask becomes a per-pixel amount of change."""
-    model, sigmas = extra_options["model"], extra_options["sigmas"]
+    model, sigmas = extra_options.get("model"), extra_options.get("sigmas")
+    if getattr(model, "schedule", None) is None or sigmas is None:
+        raise ValueError("DifferentialDiffusion: the sampler must pass the model and the run's sigmas "
+                         "(extra_options 'model' and 'sigmas'); call ksampler.sample with model=")
     schedule = model.schedule
     sigma_to = schedule.sigma_min
     if sigmas[-1] > sigma_to:
