@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write a random-weight checkpoint in the original single-file layout, "
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
+    make.add_argument("--kind", default="checkpoint", choices=("checkpoint", "controlnet"),
+                      help="a whole checkpoint, or a ControlNet (LDM control_model.* layout) for the family")
     make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
@@ -492,11 +494,20 @@ def _print_plugins(registry, as_json: bool) -> int:
 
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
-    from .models.make import make_checkpoint
+    from .models.make import make_checkpoint, make_controlnet
 
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
+        if args.kind == "controlnet":
+            if args.prediction is not None:
+                raise ValueError("--prediction is for checkpoints; a ControlNet has none")
+            config = make_controlnet(args.out, args.family, args.size, args.seed, dtype,
+                                     write_metadata=not args.no_metadata)
+            size = Path(args.out).stat().st_size
+            print(f"wrote {args.out}: {config.family} ControlNet ({args.size}, {dtype}), {size / 1e6:.1f} MB "
+                  f"in {time.perf_counter() - start:.1f} s")
+            return 0
         arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,
                                write_metadata=not args.no_metadata)
     except (ValueError, CheckpointError) as exc:

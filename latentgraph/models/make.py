@@ -52,3 +52,33 @@ def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(tensors, out, metadata=metadata)
     return arch
+
+
+def make_controlnet(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                    write_metadata: bool = True) -> "ControlNetConfig":
+    """Write a random ControlNet for ``family``'s UNet at ``size`` in the LDM layout
+    (``control_model.*``, as the lllyasviel files). Every weight, the zero convs too, is
+    default-initialised under ``torch.manual_seed(seed)``, so its control visibly changes a
+    picture (a trained ControlNet starts from zero convs; a random one at zero would test nothing)."""
+    from .controlnet import ControlNet, ControlNetConfig, METADATA_KEY as CN_KEY, controlnet_tensors
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be tiny or full, not {size!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    if family not in ("sd15", "sd2", "sdxl"):
+        raise ValueError(f"ControlNets are made for sd15, sd2 or sdxl, not {family!r}")
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    config = ControlNetConfig(arch.unet, 3, family)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        tensors = controlnet_tensors(ControlNet(config))
+        target = SAVE_DTYPES[dtype]
+        tensors = {k: v.to(target) for k, v in tensors.items()}
+    metadata = {"format": "pt"}
+    if write_metadata:
+        metadata[CN_KEY] = config.to_json()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(tensors, out, metadata=metadata)
+    return config

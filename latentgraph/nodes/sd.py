@@ -138,7 +138,8 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
             concat=concat, area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
             mask=mask, mask_strength=float(opts.get("mask_strength", 1.0)),
             sigma_start=float(model.schedule.percent_to_sigma(start)) if start is not None else None,
-            sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None))
+            sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None,
+            control=opts.get("control"), control_apply_to_uncond=bool(opts.get("control_apply_to_uncond", False))))
     return out
 
 

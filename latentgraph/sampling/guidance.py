@@ -44,6 +44,9 @@ class Cond:
     mask_strength: float = 1.0
     sigma_start: float | None = None  # active while sigma <= sigma_start
     sigma_end: float | None = None  # ... and sigma >= sigma_end
+    # a ControlNet chain (models.controlnet.Control): get_control(x, sigma, c, chunks, model) -> residuals
+    control: object | None = None
+    control_apply_to_uncond: bool = False  # the old ControlNetApply: the negative prompt gets it too
 
 
 @dataclass
@@ -57,6 +60,7 @@ class _Run:
     concat: torch.Tensor | None
     area: tuple | None
     which: int  # 0 = positive, 1 = negative
+    control: object | None = None
 
 
 def _repeat_to(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -107,11 +111,11 @@ def _prepare(c: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run 
         if area is not None:
             concat = concat[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
         concat = _repeat_to(concat, B)
-    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which)
+    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which, c.control)
 
 
 def _compatible(a: _Run, b: _Run) -> bool:
-    if a.x.shape != b.x.shape:
+    if a.x.shape != b.x.shape or a.control is not b.control:  # one control per batched call, as ComfyUI
         return False
     if (a.y is None) != (b.y is None) or (a.y is not None and a.y.shape != b.y.shape):
         return False
@@ -131,8 +135,10 @@ def _cat_context(contexts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in contexts])
 
 
-def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
-    """One batched model call for ``runs``, through ``model_function_wrapper`` if set."""
+def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, model_options: dict,
+                model=None) -> torch.Tensor:
+    """One batched model call for ``runs``, through ``model_function_wrapper`` if set; their
+    control (the same for all, see _compatible) computed for this call's inputs."""
     n = len(runs)
     xb = torch.cat([r.x for r in runs])
     sb = torch.cat([sigma] * n)
@@ -146,6 +152,13 @@ def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, 
     to = dict(model_options.get("transformer_options", {}))
     to["cond_or_uncond"], to["sigmas"] = cond_or_uncond[:], sigma
     c["transformer_options"] = to
+    control = runs[0].control
+    if control is not None:
+        if model is None:
+            raise ValueError("a conditioning with a ControlNet needs the MODEL being sampled (its noise schedule)")
+        residuals = control.get_control(xb, sb, c, n, model)
+        if residuals is not None:
+            c["control"] = residuals
     wrapper = model_options.get("model_function_wrapper")
     if wrapper is None:
         return apply_model(xb, sb, **c)
@@ -153,9 +166,9 @@ def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, 
 
 
 def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x: torch.Tensor,
-                    sigma: torch.Tensor, model_options: dict | None = None) -> list[torch.Tensor]:
+                    sigma: torch.Tensor, model_options: dict | None = None, model=None) -> list[torch.Tensor]:
     """The denoised prediction of each prompt at (x, sigma): entries averaged by weight
-    (a prompt given as None predicts zeros)."""
+    (a prompt given as None predicts zeros). ``model`` (the MODEL) is what controls need."""
     model_options = {} if model_options is None else model_options
     outs = [torch.zeros_like(x) for _ in prompts]
     counts = [torch.full_like(x, 1e-37) for _ in prompts]
@@ -168,7 +181,7 @@ def calc_cond_batch(apply_model: ApplyModel, prompts: list[list[Cond] | None], x
         runs = [pending[i] for i in group]
         for i in sorted(group, reverse=True):
             pending.pop(i)
-        out = _model_call(apply_model, runs, sigma, model_options).chunk(len(runs))
+        out = _model_call(apply_model, runs, sigma, model_options, model).chunk(len(runs))
         for r, o in zip(runs, out):
             target, count = outs[r.which], counts[r.which]
             if r.area is not None:
@@ -207,7 +220,7 @@ class CFGDenoiser:
     def __init__(self, apply_model: ApplyModel, positive: list[Cond], negative: list[Cond], cfg: float,
                  model_options: dict | None = None, model=None):
         self.apply_model = apply_model
-        self.positive, self.negative, self.cfg = positive, negative, cfg
+        self.positive, self.negative, self.cfg = positive, control_to_uncond(positive, negative), cfg
         self.model_options = {} if model_options is None else model_options
         self.model = model
 
@@ -218,7 +231,7 @@ class CFGDenoiser:
         conds = [self.positive, negative]
         batch_fn = opts.get("sampler_calc_cond_batch_function")
         if batch_fn is None:
-            out = calc_cond_batch(self.apply_model, conds, x, sigma, opts)
+            out = calc_cond_batch(self.apply_model, conds, x, sigma, opts, self.model)
         else:
             out = batch_fn({"conds": conds, "input": x, "sigma": sigma, "model": self.model, "model_options": opts})
         if negative is None and not any(k in opts for k in _CFG_KEYS):
@@ -227,6 +240,23 @@ class CFGDenoiser:
             out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": sigma, "input": x,
                       "sigma": sigma, "model": self.model, "model_options": opts})
         return cfg_function(self.model, out[0], out[1], self.cfg, x, sigma, opts, self.positive, negative)
+
+
+def control_to_uncond(positive: list[Cond], negative: list[Cond]) -> list[Cond]:
+    """The negative prompt with the controls of ControlNetApply (old node) entries: unless a
+    negative entry already has a control, each such positive control goes to a negative entry
+    without an area, in turn (ComfyUI's rule; the last one given to an entry stays)."""
+    controls = [c.control for c in positive if c.control_apply_to_uncond and c.area is None and c.control is not None]
+    if not controls or any(c.control is not None for c in negative if c.area is None):
+        return negative
+    free = [i for i, c in enumerate(negative) if c.area is None]
+    if not free:
+        return negative
+    out = list(negative)
+    for k, control in enumerate(controls):
+        i = free[k % len(free)]
+        out[i] = replace(out[i], control=control)
+    return out
 
 
 def _area_inside(a: tuple, b: tuple) -> bool:
