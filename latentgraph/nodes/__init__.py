@@ -7,10 +7,12 @@ from ..graph import NodeRegistry
 from . import conditioning, image, latent, loaders, mask, primitives, sampling, vae
 from . import attention_patches
 from . import model_patches
+from . import controlnet
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
 BUILTIN_MODULES += (model_patches,)
+BUILTIN_MODULES += (controlnet,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
