@@ -223,3 +223,106 @@ def test_pag_calls_the_positive_once_with_identity_attention_in_the_middle(execu
     assert ap.identity_attention(None, None, v, {}) is v
     zero = ap.PerturbedAttentionGuidance(model, 0.0).model_options["sampler_post_cfg_function"][0]
     assert zero(args) is denoised and len(calls) == 1
+
+
+# -- Deep Shrink ------------------------------------------------------------------------------
+def _shrink_patches(model, **kw):
+    args = dict(block_number=3, downscale_factor=2.0, start_percent=0.0, end_percent=0.35,
+                downscale_after_skip=True, downscale_method="bicubic", upscale_method="bicubic")
+    args.update(kw)
+    m = ap.PatchModelAddDownscale(model, **args)
+    patches = m.model_options["transformer_options"]["patches"]
+    name = "input_block_patch_after_skip" if args["downscale_after_skip"] else "input_block_patch"
+    assert set(patches) == {name, "output_block_patch"}
+    return patches[name][0], patches["output_block_patch"][0]
+
+
+def test_deep_shrink_acts_on_its_block_within_its_sigma_range(executor):
+    model = tiny_model(executor)
+    sched = model.schedule
+    down, up = _shrink_patches(model, end_percent=0.5, downscale_after_skip=False)
+    h = torch.randn(1, 8, 8, 12)
+    sigma_mid = sched.percent_to_sigma(0.5)
+    inside = {"block": ("input", 3), "sigmas": torch.tensor([sigma_mid * 1.01])}
+    assert down(h, inside).shape == (1, 8, 4, 6)
+    assert down(h, {**inside, "sigmas": torch.tensor([sigma_mid * 0.99])}) is h  # past end_percent
+    assert down(h, {**inside, "block": ("input", 2)}) is h
+    assert down(h, {**inside, "sigmas": torch.tensor([float(sched.sigma_max)])}).shape == (1, 8, 4, 6)
+    small, skip = torch.randn(1, 8, 4, 6), torch.randn(1, 8, 8, 12)
+    grown, same_skip = up(small, skip, {})
+    assert grown.shape == skip.shape and same_skip is skip
+    torch.testing.assert_close(grown, torch.nn.functional.interpolate(small, size=(8, 12), mode="bicubic"))
+    assert up(skip, skip, {})[0] is skip
+
+
+def test_deep_shrink_refuses_sizes_it_cannot_make(executor):
+    down, _ = _shrink_patches(tiny_model(executor), downscale_factor=9.0)
+    opts = {"block": ("input", 3), "sigmas": torch.tensor([10.0])}
+    with pytest.raises(ValueError, match=r"^PatchModelAddDownscale: downscale_factor 9.0 on input block 3's "
+                                         r"4x4 features leaves 0x0; use a smaller factor or an earlier block$"):
+        down(torch.zeros(1, 8, 4, 4), opts)
+    grow, _ = _shrink_patches(tiny_model(executor), downscale_factor=0.1)
+    big = torch.empty(1, 320, 1024, 1024, device="meta")  # 10x larger would be 125 GiB: refused before it is made
+    with pytest.raises(ValueError) as err:
+        grow(big, opts)
+    assert str(err.value) == ("PatchModelAddDownscale: downscale_factor 0.1 on input block 3's 1024x1024 features "
+                              "makes a feature map of 125 GiB, which exceeds the limit tensor_bytes = 8 GiB")
+
+
+# -- HyperTile --------------------------------------------------------------------------------
+def test_divisor_choices_as_comfyui_draws_them():
+    assert ap._divisor_choices(16, 4, 3) == [4, 2]  # 16/4, 16/8; 16/16 would need randint to reach its high
+    assert ap._divisor_choices(16, 4, 2) == [4]
+    assert ap._divisor_choices(8, 4, 1) == [2]
+    assert ap._divisor_choices(12, 4, 5) == [3, 2]  # 12/4, 12/6 (12/12 never drawn)
+    assert ap._divisor_choices(7, 4, 5) == [1]  # prime: no tiling
+    assert ap._divisor_choices(3, 8, 2) == [1]  # smaller than a tile
+
+
+def _tiled(tile_size=32, swap_size=1, max_depth=0, scale_depth=False):
+    return ap._hypertile_patches(tile_size, swap_size, max_depth, scale_depth)
+
+
+def test_hypertile_attention_per_tile_as_comfyui_computes_it():
+    tile_in, tile_out = _tiled()
+    g = torch.Generator().manual_seed(4)
+    n = torch.randn(2, 64, 8, generator=g)  # an 8x8 latent's top level: 2x2 tiles of 4x4
+    extra = {"original_shape": [2, 4, 8, 8], "sigmas": torch.tensor([5.0])}
+    q, k, v = tile_in(n, n, n, extra)
+    assert q.shape == k.shape == v.shape == (8, 16, 8) and extra["hypertile_tiles"] == (2, 2, 8, 8)
+    out = tile_out(attention(q, k, v, 2), extra)
+    assert out.shape == (2, 64, 8) and "hypertile_tiles" not in extra
+    grid = n.reshape(2, 8, 8, 8)
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                tile = grid[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4].reshape(1, 16, 8)
+                run = n[b:b + 1, 16 * (2 * i + j):16 * (2 * i + j + 1)]  # ComfyUI: the t-th run of keys
+                want = attention(tile, run, run, 2).reshape(4, 4, 8)
+                torch.testing.assert_close(out[b].reshape(8, 8, 8)[4 * i:4 * i + 4, 4 * j:4 * j + 4], want)
+    # identity in between: the tokens come back in their order
+    q, _, _ = tile_in(n, n, n, extra)
+    assert torch.equal(tile_out(q, extra), n)
+
+
+def test_hypertile_leaves_other_sizes_alone_and_picks_deterministically():
+    tile_in, tile_out = _tiled(max_depth=0)
+    n = torch.randn(1, 16, 8)  # a 4x4 level of an 8x8 latent: depth 1 > max_depth
+    extra = {"original_shape": [1, 4, 8, 8]}
+    out = tile_in(n, n, n, extra)
+    assert out[0] is n and out[1] is n and "hypertile_tiles" not in extra
+    assert tile_out(n, extra) is n
+    seeds = {ap._tile_seed({"sigmas": torch.tensor([s]), "transformer_index": t}, 0)
+             for s in (1.0, 2.0) for t in (0, 1)}
+    assert len(seeds) == 4
+    picks = [ap._pick([4, 2], seed) for seed in range(40)]
+    assert set(picks) == {4, 2} and picks == [ap._pick([4, 2], seed) for seed in range(40)]
+
+
+def test_hypertile_random_choices_give_the_same_latent_twice(executor):
+    data = prompt("hypertile_depth1_128")
+    data["5"]["inputs"]["swap_size"] = 3  # the top level may draw 4 or 2 tiles per side
+    first = run(executor, data)
+    data["6"]["inputs"]["cfg"] = 5.0 + 1e-9  # a new cache key: the sampler runs again
+    assert torch.equal(run(executor, data), first)
+    assert not torch.allclose(first, REF["hypertile_depth1_128"], rtol=1e-4, atol=1e-3)
