@@ -143,11 +143,12 @@ class LCMSchedule(DiscreteSchedule):
         super().__init__("eps", zsnr, **kwargs)
         full = self.sigmas
         self.skip_steps = len(full) // original_timesteps
-        # keep timesteps T-1, T-1-skip, ... (ascending): index i holds timestep skip*i + skip-1
-        keep = torch.arange(original_timesteps) * self.skip_steps + (len(full) - 1 - (original_timesteps - 1) * self.skip_steps)
+        # keep timesteps T-1, T-1-skip, ... (ascending): entry i is timestep offset + skip * i;
+        # the log is taken of the float32 values, as ComfyUI does for this table
+        self.offset = len(full) - 1 - (original_timesteps - 1) * self.skip_steps  # 19 for 1000/50
+        keep = torch.arange(original_timesteps) * self.skip_steps + self.offset
         self.sigmas = full[keep]
         self.log_sigmas = full[keep].log()
-        self.offset = int(keep[0])  # the timestep of table entry 0 (19 for 1000/50)
 
     def __repr__(self) -> str:
         return f"LCMSchedule(zsnr={self.zsnr})"
@@ -166,12 +167,14 @@ class LCMSchedule(DiscreteSchedule):
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
         """Sigma at a (fractional) timestep, interpolated over the distilled table."""
         timestep = torch.as_tensor(timestep)
-        t = ((timestep.float().to(self.log_sigmas.device) - self.offset) / self.skip_steps).clamp(0, len(self.sigmas) - 1)
+        t = (timestep.float().to(self.log_sigmas.device) - self.offset) / self.skip_steps
+        t = t.clamp(0, len(self.sigmas) - 1)
         low, high, w = t.floor().long(), t.ceil().long(), t.frac()
         log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
         return log_sigma.exp().to(timestep.device)
 
-    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           model_input: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, device=model_output.device)
         shape = sigma.shape[:1] + (1,) * (model_output.ndim - 1)
         scaled_t = self.timestep(sigma).view(shape) * self.TIMESTEP_SCALING
