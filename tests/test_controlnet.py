@@ -4,6 +4,7 @@ latents on the tiny SD1 checkpoint (tests/fixtures/comfy_reference/controlnet/RE
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -244,8 +245,6 @@ def executor(tmp_path_factory):
     shutil.copy(CN / "tiny_sd15_controlnet.safetensors", root / "models" / "controlnet")
     shutil.copy(CN / "cn_hint.png", root / "in")
     registry = create_registry()
-    if "ControlNetLoader" not in registry:
-        registry.register_module(cn_nodes, python_module="nodes")
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
                       models_dir=root / "models", device="cpu")
     return Executor(registry, env)
@@ -319,3 +318,22 @@ def test_missing_file_is_reported_at_validation(executor):
     wf.add("cn", "ControlNetLoader", control_net_name="nope.safetensors")
     with pytest.raises(Exception, match="ControlNet 'nope.safetensors' not found"):
         executor.run(wf, targets=["cn"])
+
+
+@pytest.mark.parametrize("name", ["ControlNetLoader", "DiffControlNetLoader", "ControlNetApply",
+                                  "ControlNetApplyAdvanced"])
+def test_declaration_matches_comfyui_object_info(name):
+    """Inputs, defaults, ranges, outputs, names and flags as ComfyUI's /object_info (the
+    file combos list each side's own folder, so only their type is compared)."""
+    theirs = json.loads((CN / "object_info.json").read_text())[name]
+    ours = create_registry().object_info()[name]
+    for key in ("input_order", "output", "output_name", "output_is_list", "display_name", "category",
+                "deprecated", "output_node", "python_module"):
+        assert ours.get(key) == theirs.get(key), key
+    for group in ("required", "optional"):
+        for input_name, spec in theirs["input"].get(group, {}).items():
+            mine = ours["input"][group][input_name]
+            if input_name == "control_net_name":
+                assert isinstance(mine[0], list)
+            else:
+                assert mine == spec, input_name
