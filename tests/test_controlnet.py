@@ -216,6 +216,9 @@ def test_strength_range_and_chaining():
     assert [float(r) for r in both["output"]] == [7.0, 7.0] and float(both["middle"][0]) == 7.0 and both["input"] == []
     early = second.get_control(x, torch.tensor([6.0]), c, 1, _Model())  # before 50%: only the first
     assert [float(r) for r in early["output"]] == [2.0, 2.0]
+    pooled = Control(_fake_net(0.0), torch.zeros(1, 3, 8, 8), 2.0, global_average_pooling=True)
+    merged = pooled._merge({"output": [torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])], "middle": [None]}, None)
+    assert merged["output"][0].flatten().tolist() == [8.0] * 4 and merged["middle"] == [None]  # mean 4, x2
     assert Control(_fake_net(1.0), torch.zeros(1, 3, 8, 8), 1.0, (0.2, 0.4)).get_control(
         x, torch.tensor([1.0]), c, 1, _Model()) is None
     with pytest.raises(ValueError, match="expects text conditioning of width 32, the prompt's is 768"):

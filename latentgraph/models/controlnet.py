@@ -270,7 +270,10 @@ class Control:
         if s > schedule.percent_to_sigma(self.percent_range[0]) or s < schedule.percent_to_sigma(self.percent_range[1]):
             return prev
         net = self.net
-        dtype = next(net.parameters()).dtype
+        weight = next(net.parameters())
+        if weight.device != x.device:  # low-memory mode keeps weights on the CPU until they run
+            net.to(x.device)
+        dtype = weight.dtype
         context = c.get("crossattn_controlnet", c["c_crossattn"])
         want = net.config.unet.context_dim
         if context.shape[-1] != want:

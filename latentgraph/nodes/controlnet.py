@@ -59,9 +59,10 @@ def _load(ctx: NodeContext, name: str, model: SDModel | None) -> Control:
     def load():
         return load_controlnet_file(path, dtype, base).to(placement.home)
 
-    # a diff ControlNet depends on the model it is added to: the UNet object is part of the key
-    key = ("controlnet", *file_key(path), placement.key(), id(base) if base is not None else None)
-    net = cache.get_or_load(key, load)
+    # the model cache is keyed by file; a diff ControlNet also depends on the UNet it is added
+    # to, which has no stable key (an id can be reused), so it is not cached there (the
+    # executor still caches the node's result)
+    net = load() if base is not None else cache.get_or_load(("controlnet", *file_key(path), placement.key()), load)
     return Control(net, torch.zeros(1, 3, 8, 8), global_average_pooling=_pooling(path))
 
 
