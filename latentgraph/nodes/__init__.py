@@ -8,11 +8,13 @@ from . import conditioning, image, latent, loaders, mask, primitives, sampling, 
 from . import attention_patches
 from . import model_patches
 from . import controlnet
+from . import preprocessors
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
 BUILTIN_MODULES += (model_patches,)
 BUILTIN_MODULES += (controlnet,)
+BUILTIN_MODULES += (preprocessors,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
