@@ -109,7 +109,7 @@ def test_prefixed_bare_and_fp16_files_load_strictly(tmp_path):
 
 
 def test_other_layouts_are_named():
-    cases = {"lora_controlnet": "control-LoRA", "controlnet_cond_embedding.conv_in.weight": "diffusers-format",
+    cases = {"lora_controlnet": "control-LoRA",
              "controlnet_blocks.0.weight": "transformer ControlNet", "adapter.body.0.resnets.0.block1.weight":
              "T2I-Adapter", "body.0.in_conv.weight": "T2I-Adapter"}
     for key, name in cases.items():

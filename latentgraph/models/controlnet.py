@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .controlnet_convert import diffusers_to_ldm, is_diffusers_controlnet
 from .errors import CheckpointError
+from .t2i_adapter import T2IAdapter, adapter_control, build_t2i_adapter, is_t2i_adapter
 from .unet import (Downsample, ResBlock, SpatialTransformer, TimestepBlock, UNetConfig, _levels, _shape,
                    _transformers, timestep_embedding)
 
@@ -126,8 +128,6 @@ def _other_layout(sd: dict) -> str | None:
     keys = set(sd)
     if "lora_controlnet" in keys:
         return "a control-LoRA (lora_controlnet layout)"
-    if "controlnet_cond_embedding.conv_in.weight" in keys:
-        return "a diffusers-format ControlNet (controlnet_cond_embedding.*, down_blocks.*)"
     if "controlnet_blocks.0.weight" in keys or "controlnet_blocks.0.linear.weight" in keys:
         return "a transformer ControlNet (controlnet_blocks.*: SD3/Flux/HunyuanDiT)"
     if any(k.startswith(("adapter.", "body.", "conv_in.")) for k in keys):
@@ -136,12 +136,14 @@ def _other_layout(sd: dict) -> str | None:
 
 
 def split_layout(sd: dict, source: str) -> dict:
-    """The ControlNet tensors with ``control_model.`` removed; an error naming what was found
-    for any other layout."""
+    """The ControlNet tensors in the LDM layout with ``control_model.`` removed (diffusers-format
+    files renamed); an error naming what was found for any other layout."""
     if PREFIX + "zero_convs.0.0.weight" in sd:
         return {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
     if "zero_convs.0.0.weight" in sd:
         return {k: v for k, v in sd.items() if k != "difference"}
+    if is_diffusers_controlnet(sd):  # diffusers' ControlNetModel: the same tensors, other names
+        return diffusers_to_ldm({k: v for k, v in sd.items() if k != "difference"}, source)
     other = _other_layout(sd)
     if other is not None:
         raise CheckpointError(f"{source}: this is {other}, which is not supported yet; ControlNets in the "
@@ -184,6 +186,8 @@ def build_controlnet(sd: dict, metadata: dict | None, source: str, dtype: torch.
     """A ControlNet from a file's tensors and metadata, strictly loaded, in ``dtype``. A "diff"
     ControlNet (a ``difference`` key) stores its weights as differences from its base model's
     UNet: ``base_unet`` gives them (DiffControlNetLoader)."""
+    if is_t2i_adapter(sd):  # T2I-Adapters come through the same loader (as in ComfyUI)
+        return build_t2i_adapter(sd, source, dtype)
     is_diff = "difference" in sd
     tensors = split_layout(sd, source)
     config = config_from_state_dict(tensors, metadata, source)
@@ -270,6 +274,8 @@ class Control:
         if s > schedule.percent_to_sigma(self.percent_range[0]) or s < schedule.percent_to_sigma(self.percent_range[1]):
             return prev
         net = self.net
+        if isinstance(net, T2IAdapter):  # residuals from the hint alone, the same at every step
+            return self._merge(adapter_control(self, x, chunks), prev)
         weight = next(net.parameters())
         if weight.device != x.device:  # low-memory mode keeps weights on the CPU until they run
             net.to(x.device)
