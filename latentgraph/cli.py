@@ -110,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write a random-weight checkpoint in the original single-file layout, "
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
-    make.add_argument("--kind", default="checkpoint", choices=("checkpoint", "controlnet"),
+    make.add_argument("--kind", default="checkpoint", choices=("checkpoint", "controlnet", "t2i_adapter"),
                       help="a whole checkpoint, or a ControlNet (LDM control_model.* layout) for the family")
     make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--variant", choices=("full", "light", "xl"), default=None,
+                      help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl)")
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                       help="tensor dtype in the file (default: fp32 for tiny, fp16 for full)")
     make.add_argument("--prediction", choices=("eps", "v"), default=None,
@@ -492,6 +494,22 @@ def _print_plugins(registry, as_json: bool) -> int:
     return 0
 
 
+def _make_t2i_adapter(args, dtype: str, start: float) -> int:
+    from .models.make import make_t2i_adapter
+
+    if args.prediction is not None:
+        raise ValueError("--prediction is for checkpoints; a T2I-Adapter has none")
+    variant = args.variant or ("xl" if args.family == "sdxl" else "full")
+    if args.family not in (("sdxl",) if variant == "xl" else ("sd15", "sd2")):
+        raise ValueError(f"a {variant} T2I-Adapter is not for {args.family}: use xl with sdxl, full or light "
+                         "with sd15 or sd2")
+    make_t2i_adapter(args.out, variant, args.size, args.seed, dtype)
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out}: {args.family} T2I-Adapter ({variant}, {args.size}, {dtype}), {size / 1e6:.1f} MB "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
     from .models.make import make_checkpoint, make_controlnet
@@ -499,6 +517,10 @@ def cmd_make_checkpoint(args) -> int:
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
+        if args.kind == "t2i_adapter":
+            return _make_t2i_adapter(args, dtype, start)
+        if args.variant is not None:
+            raise ValueError("--variant is for --kind t2i_adapter")
         if args.kind == "controlnet":
             if args.prediction is not None:
                 raise ValueError("--prediction is for checkpoints; a ControlNet has none")

@@ -24,6 +24,7 @@ from torch import nn
 
 from .controlnet_convert import diffusers_to_ldm, is_diffusers_controlnet
 from .errors import CheckpointError
+from .t2i_adapter import T2IAdapter, adapter_control, build_t2i_adapter, is_t2i_adapter
 from .unet import (Downsample, ResBlock, SpatialTransformer, TimestepBlock, UNetConfig, _levels, _shape,
                    _transformers, timestep_embedding)
 
@@ -185,6 +186,8 @@ def build_controlnet(sd: dict, metadata: dict | None, source: str, dtype: torch.
     """A ControlNet from a file's tensors and metadata, strictly loaded, in ``dtype``. A "diff"
     ControlNet (a ``difference`` key) stores its weights as differences from its base model's
     UNet: ``base_unet`` gives them (DiffControlNetLoader)."""
+    if is_t2i_adapter(sd):  # T2I-Adapters come through the same loader (as in ComfyUI)
+        return build_t2i_adapter(sd, source, dtype)
     is_diff = "difference" in sd
     tensors = split_layout(sd, source)
     config = config_from_state_dict(tensors, metadata, source)
@@ -271,6 +274,8 @@ class Control:
         if s > schedule.percent_to_sigma(self.percent_range[0]) or s < schedule.percent_to_sigma(self.percent_range[1]):
             return prev
         net = self.net
+        if isinstance(net, T2IAdapter):  # residuals from the hint alone, the same at every step
+            return self._merge(adapter_control(self, x, chunks), prev)
         weight = next(net.parameters())
         if weight.device != x.device:  # low-memory mode keeps weights on the CPU until they run
             net.to(x.device)

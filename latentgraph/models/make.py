@@ -82,3 +82,33 @@ def make_controlnet(out: str | Path, family: str, size: str = "tiny", seed: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(tensors, out, metadata=metadata)
     return config
+
+
+T2I_VARIANTS = ("full", "light", "xl")
+
+
+def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: int = 0,
+                     dtype: str = "fp32") -> "AdapterConfig":
+    """Write a random T2I-Adapter (TencentARC layout: ``conv_in``/``body.*``) of ``variant``
+    (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints, levels of c, 2c, 4c, 4c channels
+    (c = 320 at full size, 32 tiny), as the published files. Weights are torch's default init
+    under ``torch.manual_seed(seed)``."""
+    from .t2i_adapter import AdapterConfig, T2IAdapter, adapter_tensors
+
+    if variant not in T2I_VARIANTS:
+        raise ValueError(f"T2I-Adapter variant must be full, light or xl, not {variant!r}")
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be tiny or full, not {size!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    c = 32 if size == "tiny" else 320
+    unshuffle = 16 if variant == "xl" else 8
+    config = AdapterConfig(variant, 3 * unshuffle * unshuffle, (c, 2 * c, 4 * c, 4 * c),
+                           nums_rb=4 if variant == "light" else 2)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        tensors = {k: v.to(SAVE_DTYPES[dtype]) for k, v in adapter_tensors(T2IAdapter(config)).items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(tensors, out, metadata={"format": "pt"})
+    return config
