@@ -1,18 +1,20 @@
 """ControlNet files in other layouts: diffusers' ControlNetModel single files, read into the LDM
-layout. The diffusers names come from ComfyUI 0.3.64's own map (its loader reads these files):
+layout, and control-LoRAs, made over the sampled model's UNet. The diffusers names come from ComfyUI 0.3.64's own map (its loader reads these files):
 tests/fixtures/comfy_reference/controlnet_layouts/README.md."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from latentgraph.models.controlnet import (METADATA_KEY, ControlNet, ControlNetConfig, build_controlnet,
                                            controlnet_tensors, load_controlnet_file, split_layout)
+from latentgraph.models.control_lora import ControlLora, make_control_lora
 from latentgraph.models.controlnet_convert import diffusers_to_ldm
 from latentgraph.models.errors import CheckpointError
 from latentgraph.models.families import tiny_architecture
@@ -102,3 +104,79 @@ def test_diffusers_tensors_without_a_place_are_named():
     missing = {k: v for k, v in diffusers.items() if not k.startswith("controlnet_mid_block.")}
     with pytest.raises(CheckpointError, match=r"(?s)m.safetensors: ControlNet tensors do not fit .*Missing.*middle_block_out"):
         build_controlnet(missing, None, "m.safetensors")
+
+
+# -- control-LoRA ---------------------------------------------------------------------------
+CONTROL_LORA = LAYOUTS / "tiny_sd15_control_lora.safetensors"
+
+
+def _tiny_unet(family: str = "sd15", seed: int = 0):
+    from latentgraph.models.unet import UNetModel
+
+    torch.manual_seed(seed)
+    return UNetModel(tiny_architecture(family).unet)
+
+
+def test_control_lora_is_built_over_the_unet_from_three_sources():
+    """Full tensors from the file, up/down pairs added to the UNet's weight, the rest (time
+    embedding, norm weights) from the UNet; one ControlNet per UNet."""
+    unet = _tiny_unet()
+    tensors = make_control_lora(unet, rank=3, seed=2)
+    lora = build_controlnet(dict(tensors), None, "cl.safetensors")
+    assert isinstance(lora, ControlLora) and lora.hint_channels == 3
+    net = lora.bind(unet)
+    assert lora.bind(unet) is net and lora.bind(_tiny_unet(seed=1)) is not net
+    sd, base = net.state_dict(), unet.state_dict()
+    assert torch.equal(sd["zero_convs.1.0.weight"], tensors["zero_convs.1.0.weight"])
+    assert torch.equal(sd["input_blocks.1.0.in_layers.2.bias"], tensors["input_blocks.1.0.in_layers.2.bias"])
+    assert torch.equal(sd["time_embed.0.weight"], base["time_embed.0.weight"])
+    assert torch.equal(sd["input_blocks.1.0.in_layers.0.weight"], base["input_blocks.1.0.in_layers.0.weight"])
+    layer = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"  # Linear: up (32, 3), down (3, 32)
+    assert tensors[layer + ".up"].shape == (32, 3) and tensors[layer + ".down"].shape == (3, 32)
+    want = base[layer + ".weight"] + tensors[layer + ".up"] @ tensors[layer + ".down"]
+    torch.testing.assert_close(sd[layer + ".weight"], want, rtol=0, atol=1e-7)
+    conv = "input_blocks.3.0.in_layers.2"  # Conv2d (64, 32, 3, 3): up (64, 3, 1, 1), down (3, 32, 3, 3)
+    assert tensors[conv + ".up"].shape == (64, 3, 1, 1) and tensors[conv + ".down"].shape == (3, 32, 3, 3)
+    delta = (tensors[conv + ".up"].flatten(1) @ tensors[conv + ".down"].flatten(1)).reshape(64, 32, 3, 3)
+    torch.testing.assert_close(sd[conv + ".weight"], base[conv + ".weight"] + delta, rtol=0, atol=1e-7)
+
+
+def test_control_lora_samples_like_comfyui(executor):
+    """ComfyUI's stock ControlNetLoader reads the tiny control-LoRA (it sizes nothing until
+    sampling) and builds it over TinyCheckpointLoader's model: control_lora_ref.safetensors."""
+    shutil.copy(CONTROL_LORA, executor.env.models_dir / "controlnet")
+    wf = _graph()
+    wf.add("cl", "ControlNetLoader", control_net_name=CONTROL_LORA.name)
+    wf.add("adv", "ControlNetApplyAdvanced", positive="pos", negative="neg", control_net="cl", image="hint.IMAGE",
+           strength=0.8, start_percent=0.0, end_percent=1.0)
+    ref = load_file(LAYOUTS / "control_lora_ref.safetensors")["adv"]
+    assert float((ref - ORACLE["plain"]).abs().max()) > 1.0  # the control-LoRA changes the picture
+    _close(_sample(executor, wf, "adv.positive", "adv.negative"), ref)
+
+
+def test_control_lora_errors_name_the_file_and_tensors():
+    unet = _tiny_unet()
+    tensors = make_control_lora(unet, rank=2, seed=0)
+    with pytest.raises(CheckpointError, match=r"a.safetensors: a control-LoRA \(it has 'lora_controlnet'\) without "
+                                              r"input_hint_block.0.weight"):
+        build_controlnet({k: v for k, v in tensors.items() if not k.startswith("input_hint_block.0.")}, None,
+                         "a.safetensors")
+    with pytest.raises(CheckpointError, match=r"b.safetensors: control-LoRA tensors that are no layer's weight, "
+                                              r"bias, up or down: x.alpha"):
+        build_controlnet({**tensors, "x.alpha": torch.zeros(1)}, None, "b.safetensors")
+    extra = build_controlnet({**tensors, "output_blocks.0.0.skip_connection.bias": torch.zeros(4)}, None, "c.st")
+    with pytest.raises(CheckpointError, match=r"c.st: control-LoRA tensors with no place in a ControlNet for this "
+                                              r"model \(unknown, model_channels 32\): output_blocks.0.0.skip"):
+        extra.bind(unet)
+    with pytest.raises(CheckpointError, match=r"d.st: input_hint_block.14.weight is \(32, 256, 3, 3\) here but "
+                                              r"\(64, 256, 3, 3\) in a ControlNet for this model"):
+        wide = dataclasses.replace(tiny_architecture("sd15").unet, model_channels=64)
+        from latentgraph.models.unet import UNetModel
+        build_controlnet(dict(tensors), None, "d.st").bind(UNetModel(wide))
+    stray = {k: v for k, v in tensors.items() if k != "input_blocks.1.0.in_layers.2.up"}
+    with pytest.raises(CheckpointError, match=r"e.st: input_blocks.1.0.in_layers.2.down has no .up"):
+        build_controlnet(stray, None, "e.st").bind(unet)
+    nothing = {k: v for k, v in tensors.items() if not k.startswith("zero_convs.2.")}
+    with pytest.raises(CheckpointError, match=r"f.st: the control-LoRA and the model's UNet together lack 2 "
+                                              r"ControlNet tensor\(s\) \(e.g. zero_convs.2.0.weight, zero_convs.2.0.bias\)"):
+        build_controlnet(nothing, None, "f.st").bind(unet)

@@ -183,11 +183,16 @@ def config_from_state_dict(sd: dict, metadata: dict | None = None, source: str =
 
 def build_controlnet(sd: dict, metadata: dict | None, source: str, dtype: torch.dtype = torch.float32,
                      base_unet: nn.Module | None = None) -> ControlNet:
-    """A ControlNet from a file's tensors and metadata, strictly loaded, in ``dtype``. A "diff"
+    """A ControlNet from a file's tensors and metadata, strictly loaded, in ``dtype`` (for a
+    control-LoRA file a ``control_lora.ControlLora``, bound to the model at sampling). A "diff"
     ControlNet (a ``difference`` key) stores its weights as differences from its base model's
     UNet: ``base_unet`` gives them (DiffControlNetLoader)."""
     if is_t2i_adapter(sd):  # T2I-Adapters come through the same loader (as in ComfyUI)
         return build_t2i_adapter(sd, source, dtype)
+    if "lora_controlnet" in sd:  # a control-LoRA: made over the sampled model's UNet when sampling starts
+        from .control_lora import ControlLora  # (it imports this module)
+
+        return ControlLora(sd, source, dtype)
     is_diff = "difference" in sd
     tensors = split_layout(sd, source)
     config = config_from_state_dict(tensors, metadata, source)
@@ -274,6 +279,8 @@ class Control:
         if s > schedule.percent_to_sigma(self.percent_range[0]) or s < schedule.percent_to_sigma(self.percent_range[1]):
             return prev
         net = self.net
+        if hasattr(net, "bind"):  # a control_lora.ControlLora: its ControlNet is made over this model's UNet
+            net = net.bind(model.unet)
         if isinstance(net, T2IAdapter):  # residuals from the hint alone, the same at every step
             return self._merge(adapter_control(self, x, chunks), prev)
         weight = next(net.parameters())
