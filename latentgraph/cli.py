@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write a random-weight checkpoint in the original single-file layout, "
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
-    make.add_argument("--kind", default="checkpoint", choices=("checkpoint", "controlnet", "t2i_adapter"),
-                      help="a whole checkpoint, or a ControlNet (LDM control_model.* layout) for the family")
+    make.add_argument("--kind", default="checkpoint",
+                      choices=("checkpoint", "controlnet", "t2i_adapter", "gligen"),
+                      help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter or "
+                           "a GLIGEN textbox file (sd15 only) for the family")
     make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
@@ -512,7 +514,7 @@ def _make_t2i_adapter(args, dtype: str, start: float) -> int:
 
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
-    from .models.make import make_checkpoint, make_controlnet
+    from .models.make import make_checkpoint, make_controlnet, make_gligen
 
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
@@ -528,6 +530,14 @@ def cmd_make_checkpoint(args) -> int:
                                      write_metadata=not args.no_metadata)
             size = Path(args.out).stat().st_size
             print(f"wrote {args.out}: {config.family} ControlNet ({args.size}, {dtype}), {size / 1e6:.1f} MB "
+                  f"in {time.perf_counter() - start:.1f} s")
+            return 0
+        if args.kind == "gligen":
+            if args.prediction is not None:
+                raise ValueError("--prediction is for checkpoints; a GLIGEN has none")
+            make_gligen(args.out, args.family, args.size, args.seed, dtype, write_metadata=not args.no_metadata)
+            size = Path(args.out).stat().st_size
+            print(f"wrote {args.out}: {args.family} GLIGEN ({args.size}, {dtype}), {size / 1e6:.1f} MB "
                   f"in {time.perf_counter() - start:.1f} s")
             return 0
         arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,

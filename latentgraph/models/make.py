@@ -6,6 +6,7 @@ the architecture goes into the safetensors metadata so the loader reads it back 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -84,13 +85,55 @@ def make_controlnet(out: str | Path, family: str, size: str = "tiny", seed: int 
     return config
 
 
+def make_gligen(out: str | Path, family: str = "sd15", size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                write_metadata: bool = True) -> dict[str, torch.Tensor]:
+    """Write a random GLIGEN textbox file for ``family``'s UNet at ``size`` in the published
+    layout (``position_net.*``, a ``*.fuser.*`` per transformer block). The gates (zero in a
+    fresh GLIGEN, which would leave every picture unchanged) are drawn in [0.3, 1)."""
+    from .gligen import GLIGEN, METADATA_KEY as GLIGEN_KEY
+    from .unet import BasicTransformerBlock
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be tiny or full, not {size!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    if family != "sd15":
+        raise ValueError(f"GLIGEN files are made for sd15 (the published ones are SD1.x), not {family!r}")
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    key_dim = arch.unet.context_dim
+    with torch.device("meta"):
+        blocks = [(name, m.norm1.normalized_shape[0]) for name, m in UNetModel(arch.unet).named_modules()
+                  if isinstance(m, BasicTransformerBlock)]
+    # a skeleton with the fusers' shapes, so the GLIGEN class itself lays the modules out
+    skeleton = {f"{name}.fuser.linear.weight": torch.empty(dim, key_dim) for name, dim in blocks}
+    skeleton["position_net.null_positive_feature"] = torch.empty(key_dim)
+    skeleton["position_net.linears.4.weight"] = torch.empty(key_dim, 1)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        model = GLIGEN(skeleton, heads=8)
+        for p in (model.position_net.null_positive_feature, model.position_net.null_position_feature):
+            p.normal_()
+        for fuser in model.fusers:
+            fuser.alpha_attn.uniform_(0.3, 1.0)
+            fuser.alpha_dense.uniform_(0.3, 1.0)
+        target = SAVE_DTYPES[dtype]
+        tensors = {k: v.detach().to(target).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt"}
+    if write_metadata:
+        metadata[GLIGEN_KEY] = json.dumps({"heads": 8})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(tensors, out, metadata=metadata)
+    return tensors
+
+
 T2I_VARIANTS = ("full", "light", "xl")
 
 
 def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: int = 0,
-                     dtype: str = "fp32") -> "AdapterConfig":
+                     dtype: str = "fp32", hint_channels: int = 3) -> "AdapterConfig":
     """Write a random T2I-Adapter (TencentARC layout: ``conv_in``/``body.*``) of ``variant``
-    (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints, levels of c, 2c, 4c, 4c channels
+    (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints (or grey: ``hint_channels`` 1), levels of c, 2c, 4c, 4c channels
     (c = 320 at full size, 32 tiny), as the published files. Weights are torch's default init
     under ``torch.manual_seed(seed)``."""
     from .t2i_adapter import AdapterConfig, T2IAdapter, adapter_tensors
@@ -103,7 +146,9 @@ def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: in
         raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
     c = 32 if size == "tiny" else 320
     unshuffle = 16 if variant == "xl" else 8
-    config = AdapterConfig(variant, 3 * unshuffle * unshuffle, (c, 2 * c, 4 * c, 4 * c),
+    if hint_channels not in (1, 3):
+        raise ValueError(f"T2I-Adapter hints have 1 or 3 channels, not {hint_channels}")
+    config = AdapterConfig(variant, hint_channels * unshuffle * unshuffle, (c, 2 * c, 4 * c, 4 * c),
                            nums_rb=4 if variant == "light" else 2)
     with torch.no_grad():
         torch.manual_seed(seed)

@@ -9,12 +9,14 @@ from . import attention_patches
 from . import model_patches
 from . import controlnet
 from . import preprocessors
+from . import gligen
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
 BUILTIN_MODULES += (model_patches,)
 BUILTIN_MODULES += (controlnet,)
 BUILTIN_MODULES += (preprocessors,)
+BUILTIN_MODULES += (gligen,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:

@@ -112,6 +112,11 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
 
 
+def _gligen(entry) -> tuple | None:
+    """ComfyUI's ("position", GLIGEN, boxes) conditioning value -> (GLIGEN, boxes) for sampling."""
+    return None if entry is None else (entry[1], list(entry[2]))
+
+
 def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, prompt_type: str,
              device: torch.device, concat: torch.Tensor | None = None) -> list[Cond]:
     """CONDITIONING entries -> sampling Conds for a latent of ``latent_shape`` (B, C, h, w)."""
@@ -139,7 +144,8 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
             mask=mask, mask_strength=float(opts.get("mask_strength", 1.0)),
             sigma_start=float(model.schedule.percent_to_sigma(start)) if start is not None else None,
             sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None,
-            control=opts.get("control"), control_apply_to_uncond=bool(opts.get("control_apply_to_uncond", False))))
+            control=opts.get("control"), control_apply_to_uncond=bool(opts.get("control_apply_to_uncond", False)),
+            gligen=_gligen(opts.get("gligen"))))
     return out
 
 

@@ -47,6 +47,8 @@ class Cond:
     # a ControlNet chain (models.controlnet.Control): get_control(x, sigma, c, chunks, model) -> residuals
     control: object | None = None
     control_apply_to_uncond: bool = False  # the old ControlNetApply: the negative prompt gets it too
+    # GLIGEN boxes: (models.gligen.GLIGEN, [(pooled (1, D), h, w, y, x) in latent pixels, ...])
+    gligen: tuple | None = None
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Run:
     area: tuple | None
     which: int  # 0 = positive, 1 = negative
     control: object | None = None
+    gligen: tuple | None = None
 
 
 def _repeat_to(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -111,12 +114,14 @@ def _prepare(c: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run 
         if area is not None:
             concat = concat[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
         concat = _repeat_to(concat, B)
-    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which, c.control)
+    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which, c.control, c.gligen)
 
 
 def _compatible(a: _Run, b: _Run) -> bool:
     if a.x.shape != b.x.shape or a.control is not b.control:  # one control per batched call, as ComfyUI
         return False
+    if a.gligen is not None or b.gligen is not None:  # ComfyUI runs an entry with boxes on its own
+        return a is b
     if (a.y is None) != (b.y is None) or (a.y is not None and a.y.shape != b.y.shape):
         return False
     if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
@@ -152,6 +157,11 @@ def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, 
     to = dict(model_options.get("transformer_options", {}))
     to["cond_or_uncond"], to["sigmas"] = cond_or_uncond[:], sigma
     c["transformer_options"] = to
+    if runs[0].gligen is not None:  # the boxes' middle_patch, after the model's own (ComfyUI's order)
+        gligen, boxes = runs[0].gligen
+        patches = dict(to.get("patches", {}))
+        patches["middle_patch"] = [*patches.get("middle_patch", ()), gligen.position_patch(xb.shape, boxes)]
+        to["patches"] = patches
     control = runs[0].control
     if control is not None:
         if model is None:
@@ -220,7 +230,8 @@ class CFGDenoiser:
     def __init__(self, apply_model: ApplyModel, positive: list[Cond], negative: list[Cond], cfg: float,
                  model_options: dict | None = None, model=None):
         self.apply_model = apply_model
-        self.positive, self.negative, self.cfg = positive, control_to_uncond(positive, negative), cfg
+        negative = gligen_to_uncond(positive, control_to_uncond(positive, negative))
+        self.positive, self.negative, self.cfg = positive, negative, cfg
         self.model_options = {} if model_options is None else model_options
         self.model = model
 
@@ -256,6 +267,23 @@ def control_to_uncond(positive: list[Cond], negative: list[Cond]) -> list[Cond]:
     for k, control in enumerate(controls):
         i = free[k % len(free)]
         out[i] = replace(out[i], control=control)
+    return out
+
+
+def gligen_to_uncond(positive: list[Cond], negative: list[Cond]) -> list[Cond]:
+    """The negative prompt with the positive prompt's GLIGEN boxes: unless a negative entry
+    without an area has boxes, each positive entry's boxes (entries without an area) go to a
+    negative entry without an area, in turn (ComfyUI's rule, as for controls above)."""
+    boxes = [c.gligen for c in positive if c.area is None and c.gligen is not None]
+    if not boxes or any(c.gligen is not None for c in negative if c.area is None):
+        return negative
+    free = [i for i, c in enumerate(negative) if c.area is None]
+    if not free:
+        return negative
+    out = list(negative)
+    for k, gligen in enumerate(boxes):
+        i = free[k % len(free)]
+        out[i] = replace(out[i], gligen=gligen)
     return out
 
 
