@@ -198,3 +198,37 @@ def test_node_declarations_match_comfyui():
     loader = info["GLIGENLoader"]
     assert loader["category"] == "loaders" and loader["output"] == ["GLIGEN"]
     assert loader["input_order"]["required"] == ["gligen_name"]
+
+
+def test_boxes_patch_follows_the_models_own_and_its_entry_runs_alone():
+    from latentgraph.sampling.guidance import calc_cond_batch
+
+    g = load_gligen_file(TINY)
+    calls = []
+
+    def apply_model(x, sigma, c_crossattn, transformer_options):
+        patches = transformer_options.get("patches", {}).get("middle_patch", [])
+        calls.append((x.shape[0], [p.__name__ for p in patches], transformer_options["cond_or_uncond"]))
+        return torch.zeros_like(x)
+
+    def own(x, extra_options):
+        return x
+
+    options = {"transformer_options": {"patches": {"middle_patch": [own]}}}
+    ctx = torch.zeros(1, 77, 32)
+    pos = [Cond(ctx, gligen=(g, [(torch.zeros(1, 32), 4, 4, 0, 0)]))]
+    calc_cond_batch(apply_model, [pos, [Cond(ctx)]], torch.zeros(2, 4, 8, 8), torch.ones(2), options)
+    assert sorted(calls) == [(2, ["own"], [1]), (2, ["own", "gligen_middle_patch"], [0])]
+    assert options["transformer_options"]["patches"]["middle_patch"] == [own]  # the model's options unchanged
+
+
+def test_make_checkpoint_cli_kind_gligen(tmp_path, capsys):
+    from latentgraph.cli import main
+
+    out = tmp_path / "g.safetensors"
+    assert main(["make-checkpoint", "--kind", "gligen", "--family", "sd15", "--seed", "7", str(out)]) == 0
+    assert "sd15 GLIGEN (tiny, fp32), 2.6 MB" in capsys.readouterr().out
+    assert out.read_bytes() == TINY.read_bytes()
+    assert main(["make-checkpoint", "--kind", "gligen", "--family", "sdxl", str(tmp_path / "x.safetensors")]) == 1
+    assert "GLIGEN files are made for sd15 (the published ones are SD1.x), not 'sdxl'" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
