@@ -154,6 +154,7 @@ def executor(tmp_path_factory):
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == CHECKPOINT_SHA256, \
         "make_fixtures.py made other weights than the reference run's (another torch version?)"
     shutil.copy(HERE / "tiny_t2i_full.safetensors", root / "models" / "t2i_adapter")
+    shutil.copy(HERE / "tiny_t2i_grey.safetensors", root / "models" / "t2i_adapter")
     shutil.copy(HERE / "t2i_hint.png", root / "in")
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
                       models_dir=root / "models", device="cpu")
@@ -250,3 +251,15 @@ def test_xl_adapter_matches_comfyui(xl_executor):
            strength=0.8, start_percent=0.0, end_percent=1.0)
     _close(_sample(xl_executor, wf, "adv.positive", "adv.negative"), XL_ORACLE["adv"])
     assert float((XL_ORACLE["adv"] - XL_ORACLE["plain"]).abs().max() / XL_ORACLE["plain"].abs().max()) > 0.01
+
+
+def test_grey_adapter_averages_the_hint_and_matches_comfyui(executor):
+    """A 1-channel adapter (cin 64) gets the RGB hint averaged to grey, as in ComfyUI."""
+    grey = load_file(HERE / "t2i_grey_ref.safetensors")["adv"]
+    wf = _graph()
+    wf.remove("t2i")
+    wf.add("t2i", "ControlNetLoader", control_net_name="tiny_t2i_grey.safetensors")
+    wf.add("adv", "ControlNetApplyAdvanced", positive="pos", negative="neg", control_net="t2i", image="hint.IMAGE",
+           strength=1.2, start_percent=0.0, end_percent=1.0)
+    _close(_sample(executor, wf, "adv.positive", "adv.negative"), grey)
+    assert float((grey - ORACLE["plain"]).abs().max() / ORACLE["plain"].abs().max()) > 0.01

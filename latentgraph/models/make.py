@@ -133,8 +133,8 @@ T2I_VARIANTS = ("full", "light", "xl")
 def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: int = 0,
                      dtype: str = "fp32", hint_channels: int = 3) -> "AdapterConfig":
     """Write a random T2I-Adapter (TencentARC layout: ``conv_in``/``body.*``) of ``variant``
-    (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints (or grey: ``hint_channels`` 1), levels of c, 2c, 4c, 4c channels
-    (c = 320 at full size, 32 tiny), as the published files. Weights are torch's default init
+    (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints (or grey: ``hint_channels`` 1),
+    levels of c, 2c, 4c, 4c channels (c = 320 at full size, 32 tiny), as the published files. Weights are torch's default init
     under ``torch.manual_seed(seed)``."""
     from .t2i_adapter import AdapterConfig, T2IAdapter, adapter_tensors
 
