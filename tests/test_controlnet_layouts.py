@@ -180,3 +180,20 @@ def test_control_lora_errors_name_the_file_and_tensors():
     with pytest.raises(CheckpointError, match=r"f.st: the control-LoRA and the model's UNet together lack 2 "
                                               r"ControlNet tensor\(s\) \(e.g. zero_convs.2.0.weight, zero_convs.2.0.bias\)"):
         build_controlnet(nothing, None, "f.st").bind(unet)
+
+
+def test_sdxl_control_lora_takes_the_vector_conditioning():
+    """Over an SDXL UNet the network gets label_emb (its weights + up@down) and reads y."""
+    unet = _tiny_unet("sdxl")
+    tensors = make_control_lora(unet, rank=2, seed=4)
+    net = build_controlnet(dict(tensors), None, "xl.safetensors").bind(unet)
+    assert net.config.unet.adm_in_channels == 1552 and net.config.unet.use_linear_in_transformer
+    key = "label_emb.0.0"
+    want = unet.state_dict()[key + ".weight"] + tensors[key + ".up"] @ tensors[key + ".down"]
+    torch.testing.assert_close(net.state_dict()[key + ".weight"], want, rtol=0, atol=1e-7)
+    x, hint, t, ctx = torch.randn(1, 4, 8, 8), torch.rand(1, 3, 64, 64), torch.tensor([400.0]), torch.randn(1, 3, 32)
+    y = torch.randn(1, 1552)
+    out = net(x, hint, t, ctx, y)
+    assert [tuple(r.shape) for r in out["output"]] == [(1, 32, 8, 8), (1, 32, 8, 8), (1, 32, 4, 4), (1, 64, 4, 4)]
+    other = net(x, hint, t, ctx, torch.randn(1, 1552))
+    assert float((other["middle"][0] - out["middle"][0]).abs().max()) > 1e-4  # y reaches the residuals
