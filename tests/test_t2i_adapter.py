@@ -126,7 +126,8 @@ def test_make_checkpoint_cli_kind_t2i_adapter(tmp_path, capsys):
     again = tmp_path / "b.safetensors"
     make_t2i_adapter(again, "light", "tiny", seed=2)
     assert out.read_bytes() == again.read_bytes()
-    assert cli_main(["make-checkpoint", "--kind", "t2i_adapter", "--family", "sdxl", str(tmp_path / "x.safetensors")]) == 0
+    assert cli_main(["make-checkpoint", "--kind", "t2i_adapter", "--family", "sdxl",
+                     str(tmp_path / "x.safetensors")]) == 0
     assert load_controlnet_file(tmp_path / "x.safetensors").config.variant == "xl"
     assert cli_main(["make-checkpoint", "--kind", "t2i_adapter", "--family", "sd15", "--variant", "xl",
                      str(tmp_path / "bad.safetensors")]) != 0

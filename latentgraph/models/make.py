@@ -134,8 +134,8 @@ def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: in
                      dtype: str = "fp32", hint_channels: int = 3) -> "AdapterConfig":
     """Write a random T2I-Adapter (TencentARC layout: ``conv_in``/``body.*``) of ``variant``
     (full, light: SD1/SD2; xl: SDXL) at ``size``: RGB hints (or grey: ``hint_channels`` 1),
-    levels of c, 2c, 4c, 4c channels (c = 320 at full size, 32 tiny), as the published files. Weights are torch's default init
-    under ``torch.manual_seed(seed)``."""
+    levels of c, 2c, 4c, 4c channels (c = 320 at full size, 32 tiny), as the published files.
+    Weights are torch's default init under ``torch.manual_seed(seed)``."""
     from .t2i_adapter import AdapterConfig, T2IAdapter, adapter_tensors
 
     if variant not in T2I_VARIANTS:
