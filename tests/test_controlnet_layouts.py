@@ -1,5 +1,6 @@
 """ControlNet files in other layouts: diffusers' ControlNetModel single files, read into the LDM
-layout, and control-LoRAs, made over the sampled model's UNet. The diffusers names come from ComfyUI 0.3.64's own map (its loader reads these files):
+layout, and control-LoRAs, made over the sampled model's UNet. The diffusers names come from
+ComfyUI 0.3.64's own map (its loader reads these files):
 tests/fixtures/comfy_reference/controlnet_layouts/README.md."""
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def test_diffusers_tensors_without_a_place_are_named():
                                               r"down_blocks levels \[0, 2\] are not 0..n-1"):
         split_layout(gap, "g.safetensors")
     missing = {k: v for k, v in diffusers.items() if not k.startswith("controlnet_mid_block.")}
-    with pytest.raises(CheckpointError, match=r"(?s)m.safetensors: ControlNet tensors do not fit .*Missing.*middle_block_out"):
+    with pytest.raises(CheckpointError,
+                       match=r"(?s)m.safetensors: ControlNet tensors do not fit .*Missing.*middle_block_out"):
         build_controlnet(missing, None, "m.safetensors")
 
 
@@ -177,8 +179,8 @@ def test_control_lora_errors_name_the_file_and_tensors():
     with pytest.raises(CheckpointError, match=r"e.st: input_blocks.1.0.in_layers.2.down has no .up"):
         build_controlnet(stray, None, "e.st").bind(unet)
     nothing = {k: v for k, v in tensors.items() if not k.startswith("zero_convs.2.")}
-    with pytest.raises(CheckpointError, match=r"f.st: the control-LoRA and the model's UNet together lack 2 "
-                                              r"ControlNet tensor\(s\) \(e.g. zero_convs.2.0.weight, zero_convs.2.0.bias\)"):
+    with pytest.raises(CheckpointError, match=r"f.st: the control-LoRA and the model's UNet together lack 2 ControlNet "
+                                              r"tensor\(s\) \(e.g. zero_convs.2.0.weight, zero_convs.2.0.bias\)"):
         build_controlnet(nothing, None, "f.st").bind(unet)
 
 
