@@ -440,7 +440,9 @@ def test_origin_check_and_info_routes(tmp_path, shared):
             stats = await (await client.get("/system_stats")).json()
             assert stats["system"]["ram_total"] > 0 and isinstance(stats["system"]["argv"], list)
             assert stats["devices"][0]["type"] in ("cpu", "cuda")
-            assert "checkpoints" in await (await client.get("/models")).json()
+            folders = await (await client.get("/models")).json()
+            assert {"checkpoints", "controlnet", "t2i_adapter", "gligen"} <= set(folders)
+            assert await (await client.get("/models/gligen")).json() == []
             assert "latentgraph-shapes.safetensors" in await (await client.get("/models/checkpoints")).json()
             assert (await client.get("/models/nope")).status == 404
             assert await (await client.get("/extensions")).json() == []
