@@ -124,14 +124,11 @@ class ControlNet(nn.Module):
 
 # -- files ----------------------------------------------------------------------------------
 def _other_layout(sd: dict) -> str | None:
-    """The name of a control layout this loader does not read yet, from its telltale keys."""
+    """The name of a control layout no loader here reads yet, from its telltale keys
+    (control-LoRA and T2I-Adapter files are dispatched by build_controlnet before this)."""
     keys = set(sd)
-    if "lora_controlnet" in keys:
-        return "a control-LoRA (lora_controlnet layout)"
     if "controlnet_blocks.0.weight" in keys or "controlnet_blocks.0.linear.weight" in keys:
         return "a transformer ControlNet (controlnet_blocks.*: SD3/Flux/HunyuanDiT)"
-    if any(k.startswith(("adapter.", "body.", "conv_in.")) for k in keys):
-        return "a T2I-Adapter"
     return None
 
 
@@ -147,7 +144,7 @@ def split_layout(sd: dict, source: str) -> dict:
     other = _other_layout(sd)
     if other is not None:
         raise CheckpointError(f"{source}: this is {other}, which is not supported yet; ControlNets in the "
-                              f"LDM layout (control_model.* or zero_convs.*, input_hint_block.*) are")
+                              f"LDM or diffusers layouts, control-LoRAs and T2I-Adapters are")
     first = ", ".join(sorted(sd)[:5]) or "no tensors"
     raise CheckpointError(f"{source}: not a ControlNet: no zero_convs.0.0.weight or control_model.zero_convs.0.0.weight "
                           f"(first keys: {first})")

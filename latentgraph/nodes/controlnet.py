@@ -69,7 +69,8 @@ def _load(ctx: NodeContext, name: str, model: SDModel | None) -> Control:
 @node(category="loaders", display_name="Load ControlNet Model", outputs=[CONTROL_NET],
       fingerprint=_key, validate=_check)
 def ControlNetLoader(control_net_name: Annotated[str, Combo(_names)], ctx: NodeContext) -> Control:
-    """Loads a ControlNet (SD1.x, SD2.x, SDXL; LDM layout) from models/controlnet."""
+    """Loads a ControlNet (SD1.x, SD2.x, SDXL; LDM or diffusers layout, control-LoRA) or a
+    T2I-Adapter from models/controlnet (or models/t2i_adapter)."""
     return _load(ctx, control_net_name, None)
 
 
