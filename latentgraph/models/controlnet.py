@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .controlnet_convert import diffusers_to_ldm, is_diffusers_controlnet
 from .errors import CheckpointError
+from .latent import upscale_center
 from .t2i_adapter import T2IAdapter, adapter_control, build_t2i_adapter, is_t2i_adapter
 from .unet import (Downsample, ResBlock, SpatialTransformer, TimestepBlock, UNetConfig, _levels, _shape,
                    _transformers, timestep_embedding)
@@ -216,20 +216,6 @@ def controlnet_tensors(net: ControlNet, prefix: str = PREFIX) -> dict[str, torch
 
 
 # -- control at sampling time ---------------------------------------------------------------
-def upscale_center(image: torch.Tensor, width: int, height: int, mode: str = "nearest-exact") -> torch.Tensor:
-    """(B, C, H, W) cropped about the centre to the target aspect ratio, then resized
-    (ComfyUI's common_upscale with crop "center")."""
-    old_h, old_w = image.shape[-2:]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    crop = image.narrow(-2, y, old_h - 2 * y).narrow(-1, x, old_w - 2 * x)
-    return F.interpolate(crop, size=(height, width), mode=mode)
-
-
 def broadcast_hint(hint: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:
     """A hint batch for a model batch of ``chunks`` prompts of batch // chunks each: one hint
     serves all; else each chunk gets the hints in order, cycled (ComfyUI's broadcast_image_to)."""

@@ -5,6 +5,7 @@ the VAE sees pixels as x*2-1 and its output is mapped back with clamp((x+1)/2, 0
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .management import Placement
 from .vae import AutoencoderKL
@@ -46,3 +47,22 @@ def decode_latent(vae: AutoencoderKL, samples: torch.Tensor, placement: Placemen
         z = samples.to(device=device, dtype=vae.dtype)
         x = vae.decode_tiled(z, tile, overlap) if tiled else vae.decode(z)
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+
+
+def crop_to_aspect(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Centre-crop (..., H, W) to the aspect ratio of width x height, as ComfyUI's crop="center":
+    the margin is rounded once and taken from both sides."""
+    h, w = samples.shape[-2:]
+    src, dst = w / h, width / height
+    x = y = 0
+    if src > dst:
+        x = round((w - w * (dst / src)) / 2)
+    elif src < dst:
+        y = round((h - h * (src / dst)) / 2)
+    return samples[..., y:h - y, x:w - x]
+
+
+def upscale_center(image: torch.Tensor, width: int, height: int, mode: str = "nearest-exact") -> torch.Tensor:
+    """(B, C, H, W) cropped about the centre to the target aspect ratio, then resized
+    (ComfyUI's common_upscale with crop "center"): how control hints are sized."""
+    return F.interpolate(crop_to_aspect(image, width, height), size=(height, width), mode=mode)

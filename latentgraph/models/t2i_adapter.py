@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .latent import upscale_center
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,6 @@ def build_t2i_adapter(sd: dict, source: str, dtype: torch.dtype = torch.float32)
 def adapter_hint(hint: torch.Tensor, config: AdapterConfig, latent_h: int, latent_w: int) -> torch.Tensor:
     """The hint at 8x the latent's size rounded up to the unshuffle, centre-cropped then resized
     nearest-exact; averaged to grey for a 1-channel adapter (ComfyUI's T2IAdapter)."""
-    from .controlnet import upscale_center  # controlnet imports this module
 
     u = config.unshuffle
     out = upscale_center(hint.float(), math.ceil(latent_w * 8 / u) * u, math.ceil(latent_h * 8 / u) * u)

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..graph import IMAGE, MASK, Boolean, Combo, Float, Hidden, Int, NodeContext, Result, String, file_identity, node
 from .budget import check_tensor, pillow_guard
+from ..models.latent import crop_to_aspect
 from .imageio import pil_to_tensors, save_images, tensor_to_pil
 
 MAX_RESOLUTION = 16384
@@ -96,19 +97,6 @@ def ImageInvert(image: Annotated[Tensor, IMAGE]) -> Tensor:
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 CROP_METHODS = ("disabled", "center")
 _INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear", "area", "bicubic")
-
-
-def crop_to_aspect(samples: Tensor, width: int, height: int) -> Tensor:
-    """Centre-crop (..., H, W) to the aspect ratio of width x height, as ComfyUI's crop="center":
-    the margin is rounded once and taken from both sides."""
-    h, w = samples.shape[-2:]
-    src, dst = w / h, width / height
-    x = y = 0
-    if src > dst:
-        x = round((w - w * (dst / src)) / 2)
-    elif src < dst:
-        y = round((h - h * (src / dst)) / 2)
-    return samples[..., y:h - y, x:w - x]
 
 
 def _lanczos(samples: Tensor, width: int, height: int) -> Tensor:

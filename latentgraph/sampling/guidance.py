@@ -254,36 +254,30 @@ class CFGDenoiser:
 
 
 def control_to_uncond(positive: list[Cond], negative: list[Cond]) -> list[Cond]:
-    """The negative prompt with the controls of ControlNetApply (old node) entries: unless a
-    negative entry already has a control, each such positive control goes to a negative entry
-    without an area, in turn (ComfyUI's rule; the last one given to an entry stays)."""
+    """The negative prompt with the controls of ControlNetApply (old node) entries."""
     controls = [c.control for c in positive if c.control_apply_to_uncond and c.area is None and c.control is not None]
-    if not controls or any(c.control is not None for c in negative if c.area is None):
-        return negative
-    free = [i for i, c in enumerate(negative) if c.area is None]
-    if not free:
-        return negative
-    out = list(negative)
-    for k, control in enumerate(controls):
-        i = free[k % len(free)]
-        out[i] = replace(out[i], control=control)
-    return out
+    return _give_to_uncond(controls, negative, "control")
 
 
 def gligen_to_uncond(positive: list[Cond], negative: list[Cond]) -> list[Cond]:
-    """The negative prompt with the positive prompt's GLIGEN boxes: unless a negative entry
-    without an area has boxes, each positive entry's boxes (entries without an area) go to a
-    negative entry without an area, in turn (ComfyUI's rule, as for controls above)."""
+    """The negative prompt with the positive prompt's GLIGEN boxes (of entries without an area)."""
     boxes = [c.gligen for c in positive if c.area is None and c.gligen is not None]
-    if not boxes or any(c.gligen is not None for c in negative if c.area is None):
+    return _give_to_uncond(boxes, negative, "gligen")
+
+
+def _give_to_uncond(values: list, negative: list[Cond], field_name: str) -> list[Cond]:
+    """ComfyUI's rule for controls and GLIGEN boxes: unless a negative entry without an area
+    already has ``field_name`` set, each of ``values`` goes to a negative entry without an area,
+    in turn (the last one given to an entry stays)."""
+    if not values or any(getattr(c, field_name) is not None for c in negative if c.area is None):
         return negative
     free = [i for i, c in enumerate(negative) if c.area is None]
     if not free:
         return negative
     out = list(negative)
-    for k, gligen in enumerate(boxes):
+    for k, value in enumerate(values):
         i = free[k % len(free)]
-        out[i] = replace(out[i], gligen=gligen)
+        out[i] = replace(out[i], **{field_name: value})
     return out
 
 
