@@ -30,13 +30,30 @@ def random_networks(arch: Architecture, seed: int = 0) -> tuple:
     return unet, vae, text
 
 
-def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
-                    prediction: str | None = None, write_metadata: bool = True) -> Architecture:
-    """Write a random checkpoint of ``family`` at ``size`` ("tiny" or "full") to ``out``."""
+
+def _check_size_and_dtype(size: str, dtype: str) -> None:
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be tiny or full, not {size!r}")
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+
+
+def _save(tensors: dict[str, torch.Tensor], out: str | Path, dtype: str, metadata: dict[str, str]) -> dict:
+    """Every made file is written the same way: floating tensors cast to ``dtype`` (contiguous),
+    ``format: pt`` plus ``metadata`` in the safetensors header. Returns the tensors written."""
+    target = SAVE_DTYPES[dtype]
+    with torch.no_grad():
+        tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(tensors, out, metadata={"format": "pt", **metadata})
+    return tensors
+
+
+def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                    prediction: str | None = None, write_metadata: bool = True) -> Architecture:
+    """Write a random checkpoint of ``family`` at ``size`` ("tiny" or "full") to ``out``."""
+    _check_size_and_dtype(size, dtype)
     arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
     if prediction is not None:
         arch.prediction = prediction
@@ -44,14 +61,7 @@ def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int 
         unet, vae, text = random_networks(arch, seed)
         tensors = original_layout(arch, unet, vae, text)
         del unet, vae, text
-        target = SAVE_DTYPES[dtype]
-        tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
-    metadata = {"format": "pt"}
-    if write_metadata:
-        metadata[METADATA_KEY] = arch.to_json()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(tensors, out, metadata=metadata)
+    _save(tensors, out, dtype, {METADATA_KEY: arch.to_json()} if write_metadata else {})
     return arch
 
 
@@ -63,10 +73,7 @@ def make_controlnet(out: str | Path, family: str, size: str = "tiny", seed: int 
     picture (a trained ControlNet starts from zero convs; a random one at zero would test nothing)."""
     from .controlnet import ControlNet, ControlNetConfig, METADATA_KEY as CN_KEY, controlnet_tensors
 
-    if size not in ("tiny", "full"):
-        raise ValueError(f"size must be tiny or full, not {size!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    _check_size_and_dtype(size, dtype)
     if family not in ("sd15", "sd2", "sdxl"):
         raise ValueError(f"ControlNets are made for sd15, sd2 or sdxl, not {family!r}")
     arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
@@ -74,14 +81,7 @@ def make_controlnet(out: str | Path, family: str, size: str = "tiny", seed: int 
     with torch.no_grad():
         torch.manual_seed(seed)
         tensors = controlnet_tensors(ControlNet(config))
-        target = SAVE_DTYPES[dtype]
-        tensors = {k: v.to(target) for k, v in tensors.items()}
-    metadata = {"format": "pt"}
-    if write_metadata:
-        metadata[CN_KEY] = config.to_json()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(tensors, out, metadata=metadata)
+    _save(tensors, out, dtype, {CN_KEY: config.to_json()} if write_metadata else {})
     return config
 
 
@@ -93,10 +93,7 @@ def make_gligen(out: str | Path, family: str = "sd15", size: str = "tiny", seed:
     from .gligen import GLIGEN, METADATA_KEY as GLIGEN_KEY
     from .unet import BasicTransformerBlock
 
-    if size not in ("tiny", "full"):
-        raise ValueError(f"size must be tiny or full, not {size!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    _check_size_and_dtype(size, dtype)
     if family != "sd15":
         raise ValueError(f"GLIGEN files are made for sd15 (the published ones are SD1.x), not {family!r}")
     arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
@@ -116,15 +113,8 @@ def make_gligen(out: str | Path, family: str = "sd15", size: str = "tiny", seed:
         for fuser in model.fusers:
             fuser.alpha_attn.uniform_(0.3, 1.0)
             fuser.alpha_dense.uniform_(0.3, 1.0)
-        target = SAVE_DTYPES[dtype]
-        tensors = {k: v.detach().to(target).contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt"}
-    if write_metadata:
-        metadata[GLIGEN_KEY] = json.dumps({"heads": 8})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(tensors, out, metadata=metadata)
-    return tensors
+        tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    return _save(tensors, out, dtype, {GLIGEN_KEY: json.dumps({"heads": 8})} if write_metadata else {})
 
 
 T2I_VARIANTS = ("full", "light", "xl")
@@ -140,10 +130,7 @@ def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: in
 
     if variant not in T2I_VARIANTS:
         raise ValueError(f"T2I-Adapter variant must be full, light or xl, not {variant!r}")
-    if size not in ("tiny", "full"):
-        raise ValueError(f"size must be tiny or full, not {size!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}")
+    _check_size_and_dtype(size, dtype)
     c = 32 if size == "tiny" else 320
     unshuffle = 16 if variant == "xl" else 8
     if hint_channels not in (1, 3):
@@ -152,8 +139,6 @@ def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: in
                            nums_rb=4 if variant == "light" else 2)
     with torch.no_grad():
         torch.manual_seed(seed)
-        tensors = {k: v.to(SAVE_DTYPES[dtype]) for k, v in adapter_tensors(T2IAdapter(config)).items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(tensors, out, metadata={"format": "pt"})
+        tensors = adapter_tensors(T2IAdapter(config))
+    _save(tensors, out, dtype, {})
     return config
