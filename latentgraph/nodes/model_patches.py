@@ -57,6 +57,22 @@ def _scale_half(h: torch.Tensor, factor) -> torch.Tensor:
     return torch.cat([h[:, :half] * factor, h[:, half:]], dim=1)
 
 
+def _freeu(model: SDModel, b1: float, b2: float, s1: float, s2: float, backbone) -> SDModel:
+    """A clone of ``model`` whose output blocks scale the backbone's first half of channels by
+    ``backbone(h, b)`` and filter the skip's low frequencies by s (FreeU and FreeU_V2)."""
+    scales = _freeu_scales(model, b1, b2, s1, s2)
+
+    def output_block_patch(h, hsp, transformer_options):
+        scale = scales.get(int(h.shape[1]))
+        if scale is None:
+            return h, hsp
+        return _scale_half(h, backbone(h, scale[0])), _filter_skip(hsp, scale[1])
+
+    m = model.clone()
+    m.set_model_output_block_patch(output_block_patch)
+    return m
+
+
 FREEU_B = dict(min=0.0, max=10.0, step=0.01)
 
 
@@ -69,17 +85,7 @@ def FreeU(
     s2: Annotated[float, Float(0.2, **FREEU_B)],
 ) -> SDModel:
     """Reweights the decoder: backbone features x b, low frequencies of the skips x s."""
-    scales = _freeu_scales(model, b1, b2, s1, s2)
-
-    def output_block_patch(h, hsp, transformer_options):
-        scale = scales.get(int(h.shape[1]))
-        if scale is None:
-            return h, hsp
-        return _scale_half(h, scale[0]), _filter_skip(hsp, scale[1])
-
-    m = model.clone()
-    m.set_model_output_block_patch(output_block_patch)
-    return m
+    return _freeu(model, b1, b2, s1, s2, lambda h, b: b)
 
 
 @node(category="model_patches/unet", display_name="FreeU_V2", outputs=[MODEL])
@@ -91,22 +97,18 @@ def FreeU_V2(
     s2: Annotated[float, Float(0.2, **FREEU_B)],
 ) -> SDModel:
     """FreeU with the backbone factor weighted by each pixel's normalised mean activation."""
-    scales = _freeu_scales(model, b1, b2, s1, s2)
+    return _freeu(model, b1, b2, s1, s2, _mean_weighted)
 
-    def output_block_patch(h, hsp, transformer_options):
-        scale = scales.get(int(h.shape[1]))
-        if scale is None:
-            return h, hsp
-        mean = h.mean(1, keepdim=True)  # (B, 1, H, W)
-        flat = mean.view(mean.shape[0], -1)
-        lo = flat.min(dim=-1).values.view(-1, 1, 1, 1)
-        hi = flat.max(dim=-1).values.view(-1, 1, 1, 1)
-        weight = (mean - lo) / (hi - lo)  # 0..1 per sample
-        return _scale_half(h, (scale[0] - 1) * weight + 1), _filter_skip(hsp, scale[1])
 
-    m = model.clone()
-    m.set_model_output_block_patch(output_block_patch)
-    return m
+def _mean_weighted(h: torch.Tensor, b: float) -> torch.Tensor:
+    """FreeU_V2's backbone factor: 1 + (b - 1) x each pixel's mean activation normalised to 0..1
+    per sample, (B, 1, H, W)."""
+    mean = h.mean(1, keepdim=True)  # (B, 1, H, W)
+    flat = mean.view(mean.shape[0], -1)
+    lo = flat.min(dim=-1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=-1).values.view(-1, 1, 1, 1)
+    weight = (mean - lo) / (hi - lo)  # 0..1 per sample
+    return (b - 1) * weight + 1
 
 
 # -- guidance --------------------------------------------------------------------------------
