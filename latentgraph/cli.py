@@ -111,14 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
     make.add_argument("--kind", default="checkpoint",
-                      choices=("checkpoint", "controlnet", "t2i_adapter", "gligen"),
-                      help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter or "
-                           "a GLIGEN textbox file (sd15 only) for the family")
+                      choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen"),
+                      help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter, a "
+                           "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
+                           "only) for the family")
     make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--variant", choices=("full", "light", "xl"), default=None,
                       help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl)")
+    make.add_argument("--rank", type=int, default=None, help="--kind control_lora: the rank of its up/down "
+                      "pairs (default 4; Stability's files use 128 or 256)")
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                       help="tensor dtype in the file (default: fp32 for tiny, fp16 for full)")
     make.add_argument("--prediction", choices=("eps", "v"), default=None,
@@ -496,59 +499,79 @@ def _print_plugins(registry, as_json: bool) -> int:
     return 0
 
 
-def _make_t2i_adapter(args, dtype: str, start: float) -> int:
+def _no_prediction(args, what: str) -> None:
+    if args.prediction is not None:
+        raise ValueError(f"--prediction is for checkpoints; {what} has none")
+
+
+def _make_t2i_adapter(args, dtype: str) -> str:
     from .models.make import make_t2i_adapter
 
-    if args.prediction is not None:
-        raise ValueError("--prediction is for checkpoints; a T2I-Adapter has none")
+    _no_prediction(args, "a T2I-Adapter")
     variant = args.variant or ("xl" if args.family == "sdxl" else "full")
     if args.family not in (("sdxl",) if variant == "xl" else ("sd15", "sd2")):
         raise ValueError(f"a {variant} T2I-Adapter is not for {args.family}: use xl with sdxl, full or light "
                          "with sd15 or sd2")
     make_t2i_adapter(args.out, variant, args.size, args.seed, dtype)
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out}: {args.family} T2I-Adapter ({variant}, {args.size}, {dtype}), {size / 1e6:.1f} MB "
-          f"in {time.perf_counter() - start:.1f} s")
-    return 0
+    return f"{args.family} T2I-Adapter ({variant}, {args.size}, {dtype})"
+
+
+def _make_controlnet(args, dtype: str) -> str:
+    from .models.make import make_controlnet
+
+    _no_prediction(args, "a ControlNet")
+    config = make_controlnet(args.out, args.family, args.size, args.seed, dtype, write_metadata=not args.no_metadata)
+    return f"{config.family} ControlNet ({args.size}, {dtype})"
+
+
+def _make_control_lora(args, dtype: str) -> str:
+    from .models.make import make_control_lora_file
+
+    _no_prediction(args, "a control-LoRA")
+    make_control_lora_file(args.out, args.family, args.size, args.seed, dtype, rank=args.rank)
+    return f"{args.family} control-LoRA (rank {args.rank}, {args.size}, {dtype})"
+
+
+def _make_gligen(args, dtype: str) -> str:
+    from .models.make import make_gligen
+
+    _no_prediction(args, "a GLIGEN")
+    make_gligen(args.out, args.family, args.size, args.seed, dtype, write_metadata=not args.no_metadata)
+    return f"{args.family} GLIGEN ({args.size}, {dtype})"
+
+
+def _make_checkpoint(args, dtype: str) -> str:
+    from .models.make import make_checkpoint
+
+    arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,
+                           write_metadata=not args.no_metadata)
+    return f"{arch.spec.label} ({args.size}, {arch.prediction}-prediction, {dtype})"
+
+
+# --kind -> writer(args, dtype) returning what was written, for the message; one entry per kind
+MAKE_KINDS = {"checkpoint": _make_checkpoint, "controlnet": _make_controlnet, "t2i_adapter": _make_t2i_adapter,
+              "control_lora": _make_control_lora, "gligen": _make_gligen}
 
 
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
-    from .models.make import make_checkpoint, make_controlnet, make_gligen
 
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
-        if args.kind == "t2i_adapter":
-            return _make_t2i_adapter(args, dtype, start)
-        if args.variant is not None:
+        if args.variant is not None and args.kind != "t2i_adapter":
             raise ValueError("--variant is for --kind t2i_adapter")
-        if args.kind == "controlnet":
-            if args.prediction is not None:
-                raise ValueError("--prediction is for checkpoints; a ControlNet has none")
-            config = make_controlnet(args.out, args.family, args.size, args.seed, dtype,
-                                     write_metadata=not args.no_metadata)
-            size = Path(args.out).stat().st_size
-            print(f"wrote {args.out}: {config.family} ControlNet ({args.size}, {dtype}), {size / 1e6:.1f} MB "
-                  f"in {time.perf_counter() - start:.1f} s")
-            return 0
-        if args.kind == "gligen":
-            if args.prediction is not None:
-                raise ValueError("--prediction is for checkpoints; a GLIGEN has none")
-            make_gligen(args.out, args.family, args.size, args.seed, dtype, write_metadata=not args.no_metadata)
-            size = Path(args.out).stat().st_size
-            print(f"wrote {args.out}: {args.family} GLIGEN ({args.size}, {dtype}), {size / 1e6:.1f} MB "
-                  f"in {time.perf_counter() - start:.1f} s")
-            return 0
-        arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,
-                               write_metadata=not args.no_metadata)
+        if args.rank is not None and args.kind != "control_lora":
+            raise ValueError("--rank is for --kind control_lora")
+        if args.kind == "control_lora" and args.rank is None:
+            args.rank = 4
+        what = MAKE_KINDS[args.kind](args, dtype)
     except (ValueError, CheckpointError) as exc:
         raise LatentgraphError(f"latentgraph make-checkpoint: {exc}") from None
     except OSError as exc:
         raise LatentgraphError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     size = Path(args.out).stat().st_size
-    print(f"wrote {args.out}: {arch.spec.label} ({args.size}, {arch.prediction}-prediction, {dtype}), "
-          f"{size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {args.out}: {what}, {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -199,3 +199,23 @@ def test_sdxl_control_lora_takes_the_vector_conditioning():
     assert [tuple(r.shape) for r in out["output"]] == [(1, 32, 8, 8), (1, 32, 8, 8), (1, 32, 4, 4), (1, 64, 4, 4)]
     other = net(x, hint, t, ctx, torch.randn(1, 1552))
     assert float((other["middle"][0] - out["middle"][0]).abs().max()) > 1e-4  # y reaches the residuals
+
+
+def test_make_checkpoint_writes_a_control_lora(tmp_path, capsys):
+    """The CLI's control-LoRA is the one the parity fixture was made with (same seed and rank):
+    only the UNet's shapes matter, so it is built on the meta device, tensor for tensor equal."""
+    from latentgraph.cli import main
+
+    out = tmp_path / "cl.safetensors"
+    assert main(["make-checkpoint", "--kind", "control_lora", "--family", "sd15", "--seed", "11", str(out)]) == 0
+    assert "sd15 control-LoRA (rank 4, tiny, fp32)" in capsys.readouterr().out
+    made, fixture = load_file(out), load_file(CONTROL_LORA)
+    assert sorted(made) == sorted(fixture) and len(made) == 182
+    assert all(torch.equal(made[k], fixture[k]) for k in made)
+    assert main(["make-checkpoint", "--kind", "control_lora", "--family", "sd15", "--rank", "0",
+                 str(tmp_path / "bad.safetensors")]) == 1
+    assert "a control-LoRA's rank must be 1 to 1024, not 0" in capsys.readouterr().err
+    assert main(["make-checkpoint", "--kind", "controlnet", "--family", "sd15", "--rank", "2",
+                 str(tmp_path / "bad.safetensors")]) == 1
+    assert "--rank is for --kind control_lora" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()

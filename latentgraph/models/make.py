@@ -142,3 +142,23 @@ def make_t2i_adapter(out: str | Path, variant: str, size: str = "tiny", seed: in
         tensors = adapter_tensors(T2IAdapter(config))
     _save(tensors, out, dtype, {})
     return config
+
+
+def make_control_lora_file(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                           rank: int = 4) -> dict[str, torch.Tensor]:
+    """Write a random control-LoRA (Stability's ``lora_controlnet`` layout) for ``family``'s UNet
+    at ``size``: rank-``rank`` up/down pairs for the encoder's big layers, the ControlNet-only
+    layers and biases in full. Only the UNet's shapes are needed, so it is built on the meta device."""
+    from .control_lora import make_control_lora
+
+    _check_size_and_dtype(size, dtype)
+    if family not in ("sd15", "sd2", "sdxl"):
+        raise ValueError(f"control-LoRAs are made for sd15, sd2 or sdxl, not {family!r}")
+    if not 1 <= rank <= 1024:
+        raise ValueError(f"a control-LoRA's rank must be 1 to 1024, not {rank}")
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    with torch.device("meta"):
+        unet = UNetModel(arch.unet)
+    with torch.no_grad():
+        tensors = make_control_lora(unet, rank=rank, seed=seed)
+    return _save(tensors, out, dtype, {})
