@@ -10,6 +10,7 @@ from . import model_patches
 from . import controlnet
 from . import preprocessors
 from . import gligen
+from . import clip_vision
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -17,6 +18,7 @@ BUILTIN_MODULES += (model_patches,)
 BUILTIN_MODULES += (controlnet,)
 BUILTIN_MODULES += (preprocessors,)
 BUILTIN_MODULES += (gligen,)
+BUILTIN_MODULES += (clip_vision,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
