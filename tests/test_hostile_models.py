@@ -1,7 +1,7 @@
 """Hostile model files: never a silently wrong picture.
 
 Tiny random files in the real published layouts. Checkpoints that mark another sampling family
-(EDM, CosXL, unCLIP, Zero123, video, InstructPix2Pix, x4 upscaler, Lotus) are refused with what
+(EDM, CosXL, Zero123, video, InstructPix2Pix, x4 upscaler, Lotus) are refused with what
 was detected; a UNet laid out unlike its family is refused with detected vs expected; unknown
 tensors are refused; a wrong-shape tensor anywhere names the file and the key before anything
 runs; a LoRA applied only in part fails naming its format and the keys not applied, grouped; the
@@ -75,10 +75,6 @@ MARKERS = {
               "CosXL-style EDM v-prediction model (edm_vpred.sigma_max = 120: continuous EDM sigmas)"),
     "zero123": ("sd15", {"cc_projection.weight": torch.zeros(768, 772), "cc_projection.bias": torch.zeros(768)},
                 "Stable Zero123 novel-view model (cc_projection: camera-conditioned image input)"),
-    "unclip_noise": ("sd2", {"noise_augmentor.betas": torch.zeros(1000)},
-                     "unCLIP image-variation model (noise_augmentor: noised CLIP image embeddings as input)"),
-    "unclip_visual": ("sd2", {"embedder.model.visual.proj": torch.zeros(4, 4)},
-                      "unCLIP image-variation model (embedder.model.visual: a CLIP image encoder as input)"),
     "class_table": ("sd2", {"model.diffusion_model.label_emb.weight": torch.zeros(1000, 128)},
                     "class-conditional UNet (label_emb.weight is a class embedding table, as in the SD x4 upscaler)"),
     "video": ("sd15", {"model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight": torch.zeros(4, 4)},
@@ -119,8 +115,6 @@ def test_unet_shapes_that_show_a_variant_are_refused(tmp_path, case):
 
 @pytest.mark.parametrize("adm, variant", [
     (4, "Lotus-style UNet (an SD2 UNet whose label_emb takes a 4-wide task input: depth/normal estimation)"),
-    (1536, "unCLIP UNet (an SD2 UNet whose label_emb takes 1536 values: a CLIP image embedding and its noise level)"),
-    (2048, "unCLIP UNet (an SD2 UNet whose label_emb takes 2048 values: a CLIP image embedding and its noise level)"),
 ])
 def test_full_size_sd2_variants_with_label_emb(adm, variant):
     sd = full_sd("sd2", adm_in_channels=adm)

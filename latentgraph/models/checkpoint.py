@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
-from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architecture, Family
+from .families import FAMILIES, METADATA_KEY, TINY_UNCLIP_DIMS, UNET_PREFIX, VAE_PREFIX, Architecture, Family
 from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_file_key,
                             openclip_keys, to_hf_clip_keys, to_openclip_keys)
 from .unet import UNetConfig, UNetModel, unet_config_from_state_dict
@@ -78,6 +78,18 @@ def _text_family(sd: dict) -> str | None:
     return None
 
 
+def _unclip_family(sd: dict, unet: UNetConfig) -> str | None:
+    """The unCLIP family of an SD2 checkpoint whose UNet takes CLIP image embeddings: a label_emb
+    of a published width (1536: L, 2048: H), or any even width in a file with noise_augmentor.*
+    (tiny files; L when the embeddings are 768 or tiny-L wide), else None."""
+    adm = unet.adm_in_channels
+    if adm in (1536, 2048):
+        return "sd21_unclip_l" if adm == 1536 else "sd21_unclip_h"
+    if adm and adm != 4 and adm % 2 == 0 and _has(sd, "noise_augmentor."):
+        return "sd21_unclip_l" if adm // 2 in (768, TINY_UNCLIP_DIMS["sd21_unclip_l"]) else "sd21_unclip_h"
+    return None
+
+
 def _describe(sd: dict) -> str:
     """A short account of what a state dict holds, for error messages."""
     tops: dict[str, int] = {}
@@ -130,10 +142,15 @@ def _from_keys(sd: dict, source: str, overrides: dict) -> Architecture:
         if variant is not None:  # say what it is before saying what is missing
             raise refusal(source, variant)
         by_context = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
+        guess = by_context.get(probe.context_dim, "an unknown family")
+        if probe.context_dim == 1024 and _unclip_family(sd, probe):
+            guess = f"{_unclip_family(sd, probe)} (its label_emb takes {probe.adm_in_channels} values)"
         raise CheckpointError(
             f"{source}: no text encoder found (no cond_stage_model.* or conditioner.embedders.*); the UNet's "
-            f"context width {probe.context_dim} suggests {by_context.get(probe.context_dim, 'an unknown family')}. "
+            f"context width {probe.context_dim} suggests {guess}. "
             f"UNet-only files belong in diffusion_models/ ({_describe(sd)})")
+    if family_name == "sd2":
+        family_name = _unclip_family(sd, probe) or family_name
     family = FAMILIES[family_name]
     text = {slot.name: _text_config(sd, slot, family, source, overrides.get("text_num_heads")) for slot in family.text}
     heads = {}
@@ -176,10 +193,10 @@ def _vae_config(vae_sd: dict, source: str, prefix: str) -> VAEConfig:
 def _prediction(family: Family, sd: dict, in_channels: int = 4) -> tuple[str, bool]:
     """eps or v, and zero terminal SNR, from marker keys (v_pred/ztsnr) or, for SD2,
     ComfyUI's heuristic: a 768-v model has a wide spread of this norm bias (not applied to
-    inpainting UNets, which are all eps)."""
+    inpainting UNets, which are all eps; applied to SD2.1-unCLIP, an SD2 model to ComfyUI)."""
     if "v_pred" in sd:
         return "v", "ztsnr" in sd
-    if family.name == "sd2" and in_channels == 4:
+    if (family.name == "sd2" or family.unclip_dim is not None) and in_channels == 4:
         key = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
         if key in sd and not sd[key].is_meta and float(sd[key].float().std(unbiased=False)) > 0.09:
             return "v", False
@@ -402,7 +419,7 @@ def original_layout(arch: Architecture, unet: torch.nn.Module, vae: torch.nn.Mod
         else:
             out.update(to_openclip_keys(sd, slot.prefix))
             out[slot.prefix + "logit_scale"] = torch.tensor(4.6052)  # log(1/0.07), as OpenCLIP stores it
-    if arch.prediction == "v" and arch.family != "sd2":
+    if arch.prediction == "v" and arch.family != "sd2" and arch.spec.unclip_dim is None:
         out["v_pred"] = torch.tensor([])
     if arch.zsnr:
         out["ztsnr"] = torch.tensor([])
@@ -425,3 +442,18 @@ def save_checkpoint(tensors: dict[str, torch.Tensor], path: str | Path, metadata
             return
         f.seek(8)
         f.write(text + b" " * (size - len(text)))
+
+
+UNCLIP_VISION_PREFIX = "embedder.model.visual."
+
+
+def load_unclip_vision(path: str | Path, dtype: torch.dtype | None = None):
+    """The CLIP image encoder of an unCLIP checkpoint (``embedder.model.visual.``, OpenCLIP layout),
+    or None when the file has none (ComfyUI's unCLIPCheckpointLoader gives None then, too)."""
+    from .clip_vision import load_clip_vision
+
+    source = str(path)
+    sd, metadata = read_state_dict(path)
+    if not _has(sd, UNCLIP_VISION_PREFIX):
+        return None
+    return load_clip_vision(sd, source, UNCLIP_VISION_PREFIX, metadata, dtype)

@@ -1,11 +1,11 @@
-"""Model families (SD1.x, SD2.x, SDXL base and refiner): where their parts live in a
+"""Model families (SD1.x, SD2.x, SD2.1-unCLIP L and H, SDXL base and refiner): where their parts live in a
 single-file checkpoint, their latent scale, how their text encoders are read, and the
 architecture record written into checkpoints' safetensors metadata."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -40,6 +40,9 @@ class Family:
     # the UNet's vector input y: None for no label_emb, else how many 256-wide size embeddings
     # follow the pooled text of the last text encoder (SDXL 6, refiner 5)
     adm_sizes: int | None
+    # unCLIP: the width D of the CLIP image embeddings at full size (y is D noised values and the
+    # D-wide embedding of their noise level, models/unclip.py); None for the text-only families
+    unclip_dim: int | None = None
 
 
 _L_SD1 = TextSlot("l", "cond_stage_model.transformer.", "hf", EncoderRole.sd1(), "quick_gelu")
@@ -54,7 +57,13 @@ FAMILIES: dict[str, Family] = {
     "sd2": Family("sd2", "Stable Diffusion 2.x", 0.18215, (_H_SD2,), (1024,), True, None),
     "sdxl": Family("sdxl", "Stable Diffusion XL", 0.13025, (_L_XL, _G_XL), (2048,), True, 6),
     "sdxl_refiner": Family("sdxl_refiner", "Stable Diffusion XL refiner", 0.13025, (_G_REFINER,), (1280,), True, 5),
+    "sd21_unclip_l": Family("sd21_unclip_l", "Stable Diffusion 2.1 unCLIP-L", 0.18215, (_H_SD2,), (1024,), True, None,
+                            768),
+    "sd21_unclip_h": Family("sd21_unclip_h", "Stable Diffusion 2.1 unCLIP-H", 0.18215, (_H_SD2,), (1024,), True, None,
+                            1024),
 }
+# tiny unCLIP image-embedding widths (make-checkpoint --size tiny)
+TINY_UNCLIP_DIMS = {"sd21_unclip_l": 32, "sd21_unclip_h": 48}
 
 
 @dataclass
@@ -71,6 +80,13 @@ class Architecture:
     @property
     def spec(self) -> Family:
         return FAMILIES[self.family]
+
+    @property
+    def unclip_dim(self) -> int | None:
+        """The CLIP image-embedding width an unCLIP UNet takes (half its label_emb), else None."""
+        if self.spec.unclip_dim is None or self.unet.adm_in_channels is None:
+            return None
+        return self.unet.adm_in_channels // 2
 
     @property
     def inpaint(self) -> bool:
@@ -102,6 +118,9 @@ def full_architecture(family: str) -> Architecture:
                             {"l": TextEncoderConfig.clip_l(), "g": TextEncoderConfig.vit_bigg()})
     if family == "sdxl_refiner":
         return Architecture(family, UNetConfig.sdxl_refiner(), VAEConfig.sd(), {"g": TextEncoderConfig.vit_bigg()})
+    if family in ("sd21_unclip_l", "sd21_unclip_h"):
+        unet = replace(UNetConfig.sd2(), adm_in_channels=2 * FAMILIES[family].unclip_dim)
+        return Architecture(family, unet, VAEConfig.sd(), {"h": TextEncoderConfig.vit_h()}, "v")
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -129,7 +148,11 @@ def tiny_architecture(family: str) -> Architecture:
         unet = UNetConfig(**small, context_dim=16, num_heads=-1, num_head_channels=16, use_linear_in_transformer=True,
                           adm_in_channels=16 + 5 * 256)
         return Architecture(family, unet, vae, text)
-    raise ValueError(f"no tiny architecture for family {family!r}; choose sd15, sd2, sdxl or sdxl_refiner")
+    if family in TINY_UNCLIP_DIMS:
+        sd2 = tiny_architecture("sd2")
+        sd2.unet = replace(sd2.unet, adm_in_channels=2 * TINY_UNCLIP_DIMS[family])
+        return Architecture(family, sd2.unet, vae, sd2.text, "v")
+    raise ValueError(f"no tiny architecture for family {family!r}; choose {', '.join(FAMILIES)}")
 
 
 def size_embedding(values: list[float], dim: int = 256) -> torch.Tensor:

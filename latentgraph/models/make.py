@@ -162,3 +162,49 @@ def make_control_lora_file(out: str | Path, family: str, size: str = "tiny", see
     with torch.no_grad():
         tensors = make_control_lora(unet, rank=rank, seed=seed)
     return _save(tensors, out, dtype, {})
+
+
+UNCLIP_FAMILIES = ("sd21_unclip_l", "sd21_unclip_h")
+
+
+def unclip_tensors(arch: Architecture, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An SD2.1-unCLIP checkpoint's tensors in the published layout and their metadata: the SD2
+    networks (as make_checkpoint), the noise augmentor's schedule (``noise_augmentor.*``) and a
+    random CLIP image encoder in the OpenCLIP layout under ``embedder.model.visual.`` (seed + 3):
+    ViT-L/14 (L) or ViT-H/14 (H) at full size, a 2-layer 32-wide one for a tiny architecture.
+    Build it under ``torch.device("meta")`` to list the keys without allocating."""
+    from dataclasses import replace
+
+    from .clip_vision import METADATA_KEY as VISION_KEY, ClipVision, ClipVisionConfig, hf_to_openai
+    from .unclip import schedule_buffers
+
+    if arch.family not in UNCLIP_FAMILIES:
+        raise ValueError(f"unCLIP checkpoints are {' or '.join(UNCLIP_FAMILIES)}, not {arch.family!r}")
+    dim = arch.unclip_dim
+    if dim == arch.spec.unclip_dim:  # the published sizes
+        vision = ClipVisionConfig.vit_l() if arch.family == "sd21_unclip_l" else ClipVisionConfig.vit_h()
+    else:
+        vision = replace(ClipVisionConfig(32, 64, 2, 2, act="gelu"), projection_dim=dim)
+    with torch.no_grad():
+        unet, vae, text = random_networks(arch, seed)
+        tensors = original_layout(arch, unet, vae, text)
+        del unet, vae, text
+        torch.manual_seed(seed + 3)
+        encoder = ClipVision(vision)
+        tensors.update(hf_to_openai(encoder.model.state_dict(), "embedder.model.visual."))
+    tensors.update({"noise_augmentor." + k: v for k, v in schedule_buffers().items()})
+    return tensors, {METADATA_KEY: arch.to_json(), VISION_KEY: json.dumps(vision.to_dict(), sort_keys=True)}
+
+
+def make_unclip_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                           prediction: str | None = None, write_metadata: bool = True) -> Architecture:
+    """Write a random SD2.1-unCLIP checkpoint (``family`` sd21_unclip_l or sd21_unclip_h) at ``size``."""
+    _check_size_and_dtype(size, dtype)
+    if family not in UNCLIP_FAMILIES:
+        raise ValueError(f"unCLIP checkpoints are {' or '.join(UNCLIP_FAMILIES)}, not {family!r}")
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    if prediction is not None:
+        arch.prediction = prediction
+    tensors, metadata = unclip_tensors(arch, seed)
+    _save(tensors, out, dtype, metadata if write_metadata else {})
+    return arch

@@ -31,19 +31,28 @@ SEED_OFFSET = 10  # the generator is seeded with the sampler's seed minus this
 MERGE_UNCLIP, MERGE_REVISION = 0.05, 0.0  # noise_augmentation of the merged embedding
 
 
-@lru_cache(maxsize=1)
-def _schedule() -> tuple[torch.Tensor, torch.Tensor]:
-    """(sqrt(alphas_cumprod), sqrt(1 - alphas_cumprod)) of squaredcos_cap_v2, float32 (STEPS,)."""
+def _betas() -> list[float]:
+    """squaredcos_cap_v2 over STEPS steps, in float64 (Python floats)."""
     def alpha_bar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    signal, noise, prod = [], [], 1.0
-    for i in range(STEPS):  # float64 throughout, one product at a time, as numpy's cumprod
-        beta = min(1 - alpha_bar((i + 1) / STEPS) / alpha_bar(i / STEPS), 0.999)
+    return [min(1 - alpha_bar((i + 1) / STEPS) / alpha_bar(i / STEPS), 0.999) for i in range(STEPS)]
+
+
+def _alphas_cumprod() -> torch.Tensor:
+    """float64 (STEPS,), one product at a time (as numpy's cumprod)."""
+    out, prod = [], 1.0
+    for beta in _betas():
         prod *= 1.0 - beta
-        signal.append(math.sqrt(prod))
-        noise.append(math.sqrt(1.0 - prod))
-    return torch.tensor(signal, dtype=torch.float32), torch.tensor(noise, dtype=torch.float32)
+        out.append(prod)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@lru_cache(maxsize=1)
+def _schedule() -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(alphas_cumprod), sqrt(1 - alphas_cumprod)) in float32 (STEPS,), rounded from float64."""
+    ac = _alphas_cumprod()
+    return ac.sqrt().float(), (1 - ac).sqrt().float()
 
 
 def noise_level(noise_augmentation: float) -> int:
@@ -99,3 +108,15 @@ def unclip_adm(entries: list, dim: int, seed: int, merge: float, what: str) -> t
     total = torch.stack(outs).sum(0)
     noise = torch.randn((1, dim), generator=generator, dtype=torch.float32)  # the last generator, drawn on
     return augment(total[:, :dim], noise_level(merge), noise)
+
+
+def schedule_buffers() -> dict[str, torch.Tensor]:
+    """The noise augmentor's schedule as the published unCLIP checkpoints store it under
+    ``noise_augmentor.`` (written by make-checkpoint; the loader computes it, as ComfyUI does)."""
+    ac = _alphas_cumprod()
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    values = {"betas": torch.tensor(_betas(), dtype=torch.float64), "alphas_cumprod": ac, "alphas_cumprod_prev": prev,
+              "sqrt_alphas_cumprod": ac.sqrt(), "sqrt_one_minus_alphas_cumprod": (1 - ac).sqrt(),
+              "log_one_minus_alphas_cumprod": (1 - ac).log(), "sqrt_recip_alphas_cumprod": (1 / ac).sqrt(),
+              "sqrt_recipm1_alphas_cumprod": (1 / ac - 1).sqrt()}
+    return {name: value.float() for name, value in values.items()}

@@ -3,16 +3,17 @@
 Three classes, checked for every checkpoint whatever told us its family (keys or our metadata):
 
 - marker keys of sampling variants whose sampling is not implemented: EDM models (Playground
-  v2.5's ``edm_mean``/``edm_std``, CosXL's ``edm_vpred.*``), unCLIP, Stable Zero123, video UNets;
+  v2.5's ``edm_mean``/``edm_std``, CosXL's ``edm_vpred.*``), Stable Zero123, video UNets;
 - a layout that is not its family's: input and output channels, the vector input ``label_emb``,
   the transformers' projections, the context width, the VAE's latent channels, the text encoders'
   vocabulary; shapes that name a variant (InstructPix2Pix's 8 input channels, the x4 upscaler's 7,
-  Lotus' 4-wide and unCLIP's 1536/2048-wide ``label_emb``) are reported as that variant;
+  Lotus' 4-wide ``label_emb``) are reported as that variant;
 - tensors outside the networks that no rule knows: they may mark a variant we have not heard of,
   so they are refused rather than ignored.
 
 What is implemented passes: v-prediction (``v_pred``; SD2's 768-v weights), zero terminal SNR
-(``ztsnr``) and 9-channel inpainting UNets.
+(``ztsnr``), 9-channel inpainting UNets and SD2.1-unCLIP (its ``noise_augmentor.*`` and image
+encoder ``embedder.model.*`` are known tensors of the unCLIP families).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ MARKERS = (
                 "mean and std)"),
     ("edm_vpred.", "CosXL-style EDM v-prediction model ({evidence}: continuous EDM sigmas)"),
     ("cc_projection.", "Stable Zero123 novel-view model (cc_projection: camera-conditioned image input)"),
-    ("noise_augmentor.", "unCLIP image-variation model (noise_augmentor: noised CLIP image embeddings as input)"),
-    ("embedder.model.visual.", "unCLIP image-variation model (embedder.model.visual: a CLIP image encoder as input)"),
 )
 # Part of a UNet key -> the variant it marks.
 UNET_MARKERS = (
@@ -88,10 +87,13 @@ def unet_variant(cfg: UNetConfig) -> str | None:
         return f"UNet with {cfg.out_channels} output channels (4 expected)"
     if cfg.context_dim == 1024 and cfg.adm_in_channels == 4:
         return "Lotus-style UNet (an SD2 UNet whose label_emb takes a 4-wide task input: depth/normal estimation)"
-    if cfg.context_dim == 1024 and cfg.adm_in_channels in (1536, 2048):
-        return (f"unCLIP UNet (an SD2 UNet whose label_emb takes {cfg.adm_in_channels} values: a CLIP image "
-                f"embedding and its noise level)")
     return None
+
+
+# the extra tensors of an unCLIP checkpoint: the noise schedule of its image embeddings (computed,
+# not read) and the CLIP image encoder (the published files keep the whole OpenCLIP model less its
+# text transformer under embedder.model.; the image encoder is embedder.model.visual.)
+UNCLIP_PREFIXES = ("noise_augmentor.", "embedder.model.")
 
 
 def _expected_adm(arch: Architecture) -> int | None:
@@ -102,15 +104,28 @@ def _expected_adm(arch: Architecture) -> int | None:
     return pooled + 256 * sizes
 
 
+def _adm_problem(arch: Architecture) -> str | None:
+    family, found = arch.spec, arch.unet.adm_in_channels
+    have = "no label_emb" if found is None else f"a label_emb of width {found}"
+    if family.unclip_dim is not None:  # any even width: tiny unCLIP models take narrower embeddings
+        if found is None or found <= 0 or found % 2:
+            return (f"the UNet has {have}, expected an even width (a CLIP image embedding and its noise level; "
+                    f"{2 * family.unclip_dim} at full size)")
+        return None
+    adm = _expected_adm(arch)
+    if found == adm:
+        return None
+    want = "none" if adm is None else (f"width {adm} (pooled text {adm - 256 * family.adm_sizes} + "
+                                       f"{family.adm_sizes} size embeddings of 256)")
+    return f"the UNet has {have}, expected {want}"
+
+
 def layout_problems(arch: Architecture) -> list[str]:
     """How an architecture differs from its family's table, as 'detected X, expected Y' phrases."""
     family, unet, out = arch.spec, arch.unet, []
-    adm = _expected_adm(arch)
-    if unet.adm_in_channels != adm:
-        found = "no label_emb" if unet.adm_in_channels is None else f"a label_emb of width {unet.adm_in_channels}"
-        want = "none" if adm is None else (f"width {adm} (pooled text {adm - 256 * family.adm_sizes} + "
-                                           f"{family.adm_sizes} size embeddings of 256)")
-        out.append(f"the UNet has {found}, expected {want}")
+    adm = _adm_problem(arch)
+    if adm is not None:
+        out.append(adm)
     if unet.use_linear_in_transformer != family.linear_proj:
         def kind(linear: bool) -> str:
             return "Linear layers" if linear else "1x1 convolutions"
@@ -180,7 +195,8 @@ def _group_names(keys: list[str], limit: int = 8) -> str:
 
 def refuse_unknown(sd: dict, family: Family, source: str) -> None:
     """Raise if the file holds tensors that are no part of a checkpoint of ``family``."""
-    known = (UNET_PREFIX, *(slot.prefix for slot in family.text), *HARMLESS_PREFIXES)
+    known = (UNET_PREFIX, *(slot.prefix for slot in family.text), *HARMLESS_PREFIXES,
+             *(UNCLIP_PREFIXES if family.unclip_dim is not None else ()))
     stray = [key for key in sd if not key.startswith(known)]
     if stray:
         raise CheckpointError(
