@@ -11,6 +11,7 @@ from . import controlnet
 from . import preprocessors
 from . import gligen
 from . import clip_vision
+from . import unclip
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -19,6 +20,7 @@ BUILTIN_MODULES += (controlnet,)
 BUILTIN_MODULES += (preprocessors,)
 BUILTIN_MODULES += (gligen,)
 BUILTIN_MODULES += (clip_vision,)
+BUILTIN_MODULES += (unclip,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
