@@ -111,15 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with its architecture in the safetensors metadata.")
     make.add_argument("out", metavar="OUT.safetensors")
     make.add_argument("--kind", default="checkpoint",
-                      choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen"),
+                      choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen", "clip_vision",
+                               "style_model"),
                       help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter, a "
                            "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
-                           "only) for the family")
+                           "only) for the family; a CLIP vision model (--variant, --layout) or a T2I style "
+                           "model (sd15 only)")
     make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--variant", choices=("full", "light", "xl"), default=None,
-                      help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl)")
+    make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg"), default=None,
+                      help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl); "
+                           "--kind clip_vision: vit-l, vit-h or vit-bigg (default: vit-l for sd15, vit-h for sd2, "
+                           "vit-bigg for sdxl)")
+    make.add_argument("--layout", choices=("hf", "openclip"), default=None,
+                      help="--kind clip_vision: transformers' vision_model.* (hf, the default) or OpenCLIP's visual.*")
     make.add_argument("--rank", type=int, default=None, help="--kind control_lora: the rank of its up/down "
                       "pairs (default 4; Stability's files use 128 or 256)")
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
@@ -540,6 +546,29 @@ def _make_gligen(args, dtype: str) -> str:
     return f"{args.family} GLIGEN ({args.size}, {dtype})"
 
 
+CLIP_VISION_FOR = {"sd15": "vit-l", "sd2": "vit-h", "sdxl": "vit-bigg", "sdxl_refiner": "vit-bigg"}
+
+
+def _make_clip_vision(args, dtype: str) -> str:
+    from .models.make import make_clip_vision
+
+    _no_prediction(args, "a CLIP vision model")
+    variant = args.variant or CLIP_VISION_FOR.get(args.family, "vit-l")
+    if variant not in CLIP_VISION_FOR.values():
+        raise ValueError(f"--variant {variant} is for --kind t2i_adapter; CLIP vision variants are vit-l, vit-h, vit-bigg")
+    layout = args.layout or "hf"
+    make_clip_vision(args.out, variant, args.size, args.seed, dtype, layout, write_metadata=not args.no_metadata)
+    return f"CLIP vision {variant} ({layout} layout, {args.size}, {dtype})"
+
+
+def _make_style_model(args, dtype: str) -> str:
+    from .models.make import make_style_model
+
+    _no_prediction(args, "a style model")
+    make_style_model(args.out, args.family, args.size, args.seed, dtype, write_metadata=not args.no_metadata)
+    return f"{args.family} style model ({args.size}, {dtype})"
+
+
 def _make_checkpoint(args, dtype: str) -> str:
     from .models.make import make_checkpoint
 
@@ -551,6 +580,7 @@ def _make_checkpoint(args, dtype: str) -> str:
 # --kind -> writer(args, dtype) returning what was written, for the message; one entry per kind
 MAKE_KINDS = {"checkpoint": _make_checkpoint, "controlnet": _make_controlnet, "t2i_adapter": _make_t2i_adapter,
               "control_lora": _make_control_lora, "gligen": _make_gligen}
+MAKE_KINDS.update(clip_vision=_make_clip_vision, style_model=_make_style_model)
 
 
 def cmd_make_checkpoint(args) -> int:
@@ -559,8 +589,10 @@ def cmd_make_checkpoint(args) -> int:
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
-        if args.variant is not None and args.kind != "t2i_adapter":
-            raise ValueError("--variant is for --kind t2i_adapter")
+        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision"):
+            raise ValueError("--variant is for --kind t2i_adapter or clip_vision")
+        if args.layout is not None and args.kind != "clip_vision":
+            raise ValueError("--layout is for --kind clip_vision")
         if args.rank is not None and args.kind != "control_lora":
             raise ValueError("--rank is for --kind control_lora")
         if args.kind == "control_lora" and args.rank is None:

@@ -353,3 +353,40 @@ def load_clip_vision_file(path, dtype: torch.dtype | None = None) -> ClipVision:
 
     sd, metadata = read_state_dict(path)
     return load_clip_vision(sd, str(path), metadata=metadata, dtype=dtype)
+
+
+# -- random towers for tests and benchmarks (latentgraph make-checkpoint --kind clip_vision) ----
+LAYOUTS = ("hf", "openclip")
+
+
+def tiny_config(variant: str) -> ClipVisionConfig:
+    """A tiny tower with the variant's activation: 64 wide, 3 layers of 2 heads, 224-pixel input
+    in 14-pixel patches (so the preprocessing is the real one), 32-wide image_embeds."""
+    if variant not in VARIANTS:
+        raise ValueError(f"CLIP vision variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    return ClipVisionConfig(64, 128, 3, 2, 14, 224, 32, VARIANTS[variant]().act)
+
+
+def random_clip_vision(config: ClipVisionConfig, seed: int = 0) -> ClipVision:
+    """transformers' initialisation under ``torch.manual_seed(seed)``, then every bias drawn from
+    N(0, 0.02) and every norm weight from 1 + N(0, 0.1) (transformers leaves them 0 and 1, which
+    would let a test miss a bias or norm loaded into the wrong place)."""
+    torch.manual_seed(seed)
+    model = ClipVision(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif "norm" in name and name.endswith(".weight"):
+                p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def clip_vision_tensors(model: ClipVision, layout: str = "hf") -> dict[str, torch.Tensor]:
+    """The tower's tensors as a file holds them: ``hf`` (vision_model.*, visual_projection.weight,
+    as CLIPVisionModelWithProjection saves them) or ``openclip`` (visual.*, as open_clip_pytorch_model)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"CLIP vision layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    sd = {k[len("model."):]: v.detach() for k, v in model.state_dict().items()}
+    return sd if layout == "hf" else hf_to_openai(sd, "visual.")

@@ -208,3 +208,38 @@ def make_unclip_checkpoint(out: str | Path, family: str, size: str = "tiny", see
     tensors, metadata = unclip_tensors(arch, seed)
     _save(tensors, out, dtype, metadata if write_metadata else {})
     return arch
+
+
+def make_clip_vision(out: str | Path, variant: str = "vit-l", size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                     layout: str = "hf", write_metadata: bool = True) -> "ClipVisionConfig":
+    """Write a random CLIP vision tower: ``variant`` vit-l (OpenAI ViT-L/14), vit-h (OpenCLIP
+    ViT-H/14) or vit-bigg (OpenCLIP ViT-bigG/14) at full size, or a tiny one with the variant's
+    activation; ``layout`` hf (vision_model.*) or openclip (visual.*). The metadata holds the
+    config (heads and activation, which shapes cannot show)."""
+    from .clip_vision import METADATA_KEY as VISION_KEY, VARIANTS, clip_vision_tensors, random_clip_vision, tiny_config
+
+    _check_size_and_dtype(size, dtype)
+    config = tiny_config(variant) if size == "tiny" else VARIANTS[variant]() if variant in VARIANTS else None
+    if config is None:
+        raise ValueError(f"CLIP vision variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    with torch.no_grad():
+        tensors = clip_vision_tensors(random_clip_vision(config, seed), layout)
+    _save(tensors, out, dtype, {VISION_KEY: json.dumps(config.to_dict(), sort_keys=True)} if write_metadata else {})
+    return config
+
+
+def make_style_model(out: str | Path, family: str = "sd15", size: str = "tiny", seed: int = 0, dtype: str = "fp32",
+                     write_metadata: bool = True) -> "StyleAdapterConfig":
+    """Write a random T2I style adapter for ``family`` (sd15: the published one is SD1.x) in the
+    published layout: full size reads ViT-L/14 (1024 wide) into 8 tokens of 768; tiny reads the
+    tiny CLIP vision (64 wide) into 8 tokens of the tiny SD1 context (32)."""
+    from .style_model import METADATA_KEY as STYLE_KEY, TINY, StyleAdapterConfig, random_style_adapter, style_tensors
+
+    _check_size_and_dtype(size, dtype)
+    if family != "sd15":
+        raise ValueError(f"style models are made for sd15 (the published one is SD1.x), not {family!r}")
+    config = TINY if size == "tiny" else StyleAdapterConfig()
+    with torch.no_grad():
+        tensors = style_tensors(random_style_adapter(config, seed))
+    _save(tensors, out, dtype, {STYLE_KEY: json.dumps(config.to_dict(), sort_keys=True)} if write_metadata else {})
+    return config

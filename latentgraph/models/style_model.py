@@ -152,3 +152,25 @@ def load_style_model_file(path: str | Path, dtype: torch.dtype | None = None) ->
 def style_tensors(model: StyleAdapter) -> dict[str, torch.Tensor]:
     """The published layout's tensors (our module names are the file's)."""
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+TINY = StyleAdapterConfig(64, 32, PUBLISHED_HEADS, 3, 8)  # reads the tiny CLIP vision (64 wide), tiny SD1 context
+
+
+def random_style_adapter(config: StyleAdapterConfig, seed: int = 0) -> StyleAdapter:
+    """torch's default initialisation under ``torch.manual_seed(seed)``; the style tokens and the
+    projection as the original draws them (randn * width^-0.5); biases and norms drawn as
+    clip_vision.random_clip_vision draws them, so a misplaced one changes the output."""
+    torch.manual_seed(seed)
+    model = StyleAdapter(config)
+    scale = config.width ** -0.5
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        model.style_embedding.copy_(torch.randn(model.style_embedding.shape, generator=gen) * scale)
+        model.proj.copy_(torch.randn(model.proj.shape, generator=gen) * scale)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif ".ln_" in f".{name}" and name.endswith(".weight"):
+                p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.1)
+    return model.eval()
