@@ -1,6 +1,7 @@
 """UI-format workflows (ComfyUI's Save button) become the API prompt ComfyUI's own frontend
-makes of them: the seven real template files in tests/fixtures/comfy_workflows, whose
-.api.json was produced by ComfyUI 0.3.64's frontend (see that folder's README)."""
+makes of them: the sixteen real workflow files in tests/fixtures/comfy_workflows (templates and
+one ComfyUI_examples PNG's workflow), whose .api.json was produced by ComfyUI 0.3.64's frontend
+(see that folder's README)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated
 
 import pytest
 
-from latentgraph.graph import Int, NodeRegistry, node
+from latentgraph.graph import Boolean, Combo, Float, Int, NodeRegistry, String, node
 from latentgraph.graph.errors import WorkflowError
 from latentgraph.graph.ui_format import is_ui_workflow, map_widgets, ui_to_api
 from latentgraph.nodes import create_registry
@@ -37,12 +38,22 @@ def registry():
     return create_registry()
 
 
-def test_there_are_seven_fixtures():
-    assert NAMES == ["default", "image2image", "image_sdxl_simple", "inpaint_example", "lora",
-                     "sdxl_simple_example", "sdxlturbo_example"]
+def test_there_are_sixteen_fixtures():
+    assert NAMES == ["2_pass_pose_worship", "controlnet_example", "default", "depth_controlnet", "depth_t2i_adapter",
+                     "gligen_textbox_example", "image2image", "image_sdxl_simple", "inpaint_example", "lora",
+                     "mixing_controlnets", "sdxl_revision_text_prompts", "sdxl_revision_zero_positive",
+                     "sdxl_simple_example", "sdxlturbo_example", "unclip_example"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Fixtures whose node classes are not in the registry yet (CLIP vision and unCLIP land in their own
+# commits): strict, so the first run after they land fails here until the name is taken off.
+PENDING = {"sdxl_revision_text_prompts": "CLIPVisionLoader, CLIPVisionEncode, unCLIPConditioning",
+           "sdxl_revision_zero_positive": "CLIPVisionLoader, CLIPVisionEncode, unCLIPConditioning",
+           "unclip_example": "unCLIPCheckpointLoader, CLIPVisionEncode, unCLIPConditioning"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"no {PENDING[n]} yet"))
+                                  if n in PENDING else n for n in NAMES])
 def test_each_fixture_converts_to_what_comfyuis_frontend_made(registry, name):
     ui = json.loads((FIXTURES / f"{name}.ui.json").read_text())
     want = json.loads((FIXTURES / f"{name}.api.json").read_text())
@@ -140,3 +151,51 @@ def test_a_seed_without_the_flag_still_has_a_control_value():
     reg.register(NoControl)
     assert map_widgets(reg["Seeded"], [5, "fixed", 9]) == {"seed": 5, "steps": 9}
     assert map_widgets(reg["NoControl"], [5, 9]) == {"seed": 5, "steps": 9}
+
+
+def test_pending_fixtures_name_node_classes_the_registry_lacks(registry):
+    """What keeps each PENDING fixture from converting is a class it names being absent (not a
+    converter bug hidden by the xfail)."""
+    for name, classes in PENDING.items():
+        kinds = {n["type"] for n in json.loads((FIXTURES / f"{name}.ui.json").read_text())["nodes"]}
+        lacking = {k for k in kinds if registry.get(k) is None and k not in ("MarkdownNote", "Note")}
+        assert lacking and lacking <= set(classes.split(", ")), (name, lacking)
+
+
+def test_a_2023_workflow_keeps_its_boolean_control_value_out_of_the_inputs(registry):
+    """ComfyUI_examples' unCLIP PNG (saved in 2023) stores the seed's control as a bool: true."""
+    ui = json.loads((FIXTURES / "unclip_example.ui.json").read_text())
+    want = json.loads((FIXTURES / "unclip_example.api.json").read_text())
+    sampler = next(n for n in ui["nodes"] if n["type"] == "KSampler")
+    assert sampler["widgets_values"][1] is True
+    got = ui_to_api(ui, registry, source="unclip_example.ui.json")
+    assert meaning({"3": got["3"]}) == meaning({"3": want["3"]})
+    assert got["3"]["inputs"]["steps"] == 26 and got["3"]["inputs"]["sampler_name"] == "uni_pc_bh2"
+    ks = registry.get("KSampler")
+    assert map_widgets(ks, [7, False, 3, 2.0, "euler", "karras", 0.5]) == {
+        "seed": 7, "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "karras", "denoise": 0.5}
+
+
+def test_widgets_without_a_saved_value_take_their_defaults():
+    """The frontend puts saved values into widgets in order; the rest keep the value they were made
+    with: the declared default, else a combo's first choice (unCLIP's CLIPVisionEncode has no
+    widgets_values at all and its prompt holds crop: "center")."""
+    @node(outputs=["INT"])
+    def Widgets(mode: Annotated[str, Combo(["center", "none"])], steps: Annotated[int, Int(20)],
+                scale: Annotated[float, Float(1.5)], text: Annotated[str, String()]) -> int:
+        return 0
+
+    @node(outputs=["INT"])
+    def SeedThenFlag(seed: Annotated[int, Int(0)], flag: Annotated[bool, Boolean(False)]) -> int:
+        return 0
+
+    reg = NodeRegistry()
+    reg.register(Widgets)
+    reg.register(SeedThenFlag)
+    # a widget with no declared default is left out: validation names it as missing
+    assert map_widgets(reg["Widgets"], None) == {"mode": "center", "steps": 20, "scale": 1.5}
+    assert map_widgets(reg["Widgets"], ["none", 3]) == {"mode": "none", "steps": 3, "scale": 1.5}
+    assert map_widgets(reg["Widgets"], ["none", 3, 2.0, "hi"]) == {"mode": "none", "steps": 3, "scale": 2.0, "text": "hi"}
+    # a bool after a seed is its control value, unless the next widget is a BOOLEAN itself
+    assert map_widgets(reg["SeedThenFlag"], [4, True]) == {"seed": 4, "flag": True}
+    assert map_widgets(reg["SeedThenFlag"], [4, "fixed", True]) == {"seed": 4, "flag": True}

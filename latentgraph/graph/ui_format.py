@@ -3,7 +3,9 @@ the API format, in Python — what ComfyUI's frontend does in the browser before
 
 Widget values are matched to input names by the registry's widget order (required inputs,
 then optional, widget types only), skipping the extra value a seed-like input keeps for
-control_after_generate and the one LoadImage keeps for its upload button. A linked widget
+control_after_generate (a choice such as "randomize", or a bool in files saved by 2023's frontend)
+and the one LoadImage keeps for its upload button. Widgets past the end of the saved values keep
+their declared default (a combo without one: its first choice), as in the frontend. A linked widget
 input takes the link (its stale value still takes its slot). Reroutes are followed to their
 source, PrimitiveNode values are copied into every input they feed, Note and MarkdownNote are
 dropped, muted nodes (mode 2) are dropped and bypassed nodes (mode 4) are removed, each output
@@ -63,7 +65,8 @@ def _links(data: dict, source: str) -> dict[int, tuple]:
 
 
 def _widget_specs(ndef) -> list[tuple[str, dict]]:
-    """(name, options) of the node's widget inputs, in the order the frontend draws them."""
+    """(name, options) of the node's widget inputs, in the order the frontend draws them, with a
+    combo's choices added to its options as ``choices`` and ``_boolean`` telling a BOOLEAN."""
     info = ndef.object_info(None)
     specs = []
     for section in ("required", "optional"):
@@ -72,8 +75,29 @@ def _widget_specs(ndef) -> list[tuple[str, dict]]:
             options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
             if is_widget and not options.get("forceInput"):
-                specs.append((name, options))
+                choices = kind if isinstance(kind, list) else options.get("options")
+                specs.append((name, {**options, "choices": choices, "_boolean": kind == "BOOLEAN"}))
     return specs
+
+
+def _widget_default(options: dict) -> tuple[bool, Any]:
+    """(known, value): what a widget holds before any saved value is put in it, as the frontend makes
+    it: the declared default, else a combo's first choice; other widgets without a default are left
+    out (validation then names the missing input)."""
+    if "default" in options:
+        return True, options["default"]
+    if options.get("choices"):
+        return True, options["choices"][0]
+    return False, None
+
+
+def _is_control_value(value: Any, next_options: dict | None) -> bool:
+    """The saved value of a control_after_generate widget: one of its choices, or a bool from
+    workflows saved by 2023's frontend (a 'randomize' toggle then; ComfyUI_examples' PNGs hold it),
+    unless the next widget is itself a BOOLEAN that a file without control values fills."""
+    if isinstance(value, bool):
+        return not (next_options or {}).get("_boolean")
+    return isinstance(value, str) and value in CONTROL_VALUES
 
 
 def map_widgets(ndef, values: Any) -> dict[str, Any]:
@@ -84,14 +108,19 @@ def map_widgets(ndef, values: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     i = 0
     values = list(values or [])
-    for name, options in specs:
+    for k, (name, options) in enumerate(specs):
         if i >= len(values):
-            break
+            # the frontend puts saved values into the widgets in order; the rest keep their defaults
+            known, default = _widget_default(options)
+            if known:
+                out[name] = _wrap(default)
+            continue
         out[name] = _wrap(values[i])
         i += 1
         # the frontend adds a control widget where declared, and by default to any "seed"/"noise_seed"
         control = options.get("control_after_generate", name in ("seed", "noise_seed"))
-        if control and i < len(values) and isinstance(values[i], str) and values[i] in CONTROL_VALUES:
+        following = specs[k + 1][1] if k + 1 < len(specs) else None
+        if control and i < len(values) and _is_control_value(values[i], following):
             i += 1  # the control widget's own value
         if options.get("image_upload") and i < len(values) and values[i] in ("image", "upload"):
             i += 1  # the upload button's value
