@@ -76,7 +76,8 @@ def _freeu(model: SDModel, b1: float, b2: float, s1: float, s2: float, backbone)
 FREEU_B = dict(min=0.0, max=10.0, step=0.01)
 
 
-@node(category="model_patches/unet", display_name="FreeU", outputs=[MODEL])
+@node(category="model_patches/unet", display_name="FreeU", outputs=[MODEL],
+      python_module="comfy_extras.nodes_freelunch")
 def FreeU(
     model: Annotated[SDModel, MODEL],
     b1: Annotated[float, Float(1.1, **FREEU_B)],
@@ -88,7 +89,8 @@ def FreeU(
     return _freeu(model, b1, b2, s1, s2, lambda h, b: b)
 
 
-@node(category="model_patches/unet", display_name="FreeU_V2", outputs=[MODEL])
+@node(category="model_patches/unet", display_name="FreeU_V2", outputs=[MODEL],
+      python_module="comfy_extras.nodes_freelunch")
 def FreeU_V2(
     model: Annotated[SDModel, MODEL],
     b1: Annotated[float, Float(1.3, **FREEU_B)],
@@ -136,7 +138,8 @@ def rescale_cfg(multiplier: float) -> Callable[[dict], torch.Tensor]:
     return fn
 
 
-@node(category="advanced/model", display_name="RescaleCFG", outputs=[MODEL])
+@node(category="advanced/model", display_name="RescaleCFG", outputs=[MODEL],
+      python_module="comfy_extras.nodes_model_advanced")
 def RescaleCFG(
     model: Annotated[SDModel, MODEL],
     multiplier: Annotated[float, Float(0.7, min=0.0, max=1.0, step=0.01)],
@@ -164,7 +167,8 @@ def cfg_zero_star(args: dict) -> torch.Tensor:
     return args["denoised"] + uncond * (alpha - 1.0) + args["cond_scale"] * uncond * (1.0 - alpha)
 
 
-@node(category="advanced/guidance", display_name="CFGZeroStar", outputs=[Output("MODEL", "patched_model")])
+@node(category="advanced/guidance", display_name="CFGZeroStar", outputs=[Output("MODEL", "patched_model")],
+      python_module="comfy_extras.nodes_cfg")
 def CFGZeroStar(model: Annotated[SDModel, MODEL]) -> SDModel:
     """CFG-Zero*: scales the negative prediction by its optimal projection onto the positive."""
     m = model.clone()
@@ -204,7 +208,8 @@ def apg_function(eta: float, norm_threshold: float, momentum: float) -> Callable
     return fn
 
 
-@node(category="sampling/custom_sampling", display_name="Adaptive Projected Guidance", outputs=[MODEL])
+@node(category="sampling/custom_sampling", display_name="Adaptive Projected Guidance", outputs=[MODEL],
+      python_module="comfy_extras.nodes_apg")
 def APG(
     model: Annotated[SDModel, MODEL],
     eta: Annotated[float, Float(1.0, min=-10.0, max=10.0, step=0.01, tooltip=(
@@ -244,7 +249,8 @@ def differential_mask(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_opt
     return binary
 
 
-@node(category="_for_testing", display_name="Differential Diffusion", outputs=[MODEL], experimental=True)
+@node(category="_for_testing", display_name="Differential Diffusion", outputs=[MODEL], experimental=True,
+      python_module="comfy_extras.nodes_differential_diffusion")
 def DifferentialDiffusion(
     model: Annotated[SDModel, MODEL],
     strength: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01, optional=True)] = 1.0,
