@@ -6,13 +6,21 @@ configs on the meta device, the nodes, and parity against ComfyUI 0.3.64
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from latentgraph.models.clip_vision import (METADATA_KEY, ClipVision, ClipVisionConfig, clip_preprocess,
-                                            config_from_keys, hf_to_openai, load_clip_vision, resized_size)
+from latentgraph.cli import main as cli_main
+from latentgraph.graph import Environment, Executor, Workflow
+from latentgraph.models.checkpoint import read_state_dict
+from latentgraph.models.clip_vision import (METADATA_KEY, VARIANTS, ClipVision, ClipVisionConfig, clip_preprocess,
+                                            clip_vision_tensors, config_from_keys, hf_to_openai, load_clip_vision,
+                                            load_clip_vision_file, resized_size, to_hf_layout)
 from latentgraph.models.errors import CheckpointError
+from latentgraph.nodes import create_registry
+from conftest import FIXTURES
 
 TINY = ClipVisionConfig(64, 128, 3, 2, 14, 28, 32, "gelu")
 
@@ -170,3 +178,134 @@ def test_work_shapes_are_checked_before_encoding():
     assert seen == [((3, 3, 28, 140), "a resized image batch")]
     with pytest.raises(ValueError, match=r"image: CLIP vision takes an IMAGE batch \(B, H, W, 3\), got shape \(1, 8, 8, 1\)"):
         model.encode_image(torch.rand(1, 8, 8, 1))
+
+
+# -- parity with ComfyUI 0.3.64 (tests/fixtures/comfy_reference/clip_vision) -------------------
+CV = FIXTURES / "comfy_reference" / "clip_vision"
+REF = load_file(CV / "clip_vision_ref.safetensors")
+FILES = {"l": "tiny_clip_vision_l.safetensors", "h": "tiny_clip_vision_h_openclip.safetensors"}
+PICTURES = {"l": "cv_wide.png", "h": "cv_tall.png"}
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Within 1e-4 of the reference's largest magnitude (the issue's tolerance)."""
+    assert out.shape == ref.shape
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert err < 1e-4, f"relative error {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip_vision")
+    (root / "models" / "clip_vision").mkdir(parents=True)
+    (root / "in").mkdir()
+    for name in FILES.values():
+        shutil.copy(CV / name, root / "models" / "clip_vision" / name)
+    for name in PICTURES.values():
+        shutil.copy(CV / name, root / "in" / name)
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    return Executor(create_registry(), env)
+
+
+@pytest.mark.parametrize("tower", ["l", "h"])
+@pytest.mark.parametrize("crop", ["center", "none"])
+def test_encode_matches_comfyui(executor, tower, crop):
+    wf = Workflow()
+    wf.add("cv", "CLIPVisionLoader", clip_name=FILES[tower])
+    wf.add("img", "LoadImage", image=PICTURES[tower])
+    wf.add("enc", "CLIPVisionEncode", clip_vision="cv", image="img.IMAGE", crop=crop)
+    out = executor.run(wf, targets=["enc"]).get("enc")
+    for field in ("last_hidden_state", "penultimate_hidden_states", "image_embeds"):
+        _close(out[field], REF[f"encode/{tower}_{crop}/{field}"])
+
+
+def test_crop_modes_differ_in_the_reference():
+    # a test passing on one crop mode would not prove the other is implemented
+    a, b = REF["encode/l_center/last_hidden_state"], REF["encode/l_none/last_hidden_state"]
+    assert (a - b).abs().max() > 1e-2 * a.abs().max()
+
+
+def test_encode_budget_names_the_limit():
+    """A 4 x 1 x 20000 batch would be resized to 224 x 4,480,000 before the crop: refused first,
+    with the node's message (nodes/clip_vision._budget is what CLIPVisionEncode passes)."""
+    from latentgraph.nodes.clip_vision import _budget
+
+    model = load_clip_vision_file(CV / FILES["l"])
+    image = torch.zeros(4, 1, 20000, 3)
+    with pytest.raises(ValueError) as err:
+        model.encode_image(image, check=_budget(image))
+    assert str(err.value) == ("CLIP vision encoding of an image batch of 4 x 20000 x 1 makes a resized image batch "
+                              "of 44.9 GiB, which exceeds the limit tensor_bytes = 8 GiB")
+    # squashed ("none"), the same batch is small and encodes
+    assert model.encode_image(image, crop=False, check=_budget(image)).image_embeds.shape == (4, 32)
+
+
+# -- files: make-checkpoint, full sizes, published key sets ------------------------------------
+def test_make_checkpoint_writes_the_committed_fixtures(tmp_path):
+    for args, name in ((["--family", "sd15", "--variant", "vit-l", "--seed", "0"], FILES["l"]),
+                       (["--family", "sd2", "--variant", "vit-h", "--layout", "openclip", "--seed", "1"], FILES["h"])):
+        out = tmp_path / name
+        assert cli_main(["make-checkpoint", str(out), "--kind", "clip_vision", *args]) == 0
+        assert out.read_bytes() == (CV / name).read_bytes()
+    sd, meta = read_state_dict(CV / FILES["h"])
+    assert json.loads(meta[METADATA_KEY]) == {**TINY.to_dict(), "num_layers": 3, "num_heads": 2, "act": "gelu",
+                                              "image_size": 224, "projection_dim": 32}
+    assert sorted(k for k in sd if not k.startswith("visual.transformer.")) == [
+        "visual.class_embedding", "visual.conv1.weight", "visual.ln_post.bias", "visual.ln_post.weight",
+        "visual.ln_pre.bias", "visual.ln_pre.weight", "visual.positional_embedding", "visual.proj"]
+
+
+def test_make_checkpoint_errors(tmp_path, capsys):
+    out = str(tmp_path / "x.safetensors")
+    assert cli_main(["make-checkpoint", out, "--kind", "clip_vision", "--family", "sd15", "--variant", "xl"]) != 0
+    assert "--variant xl is for --kind t2i_adapter; CLIP vision variants are vit-l, vit-h, vit-bigg" in \
+        capsys.readouterr().err
+    assert cli_main(["make-checkpoint", out, "--kind", "gligen", "--family", "sd15", "--layout", "hf"]) != 0
+    assert "--layout is for --kind clip_vision" in capsys.readouterr().err
+    assert cli_main(["make-checkpoint", out, "--kind", "clip_vision", "--family", "sd15", "--prediction", "v"]) != 0
+    assert "--prediction is for checkpoints; a CLIP vision model has none" in capsys.readouterr().err
+
+
+def _published_hf_keys(layers: int) -> set[str]:
+    """The keys of a transformers CLIPVisionModelWithProjection file (e.g. the IP-Adapter
+    image_encoder / CLIP-ViT-H-14-laion2B-s32B-b79K vision tower)."""
+    keys = {"vision_model.embeddings.class_embedding", "vision_model.embeddings.patch_embedding.weight",
+            "vision_model.embeddings.position_embedding.weight", "visual_projection.weight"}
+    keys |= {f"vision_model.{n}.{p}" for n in ("pre_layrnorm", "post_layernorm") for p in ("weight", "bias")}
+    for i in range(layers):
+        for sub in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                    "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2"):
+            keys |= {f"vision_model.encoder.layers.{i}.{sub}.weight", f"vision_model.encoder.layers.{i}.{sub}.bias"}
+    return keys
+
+
+def _published_openclip_keys(layers: int) -> set[str]:
+    """The vision keys of an OpenCLIP/OpenAI file (open_clip_pytorch_model.bin: ``visual.*``)."""
+    keys = {"visual.class_embedding", "visual.positional_embedding", "visual.proj", "visual.conv1.weight"}
+    keys |= {f"visual.{n}.{p}" for n in ("ln_pre", "ln_post") for p in ("weight", "bias")}
+    for i in range(layers):
+        keys |= {f"visual.transformer.resblocks.{i}.attn.in_proj_weight",
+                 f"visual.transformer.resblocks.{i}.attn.in_proj_bias"}
+        for sub in ("attn.out_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+            keys |= {f"visual.transformer.resblocks.{i}.{sub}.weight", f"visual.transformer.resblocks.{i}.{sub}.bias"}
+    return keys
+
+
+@pytest.mark.parametrize("variant, layers, width, proj", [("vit-l", 24, 1024, 768), ("vit-h", 32, 1280, 1024),
+                                                           ("vit-bigg", 48, 1664, 1280)])
+def test_full_size_files_have_the_published_keys_and_load_with_the_right_config(variant, layers, width, proj):
+    """Shapes only (meta device): what make-checkpoint --size full writes, in both layouts, read back."""
+    config = VARIANTS[variant]()
+    with torch.device("meta"):
+        model = ClipVision(config)
+    hf = clip_vision_tensors(model, "hf")
+    openclip = clip_vision_tensors(model, "openclip")
+    assert set(hf) == _published_hf_keys(layers)
+    assert set(openclip) == _published_openclip_keys(layers)
+    assert tuple(openclip["visual.proj"].shape) == (width, proj)
+    assert tuple(openclip["visual.positional_embedding"].shape) == (257, width)
+    for sd in (hf, openclip):  # no metadata: ComfyUI's rules by depth and width
+        found = config_from_keys(to_hf_layout(sd, variant)[0], variant)
+        assert found == config
+    assert (config.num_heads, config.act) == (16, "quick_gelu" if variant == "vit-l" else "gelu")
