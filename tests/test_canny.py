@@ -35,7 +35,7 @@ def _edges(executor, low: float, high: float) -> torch.Tensor:
     wf = Workflow()
     wf.add("load", "LoadImage", image="canny_input.png")
     wf.add("canny", "Canny", image="load.IMAGE", low_threshold=low, high_threshold=high)
-    return executor.run(wf, targets=["canny"]).get("canny")[0]
+    return executor.run(wf, targets=["canny"]).get("canny")
 
 
 @pytest.mark.parametrize("name, low, high, white", [("default", 0.4, 0.8, 88), ("low", 0.05, 0.2, 168)])
@@ -52,10 +52,10 @@ def test_edges_are_comfyuis_bit_for_bit(executor, name, low, high, white):
 
 def test_batch_is_edged_image_by_image():
     img = torch.from_numpy(np.asarray(Image.open(HERE / "canny_input.png")).astype(np.float32) / 255.0)[None]
-    one = Canny(img, 0.4, 0.8)[0]
-    two = Canny(torch.cat([img, img.flip(2)]), 0.4, 0.8)[0]
+    one = Canny(img, 0.4, 0.8)
+    two = Canny(torch.cat([img, img.flip(2)]), 0.4, 0.8)
     assert torch.equal(two[:1], one)
-    assert torch.equal(two[1:], Canny(img.flip(2), 0.4, 0.8)[0])
+    assert torch.equal(two[1:], Canny(img.flip(2), 0.4, 0.8))
     assert not torch.equal(two[1:], one)
 
 
@@ -98,3 +98,15 @@ def test_declaration_matches_comfyui_object_info():
     assert ours["input"]["required"]["image"][0] == "IMAGE"
     for name in ("low_threshold", "high_threshold"):
         assert ours["input"]["required"][name] == theirs["input"]["required"][name], name
+
+
+def test_the_edges_feed_the_next_node_as_an_image(executor):
+    """The output is the IMAGE itself: a node after Canny (here ImageInvert) gets a tensor."""
+    wf = Workflow()
+    wf.add("load", "LoadImage", image="canny_input.png")
+    wf.add("canny", "Canny", image="load.IMAGE", low_threshold=0.4, high_threshold=0.8)
+    wf.add("invert", "ImageInvert", image="canny.IMAGE")
+    result = executor.run(wf, targets=["canny", "invert"])
+    edges, inverted = result.get("canny"), result.get("invert")
+    assert isinstance(edges, torch.Tensor) and inverted.shape == (1, 40, 56, 3)
+    assert torch.equal(inverted, 1.0 - edges)

@@ -18,7 +18,7 @@ def Canny(
     image: Annotated[Tensor, IMAGE],
     low_threshold: Annotated[float, Float(0.4, min=0.01, max=0.99, step=0.01)],
     high_threshold: Annotated[float, Float(0.8, min=0.01, max=0.99, step=0.01)],
-) -> tuple:
+) -> Tensor:
     """Canny edges (kornia's, as ComfyUI uses it): white edges on black, as a 3-channel IMAGE."""
     # kornia is imported here so that loading the node registry does not pay for it.
     from kornia.filters import canny
@@ -37,4 +37,5 @@ def Canny(
     # kornia wants [B, C, H, W]; a 3-channel image is turned grey inside it. Its second output is
     # the edge map [B, 1, H, W] in {0, 1} after hysteresis.
     _, edges = canny(image.movedim(-1, 1), low_threshold, high_threshold)
-    return (edges.repeat(1, 3, 1, 1).movedim(1, -1),)
+    # one output: the value itself (a 1-tuple would reach the next node as a tuple)
+    return edges.repeat(1, 3, 1, 1).movedim(1, -1)
