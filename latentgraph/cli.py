@@ -555,7 +555,8 @@ def _make_clip_vision(args, dtype: str) -> str:
     _no_prediction(args, "a CLIP vision model")
     variant = args.variant or CLIP_VISION_FOR.get(args.family, "vit-l")
     if variant not in CLIP_VISION_FOR.values():
-        raise ValueError(f"--variant {variant} is for --kind t2i_adapter; CLIP vision variants are vit-l, vit-h, vit-bigg")
+        raise ValueError(f"--variant {variant} is for --kind t2i_adapter; CLIP vision variants are vit-l, vit-h, "
+                         "vit-bigg")
     layout = args.layout or "hf"
     make_clip_vision(args.out, variant, args.size, args.seed, dtype, layout, write_metadata=not args.no_metadata)
     return f"CLIP vision {variant} ({layout} layout, {args.size}, {dtype})"

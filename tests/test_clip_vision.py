@@ -90,7 +90,8 @@ def test_preprocess_quantises_and_normalises():
     assert torch.allclose(px[0, :, 0, 0], torch.tensor(expected))
     # an alpha channel is dropped; 0.5 becomes 128/255 (8-bit), as ComfyUI quantises
     grey = torch.full((1, 28, 28, 4), 0.5)
-    assert torch.allclose(clip_preprocess(grey, 28, mean=(0, 0, 0), std=(1, 1, 1)), torch.full((1, 3, 28, 28), 128 / 255))
+    plain = clip_preprocess(grey, 28, mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(plain, torch.full((1, 3, 28, 28), 128 / 255))
 
 
 def test_config_rules_without_metadata():
@@ -176,7 +177,8 @@ def test_work_shapes_are_checked_before_encoding():
     with pytest.raises(ValueError, match="over budget"):
         model.encode_image(torch.rand(3, 10, 50, 3), crop=True, check=check)
     assert seen == [((3, 3, 28, 140), "a resized image batch")]
-    with pytest.raises(ValueError, match=r"image: CLIP vision takes an IMAGE batch \(B, H, W, 3\), got shape \(1, 8, 8, 1\)"):
+    with pytest.raises(ValueError, match=r"image: CLIP vision takes an IMAGE batch \(B, H, W, 3\), "
+                                         r"got shape \(1, 8, 8, 1\)"):
         model.encode_image(torch.rand(1, 8, 8, 1))
 
 

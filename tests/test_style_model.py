@@ -152,7 +152,8 @@ def test_loader_errors_name_what_was_found():
     with pytest.raises(CheckpointError, match="a style adapter 64 wide cannot have 3 attention heads"):
         load_style_model(sd, "x", {METADATA_KEY: json.dumps({"num_heads": 3})})
     bad = {**sd, "transformer_layes.1.mlp.c_fc.weight": torch.zeros(256, 65)}
-    with pytest.raises(CheckpointError, match=r"transformer_layes.1.mlp.c_fc.weight is \(256, 65\), expected \(256, 64\)"):
+    with pytest.raises(CheckpointError, match=r"transformer_layes.1.mlp.c_fc.weight is \(256, 65\), "
+                                              r"expected \(256, 64\)"):
         load_style_model(bad, "x", meta)
 
 
