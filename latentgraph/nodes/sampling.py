@@ -35,8 +35,8 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
     mask = latent.get("noise_mask")
     latent_dev = samples.to(device, torch.float32)
     concat = inpaint_concat(model, latent_dev, mask.to(device) if mask is not None else None)
-    pos = to_conds(model, positive, samples.shape, "positive", device, concat)
-    neg = to_conds(model, negative, samples.shape, "negative", device, concat)
+    pos = to_conds(model, positive, samples.shape, "positive", device, concat, seed)
+    neg = to_conds(model, negative, samples.shape, "negative", device, concat, seed)
     preview = preview_factory(model.arch.family)
     last = {}
 

@@ -14,6 +14,7 @@ import torch
 from ..models.families import Architecture, sdxl_adm, sdxl_refiner_adm
 from ..models.management import Placement
 from ..models.patcher import ModelPatcher, copy_options, new_model_options
+from ..models.unclip import MERGE_REVISION, MERGE_UNCLIP, unclip_adm
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..sampling.guidance import Cond, resize_mask
@@ -83,11 +84,39 @@ def schedule_for(arch: Architecture, prediction: str | None = None, zsnr: bool |
     return DiscreteSchedule(prediction or arch.prediction, arch.zsnr if zsnr is None else zsnr)
 
 
-def _model_conds(model: SDModel, opts: dict, latent_hw: tuple[int, int], prompt_type: str) -> dict:
-    """Family-specific inputs besides the text tokens: SDXL's vector y."""
+REVISION_DIM = 1280  # SDXL base's noise augmentor: ViT-bigG/14 image embeddings
+
+
+def _unclip_y(model: SDModel, opts: dict, seed: int) -> torch.Tensor:
+    """An SD2.1-unCLIP model's y: its unCLIP entries' vector, or zeros without one (ComfyUI's)."""
+    entries = opts.get("unclip_conditioning")
+    if entries is None:
+        return torch.zeros(1, model.arch.unet.adm_in_channels)
+    what = f"{model.arch.spec.label} (label_emb {model.arch.unet.adm_in_channels} wide)"
+    return unclip_adm(entries, model.arch.unclip_dim, seed, MERGE_UNCLIP, what)
+
+
+def _model_conds(model: SDModel, opts: dict, latent_hw: tuple[int, int], prompt_type: str, seed: int = 0) -> dict:
+    """Family-specific inputs besides the text tokens: SDXL's vector y (base and refiner: its
+    pooled text replaced by unCLIP entries' image embedding, Revision), SD2.1-unCLIP's y. ``seed`` is
+    the sampler's noise seed, which unCLIP's noise augmentation draws from."""
     family = model.arch.family
     pooled = opts.get("pooled_output")
     height, width = opts.get("height", latent_hw[0] * 8), opts.get("width", latent_hw[1] * 8)
+    if model.arch.spec.unclip_dim is not None:
+        return {"y": _unclip_y(model, opts, seed)}
+    if opts.get("unclip_conditioning") is not None:
+        if family not in ("sdxl", "sdxl_refiner"):  # ComfyUI drops the image here: say so instead
+            raise ValueError(f"the conditioning has unCLIP image entries (unCLIPConditioning), which a "
+                             f"{model.arch.spec.label} model cannot read: use an SD2.1-unCLIP checkpoint, or SDXL "
+                             f"(Revision), or remove the unCLIPConditioning node")
+        width_pooled = model.arch.unet.adm_in_channels - 256 * model.arch.spec.adm_sizes
+        if width_pooled != REVISION_DIM:
+            raise ValueError(f"{model.arch.spec.label} Revision (unCLIPConditioning) puts a {REVISION_DIM}-wide "
+                             f"image embedding where the pooled text goes; this model's pooled text is "
+                             f"{width_pooled} wide")
+        pooled = unclip_adm(opts["unclip_conditioning"], REVISION_DIM, seed, MERGE_REVISION,
+                            f"{model.arch.spec.label} (Revision)")[:, :REVISION_DIM]
     if family == "sdxl":
         if pooled is None:
             raise ValueError("SDXL conditioning has no pooled output: encode it with an SDXL checkpoint's CLIP")
@@ -118,8 +147,9 @@ def _gligen(entry) -> tuple | None:
 
 
 def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, prompt_type: str,
-             device: torch.device, concat: torch.Tensor | None = None) -> list[Cond]:
-    """CONDITIONING entries -> sampling Conds for a latent of ``latent_shape`` (B, C, h, w)."""
+             device: torch.device, concat: torch.Tensor | None = None, seed: int = 0) -> list[Cond]:
+    """CONDITIONING entries -> sampling Conds for a latent of ``latent_shape`` (B, C, h, w);
+    ``seed``: the sampler's noise seed (unCLIP noise augmentation)."""
     h, w = latent_shape[2], latent_shape[3]
     out = []
     for tensor, opts in conditioning:
@@ -137,7 +167,7 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
                 area = _bounds(mask)
         start = opts.get("start_percent")
         end = opts.get("end_percent")
-        extra = _model_conds(model, opts, (h, w), prompt_type)
+        extra = _model_conds(model, opts, (h, w), prompt_type, seed)
         out.append(Cond(
             context=tensor.to(device), y=extra["y"].to(device) if "y" in extra else None,
             concat=concat, area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
