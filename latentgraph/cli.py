@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
                            "only) for the family; a CLIP vision model (--variant, --layout) or a T2I style "
                            "model (sd15 only)")
-    make.add_argument("--family", required=True, choices=("sd15", "sd2", "sdxl", "sdxl_refiner"))
+    make.add_argument("--family", required=True,
+                      choices=("sd15", "sd2", "sdxl", "sdxl_refiner", "sd21_unclip_l", "sd21_unclip_h"),
+                      help="sd21_unclip_l/h (--kind checkpoint): SD2.1-unCLIP with its CLIP image encoder")
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg"), default=None,
@@ -571,10 +573,11 @@ def _make_style_model(args, dtype: str) -> str:
 
 
 def _make_checkpoint(args, dtype: str) -> str:
-    from .models.make import make_checkpoint
+    from .models.make import UNCLIP_FAMILIES, make_checkpoint, make_unclip_checkpoint
 
-    arch = make_checkpoint(args.out, args.family, args.size, args.seed, dtype, args.prediction,
-                           write_metadata=not args.no_metadata)
+    write = make_unclip_checkpoint if args.family in UNCLIP_FAMILIES else make_checkpoint
+    arch = write(args.out, args.family, args.size, args.seed, dtype, args.prediction,
+                 write_metadata=not args.no_metadata)
     return f"{arch.spec.label} ({args.size}, {arch.prediction}-prediction, {dtype})"
 
 
