@@ -187,7 +187,8 @@ def SplitSigmas(sigmas: Annotated[torch.Tensor, SIGMAS],
     return sigmas[: step + 1], sigmas[step:]
 
 
-@node(category="advanced/model", display_name="ModelSamplingDiscrete", outputs=[MODEL])
+@node(category="advanced/model", display_name="ModelSamplingDiscrete", outputs=[MODEL],
+      python_module="comfy_extras.nodes_model_advanced")
 def ModelSamplingDiscrete(
     model: Annotated[SDModel, MODEL],
     sampling: Annotated[str, Combo(["eps", "v_prediction", "lcm", "x0", "img_to_img"], default="eps")],
