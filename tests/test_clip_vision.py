@@ -311,3 +311,32 @@ def test_full_size_files_have_the_published_keys_and_load_with_the_right_config(
         found = config_from_keys(to_hf_layout(sd, variant)[0], variant)
         assert found == config
     assert (config.num_heads, config.act) == (16, "quick_gelu" if variant == "vit-l" else "gelu")
+
+
+FULL_VITL_SHA256 = "0430124781a90714e393c852ae2e548641ca14c697f463aaec2483ee246588b6"
+
+
+@pytest.mark.slow
+def test_full_size_vit_l_matches_comfyuis_stock_loader(tmp_path):
+    """A full-size random ViT-L/14 (make-checkpoint --size full --seed 5, fp16, 608 MB), read by
+    ComfyUI's own CLIPVisionLoader (its ViT-L json config) and by ours, encodes cv_wide.png alike."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from latentgraph.models.make import make_clip_vision
+
+    path = tmp_path / "lgA_full_vitl.safetensors"
+    make_clip_vision(path, "vit-l", "full", seed=5, dtype="fp16")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == FULL_VITL_SHA256, "the random weights changed (torch/transformers init?): rerun the oracle"
+    model = load_clip_vision_file(path, torch.float32)
+    assert model.config == ClipVisionConfig.vit_l()
+    ref = load_file(CV / "full_vitl_ref.safetensors")
+    pixels = np.asarray(Image.open(CV / "cv_wide.png").convert("RGB"), dtype=np.float32) / 255  # as LoadImage
+    image = torch.from_numpy(pixels)[None]
+    out = model.encode_image(image, crop=True)
+    _close(out.image_embeds, ref["image_embeds"])
+    _close(out.last_hidden_state[:, :16], ref["last_hidden_state_first16"])
+    _close(out.penultimate_hidden_states[:, :16], ref["penultimate_hidden_states_first16"])
