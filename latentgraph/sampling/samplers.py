@@ -29,9 +29,15 @@ SAMPLERS = {
     "dpm_adaptive": sample_dpm_adaptive,  # ditto; chooses its own steps
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
     "dpmpp_sde": sample_dpmpp_sde,
+    # ComfyUI's *_gpu SDE samplers build their Brownian tree on the latent's device (k-diffusion's
+    # cpu=False): on the CPU that is the same tree as the plain ones, so the same function; on a GPU
+    # ComfyUI's noise differs from the plain samplers' (and from these, which keep the CPU tree)
+    "dpmpp_sde_gpu": sample_dpmpp_sde,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
     "ddpm": sample_ddpm,
     "lcm": sample_lcm,
     "ipndm": sample_ipndm,
@@ -46,7 +52,7 @@ SAMPLERS = {
 SAMPLER_NAMES = list(SAMPLERS)
 # samplers that draw noise during sampling (results depend on the seed beyond the initial noise)
 STOCHASTIC = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-                        "dpmpp_3m_sde", "ddpm", "lcm"})
+                        "dpmpp_3m_sde", "ddpm", "lcm", "dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu"})
 
 
 def get_sampler(name: str):
