@@ -107,6 +107,10 @@ def test_config_rules_without_metadata():
         found = config_from_keys(shapes, variant)
         assert found == config
         assert (found.num_heads, found.act, found.num_layers, found.image_size) == (heads, act, layers, 224)
+    # ViT-L/14 at 336 pixels (577 positions): ComfyUI's vitl_336 config, quick_gelu at 336
+    with torch.device("meta"):
+        shapes = {k[len("model."):]: v for k, v in ClipVision(ClipVisionConfig(image_size=336)).state_dict().items()}
+    assert config_from_keys(shapes, "336") == ClipVisionConfig(image_size=336)
 
 
 @pytest.mark.parametrize("keys, message", [
