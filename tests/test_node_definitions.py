@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from latentgraph.cli import main as cli_main
 from latentgraph.graph import Environment
 from latentgraph.nodes import create_registry
 from conftest import FIXTURES
@@ -55,13 +56,19 @@ def normalise(spec: list) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory) -> dict[str, dict]:
-    """latentgraph's /object_info (as the server sends it) over model folders that each hold
-    one file named after the folder, so a file combo shows which folder its node lists."""
+def models(tmp_path_factory):
+    """Model folders that each hold one file named after the folder, so a file combo shows
+    which folder its node lists."""
     models = tmp_path_factory.mktemp("models")
     for kind in _file_combos().values():
         (models / kind).mkdir(exist_ok=True)
         (models / kind / f"probe_{kind}.safetensors").write_bytes(b"")
+    return models
+
+
+@pytest.fixture(scope="module")
+def ours(models) -> dict[str, dict]:
+    """latentgraph's /object_info, as the server sends it."""
     env = Environment(models_dir=models, input_dir=models / "input", device="cpu")
     return create_registry().object_info(env)
 
@@ -118,3 +125,19 @@ def test_node_is_declared_as_in_comfyui(name, ours):
                 assert f"probe_{folder}.safetensors" in mine["input"][group][inp][0], f"{name}.{inp}"
             else:
                 assert normalise(mine["input"][group][inp]) == normalise(spec), f"{name}.{inp}"
+
+
+def test_latentgraph_nodes_lists_the_same_definitions(models, ours, capsys):
+    """`latentgraph nodes --json` is the document the node test above checks, and the plain
+    listing names every node of the issue with its inputs."""
+    args = ["nodes", "--models-dir", str(models), "--input-dir", str(models / "input")]
+    assert cli_main([*args, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    registered = sorted(set(THEIRS) - NOT_YET)
+    assert {name: listed[name] for name in registered} == {name: ours[name] for name in registered}
+    assert cli_main(args) == 0
+    lines = {line.strip().split("(", 1)[0]: line.strip() for line in capsys.readouterr().out.splitlines()}
+    assert all(name in lines for name in registered)
+    assert lines["ControlNetApplyAdvanced"] == (
+        "ControlNetApplyAdvanced(positive: CONDITIONING, negative: CONDITIONING, control_net: CONTROL_NET, "
+        "image: IMAGE, strength: FLOAT, start_percent: FLOAT, end_percent: FLOAT, vae?: VAE) -> positive, negative")
