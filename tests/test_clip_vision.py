@@ -129,6 +129,14 @@ def test_refused_encoders_are_named(keys, message):
     assert "only CLIP vision models (ViT-L/14, ViT-H/14, ViT-bigG/14) are supported" in str(err.value)
 
 
+def test_files_of_other_kinds_are_named():
+    with pytest.raises(CheckpointError, match=r"^s.safetensors: a T2I style model \(style_embedding\), not a CLIP "
+                                              r"vision model: it loads with StyleModelLoader from models/style_models$"):
+        load_clip_vision({"style_embedding": torch.zeros(1, 8, 64), "proj": torch.zeros(64, 32)}, "s.safetensors")
+    with pytest.raises(CheckpointError, match=r"^c.safetensors: a Stable Diffusion checkpoint, not a CLIP vision model"):
+        load_clip_vision({"model.diffusion_model.out.2.weight": torch.zeros(4, 4)}, "c.safetensors")
+
+
 def test_not_a_clip_vision_file():
     with pytest.raises(CheckpointError) as err:
         load_clip_vision({"foo.weight": torch.zeros(2)}, "x.safetensors")

@@ -142,6 +142,9 @@ def test_loader_errors_name_what_was_found():
     sd, meta = read_state_dict(STYLE)
     with pytest.raises(CheckpointError, match=r"^x: a Flux Redux style model \(redux_up/redux_down\): it is for Flux"):
         load_style_model({"redux_up.weight": torch.zeros(4, 4), "redux_down.weight": torch.zeros(4, 4)}, "x")
+    with pytest.raises(CheckpointError, match="^x: a CLIP vision model, not a style model: it loads with "
+                                              "CLIPVisionLoader from models/clip_vision$"):
+        load_style_model(read_state_dict(CV / "tiny_clip_vision_l.safetensors")[0], "x")
     with pytest.raises(CheckpointError, match="^x: not a style model: no style_embedding tensor"):
         load_style_model({"foo": torch.zeros(1)}, "x")
     with pytest.raises(CheckpointError, match=r"style_embedding \(1, 8, 64\) and proj \(32, 32\) do not fit"):

@@ -249,6 +249,12 @@ def _refuse_others(sd: dict, source: str, prefix: str) -> None:
         return any(test(n) for n in names)
 
     found = None
+    if has(lambda n: n == "style_embedding"):
+        raise CheckpointError(f"{source}: a T2I style model (style_embedding), not a CLIP vision model: it loads "
+                              f"with StyleModelLoader from models/style_models")
+    if has(lambda n: n.startswith("model.diffusion_model.")) and not prefix:
+        raise CheckpointError(f"{source}: a Stable Diffusion checkpoint, not a CLIP vision model (an unCLIP "
+                              f"checkpoint's image encoder loads with unCLIPCheckpointLoader)")
     if has(lambda n: n.startswith("redux_")):
         found = "a Flux Redux image encoder (redux_up/redux_down): it is a style model for Flux, not for SD"
     elif has(lambda n: n.startswith("multi_modal_projector.")):

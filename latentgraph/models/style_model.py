@@ -108,6 +108,9 @@ def config_from_keys(sd: dict, source: str, metadata: dict | None = None) -> Sty
     if any(k.startswith(("redux_up.", "redux_down.")) for k in sd):
         raise CheckpointError(f"{source}: a Flux Redux style model (redux_up/redux_down): it is for Flux, which "
                               f"latentgraph does not run; SD style models are T2I style adapters (style_embedding)")
+    if any(k.startswith(("vision_model.", "visual.")) for k in sd):
+        raise CheckpointError(f"{source}: a CLIP vision model, not a style model: it loads with CLIPVisionLoader "
+                              f"from models/clip_vision")
     for key in ("style_embedding", "proj"):
         if key not in sd:
             raise CheckpointError(f"{source}: not a style model: no {key} tensor (a T2I style adapter has "
