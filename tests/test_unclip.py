@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from latentgraph.graph import Environment, Executor, String, Workflow, node
 from latentgraph.models.clip_vision import ClipVisionOutput
+from latentgraph.models.errors import CheckpointError
 from latentgraph.models.unclip import noise_level, schedule_buffers, unclip_adm
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.clip_vision import CLIP_VISION_OUTPUT
@@ -135,3 +136,204 @@ def test_the_image_changes_the_picture():
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert float((SAMPLES[f"sample/{a}"] - SAMPLES[f"sample/{b}"]).abs().max()) > 1e-2, (a, b)
+
+
+# -- the nodes -----------------------------------------------------------------------------------
+def test_unclip_conditioning_appends_an_entry_and_strength_0_changes_nothing():
+    from latentgraph.nodes.unclip import unCLIPConditioning
+
+    cond = [[torch.zeros(1, 77, 32), {"pooled_output": torch.ones(1, 32)}]]
+    cv_a, cv_b = output(INPUTS["embeds32_a"]), output(INPUTS["embeds32_b"])
+    assert unCLIPConditioning(cond, cv_a, 0.0, 0.5) is cond
+    one = unCLIPConditioning(cond, cv_a, 0.8, 0.25)
+    two = unCLIPConditioning(one, cv_b, -1.0, 0.0)
+    assert "unclip_conditioning" not in cond[0][1]  # the input is never changed
+    entries = one[0][1]["unclip_conditioning"]
+    assert [(e["clip_vision_output"], e["strength"], e["noise_augmentation"]) for e in entries] == [(cv_a, 0.8, 0.25)]
+    assert [(e["clip_vision_output"], e["strength"]) for e in two[0][1]["unclip_conditioning"]] \
+        == [(cv_a, 0.8), (cv_b, -1.0)]
+    assert two[0][0] is cond[0][0] and torch.equal(two[0][1]["pooled_output"], torch.ones(1, 32))
+
+
+def node_error(executor, wf: Workflow, target: str):
+    from latentgraph.graph import NodeExecutionError
+
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=[target])
+    return info.value
+
+
+def unclip_graph(wf: Workflow, ckpt: str, cv: str) -> None:
+    ck = wf.add("ckpt", "unCLIPCheckpointLoader", ckpt_name=ckpt)
+    wf.add("pos", "CLIPTextEncode", clip=ck.CLIP, text="a red circle")
+    wf.add("neg", "CLIPTextEncode", clip=ck.CLIP, text="blurry")
+    wf.add("u", "unCLIPConditioning", conditioning="pos", clip_vision_output=cv, strength=1.0, noise_augmentation=0.1)
+    wf.add("empty", "EmptyLatentImage", width=64, height=64, batch_size=1)
+    wf.add("k", "KSampler", model=ck.MODEL, seed=1, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
+           positive="u", negative="neg", latent_image="empty", denoise=1.0)
+
+
+def test_the_checkpoints_image_encoder_feeds_unclip_end_to_end(executor):
+    from latentgraph.models.clip_vision import ClipVision
+
+    wf = Workflow()
+    wf.add("img", "EmptyImage", width=64, height=48, batch_size=1, color=0xC03020)
+    wf.add("enc", "CLIPVisionEncode", clip_vision="ckpt.CLIP_VISION", image="img", crop="center")
+    unclip_graph(wf, "lgB_tiny_unclip_l.safetensors", "enc")
+    result = executor.run(wf, targets=["k", "ckpt", "enc"])
+    vision = result.get("ckpt", 3)
+    assert isinstance(vision, ClipVision) and vision.config.projection_dim == 32
+    assert result.get("enc").image_embeds.shape == (1, 32)
+    with_image = result.get("k")["samples"]
+    wf.nodes["u"].inputs["strength"] = 0.0  # strength 0: the image is dropped, y is zeros
+    without = executor.run(wf, targets=["k"]).get("k")["samples"]
+    assert with_image.shape == without.shape == (1, 4, 8, 8)
+    assert float((with_image - without).abs().max()) > 1e-2
+
+
+def test_a_checkpoint_without_image_encoder_fails_where_clip_vision_is_used(executor, tmp_path):
+    from latentgraph.models.checkpoint import read_state_dict, save_checkpoint
+
+    src = executor.env.find_model("checkpoints", "lgB_tiny_unclip_l.safetensors")
+    sd, meta = read_state_dict(src)
+    path = src.parent / "lgB_unclip_no_vision.safetensors"
+    save_checkpoint({k: v for k, v in sd.items() if not k.startswith("embedder.")}, path, meta)
+    wf = Workflow()
+    wf.add("img", "EmptyImage", width=64, height=64, batch_size=1, color=0)
+    wf.add("enc", "CLIPVisionEncode", clip_vision="ckpt.CLIP_VISION", image="img", crop="center")
+    unclip_graph(wf, path.name, "enc")
+    err = node_error(executor, wf, "k")
+    assert (err.node_id, err.class_type) == ("enc", "CLIPVisionEncode")
+    assert err.exception_message == (
+        f"{path}: this checkpoint has no CLIP image encoder (no embedder.model.visual.* tensors), so "
+        f"unCLIPCheckpointLoader's CLIP_VISION output is empty: load one with CLIPVisionLoader instead")
+    # its other outputs work: the model samples with the fixture's image
+    wf.add("cv", "FixtureClipVisionOutput", key="embeds32_a")
+    wf.nodes["u"].inputs["clip_vision_output"] = "cv"
+    assert executor.run(wf, targets=["k"]).get("k")["samples"].shape == (1, 4, 8, 8)
+
+
+def test_checkpoint_loader_simple_reads_unclip_and_wrong_widths_are_errors(executor):
+    wf = reference_workflow("unclip_a0")
+    wf.nodes["ckpt"].class_type = "CheckpointLoaderSimple"
+    out = executor.run(wf, targets=["k"]).get("k")["samples"]
+    ref = SAMPLES["sample/unclip_a0"]
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    wf.nodes["cv"].inputs["key"] = "embeds1280"
+    err = node_error(executor, wf, "k")
+    assert (err.node_id, err.class_type) == ("k", "KSampler")
+    assert err.exception_message.startswith(
+        "Stable Diffusion 2.1 unCLIP-L (label_emb 64 wide) takes CLIP image embeddings 32 wide; this CLIP vision "
+        "output's image_embeds are 1280 wide")
+
+
+def test_unclip_entries_on_a_model_that_cannot_read_them_are_errors(executor, tmp_path):
+    from latentgraph.models.make import make_checkpoint
+
+    ckpts = executor.env.find_model("checkpoints", "lgB_tiny_unclip_l.safetensors").parent
+    make_checkpoint(ckpts / "lgB_sd15.safetensors", "sd15", "tiny", seed=2)
+    make_checkpoint(ckpts / "lgB_sdxl.safetensors", "sdxl", "tiny", seed=2)
+    wf = reference_workflow("unclip_a0")
+    wf.nodes["ckpt"].class_type = "CheckpointLoaderSimple"
+    wf.nodes["ckpt"].inputs["ckpt_name"] = "lgB_sd15.safetensors"
+    err = node_error(executor, wf, "k")
+    assert err.exception_message == (
+        "the conditioning has unCLIP image entries (unCLIPConditioning), which a Stable Diffusion 1.x model cannot "
+        "read: use an SD2.1-unCLIP checkpoint, or SDXL (Revision), or remove the unCLIPConditioning node")
+    wf.nodes["ckpt"].inputs["ckpt_name"] = "lgB_sdxl.safetensors"  # pooled text 16 wide: no room for 1280
+    wf.nodes["cv"].inputs["key"] = "embeds1280"
+    err = node_error(executor, wf, "k")
+    assert err.exception_message == (
+        "Stable Diffusion XL Revision (unCLIPConditioning) puts a 1280-wide image embedding where the pooled text "
+        "goes; this model's pooled text is 16 wide")
+
+
+# -- files: detection, what is still refused, make-checkpoint ----------------------------------
+def meta_unclip(family: str, size: str = "full") -> dict:
+    """An unCLIP checkpoint's tensors on the meta device (no memory), as make-checkpoint lays them out."""
+    from latentgraph.models.families import full_architecture, tiny_architecture
+    from latentgraph.models.make import unclip_tensors
+
+    arch = full_architecture(family) if size == "full" else tiny_architecture(family)
+    with torch.device("meta"):
+        tensors, _ = unclip_tensors(arch)
+    return tensors
+
+
+@pytest.mark.parametrize("family, dim, vision_width, layers", [("sd21_unclip_l", 768, 1024, 24),
+                                                               ("sd21_unclip_h", 1024, 1280, 32)])
+def test_full_size_files_have_the_published_layout_and_are_detected_from_keys(family, dim, vision_width, layers):
+    from latentgraph.models.checkpoint import detect_architecture
+
+    sd = meta_unclip(family)
+    visual = {k for k in sd if k.startswith("embedder.model.visual.")}
+    assert sd["model.diffusion_model.label_emb.0.0.weight"].shape == (1280, 2 * dim)
+    assert sd["embedder.model.visual.proj"].shape == (vision_width, dim)
+    assert sd["embedder.model.visual.conv1.weight"].shape == (vision_width, 3, 14, 14)
+    assert sd["embedder.model.visual.positional_embedding"].shape == (257, vision_width)
+    assert sd[f"embedder.model.visual.transformer.resblocks.{layers - 1}.attn.in_proj_weight"].shape \
+        == (3 * vision_width, vision_width)
+    assert len(visual) == 8 + 12 * layers  # conv1, class/positional embeddings, ln_pre, ln_post, proj; 12 per layer
+    assert sorted(k for k in sd if k.startswith("noise_augmentor.")) == sorted(
+        "noise_augmentor." + k for k in schedule_buffers())
+    arch = detect_architecture(sd, None, "u.safetensors")
+    assert (arch.family, arch.unclip_dim, arch.unet.context_dim) == (family, dim, 1024)
+    # the UNet alone is not a checkpoint, and says what it is
+    unet_only = {k: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
+    with pytest.raises(CheckpointError) as info:
+        detect_architecture(unet_only, None, "u.safetensors")
+    assert str(info.value).startswith(
+        f"u.safetensors: no text encoder found (no cond_stage_model.* or conditioner.embedders.*); the UNet's context "
+        f"width 1024 suggests {family} (its label_emb takes {2 * dim} values). UNet-only files belong in "
+        f"diffusion_models/")
+
+
+def test_tiny_files_are_detected_from_keys_with_noise_augmentor():
+    from latentgraph.models.checkpoint import detect_architecture
+
+    heads = {"unet_num_head_channels": 16, "text_num_heads": 2}
+    for family, dim in (("sd21_unclip_l", 32), ("sd21_unclip_h", 48)):
+        arch = detect_architecture(meta_unclip(family, "tiny"), None, "t.safetensors", heads)
+        assert (arch.family, arch.unclip_dim) == (family, dim)
+    # without noise_augmentor.* a tiny SD2 with a label_emb is not read as unCLIP: refused as before
+    sd = {k: v for k, v in meta_unclip("sd21_unclip_l", "tiny").items() if not k.startswith(("noise_", "embedder."))}
+    with pytest.raises(CheckpointError) as info:
+        detect_architecture(sd, None, "t.safetensors", heads)
+    assert str(info.value) == (
+        "t.safetensors: does not have the layout of Stable Diffusion 2.x: the UNet has a label_emb of width 64, "
+        "expected none. latentgraph loads only the layouts it samples correctly, so the file is refused")
+
+
+def test_unclip_tensors_on_a_plain_sd2_are_still_refused():
+    """An SD2 whose UNet takes no image embedding but which carries unCLIP's tensors: not unCLIP,
+    and the tensors are not dropped silently."""
+    from latentgraph.models.checkpoint import detect_architecture
+    from latentgraph.models.families import tiny_architecture
+    from latentgraph.models.make import random_networks
+    from latentgraph.models.checkpoint import original_layout
+
+    arch = tiny_architecture("sd2")
+    with torch.device("meta"):
+        sd = original_layout(arch, *random_networks(arch))
+    sd["noise_augmentor.betas"] = torch.zeros(1000)
+    with pytest.raises(CheckpointError) as info:
+        detect_architecture(sd, None, "p.safetensors", {"unet_num_head_channels": 16, "text_num_heads": 2})
+    assert str(info.value).startswith(
+        "p.safetensors: holds 1 tensors that are no part of a Stable Diffusion 2.x checkpoint: noise_augmentor.betas "
+        "(1). They may mark a model variant that samples differently, so the file is refused")
+
+
+def test_make_checkpoint_cli_writes_loadable_unclip_files(tmp_path, capsys):
+    from latentgraph.cli import main
+    from latentgraph.models.checkpoint import load_checkpoint, load_unclip_vision
+
+    out = tmp_path / "unclip_h.safetensors"
+    assert main(["make-checkpoint", "--family", "sd21_unclip_h", "--seed", "3", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: Stable Diffusion 2.1 unCLIP-H (tiny, v-prediction, fp32)")
+    ck = load_checkpoint(out)
+    assert (ck.arch.family, ck.arch.unclip_dim, ck.arch.prediction) == ("sd21_unclip_h", 48, "v")
+    vision = load_unclip_vision(out)
+    assert (vision.config.projection_dim, vision.config.num_layers, vision.config.act) == (48, 2, "gelu")
+    again = tmp_path / "again.safetensors"
+    assert main(["make-checkpoint", "--family", "sd21_unclip_h", "--seed", "3", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()  # seeded: the same bytes

@@ -20,17 +20,21 @@ Cond = Any
 
 class MissingClipVision:
     """What unCLIPCheckpointLoader's CLIP_VISION output carries for a checkpoint without an image
-    encoder (ComfyUI gives None there and fails later in some node): any use raises, naming the file."""
+    encoder (ComfyUI gives None there and fails later in some node): using it as a CLIP vision
+    model (encode_image, to, config, ...) raises, naming the file."""
+
+    latentgraph_nbytes = 0  # for the result cache's size estimate: holds no tensors
 
     def __init__(self, source: str):
         self.source = source
 
-    def __getattr__(self, name: str):
-        if name.startswith("__"):  # copy/pickle probes must see a plain object
-            raise AttributeError(name)
+    def _fail(self, *_, **__):
         raise ValueError(f"{self.source}: this checkpoint has no CLIP image encoder (no embedder.model.visual.* "
                          f"tensors), so unCLIPCheckpointLoader's CLIP_VISION output is empty: load one with "
                          f"CLIPVisionLoader instead")
+
+    encode_image = work_shapes = to = parameters = _fail
+    config = model = image_size = property(_fail)
 
 
 @node(category="loaders", display_name="unCLIPCheckpointLoader",
