@@ -93,7 +93,8 @@ def _unclip_y(model: SDModel, opts: dict, seed: int) -> torch.Tensor:
     if entries is None:
         return torch.zeros(1, model.arch.unet.adm_in_channels)
     what = f"{model.arch.spec.label} (label_emb {model.arch.unet.adm_in_channels} wide)"
-    return unclip_adm(entries, model.arch.unclip_dim, seed, MERGE_UNCLIP, what)
+    merge = float(opts.get("unclip_noise_augment_merge", MERGE_UNCLIP))  # an option ComfyUI reads, too
+    return unclip_adm(entries, model.arch.unclip_dim, seed, merge, what)
 
 
 def _model_conds(model: SDModel, opts: dict, latent_hw: tuple[int, int], prompt_type: str, seed: int = 0) -> dict:
