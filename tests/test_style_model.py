@@ -182,3 +182,16 @@ def test_full_size_is_the_published_layout():
     from latentgraph.models.style_model import config_from_keys
 
     assert config_from_keys(sd, "published") == StyleAdapterConfig()  # 8 heads without metadata, as ComfyUI
+
+
+def test_half_precision_weights_run():
+    """fp16/bf16 files (or --dtype fp16 on CUDA): the float32 norms take half weights; close to fp32."""
+    full = load_style_model_file(STYLE)
+    out = _output(1)
+    ref = full.get_cond(out)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = load_style_model_file(STYLE, dtype)
+        assert half.proj.dtype == dtype
+        got = half.get_cond(out)
+        assert got.dtype == torch.float32
+        assert float((got - ref).abs().max() / ref.abs().max()) < 0.05

@@ -45,7 +45,8 @@ class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in float32 (the original casts there too, so fp16 files stay stable)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        w, b = self.weight.float(), self.bias.float()  # fp16/bf16 weights: the norm still runs in float32
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
