@@ -352,3 +352,14 @@ def test_full_size_vit_l_matches_comfyuis_stock_loader(tmp_path):
     _close(out.image_embeds, ref["image_embeds"])
     _close(out.last_hidden_state[:, :16], ref["last_hidden_state_first16"])
     _close(out.penultimate_hidden_states[:, :16], ref["penultimate_hidden_states_first16"])
+
+
+def test_half_precision_load_encodes_close_to_float32():
+    image = torch.rand(1, 60, 40, 3, generator=torch.Generator().manual_seed(4))
+    ref = load_clip_vision_file(CV / FILES["l"]).encode_image(image)
+    for dtype in (torch.float16, torch.bfloat16):
+        model = load_clip_vision_file(CV / FILES["l"], dtype)
+        assert model.model.visual_projection.weight.dtype == dtype
+        out = model.encode_image(image)
+        assert out.image_embeds.dtype == torch.float32  # outputs come back float32 on the CPU
+        assert float((out.image_embeds - ref.image_embeds).abs().max() / ref.image_embeds.abs().max()) < 0.05
