@@ -87,7 +87,9 @@ def executor(tmp_path_factory):
     shutil.copy(HERE / "cn_full_hint.png", root / "in")
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
                       models_dir=root / "models", device="cpu", dtype="fp32")
-    return Executor(create_registry(), env)
+    yield Executor(create_registry(), env)
+    # pytest keeps the last few tmp folders: do not leave 2.8 GB of weights in each
+    shutil.rmtree(root / "models")
 
 
 def test_psnr_is_a_decibel_measure():
