@@ -325,13 +325,19 @@ def test_full_size_files_have_the_published_keys_and_load_with_the_right_config(
     assert (config.num_heads, config.act) == (16, "quick_gelu" if variant == "vit-l" else "gelu")
 
 
-FULL_VITL_SHA256 = "0430124781a90714e393c852ae2e548641ca14c697f463aaec2483ee246588b6"
+# variant, layout, seed, picture, crop, sha256 of the fp16 file make-checkpoint writes
+FULL = {"vitl": ("vit-l", "hf", 5, "cv_wide.png", True,
+                 "0430124781a90714e393c852ae2e548641ca14c697f463aaec2483ee246588b6"),
+        "vith": ("vit-h", "openclip", 6, "cv_tall.png", False,
+                 "df9c72f4fc3ad439425f413b2c642e3e4bd69b42a4b5a8d2bf91a6ee1cb24930")}
 
 
 @pytest.mark.slow
-def test_full_size_vit_l_matches_comfyuis_stock_loader(tmp_path):
-    """A full-size random ViT-L/14 (make-checkpoint --size full --seed 5, fp16, 608 MB), read by
-    ComfyUI's own CLIPVisionLoader (its ViT-L json config) and by ours, encodes cv_wide.png alike."""
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_matches_comfyuis_stock_loader(tmp_path, name):
+    """Full-size random towers (make-checkpoint --size full, fp16: ViT-L/14 608 MB in the transformers
+    layout, ViT-H/14 1.26 GB in the OpenCLIP layout), read by ComfyUI's own CLIPVisionLoader (its
+    ViT-L and ViT-H json configs) and by ours without the metadata (our rules by shape), encode alike."""
     import hashlib
 
     import numpy as np
@@ -339,16 +345,18 @@ def test_full_size_vit_l_matches_comfyuis_stock_loader(tmp_path):
 
     from latentgraph.models.make import make_clip_vision
 
-    path = tmp_path / "lgA_full_vitl.safetensors"
-    make_clip_vision(path, "vit-l", "full", seed=5, dtype="fp16")
+    variant, layout, seed, picture, crop, sha256 = FULL[name]
+    path = tmp_path / f"{name}.safetensors"
+    make_clip_vision(path, variant, "full", seed=seed, dtype="fp16", layout=layout)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert digest == FULL_VITL_SHA256, "the random weights changed (torch/transformers init?): rerun the oracle"
-    model = load_clip_vision_file(path, torch.float32)
-    assert model.config == ClipVisionConfig.vit_l()
-    ref = load_file(CV / "full_vitl_ref.safetensors")
-    pixels = np.asarray(Image.open(CV / "cv_wide.png").convert("RGB"), dtype=np.float32) / 255  # as LoadImage
-    image = torch.from_numpy(pixels)[None]
-    out = model.encode_image(image, crop=True)
+    assert digest == sha256, "the random weights changed (torch/transformers init?): rerun the oracle"
+    sd, _ = read_state_dict(path)
+    model = load_clip_vision(sd, str(path), metadata=None, dtype=torch.float32)
+    del sd
+    assert model.config == VARIANTS[variant]()
+    ref = load_file(CV / f"full_{name}_ref.safetensors")
+    pixels = np.asarray(Image.open(CV / picture).convert("RGB"), dtype=np.float32) / 255  # as LoadImage
+    out = model.encode_image(torch.from_numpy(pixels)[None], crop=crop)
     _close(out.image_embeds, ref["image_embeds"])
     _close(out.last_hidden_state[:, :16], ref["last_hidden_state_first16"])
     _close(out.penultimate_hidden_states[:, :16], ref["penultimate_hidden_states_first16"])
