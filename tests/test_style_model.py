@@ -195,3 +195,20 @@ def test_half_precision_weights_run():
         got = half.get_cond(out)
         assert got.dtype == torch.float32
         assert float((got - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+def test_ui_workflow_converts_as_comfyuis_frontend_and_runs(executor):
+    """style_model_example.ui.json (UI format; its .api.json is what ComfyUI 0.3.64's frontend
+    1.27.10 queued for it): converted here to the same prompt, run end to end on the tiny models,
+    its KSampler giving ComfyUI's style_multiply latent (the same graph)."""
+    from latentgraph.graph.ui_format import ui_to_api
+    from test_ui_format import meaning
+
+    ui = json.loads((CV / "style_model_example.ui.json").read_text())
+    want = json.loads((CV / "style_model_example.api.json").read_text())
+    got = ui_to_api(ui, executor.registry, source="style_model_example.ui.json")
+    assert meaning(got) == meaning(want)
+    assert len(got) == 12 and got["24"]["class_type"] == "StyleModelApply"  # the Note is dropped
+    result = executor.run(Workflow.from_api(want), targets=["3", "9"])
+    _close(result.get("3")["samples"], REF["sample/style_multiply"])
+    assert [img["filename"] for img in result.outputs["9"]["images"]] == ["style_model_00001_.png"]
