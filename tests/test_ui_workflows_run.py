@@ -1,11 +1,16 @@
-"""Every ComfyUI template fixture (and two frontend-made subgraph workflows) runs end to end, as
-it is (sizes, steps, samplers), with tiny random checkpoints placed under the model names it
-references. About 6 minutes on 2 cores (768x768 and 1024x1024 at 25-30 steps): marked slow,
-run by .ci/run."""
+"""Every ComfyUI workflow fixture (and two frontend-made subgraph workflows) runs end to end with
+tiny random models placed under the file names it references: checkpoints, a VAE, ControlNets, a
+T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
+run as they are (sizes, steps, samplers); the image-conditioning ones at the sizes and steps in
+SMALLER (the test's override, not the fixture's), to keep this within a few minutes on 2 cores.
+Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,47 +20,142 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from latentgraph.graph import Environment, Executor, Workflow
-from latentgraph.models.make import make_checkpoint
+from latentgraph.models.checkpoint import original_layout, read_state_dict, save_checkpoint
+from latentgraph.models.clip_vision import METADATA_KEY as VISION_KEY, clip_vision_tensors, random_clip_vision, tiny_config
+from latentgraph.models.families import METADATA_KEY, tiny_architecture
+from latentgraph.models.make import make_checkpoint, make_controlnet, make_gligen, random_networks, unclip_tensors
+
+REVISION_DIM = 1280  # the width of ViT-bigG's image_embeds and of SDXL's pooled text
 from latentgraph.nodes import create_registry, create_services
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfy_workflows"
+T2I = Path(__file__).parent / "fixtures" / "comfy_reference" / "t2i_adapter"
+NAMES = sorted(p.name[: -len(".ui.json")] for p in FIXTURES.glob("*.ui.json"))
 CHECKPOINTS = {"v1-5-pruned-emaonly-fp16.safetensors": "sd15", "dreamshaper_8.safetensors": "sd15",
-               "512-inpainting-ema.safetensors": "sd2", "sd_xl_base_1.0.safetensors": "sdxl",
-               "sd_xl_turbo_1.0_fp16.safetensors": "sdxl", "sd_xl_refiner_1.0.safetensors": "sdxl_refiner"}
+               "512-inpainting-ema.safetensors": "sd2", "sd_xl_turbo_1.0_fp16.safetensors": "sdxl", "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
+               "DreamShaper_8_pruned.safetensors": "sd15", "majicmixRealistic_v7.safetensors": "sd15",
+               "japaneseStyleRealistic_v20.safetensors": "sd15", "architecturerealmix_v11.safetensors": "sd15",
+               "awpainting_v14.safetensors": "sd15"}
+CONTROLNETS = ["control_v11p_sd15_scribble_fp16.safetensors", "control_v11p_sd15_openpose_fp16.safetensors",
+               "control_v11f1p_sd15_depth_fp16.safetensors"]
+IMAGES = ["image2image_input_image.jpg", "pasted/image (2).png", "input (3).png", "depth_input (1).png",
+          "depth-t2i-adapter_input.png", "image (70).png", "image (72).png", "mountains.png", "sunset.png"]
+# The image-conditioning workflows at their own sizes and steps (1024x1024 and 1536x1536, 20-26 steps,
+# ControlNets doubling each step) would add ~10 minutes on 2 cores: these run smaller and shorter.
+SMALLER = {"width": 256, "height": 256, "steps": 4}
+CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "depth_t2i_adapter",
+                "gligen_textbox_example", "mixing_controlnets", "sdxl_revision_text_prompts",
+                "sdxl_revision_zero_positive", "unclip_example"}
+
+
+def _t2i_fixture_maker():
+    spec = importlib.util.spec_from_file_location("t2i_make_fixtures", T2I / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_revision_sdxl(path: Path) -> None:
+    """A tiny SDXL whose pooled text (OpenCLIP bigG's projection) is 1280 wide, as the real one's."""
+    arch = tiny_architecture("sdxl")
+    arch.text["g"] = replace(arch.text["g"], projection_dim=REVISION_DIM)
+    arch.unet = replace(arch.unet, adm_in_channels=REVISION_DIM + 6 * 256)
+    with torch.no_grad():
+        unet, vae, text = random_networks(arch, seed=33)
+        save_checkpoint(original_layout(arch, unet, vae, text), path,
+                        metadata={"format": "pt", METADATA_KEY: arch.to_json()})
+
+
+def _write_models(models: Path) -> None:
+    for seed, (name, family) in enumerate(CHECKPOINTS.items()):
+        make_checkpoint(models / "checkpoints" / name, family, "tiny", seed=seed)
+    # T2I-Adapters add features after SD1's blocks 2/5/8/11: a checkpoint with SD1's 4 levels
+    _t2i_fixture_maker().write_checkpoint(models / "checkpoints" / "interiordesignsuperm_v2.safetensors")
+    (models / "controlnet").mkdir()
+    shutil.copy(T2I / "tiny_t2i_full.safetensors", models / "controlnet" / "controlnetT2IAdapter_t2iAdapterDepth.safetensors")
+    for seed, name in enumerate(CONTROLNETS):
+        make_controlnet(models / "controlnet" / name, "sd15", "tiny", seed=20 + seed)
+    make_gligen(models / "gligen" / "gligen_sd14_textbox_pruned.safetensors", "sd15", "tiny", seed=30)
+    # Revision puts ViT-bigG's 1280-wide image_embeds where SDXL's pooled text goes: the tiny SDXL
+    # there has SDXL's pooled width, the tiny ViT-bigG its projection width
+    _write_revision_sdxl(models / "checkpoints" / "sd_xl_base_1.0.safetensors")
+    config = replace(tiny_config("vit-bigg"), projection_dim=REVISION_DIM)
+    (models / "clip_vision").mkdir()
+    save_file(clip_vision_tensors(random_clip_vision(config, seed=31)),
+              str(models / "clip_vision" / "clip_vision_g.safetensors"),
+              metadata={"format": "pt", VISION_KEY: json.dumps(config.to_dict(), sort_keys=True)})
+    # a standalone VAE file: the tiny SD1 checkpoint's VAE without its first_stage_model. prefix
+    sd, _ = read_state_dict(models / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors")
+    (models / "vae").mkdir()
+    save_file({k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")},
+              str(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    # The unCLIP example names a .ckpt: a pickled {"state_dict": plain tensors}, as the published one
+    # (read with torch.load(weights_only=True); safetensors bytes under a .ckpt name are not read).
+    # A pickle has no metadata, so the UNet's heads come from SD2's rule (64 channels a head): the
+    # tiny UNet is made 64 wide, where that rule gives whole heads.
+    arch = tiny_architecture("sd21_unclip_h")
+    arch.unet = replace(arch.unet, model_channels=64)
+    torch.save({"state_dict": unclip_tensors(arch, seed=32)[0]}, models / "checkpoints" / "sd21-unclip-h.ckpt")
+    g = torch.Generator().manual_seed(0)
+    key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    (models / "loras").mkdir(parents=True)
+    save_file({f"{key}.lora_up.weight": torch.randn(32, 4, generator=g),
+               f"{key}.lora_down.weight": torch.randn(4, 32, generator=g), f"{key}.alpha": torch.tensor(4.0)},
+              str(models / "loras" / "blindbox_v1_mix.safetensors"))
+
+
+def _write_images(inputs: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in IMAGES:
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(inputs / name)
+    rgba = np.concatenate([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), np.full((64, 64, 1), 255, np.uint8)], -1)
+    rgba[16:40, 16:48, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(inputs / "inpaint_example_input_image.png")
 
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
     home = tmp_path_factory.mktemp("comfy_home")
-    for seed, (name, family) in enumerate(CHECKPOINTS.items()):
-        make_checkpoint(home / "models" / "checkpoints" / name, family, "tiny", seed=seed)
-    g = torch.Generator().manual_seed(0)
-    key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
-    (home / "models" / "loras").mkdir(parents=True)
-    save_file({f"{key}.lora_up.weight": torch.randn(32, 4, generator=g),
-               f"{key}.lora_down.weight": torch.randn(4, 32, generator=g), f"{key}.alpha": torch.tensor(4.0)},
-              str(home / "models" / "loras" / "blindbox_v1_mix.safetensors"))
-    (home / "input").mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(home / "input" / "image2image_input_image.jpg")
-    rgba = np.concatenate([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), np.full((64, 64, 1), 255, np.uint8)], -1)
-    rgba[16:40, 16:48, 3] = 0
-    Image.fromarray(rgba, "RGBA").save(home / "input" / "inpaint_example_input_image.png")
+    _write_models(home / "models")
+    _write_images(home / "input")
     env = Environment(output_dir=home / "output", input_dir=home / "input", temp_dir=home / "temp",
                       models_dir=home / "models", device="cpu")
     return Executor(create_registry(), env, services=create_services(env))
 
 
+def _smaller(wf: Workflow) -> None:
+    """SMALLER's sizes and steps, in proportion where a workflow has several (2-pass: 1024 -> 1536)."""
+    for n in wf.nodes.values():
+        if n.class_type in ("EmptyLatentImage", "LatentUpscale"):
+            scale = SMALLER["width"] / 1024
+            for key in ("width", "height"):
+                n.inputs[key] = int(round(n.inputs[key] * scale / 64)) * 64
+        if n.class_type == "KSampler":
+            n.inputs["steps"] = min(n.inputs["steps"], SMALLER["steps"])
+        if n.class_type == "GLIGENTextBoxApply":  # the boxes keep their place in the picture
+            scale = SMALLER["width"] / 768
+            for key in ("width", "height", "x", "y"):
+                n.inputs[key] = int(round(n.inputs[key] * scale / 8)) * 8
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(p.name[: -len(".ui.json")] for p in FIXTURES.glob("*.ui.json")))
+@pytest.mark.parametrize("name", NAMES)
 def test_fixture_runs_end_to_end(executor, name):
     wf = Workflow.load(FIXTURES / f"{name}.ui.json", executor.registry)
+    if name in CONDITIONING:
+        _smaller(wf)
     result = executor.run(wf)
-    (images,) = [ui["images"] for ui in result.outputs.values()]
-    path = executor.env.output_dir / images[0]["subfolder"] / images[0]["filename"]
+    savers = {k for k, n in wf.nodes.items() if n.class_type in ("SaveImage", "PreviewImage")}
+    assert set(result.outputs) == savers
+    final = next(k for k, n in wf.nodes.items() if n.class_type == "SaveImage")
+    (image,) = result.outputs[final]["images"]
+    path = executor.env.output_dir / image["subfolder"] / image["filename"]
     picture = Image.open(path)
-    latent = next((n for n in wf.nodes.values() if n.class_type == "EmptyLatentImage"), None)
-    if latent is not None:
+    # the saved picture has the size of the latent it decodes (the upscaled one in a 2-pass workflow)
+    sizes = [n for n in wf.nodes.values() if n.class_type in ("LatentUpscale", "EmptyLatentImage")]
+    if sizes:
+        latent = max(sizes, key=lambda n: n.class_type == "LatentUpscale")
         assert picture.size == (latent.inputs["width"], latent.inputs["height"])
     # the UI graph went into the PNG, as ComfyUI's frontend sends it
     assert json.loads(picture.text["workflow"])["nodes"]
