@@ -19,7 +19,7 @@ from latentgraph.models.unclip import noise_level, schedule_buffers, unclip_adm
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.clip_vision import CLIP_VISION_OUTPUT
 from conftest import FIXTURES
-from unclip_fixtures import make_revision_sdxl, make_unclip_l
+from unclip_fixtures import make_revision_refiner, make_revision_sdxl, make_unclip_l
 
 REF = FIXTURES / "comfy_reference" / "unclip"
 ADM = load_file(REF / "adm_ref.safetensors")
@@ -98,6 +98,7 @@ def executor(tmp_path_factory):
     ckpts.mkdir(parents=True)
     make_unclip_l(ckpts / "lgB_tiny_unclip_l.safetensors")
     make_revision_sdxl(ckpts / "lgB_tiny_sdxl_revision.safetensors")
+    make_revision_refiner(ckpts / "lgB_tiny_refiner_revision.safetensors")
     registry = create_registry()
     registry.register(FixtureClipVisionOutput)
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
@@ -116,12 +117,14 @@ def reference_workflow(name: str) -> Workflow:
     for entry in prompt.values():
         if entry["class_type"] == "LGClipVisionOutputFromFile":
             entry["class_type"], entry["inputs"] = "FixtureClipVisionOutput", {"key": entry["inputs"]["key"]}
-        entry["class_type"] = STAND_INS.get(entry["class_type"], entry["class_type"])
+        if entry["class_type"] in STAND_INS:  # our loaders take the file name only
+            entry["inputs"] = {"ckpt_name": entry["inputs"]["ckpt_name"]}
+            entry["class_type"] = STAND_INS[entry["class_type"]]
     return Workflow.from_api(prompt, name)
 
 
 @pytest.mark.parametrize("name", ["unclip_a0", "unclip_a03", "unclip_chain", "unclip_batch2", "unclip_no_image",
-                                  "revision_a0", "revision_chain"])
+                                  "revision_a0", "revision_chain", "revision_refiner"])
 def test_sampling_matches_comfyui(executor, name):
     out = executor.run(reference_workflow(name), targets=["k"]).get("k")["samples"]
     ref = SAMPLES[f"sample/{name}"]

@@ -34,3 +34,17 @@ def make_revision_sdxl(path: str | Path) -> None:
     with torch.no_grad():
         tensors = original_layout(arch, *random_networks(arch, REVISION_SEED))
     save_checkpoint(tensors, path, metadata={"format": "pt", METADATA_KEY: arch.to_json()})
+
+
+REFINER_SEED = 8
+
+
+def make_revision_refiner(path: str | Path) -> None:
+    """Tiny SDXL refiner whose pooled text is 1280 wide (Revision on the refiner, as ComfyUI's
+    SDXLRefiner reads it): label_emb 1280 + 5 * 256."""
+    arch = tiny_architecture("sdxl_refiner")
+    arch.text["g"] = dataclasses.replace(arch.text["g"], projection_dim=1280)
+    arch.unet = dataclasses.replace(arch.unet, adm_in_channels=1280 + 5 * 256)
+    with torch.no_grad():
+        tensors = original_layout(arch, *random_networks(arch, REFINER_SEED))
+    save_checkpoint(tensors, path, metadata={"format": "pt", METADATA_KEY: arch.to_json()})
