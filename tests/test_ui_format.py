@@ -199,7 +199,8 @@ def test_widgets_without_a_saved_value_take_their_defaults():
     # a widget with no declared default is left out: validation names it as missing
     assert map_widgets(reg["Widgets"], None) == {"mode": "center", "steps": 20, "scale": 1.5}
     assert map_widgets(reg["Widgets"], ["none", 3]) == {"mode": "none", "steps": 3, "scale": 1.5}
-    assert map_widgets(reg["Widgets"], ["none", 3, 2.0, "hi"]) == {"mode": "none", "steps": 3, "scale": 2.0, "text": "hi"}
+    assert map_widgets(reg["Widgets"], ["none", 3, 2.0, "hi"]) == {
+        "mode": "none", "steps": 3, "scale": 2.0, "text": "hi"}
     # a bool after a seed is its control value, unless the next widget is a BOOLEAN itself
     assert map_widgets(reg["SeedThenFlag"], [4, True]) == {"seed": 4, "flag": True}
     assert map_widgets(reg["SeedThenFlag"], [4, "fixed", True]) == {"seed": 4, "flag": True}

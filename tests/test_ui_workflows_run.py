@@ -1,9 +1,9 @@
 """Every ComfyUI workflow fixture (and two frontend-made subgraph workflows) runs end to end with
 tiny random models placed under the file names it references: checkpoints, a VAE, ControlNets, a
 T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
-run as they are (sizes, steps, samplers); the image-conditioning ones at the sizes and steps in
-SMALLER (the test's override, not the fixture's), to keep this within a few minutes on 2 cores.
-Marked slow, run by .ci/run."""
+run as they are (sizes, steps, samplers); the image-conditioning ones with their steps and samplers
+at SCALE of their sizes (the test's override, not the fixture's), to stay within a few minutes on
+2 cores. About 4.5 minutes in all (27 tests). Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from latentgraph.graph import Environment, Executor, Workflow
+from latentgraph.graph import Environment, Executor, Link, Workflow
 from latentgraph.models.checkpoint import original_layout, read_state_dict, save_checkpoint
-from latentgraph.models.clip_vision import METADATA_KEY as VISION_KEY, clip_vision_tensors, random_clip_vision, tiny_config
+from latentgraph.models.clip_vision import (METADATA_KEY as VISION_KEY, clip_vision_tensors, random_clip_vision,
+                                            tiny_config)
 from latentgraph.models.families import METADATA_KEY, tiny_architecture
 from latentgraph.models.make import make_checkpoint, make_controlnet, make_gligen, random_networks, unclip_tensors
 
@@ -32,7 +33,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "comfy_workflows"
 T2I = Path(__file__).parent / "fixtures" / "comfy_reference" / "t2i_adapter"
 NAMES = sorted(p.name[: -len(".ui.json")] for p in FIXTURES.glob("*.ui.json"))
 CHECKPOINTS = {"v1-5-pruned-emaonly-fp16.safetensors": "sd15", "dreamshaper_8.safetensors": "sd15",
-               "512-inpainting-ema.safetensors": "sd2", "sd_xl_turbo_1.0_fp16.safetensors": "sdxl", "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
+               "512-inpainting-ema.safetensors": "sd2", "sd_xl_turbo_1.0_fp16.safetensors": "sdxl",
+               "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
                "DreamShaper_8_pruned.safetensors": "sd15", "majicmixRealistic_v7.safetensors": "sd15",
                "japaneseStyleRealistic_v20.safetensors": "sd15", "architecturerealmix_v11.safetensors": "sd15",
                "awpainting_v14.safetensors": "sd15"}
@@ -40,9 +42,13 @@ CONTROLNETS = ["control_v11p_sd15_scribble_fp16.safetensors", "control_v11p_sd15
                "control_v11f1p_sd15_depth_fp16.safetensors"]
 IMAGES = ["image2image_input_image.jpg", "pasted/image (2).png", "input (3).png", "depth_input (1).png",
           "depth-t2i-adapter_input.png", "image (70).png", "image (72).png", "mountains.png", "sunset.png"]
-# The image-conditioning workflows at their own sizes and steps (1024x1024 and 1536x1536, 20-26 steps,
-# ControlNets doubling each step) would add ~10 minutes on 2 cores: these run smaller and shorter.
-SMALLER = {"width": 256, "height": 256, "steps": 4}
+# The image-conditioning workflows at their own sizes (1024x1024 and 1536x1536, a ControlNet
+# doubling each step) take minutes each on 2 cores (depth_controlnet alone ran past 6 before it was
+# stopped): they run with their own steps and samplers at SCALE of their sizes (~55 s for the
+# nine), and at QUICK (256 px, 4 steps) where the picture is compared with and without the
+# conditioning (~10 s).
+SCALE = 0.375
+QUICK = (0.25, 4)
 CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "depth_t2i_adapter",
                 "gligen_textbox_example", "mixing_controlnets", "sdxl_revision_text_prompts",
                 "sdxl_revision_zero_positive", "unclip_example"}
@@ -72,7 +78,8 @@ def _write_models(models: Path) -> None:
     # T2I-Adapters add features after SD1's blocks 2/5/8/11: a checkpoint with SD1's 4 levels
     _t2i_fixture_maker().write_checkpoint(models / "checkpoints" / "interiordesignsuperm_v2.safetensors")
     (models / "controlnet").mkdir()
-    shutil.copy(T2I / "tiny_t2i_full.safetensors", models / "controlnet" / "controlnetT2IAdapter_t2iAdapterDepth.safetensors")
+    shutil.copy(T2I / "tiny_t2i_full.safetensors",
+                models / "controlnet" / "controlnetT2IAdapter_t2iAdapterDepth.safetensors")
     for seed, name in enumerate(CONTROLNETS):
         make_controlnet(models / "controlnet" / name, "sd15", "tiny", seed=20 + seed)
     make_gligen(models / "gligen" / "gligen_sd14_textbox_pruned.safetensors", "sd15", "tiny", seed=30)
@@ -124,19 +131,20 @@ def executor(tmp_path_factory):
     return Executor(create_registry(), env, services=create_services(env))
 
 
-def _smaller(wf: Workflow) -> None:
-    """SMALLER's sizes and steps, in proportion where a workflow has several (2-pass: 1024 -> 1536)."""
+def _smaller(wf: Workflow, scale: float = SCALE, steps: int | None = None) -> None:
+    """Every size times ``scale`` (in 64-pixel steps, which every tiny UNet here divides), the
+    2-pass upscale and the GLIGEN boxes with it; KSampler steps capped at ``steps`` if given."""
+    def scaled(value: int, unit: int) -> int:
+        return max(unit, int(round(value * scale / unit)) * unit)
+
     for n in wf.nodes.values():
         if n.class_type in ("EmptyLatentImage", "LatentUpscale"):
-            scale = SMALLER["width"] / 1024
-            for key in ("width", "height"):
-                n.inputs[key] = int(round(n.inputs[key] * scale / 64)) * 64
-        if n.class_type == "KSampler":
-            n.inputs["steps"] = min(n.inputs["steps"], SMALLER["steps"])
+            n.inputs["width"], n.inputs["height"] = scaled(n.inputs["width"], 64), scaled(n.inputs["height"], 64)
+        if n.class_type == "KSampler" and steps is not None:
+            n.inputs["steps"] = min(n.inputs["steps"], steps)
         if n.class_type == "GLIGENTextBoxApply":  # the boxes keep their place in the picture
-            scale = SMALLER["width"] / 768
-            for key in ("width", "height", "x", "y"):
-                n.inputs[key] = int(round(n.inputs[key] * scale / 8)) * 8
+            n.inputs["width"], n.inputs["height"] = scaled(n.inputs["width"], 8), scaled(n.inputs["height"], 8)
+            n.inputs["x"], n.inputs["y"] = int(n.inputs["x"] * scale) // 8 * 8, int(n.inputs["y"] * scale) // 8 * 8
 
 
 @pytest.mark.slow
@@ -176,3 +184,43 @@ def test_subgraph_fixture_runs_end_to_end(executor, name):
         picture = Image.open(executor.env.output_dir / image["subfolder"] / image["filename"])
         assert picture.size == (512, 512)
         assert any(":" in k for k in json.loads(picture.text["prompt"]))  # flattened ids
+
+
+def _without_image_conditioning(wf: Workflow) -> int:
+    """Make every image-conditioning node a no-op, as ComfyUI treats it: ControlNet and unCLIP
+    strength 0 (the conditioning passes unchanged), and each GLIGEN box node's consumers take the
+    conditioning it was given. Returns how many nodes it changed."""
+    changed = 0
+    for n in wf.nodes.values():
+        if n.class_type in ("ControlNetApplyAdvanced", "unCLIPConditioning"):
+            n.inputs["strength"] = 0.0
+            changed += 1
+    boxes = {k: n.inputs["conditioning_to"] for k, n in wf.nodes.items() if n.class_type == "GLIGENTextBoxApply"}
+    for n in wf.nodes.values():
+        for name, value in n.inputs.items():
+            while isinstance(value, Link) and value.node in boxes:
+                value = boxes[value.node]
+                changed += 1
+            n.inputs[name] = value
+    return changed
+
+
+def _saved_pixels(executor: Executor, wf: Workflow) -> np.ndarray:
+    result = executor.run(wf)
+    final = next(k for k, n in wf.nodes.items() if n.class_type == "SaveImage")
+    (image,) = result.outputs[final]["images"]
+    return np.asarray(Image.open(executor.env.output_dir / image["subfolder"] / image["filename"]).convert("RGB"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONDITIONING))
+def test_the_image_conditioning_changes_the_picture(executor, name):
+    """The ControlNets, the T2I-Adapter, the GLIGEN boxes and the CLIP-vision embeddings reach the
+    sampler: with them made no-ops (same seeds, sizes, steps) the saved picture is another one."""
+    wf = Workflow.load(FIXTURES / f"{name}.ui.json", executor.registry)
+    _smaller(wf, *QUICK)
+    with_it = _saved_pixels(executor, wf)
+    assert _without_image_conditioning(wf) >= 1
+    without = _saved_pixels(executor, wf)
+    assert with_it.shape == without.shape
+    assert not np.array_equal(with_it, without)
