@@ -41,17 +41,18 @@ CHECKPOINTS = {"v1-5-pruned-emaonly-fp16.safetensors": "sd15", "dreamshaper_8.sa
 CONTROLNETS = ["control_v11p_sd15_scribble_fp16.safetensors", "control_v11p_sd15_openpose_fp16.safetensors",
                "control_v11f1p_sd15_depth_fp16.safetensors"]
 IMAGES = ["image2image_input_image.jpg", "pasted/image (2).png", "input (3).png", "depth_input (1).png",
-          "depth-t2i-adapter_input.png", "image (70).png", "image (72).png", "mountains.png", "sunset.png"]
+          "depth-t2i-adapter_input.png", "image (70).png", "image (72).png", "mountains.png", "sunset.png",
+          "shark_depthmap.png"]
 # The image-conditioning workflows at their own sizes (1024x1024 and 1536x1536, a ControlNet
 # doubling each step) take minutes each on 2 cores (depth_controlnet alone ran past 6 before it was
 # stopped): they run with their own steps and samplers at SCALE of their sizes (~55 s for the
-# nine), and at QUICK (256 px, 4 steps) where the picture is compared with and without the
+# ten), and at QUICK (256 px, 4 steps) where the picture is compared with and without the
 # conditioning (~10 s).
 SCALE = 0.375
 QUICK = (0.25, 4)
 CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "depth_t2i_adapter",
-                "gligen_textbox_example", "mixing_controlnets", "sdxl_revision_text_prompts",
-                "sdxl_revision_zero_positive", "unclip_example"}
+                "example_depth_t2i_adapter", "gligen_textbox_example", "mixing_controlnets",
+                "sdxl_revision_text_prompts", "sdxl_revision_zero_positive", "unclip_example"}
 
 
 def _t2i_fixture_maker():
@@ -96,6 +97,13 @@ def _write_models(models: Path) -> None:
     (models / "vae").mkdir()
     save_file({k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")},
               str(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    # ComfyUI_examples' T2I-Adapter workflow names pickles: t2iadapter_depth_sd14v1.pth and
+    # v1-5-pruned-emaonly.ckpt, written here as torch.save writes them (plain tensors; no metadata,
+    # so SD1's fixed 8 heads, which the 4-level tiny UNet has)
+    torch.save(read_state_dict(T2I / "tiny_t2i_full.safetensors")[0],
+               models / "controlnet" / "t2iadapter_depth_sd14v1.pth")
+    torch.save({"state_dict": read_state_dict(models / "checkpoints" / "interiordesignsuperm_v2.safetensors")[0]},
+               models / "checkpoints" / "v1-5-pruned-emaonly.ckpt")
     # The unCLIP example names a .ckpt: a pickled {"state_dict": plain tensors}, as the published one
     # (read with torch.load(weights_only=True); safetensors bytes under a .ckpt name are not read).
     # A pickle has no metadata, so the UNet's heads come from SD2's rule (64 channels a head): the
@@ -192,7 +200,7 @@ def _without_image_conditioning(wf: Workflow) -> int:
     conditioning it was given. Returns how many nodes it changed."""
     changed = 0
     for n in wf.nodes.values():
-        if n.class_type in ("ControlNetApplyAdvanced", "unCLIPConditioning"):
+        if n.class_type in ("ControlNetApply", "ControlNetApplyAdvanced", "unCLIPConditioning"):
             n.inputs["strength"] = 0.0
             changed += 1
     boxes = {k: n.inputs["conditioning_to"] for k, n in wf.nodes.items() if n.class_type == "GLIGENTextBoxApply"}
