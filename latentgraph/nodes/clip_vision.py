@@ -14,12 +14,12 @@ from typing import Annotated, Any
 
 import torch
 
-from ..graph import CONDITIONING, IMAGE, Combo, Float, NodeContext, Socket, file_identity, node
+from ..graph import CONDITIONING, IMAGE, Combo, Float, NodeContext, Socket, node
 from ..models.checkpoint import file_key
 from ..models.clip_vision import ClipVision, ClipVisionOutput, load_clip_vision_file
 from ..models.style_model import StyleAdapter, load_style_model_file
 from .budget import check_tensor
-from .loaders import services
+from .loaders import missing_model, model_files, model_identity, services
 
 CLIP_VISION = Socket("CLIP_VISION")
 CLIP_VISION_OUTPUT = Socket("CLIP_VISION_OUTPUT")
@@ -29,35 +29,20 @@ STYLE_FOLDER = "style_models"
 Cond = Any
 
 
-def _names(folder: str):
-    return lambda env: env.list_models(folder) if env is not None else []
-
-
-def _missing(env, folder: str, label: str, name: str) -> str | None:
-    if env.find_model(folder, name) is None:
-        return f"{label} '{name}' not found (searched: {', '.join(str(f) for f in env.folders(folder))})"
-    return None
-
-
-def _identity(env, folder: str, name: str):
-    path = env.find_model(folder, name)
-    return file_identity(path) if path is not None else ("missing", name)
-
-
 def _check_clip(clip_name, env):
-    return _missing(env, CLIP_VISION_FOLDER, "CLIP vision model", clip_name)
+    return missing_model(env, CLIP_VISION_FOLDER, "CLIP vision model", clip_name)
 
 
 def _key_clip(clip_name, env):
-    return _identity(env, CLIP_VISION_FOLDER, clip_name)
+    return model_identity(env, CLIP_VISION_FOLDER, clip_name)
 
 
 def _check_style(style_model_name, env):
-    return _missing(env, STYLE_FOLDER, "style model", style_model_name)
+    return missing_model(env, STYLE_FOLDER, "style model", style_model_name)
 
 
 def _key_style(style_model_name, env):
-    return _identity(env, STYLE_FOLDER, style_model_name)
+    return model_identity(env, STYLE_FOLDER, style_model_name)
 
 
 def _load(ctx: NodeContext, folder: str, name: str, what: str, load):
@@ -70,7 +55,7 @@ def _load(ctx: NodeContext, folder: str, name: str, what: str, load):
 
 @node(category="loaders", display_name="Load CLIP Vision", outputs=[CLIP_VISION],
       fingerprint=_key_clip, validate=_check_clip)
-def CLIPVisionLoader(clip_name: Annotated[str, Combo(_names(CLIP_VISION_FOLDER))], ctx: NodeContext) -> ClipVision:
+def CLIPVisionLoader(clip_name: Annotated[str, Combo(model_files(CLIP_VISION_FOLDER))], ctx: NodeContext) -> ClipVision:
     """Loads a CLIP image encoder (ViT-L/14, ViT-H/14, ViT-bigG/14; transformers or
     OpenAI/OpenCLIP layout) from models/clip_vision."""
     return _load(ctx, CLIP_VISION_FOLDER, clip_name, "clip_vision", load_clip_vision_file)
@@ -96,7 +81,7 @@ def CLIPVisionEncode(clip_vision: Annotated[ClipVision, CLIP_VISION], image: Ann
 
 @node(category="loaders", display_name="Load Style Model", outputs=[STYLE_MODEL],
       fingerprint=_key_style, validate=_check_style)
-def StyleModelLoader(style_model_name: Annotated[str, Combo(_names(STYLE_FOLDER))], ctx: NodeContext) -> StyleAdapter:
+def StyleModelLoader(style_model_name: Annotated[str, Combo(model_files(STYLE_FOLDER))], ctx: NodeContext) -> StyleAdapter:
     """Loads a T2I style adapter (SD1.x) from models/style_models."""
     return _load(ctx, STYLE_FOLDER, style_model_name, "style_model", load_style_model_file)
 

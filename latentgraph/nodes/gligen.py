@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from ..graph import CLIP, CONDITIONING, Combo, Int, NodeContext, Socket, String, file_identity, node
+from ..graph import CLIP, CONDITIONING, Combo, Int, NodeContext, Socket, String, node
 from ..models.checkpoint import file_key
 from ..models.clip import TextModel
 from ..models.gligen import GLIGEN as GligenModel, MAX_OBJS, load_gligen_file
-from .loaders import services
+from .loaders import missing_model, model_files, model_identity, services
 
 GLIGEN = Socket("GLIGEN")
 FOLDER = "gligen"
@@ -23,24 +23,16 @@ MAX_RESOLUTION = 16384
 Cond = Any
 
 
-def _names(env) -> list[str]:
-    return env.list_models(FOLDER) if env is not None else []
-
-
 def _check(gligen_name, env):
-    if env.find_model(FOLDER, gligen_name) is None:
-        folders = ", ".join(str(f) for f in env.folders(FOLDER))
-        return f"GLIGEN '{gligen_name}' not found (searched: {folders})"
-    return None
+    return missing_model(env, FOLDER, "GLIGEN", gligen_name)
 
 
 def _key(gligen_name, env):
-    path = env.find_model(FOLDER, gligen_name)
-    return file_identity(path) if path is not None else ("missing", gligen_name)
+    return model_identity(env, FOLDER, gligen_name)
 
 
 @node(category="loaders", display_name="GLIGENLoader", outputs=[GLIGEN], fingerprint=_key, validate=_check)
-def GLIGENLoader(gligen_name: Annotated[str, Combo(_names)], ctx: NodeContext) -> GligenModel:
+def GLIGENLoader(gligen_name: Annotated[str, Combo(model_files(FOLDER))], ctx: NodeContext) -> GligenModel:
     """Loads a GLIGEN textbox model (SD1.x) from models/gligen."""
     placement, cache = services(ctx)
     path = ctx.env.find_model(FOLDER, gligen_name)

@@ -32,11 +32,11 @@ def services(ctx: NodeContext) -> tuple[Placement, ModelCache]:
     return placement, cache
 
 
-def _files(kind: str):
+def model_files(kind: str):
     return lambda env: env.list_models(kind) if env is not None else []
 
 
-def _missing(env, kind: str, label: str, name: str) -> str | None:
+def missing_model(env, kind: str, label: str, name: str) -> str | None:
     """The validation message for a model file that is not in any folder of its kind."""
     if env.find_model(kind, name) is None:
         folders = ", ".join(str(f) for f in env.folders(kind))
@@ -44,40 +44,40 @@ def _missing(env, kind: str, label: str, name: str) -> str | None:
     return None
 
 
-def _identity(env, kind: str, name: str):
+def model_identity(env, kind: str, name: str):
     path = env.find_model(kind, name)
     return file_identity(path) if path is not None else ("missing", name)
 
 
 # Hooks name the input they read (that is how the engine hands it over).
 def _ckpt_check(ckpt_name, env):
-    return _missing(env, "checkpoints", "checkpoint", ckpt_name)
+    return missing_model(env, "checkpoints", "checkpoint", ckpt_name)
 
 
 def _ckpt_key(ckpt_name, env):
-    return _identity(env, "checkpoints", ckpt_name)
+    return model_identity(env, "checkpoints", ckpt_name)
 
 
 def _vae_check(vae_name, env):
-    return _missing(env, "vae", "VAE", vae_name)
+    return missing_model(env, "vae", "VAE", vae_name)
 
 
 def _vae_key(vae_name, env):
-    return _identity(env, "vae", vae_name)
+    return model_identity(env, "vae", vae_name)
 
 
 def _lora_check(lora_name, env):
-    return _missing(env, "loras", "LoRA", lora_name)
+    return missing_model(env, "loras", "LoRA", lora_name)
 
 
 def _lora_key(lora_name, env):
-    return _identity(env, "loras", lora_name)
+    return model_identity(env, "loras", lora_name)
 
 
 @node(category="loaders", display_name="Load Checkpoint", outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
       fingerprint=_ckpt_key, validate=_ckpt_check)
 def CheckpointLoaderSimple(
-    ckpt_name: Annotated[str, Combo(_files("checkpoints"), tooltip="The name of the checkpoint (model) to load.")],
+    ckpt_name: Annotated[str, Combo(model_files("checkpoints"), tooltip="The name of the checkpoint (model) to load.")],
     ctx: NodeContext,
 ) -> tuple:
     """Loads a diffusion model checkpoint; its UNet, text encoders and VAE."""
@@ -90,7 +90,7 @@ def CheckpointLoaderSimple(
 
 @node(category="loaders", display_name="Load VAE", outputs=[VAE],
       fingerprint=_vae_key, validate=_vae_check)
-def VAELoader(vae_name: Annotated[str, Combo(_files("vae"))], ctx: NodeContext) -> VAEModel:
+def VAELoader(vae_name: Annotated[str, Combo(model_files("vae"))], ctx: NodeContext) -> VAEModel:
     """Loads a standalone VAE file (vae-ft-mse-840000-ema-pruned, sdxl_vae, ...)."""
     placement, cache = services(ctx)
     path = ctx.env.find_model("vae", vae_name)
@@ -126,7 +126,7 @@ _STRENGTH = Float(1.0, min=-100.0, max=100.0, step=0.01)
 def LoraLoader(
     model: Annotated[SDModel, MODEL(tooltip="The diffusion model the LoRA will be applied to.")],
     clip: Annotated[TextModel, CLIP(tooltip="The CLIP model the LoRA will be applied to.")],
-    lora_name: Annotated[str, Combo(_files("loras"), tooltip="The name of the LoRA.")],
+    lora_name: Annotated[str, Combo(model_files("loras"), tooltip="The name of the LoRA.")],
     strength_model: Annotated[float, _STRENGTH(tooltip="How strongly to modify the diffusion model.")],
     strength_clip: Annotated[float, _STRENGTH(tooltip="How strongly to modify the CLIP model.")],
     ctx: NodeContext,
@@ -139,7 +139,7 @@ def LoraLoader(
       fingerprint=_lora_key, validate=_lora_check)
 def LoraLoaderModelOnly(
     model: Annotated[SDModel, MODEL],
-    lora_name: Annotated[str, Combo(_files("loras"))],
+    lora_name: Annotated[str, Combo(model_files("loras"))],
     strength_model: Annotated[float, Float(1.0, min=-100.0, max=100.0, step=0.01)],
     ctx: NodeContext,
 ) -> SDModel:

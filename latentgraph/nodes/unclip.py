@@ -12,7 +12,7 @@ from ..models.checkpoint import file_key, load_placed, load_unclip_vision
 from ..models.clip import TextModel
 from ..models.clip_vision import ClipVisionOutput
 from .clip_vision import CLIP_VISION_OUTPUT
-from .loaders import _ckpt_check, _ckpt_key, _files, services
+from .loaders import _ckpt_check, _ckpt_key, model_files, services
 from .sd import SDModel, VAEModel, schedule_for
 
 Cond = Any
@@ -40,7 +40,7 @@ class MissingClipVision:
 @node(category="loaders", display_name="unCLIPCheckpointLoader",
       outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("CLIP_VISION", "CLIP_VISION")],
       fingerprint=_ckpt_key, validate=_ckpt_check)
-def unCLIPCheckpointLoader(ckpt_name: Annotated[str, Combo(_files("checkpoints"))], ctx: NodeContext) -> tuple:
+def unCLIPCheckpointLoader(ckpt_name: Annotated[str, Combo(model_files("checkpoints"))], ctx: NodeContext) -> tuple:
     """Loads a checkpoint (an SD2.1-unCLIP one, or any other CheckpointLoaderSimple reads) and the
     CLIP image encoder stored in it (embedder.model.visual.*)."""
     placement, cache = services(ctx)
