@@ -2,8 +2,8 @@
 tiny random models placed under the file names it references: checkpoints, a VAE, ControlNets, a
 T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
 run as they are (sizes, steps, samplers); the image-conditioning ones with their steps and samplers
-at SCALE of their sizes (the test's override, not the fixture's), to stay within a few minutes on
-2 cores. About 4.5 minutes in all (27 tests). Marked slow, run by .ci/run."""
+at SCALE of their sizes (the test's override, not the fixture's): their 20 tests take about 70 s,
+and all 29 took 4.5 to 7 minutes on 2 shared cores. Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
