@@ -177,8 +177,35 @@ def test_pickled_checkpoints_are_refused_and_plain_ones_load(tmp_path):
               "class Payload:\n    pass\n"
               f"torch.save({{'state_dict': {{}}, 'extra': Payload()}}, {str(evil)!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True)
-    with pytest.raises(CheckpointError, match="refused: the file needs Python objects"):
+    with pytest.raises(CheckpointError, match=r"refused: the file needs Python objects .*said: Unsupported global: "
+                                              r"GLOBAL __main__.Payload") as info:
         load_checkpoint(evil)
+    assert "\x1b" not in str(info.value)
+
+
+def test_pickle_names_holding_other_formats(tmp_path):
+    """A renamed safetensors file (.pth) is read as safetensors, a pickle in torch's pre-1.6 format
+    loads without memory-mapping, and torch's colour codes stay out of the messages."""
+    from latentgraph.models.checkpoint import read_state_dict
+
+    tensors = {"a.weight": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16)}
+    renamed = tmp_path / "adapter.pth"
+    save_file(tensors, str(renamed), metadata={"k": "v"})
+    sd, meta = read_state_dict(renamed)
+    assert sorted(sd) == ["a.weight", "b"] and torch.equal(sd["a.weight"], tensors["a.weight"]) and meta["k"] == "v"
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": tensors}, legacy, _use_new_zipfile_serialization=False)
+    sd, meta = read_state_dict(legacy)
+    assert torch.equal(sd["b"], tensors["b"]) and meta == {}
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x1b[1mnot a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"junk.pth: not a readable PyTorch checkpoint \(") as info:
+        read_state_dict(junk)
+    assert "\x1b" not in str(info.value)
+    short = tmp_path / "short.bin"
+    short.write_bytes((10**9).to_bytes(8, "little") + b"{}")  # a header longer than the file: not safetensors
+    with pytest.raises(CheckpointError, match=r"short.bin: not a readable PyTorch checkpoint"):
+        read_state_dict(short)
 
 
 def test_errors_say_what_was_found(tmp_path):

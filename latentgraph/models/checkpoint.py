@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +36,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES and not _holds_safetensors(path):
         return _read_pickle(path), {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -44,16 +46,42 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def _holds_safetensors(path: Path) -> bool:
+    """Whether a file named like a pickle (.pth, .ckpt, ...) holds safetensors data: an 8-byte
+    little-endian header length that fits the file, then a JSON object. Such files are common
+    (renamed downloads) and are read as safetensors, which runs nothing."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 2 <= size <= path.stat().st_size - 8
+
+
+def _torch_message(exc: BaseException) -> str:
+    """The telling part of a torch.load error: its WeightsUnpickler line if there is one, else its
+    first line, without the terminal colour codes torch puts in some."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    if found:
+        return " ".join(found.group(1).split())[:300]
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    # torch's zip format (torch >= 1.6) can be memory-mapped; the older format cannot
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
+        detail = _torch_message(exc)
+        if "Unsupported global" not in detail:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
         raise CheckpointError(
             f"{path}: refused: the file needs Python objects that are not plain tensors to load "
-            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]}). Only load pickled "
+            f"(torch.load(weights_only=True) said: {detail}). Only load pickled "
             f"checkpoints you trust; convert them to .safetensors to use them here.") from None
     except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_torch_message(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
