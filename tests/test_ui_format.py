@@ -1,6 +1,6 @@
 """UI-format workflows (ComfyUI's Save button) become the API prompt ComfyUI's own frontend
-makes of them: the seventeen real workflow files in tests/fixtures/comfy_workflows (templates and
-two ComfyUI_examples PNGs' workflows), whose .api.json was produced by ComfyUI 0.3.64's frontend
+makes of them: the sixteen real workflow files in tests/fixtures/comfy_workflows (templates and
+six ComfyUI_examples PNGs' workflows), whose .api.json was produced by ComfyUI 0.3.64's frontend
 (see that folder's README)."""
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def registry():
     return create_registry()
 
 
-def test_there_are_seventeen_fixtures():
+def test_there_are_sixteen_fixtures():
     assert NAMES == ["2_pass_pose_worship", "controlnet_example", "default", "depth_controlnet",
-                     "depth_t2i_adapter", "example_depth_t2i_adapter", "gligen_textbox_example", "image2image",
+                     "example_depth_t2i_adapter", "gligen_textbox_example", "image2image",
                      "image_sdxl_simple", "inpaint_example", "lora", "mixing_controlnets",
                      "sdxl_revision_text_prompts", "sdxl_revision_zero_positive", "sdxl_simple_example",
                      "sdxlturbo_example", "unclip_example"]

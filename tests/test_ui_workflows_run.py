@@ -2,14 +2,14 @@
 tiny random models placed under the file names it references: checkpoints, a VAE, ControlNets, a
 T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
 run as they are (sizes, steps, samplers); the image-conditioning ones with their steps and samplers
-at SCALE of their sizes (the test's override, not the fixture's): their 20 tests take about 70 s,
-and all 29 took 4.5 to 7 minutes on 2 shared cores. Marked slow, run by .ci/run."""
+at SCALE of their sizes (the test's override, not the fixture's): their 18 tests take about 70 s,
+and all 27 took 4.5 to 7 minutes on 2 shared cores. Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
+from unittest import mock
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from latentgraph.graph import Environment, Executor, Link, Workflow
 from latentgraph.models.checkpoint import original_layout, read_state_dict, save_checkpoint
 from latentgraph.models.clip_vision import (METADATA_KEY as VISION_KEY, clip_vision_tensors, random_clip_vision,
                                             tiny_config)
-from latentgraph.models.families import METADATA_KEY, tiny_architecture
+from latentgraph.models.families import METADATA_KEY, Architecture, tiny_architecture
 from latentgraph.models.make import make_checkpoint, make_controlnet, make_gligen, random_networks, unclip_tensors
 
 REVISION_DIM = 1280  # the width of ViT-bigG's image_embeds and of SDXL's pooled text
@@ -35,13 +36,13 @@ NAMES = sorted(p.name[: -len(".ui.json")] for p in FIXTURES.glob("*.ui.json"))
 CHECKPOINTS = {"v1-5-pruned-emaonly-fp16.safetensors": "sd15", "dreamshaper_8.safetensors": "sd15",
                "512-inpainting-ema.safetensors": "sd2", "sd_xl_turbo_1.0_fp16.safetensors": "sdxl",
                "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
-               "DreamShaper_8_pruned.safetensors": "sd15", "majicmixRealistic_v7.safetensors": "sd15",
-               "japaneseStyleRealistic_v20.safetensors": "sd15", "architecturerealmix_v11.safetensors": "sd15",
-               "awpainting_v14.safetensors": "sd15"}
-CONTROLNETS = ["control_v11p_sd15_scribble_fp16.safetensors", "control_v11p_sd15_openpose_fp16.safetensors",
-               "control_v11f1p_sd15_depth_fp16.safetensors"]
-IMAGES = ["image2image_input_image.jpg", "pasted/image (2).png", "input (3).png", "depth_input (1).png",
-          "depth-t2i-adapter_input.png", "image (70).png", "image (72).png", "mountains.png", "sunset.png",
+               "DreamShaper_8_pruned.safetensors": "sd15", "architecturerealmix_v11.safetensors": "sd15",
+               "AOM3A3.safetensors": "sd15", "AOM3A1.safetensors": "sd15"}
+CONTROLNETS = ["control_v11p_sd15_scribble_fp16.safetensors", "control_v11f1p_sd15_depth_fp16.safetensors",
+               "control_openpose.safetensors", "control_scribble.safetensors"]
+IMAGES = ["image2image_input_image.jpg", "controlnet_example_input_image.png", "depth_controlnet_input_image.png",
+          "sdxl_revision_text_prompts_ref_image1.png", "sdxl_revision_text_prompts_ref_image2.png",
+          "pose_worship.png", "pose_present.png", "house_scribble.png", "mountains.png", "sunset.png",
           "shark_depthmap.png"]
 # The image-conditioning workflows at their own sizes (1024x1024 and 1536x1536, a ControlNet
 # doubling each step) take minutes each on 2 cores (depth_controlnet alone ran past 6 before it was
@@ -50,8 +51,7 @@ IMAGES = ["image2image_input_image.jpg", "pasted/image (2).png", "input (3).png"
 # conditioning (~10 s).
 SCALE = 0.375
 QUICK = (0.25, 4)
-CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "depth_t2i_adapter",
-                "example_depth_t2i_adapter", "gligen_textbox_example", "mixing_controlnets",
+CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "example_depth_t2i_adapter", "gligen_textbox_example", "mixing_controlnets",
                 "sdxl_revision_text_prompts", "sdxl_revision_zero_positive", "unclip_example"}
 
 
@@ -76,14 +76,20 @@ def _write_revision_sdxl(path: Path) -> None:
 def _write_models(models: Path) -> None:
     for seed, (name, family) in enumerate(CHECKPOINTS.items()):
         make_checkpoint(models / "checkpoints" / name, family, "tiny", seed=seed)
-    # T2I-Adapters add features after SD1's blocks 2/5/8/11: a checkpoint with SD1's 4 levels
-    _t2i_fixture_maker().write_checkpoint(models / "checkpoints" / "interiordesignsuperm_v2.safetensors")
+    # T2I-Adapters add features after SD1's blocks 2/5/8/11: a checkpoint with SD1's 4 levels, kept
+    # outside the model folders (it goes in as the pickle v1-5-pruned-emaonly.ckpt below)
+    four_levels = models.parent / "sd15_4level.safetensors"
+    _t2i_fixture_maker().write_checkpoint(four_levels)
     (models / "controlnet").mkdir()
-    shutil.copy(T2I / "tiny_t2i_full.safetensors",
-                models / "controlnet" / "controlnetT2IAdapter_t2iAdapterDepth.safetensors")
     for seed, name in enumerate(CONTROLNETS):
         make_controlnet(models / "controlnet" / name, "sd15", "tiny", seed=20 + seed)
-    make_gligen(models / "gligen" / "gligen_sd14_textbox_pruned.safetensors", "sd15", "tiny", seed=30)
+    # ComfyUI_examples' GLIGEN workflow runs on v1-5-pruned-emaonly.ckpt, the 4-level UNet the
+    # T2I-Adapter needs: make_gligen lays its fusers out on tiny_architecture("sd15"), so it is
+    # handed that checkpoint's architecture instead
+    with safe_open(str(four_levels), framework="pt") as f:
+        arch = Architecture.from_json(f.metadata()[METADATA_KEY])
+    with mock.patch("latentgraph.models.make.tiny_architecture", lambda family: arch):
+        make_gligen(models / "gligen" / "gligen_sd14_textbox_pruned.safetensors", "sd15", "tiny", seed=30)
     # Revision puts ViT-bigG's 1280-wide image_embeds where SDXL's pooled text goes: the tiny SDXL
     # there has SDXL's pooled width, the tiny ViT-bigG its projection width
     _write_revision_sdxl(models / "checkpoints" / "sd_xl_base_1.0.safetensors")
@@ -94,16 +100,19 @@ def _write_models(models: Path) -> None:
               metadata={"format": "pt", VISION_KEY: json.dumps(config.to_dict(), sort_keys=True)})
     # a standalone VAE file: the tiny SD1 checkpoint's VAE without its first_stage_model. prefix
     sd, _ = read_state_dict(models / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors")
+    vae = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
     (models / "vae").mkdir()
-    save_file({k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")},
-              str(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
-    # ComfyUI_examples' T2I-Adapter workflow names pickles: t2iadapter_depth_sd14v1.pth and
-    # v1-5-pruned-emaonly.ckpt, written here as torch.save writes them (plain tensors; no metadata,
-    # so SD1's fixed 8 heads, which the 4-level tiny UNet has)
+    save_file(vae, str(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    # ComfyUI_examples' workflows name pickles: t2iadapter_depth_sd14v1.pth, v1-5-pruned-emaonly.ckpt,
+    # Anything-V3.0.ckpt and the VAE kl-f8-anime2.ckpt, written here as torch.save writes them
+    # (plain tensors under state_dict; no metadata, so SD1's fixed 8 heads, which the tiny SD1 UNets have)
+    torch.save({"state_dict": vae}, models / "vae" / "kl-f8-anime2.ckpt")
     torch.save(read_state_dict(T2I / "tiny_t2i_full.safetensors")[0],
                models / "controlnet" / "t2iadapter_depth_sd14v1.pth")
-    torch.save({"state_dict": read_state_dict(models / "checkpoints" / "interiordesignsuperm_v2.safetensors")[0]},
-               models / "checkpoints" / "v1-5-pruned-emaonly.ckpt")
+    torch.save({"state_dict": read_state_dict(four_levels)[0]}, models / "checkpoints" / "v1-5-pruned-emaonly.ckpt")
+    # the 2-pass pose workflow's first pass: the openpose ControlNet's UNet (the usual tiny SD1)
+    torch.save({"state_dict": read_state_dict(models / "checkpoints" / "AOM3A1.safetensors")[0]},
+               models / "checkpoints" / "Anything-V3.0.ckpt")
     # The unCLIP example names a .ckpt: a pickled {"state_dict": plain tensors}, as the published one
     # (read with torch.load(weights_only=True); safetensors bytes under a .ckpt name are not read).
     # A pickle has no metadata, so the UNet's heads come from SD2's rule (64 channels a head): the
@@ -164,18 +173,29 @@ def test_fixture_runs_end_to_end(executor, name):
     result = executor.run(wf)
     savers = {k for k, n in wf.nodes.items() if n.class_type in ("SaveImage", "PreviewImage")}
     assert set(result.outputs) == savers
-    final = next(k for k, n in wf.nodes.items() if n.class_type == "SaveImage")
-    (image,) = result.outputs[final]["images"]
-    path = executor.env.output_dir / image["subfolder"] / image["filename"]
-    picture = Image.open(path)
-    # the saved picture has the size of the latent it decodes (the upscaled one in a 2-pass workflow)
-    sizes = [n for n in wf.nodes.values() if n.class_type in ("LatentUpscale", "EmptyLatentImage")]
-    if sizes:
-        latent = max(sizes, key=lambda n: n.class_type == "LatentUpscale")
-        assert picture.size == (latent.inputs["width"], latent.inputs["height"])
-    # the UI graph went into the PNG, as ComfyUI's frontend sends it
-    assert json.loads(picture.text["workflow"])["nodes"]
-    assert set(json.loads(picture.text["prompt"])) == set(wf.nodes)
+    for saver in sorted(k for k in savers if wf.nodes[k].class_type == "SaveImage"):
+        (image,) = result.outputs[saver]["images"]
+        picture = Image.open(executor.env.output_dir / image["subfolder"] / image["filename"])
+        # the saved picture has the size of the latent it decodes (each pass's in a 2-pass workflow)
+        latent = _decoded_latent(wf, saver)
+        if latent is not None:
+            assert picture.size == (latent.inputs["width"], latent.inputs["height"]), saver
+        # the UI graph went into the PNG, as ComfyUI's frontend sends it
+        assert json.loads(picture.text["workflow"])["nodes"]
+        assert set(json.loads(picture.text["prompt"])) == set(wf.nodes)
+
+
+def _decoded_latent(wf: Workflow, saver: str):
+    """The EmptyLatentImage or LatentUpscale whose size the picture saved by ``saver`` has, found
+    up its images -> samples -> latent_image links; None when the latent came from an image."""
+    n = wf.nodes[saver]
+    while n.class_type not in ("EmptyLatentImage", "LatentUpscale"):
+        link = next((n.inputs[k] for k in ("images", "samples", "latent_image") if isinstance(n.inputs.get(k), Link)),
+                    None)
+        if link is None:
+            return None
+        n = wf.nodes[link.node]
+    return n
 
 
 @pytest.mark.slow
