@@ -2,8 +2,8 @@
 tiny random models placed under the file names it references: checkpoints, a VAE, ControlNets, a
 T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
 run as they are (sizes, steps, samplers); the image-conditioning ones with their steps and samplers
-at SCALE of their sizes (the test's override, not the fixture's): their 18 tests take about 70 s,
-and all 27 took 4.5 to 7 minutes on 2 shared cores. Marked slow, run by .ci/run."""
+at SCALE of their sizes (the test's override, not the fixture's): their 18 tests take about 45 s,
+and all 27 took about 4.5 minutes on 2 shared cores. Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ IMAGES = ["image2image_input_image.jpg", "controlnet_example_input_image.png", "
           "sdxl_revision_text_prompts_ref_image1.png", "sdxl_revision_text_prompts_ref_image2.png",
           "pose_worship.png", "pose_present.png", "house_scribble.png", "mountains.png", "sunset.png",
           "shark_depthmap.png"]
-# The image-conditioning workflows at their own sizes (1024x1024 and 1536x1536, a ControlNet
+# The image-conditioning workflows at their own sizes (1024x1024, 1920x1088; a ControlNet
 # doubling each step) take minutes each on 2 cores (depth_controlnet alone ran past 6 before it was
-# stopped): they run with their own steps and samplers at SCALE of their sizes (~55 s for the
-# ten), and at QUICK (256 px, 4 steps) where the picture is compared with and without the
-# conditioning (~10 s).
+# stopped): they run with their own steps and samplers at SCALE of their sizes (~36 s for the
+# nine), and at QUICK (256 px, 4 steps) where the picture is compared with and without the
+# conditioning (~9 s).
 SCALE = 0.375
 QUICK = (0.25, 4)
 CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "example_depth_t2i_adapter", "gligen_textbox_example", "mixing_controlnets",
