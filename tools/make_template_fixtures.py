@@ -22,22 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "comfy_workflows"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
+# the browser, its flags and the conversion script are the subgraph fixtures' (same folder)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_subgraph_fixtures import CHROMIUM, CHROMIUM_ARGS, CONVERT_JS  # noqa: E402
+
 # loader class -> (widget index, model folder) for the names placeholders are made for
 LOADERS = {"CheckpointLoaderSimple": (0, "checkpoints"), "unCLIPCheckpointLoader": (0, "checkpoints"),
            "VAELoader": (0, "vae"), "ControlNetLoader": (0, "controlnet"), "GLIGENLoader": (0, "gligen"),
            "CLIPVisionLoader": (0, "clip_vision"), "LoraLoader": (0, "loras"), "StyleModelLoader": (0, "style_models")}
-
-CONVERT_JS = """async (wfs) => {
-  const out = [];
-  for (const wf of wfs) {
-    await window.app.loadGraphData(wf);
-    out.push((await window.app.graphToPrompt()).output);
-  }
-  return JSON.stringify(out);
-}"""
 
 
 def placeholders(workflows: list[dict], base: Path) -> list[Path]:
