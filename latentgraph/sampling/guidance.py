@@ -235,8 +235,10 @@ class CFGDenoiser:
         self.model_options = {} if model_options is None else model_options
         self.model = model
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
-        opts = self.model_options
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None, **_) -> torch.Tensor:
+        # a sampler may hand its own options for the call (ComfyUI's extra_args["model_options"]:
+        # the cfg_pp samplers add a sampler_post_cfg_function that reads the uncond prediction)
+        opts = self.model_options if model_options is None else model_options
         skip_uncond = math.isclose(self.cfg, 1.0) and not opts.get("disable_cfg1_optimization", False)
         negative = None if skip_uncond else self.negative
         conds = [self.positive, negative]
