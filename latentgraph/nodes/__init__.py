@@ -12,6 +12,7 @@ from . import preprocessors
 from . import gligen
 from . import clip_vision
 from . import unclip
+from . import latent_ops
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -21,6 +22,7 @@ BUILTIN_MODULES += (preprocessors,)
 BUILTIN_MODULES += (gligen,)
 BUILTIN_MODULES += (clip_vision,)
 BUILTIN_MODULES += (unclip,)
+BUILTIN_MODULES += (latent_ops,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
