@@ -9,8 +9,10 @@ import json
 import shutil
 import struct
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -19,6 +21,9 @@ from latentgraph.nodes import create_registry
 from latentgraph.nodes.latent_ops import (LatentAdd, LatentBatch, LatentBatchSeedBehavior, LatentBlend,
                                           LatentCompositeMasked, LatentCrop, LatentInterpolate, LatentRotate,
                                           check_latent_file)
+from latentgraph.nodes.images_extra import (ImageBatch, ImageColorToMask, ImageScaleToMaxDimension, ImageSharpen,
+                                             JoinImageWithAlpha, MaskComposite, RepeatImageBatch,
+                                             SplitImageWithAlpha)
 from conftest import FIXTURES
 from test_node_definitions import FLAGS, normalise
 
@@ -203,3 +208,90 @@ def test_node_is_declared_as_in_comfyui(name, ours):
         assert mine["input_order"].get(group, []) == theirs["input_order"].get(group, []), f"{name} {group}"
         for inp, spec in theirs["input"].get(group, {}).items():
             assert normalise(mine["input"][group][inp]) == normalise(spec), f"{name}.{inp}"
+
+
+# ---- image and mask nodes (latentgraph/nodes/images_extra.py) ----
+
+IMAGE_PROMPT = json.loads((REF / "image_ops_prompt.json").read_text())
+PNGS = load_file(str(REF / "image_ops_ref.safetensors"))
+# 8-bit outputs of float maths: a value on a rounding boundary may land one step away
+INEXACT = {"sharpen", "sharpen_strong", "max_dim_bilinear", "max_dim_area", "blur"}
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    """The image prompt run here: {SaveImage prefix: its PNGs decoded, uint8 (N, H, W, C)}."""
+    root = tmp_path_factory.mktemp("everyday_images")
+    (root / "in").mkdir()
+    for name in ("lgI_img.png", "lgI_img2.png"):
+        shutil.copy(REF / name, root / "in" / name)
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    run = Executor(create_registry(), env).run(IMAGE_PROMPT)
+    out = {}
+    for nid, node in IMAGE_PROMPT.items():
+        if node["class_type"] == "SaveImage":
+            name = node["inputs"]["filename_prefix"].split("/")[1]
+            files = [env.output_dir / "lgI_everyday" / e["filename"] for e in run.outputs[nid]["images"]]
+            out[name] = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files]))
+    return out
+
+
+def test_the_image_reference_holds_every_saved_image(pngs):
+    assert sorted(pngs) == sorted(PNGS) and len(PNGS) == 26
+
+
+@pytest.mark.parametrize("name", sorted(PNGS))
+def test_image_matches_comfyui(name, pngs):
+    ours, ref = pngs[name], PNGS[name]
+    assert ours.shape == ref.shape, name
+    diff = (ours.int() - ref.int()).abs()
+    if name in INEXACT:
+        assert diff.max().item() <= 1, f"{name}: {int(diff.max())} steps off"
+    else:
+        assert torch.equal(ours, ref), f"{name}: {int((diff > 0).sum())} values differ"
+
+
+def test_mask_composite_edges():
+    dest, src = torch.full((1, 4, 4), 0.5), torch.ones(1, 3, 3)
+    assert torch.equal(MaskComposite(destination=dest, source=src, x=9, y=0, operation="add"), dest)
+    added = MaskComposite(destination=dest, source=src, x=2, y=3, operation="add")
+    assert added[0, 3, 2:].tolist() == [1.0, 1.0] and added[0, 2].tolist() == [0.5] * 4
+    sub = MaskComposite(destination=dest, source=src, x=0, y=0, operation="subtract")
+    assert sub[0, 0, 0].item() == 0.0  # clamped at 0
+    with pytest.raises(ValueError, match="MaskComposite: a source batch of 3 and a destination batch of 2"):
+        MaskComposite(destination=torch.zeros(2, 4, 4), source=torch.zeros(3, 4, 4), x=0, y=0, operation="add")
+
+
+def test_image_batch_budget_and_channels():
+    big = torch.zeros(1, 512, 512, 3).expand(4096, 512, 512, 3)  # a view: no memory
+    with pytest.raises(ValueError, match=r"ImageBatch of 4096 \+ 4096 images makes an image of 24 GiB, "
+                                         r"which exceeds the limit tensor_bytes = 8 GiB"):
+        ImageBatch(image1=big, image2=big)
+    with pytest.raises(ValueError, match="ImageBatch: image1 has 3 channels and image2 4"):
+        ImageBatch(image1=torch.zeros(1, 4, 4, 3), image2=torch.zeros(1, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"amount 4096 x a batch of 1024 makes an image of 36 GiB"):
+        RepeatImageBatch(image=torch.zeros(1, 24, 32, 3).expand(1024, 24, 32, 3), amount=4096)
+
+
+def test_scale_to_max_dimension_sizes_and_zero():
+    img = torch.rand(1, 30, 20, 3)
+    assert ImageScaleToMaxDimension(image=img, upscale_method="nearest-exact", largest_size=45).shape == (1, 45, 30, 3)
+    with pytest.raises(ValueError, match=r"largest_size 0 makes an image of 0 x 0 pixels"):
+        ImageScaleToMaxDimension(image=img, upscale_method="area", largest_size=0)
+
+
+def test_split_and_join_alpha_and_sharpen_identity():
+    rgb = torch.rand(2, 5, 6, 3)
+    image, mask = SplitImageWithAlpha(image=rgb)
+    assert torch.equal(image, rgb) and torch.equal(mask, torch.zeros(2, 5, 6))
+    joined = JoinImageWithAlpha(image=rgb, alpha=torch.full((1, 5, 6), 0.25))
+    assert joined.shape == (1, 5, 6, 4) and torch.allclose(joined[..., 3], torch.full((1, 5, 6), 0.75))
+    # alpha 0 leaves the image as it is; a 1-pixel image has no room to reflect: its edges repeat
+    assert torch.allclose(ImageSharpen(image=rgb, sharpen_radius=2, sigma=1.0, alpha=0.0), rgb)
+    assert ImageSharpen(image=torch.rand(1, 1, 1, 3), sharpen_radius=3, sigma=1.0, alpha=1.0).shape == (1, 1, 1, 3)
+
+
+def test_image_color_to_mask_rounds_like_comfyui():
+    img = torch.tensor([[[[0x33 / 255, 0x66 / 255, 0xCC / 255], [0.2 + 0.001, 0.4, 0.8], [0, 0, 0]]]])
+    assert ImageColorToMask(image=img, color=0x3366CC).tolist() == [[[1.0, 1.0, 0.0]]]

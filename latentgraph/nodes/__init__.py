@@ -13,6 +13,7 @@ from . import gligen
 from . import clip_vision
 from . import unclip
 from . import latent_ops
+from . import images_extra
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -24,6 +25,7 @@ BUILTIN_MODULES += (gligen,)
 BUILTIN_MODULES += (clip_vision,)
 BUILTIN_MODULES += (unclip,)
 BUILTIN_MODULES += (latent_ops,)
+BUILTIN_MODULES += (images_extra,)
 BUILTIN_MODULES += (upscale,)
 
 

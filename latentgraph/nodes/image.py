@@ -216,10 +216,13 @@ def ImageBlend(
 
 
 def gaussian_kernel(radius: int, sigma: float) -> Tensor:
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]  # (K, K)
+    """ComfyUI's blur kernel (K, K), K = 2 * radius + 1: the Gaussian is sampled at K points
+    spread over [-1, 1] whatever the radius (not at pixel offsets), so sigma is in units of the
+    radius; normalised to sum 1."""
+    k = 2 * radius + 1
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, k), torch.linspace(-1, 1, k), indexing="ij")
+    g = torch.exp(-(xs * xs + ys * ys) / (2.0 * sigma * sigma))
+    return g / g.sum()
 
 
 @node(category="image/postprocessing", display_name="Image Blur", outputs=["IMAGE"])
