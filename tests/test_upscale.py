@@ -193,6 +193,19 @@ def test_pickled_pth_is_read_with_weights_only(tmp_path):
     assert load_upscale_model_file(tmp_path / "plain.pth").architecture.name == "RealESRGAN Compact"
 
 
+def test_basicsr_params_ema_wrapper_is_unwrapped(tmp_path):
+    """RealESRGAN_x4plus.pth as published: {"params_ema": {...}}; the EMA weights are the ones used."""
+    ema = make_tiny_upscale_state_dict("esrgan", 2)
+    plain = make_tiny_upscale_state_dict("esrgan", 3)
+    torch.save({"params": plain, "params_ema": ema}, tmp_path / "RealESRGAN_x4plus.pth")
+    torch.save({"params": plain}, tmp_path / "params.pth")
+    x = torch.rand(1, 3, 12, 12)
+    want_ema, want_plain = load_upscale_state_dict(ema, "e")(x), load_upscale_state_dict(plain, "p")(x)
+    assert torch.equal(load_upscale_model_file(tmp_path / "RealESRGAN_x4plus.pth")(x), want_ema)
+    assert torch.equal(load_upscale_model_file(tmp_path / "params.pth")(x), want_plain)
+    assert not torch.equal(want_ema, want_plain)
+
+
 def test_pickled_objects_are_refused_as_for_checkpoints(tmp_path):
     import argparse
 

@@ -84,6 +84,11 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_torch_message(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
+    # BasicSR's layout (RealESRGAN, SwinIR, HAT .pth upscale models): the EMA weights, else the plain ones
+    for wrapper in ("params_ema", "params"):
+        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+            break
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a state dict")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
