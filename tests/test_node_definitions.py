@@ -17,7 +17,9 @@ from latentgraph.nodes import create_registry
 from conftest import FIXTURES
 
 FIXTURE = json.loads((FIXTURES / "comfy_reference" / "object_info_issue15.json").read_text())
-THEIRS: dict[str, dict] = FIXTURE["nodes"]
+# every committed excerpt is checked the same way: issue 15's and the later ones (object_info_<area>.json)
+THEIRS: dict[str, dict] = {name: spec for path in sorted((FIXTURES / "comfy_reference").glob("object_info_*.json"))
+                           for name, spec in json.loads(path.read_text())["nodes"].items()}
 
 # Nodes of the issue that other work in progress registers; the lead removes a name when it lands
 # (test_the_missing_nodes_are_exactly_not_yet fails until then, so none is skipped silently).
@@ -81,7 +83,9 @@ def _file_combos() -> dict[tuple[str, str], str]:
 
 
 def test_the_fixture_holds_the_nodes_of_the_issue():
-    assert len(THEIRS) == 24
+    assert len(FIXTURE["nodes"]) == 24
+    custom = json.loads((FIXTURES / "comfy_reference" / "object_info_custom_sampling.json").read_text())["nodes"]
+    assert len(custom) == 26 and set(custom) <= set(THEIRS)
     assert _file_combos() == {
         ("ControlNetLoader", "control_net_name"): "controlnet",
         ("DiffControlNetLoader", "control_net_name"): "controlnet",

@@ -12,6 +12,7 @@ from . import preprocessors
 from . import gligen
 from . import clip_vision
 from . import unclip
+from . import custom_sampling
 from . import latent_ops
 from . import images_extra
 from . import upscale
@@ -24,6 +25,7 @@ BUILTIN_MODULES += (preprocessors,)
 BUILTIN_MODULES += (gligen,)
 BUILTIN_MODULES += (clip_vision,)
 BUILTIN_MODULES += (unclip,)
+BUILTIN_MODULES += (custom_sampling,)
 BUILTIN_MODULES += (latent_ops,)
 BUILTIN_MODULES += (images_extra,)
 BUILTIN_MODULES += (upscale,)

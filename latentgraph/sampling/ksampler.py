@@ -5,6 +5,7 @@ inpainting mask at every step), scale the result out."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -14,6 +15,23 @@ from .samplers import sample as run_named_sampler
 
 # callback(step, total, denoised, x) after each sampler step
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """A SAMPLER value with options (the Sampler* nodes): a registered sampler's name and the
+    keyword options its function takes (eta, s_noise, order, ...). KSamplerSelect's plain name
+    is the same with no options. ``extra_options`` is ComfyUI's KSAMPLER attribute name."""
+
+    sampler_name: str
+    extra_options: dict = field(default_factory=dict)
+
+
+def sampler_parts(sampler: "str | SamplerChoice") -> tuple[str, dict]:
+    """(name, options) of a SAMPLER value: a name or a SamplerChoice."""
+    if isinstance(sampler, SamplerChoice):
+        return sampler.sampler_name, dict(sampler.extra_options)
+    return sampler, {}
 
 
 def trim_sigmas(sigmas: torch.Tensor, start_step: int | None = None, last_step: int | None = None,
@@ -41,16 +59,19 @@ def prepare_denoise_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return m[: shape[0]]
 
 
-def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.Tensor, noise: torch.Tensor,
-           latent: torch.Tensor, positive: list[Cond], negative: list[Cond], cfg: float, seed: int,
+def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice", sigmas: torch.Tensor,
+           noise: torch.Tensor, latent: torch.Tensor, positive: list[Cond], negative: list[Cond], cfg: float, seed: int,
            latent_scale: float, denoise_mask: torch.Tensor | None = None,
-           callback: StepCallback | None = None, model_options: dict | None = None, model=None) -> torch.Tensor:
+           callback: StepCallback | None = None, model_options: dict | None = None, model=None,
+           guide: Callable[[dict], Callable] | None = None) -> torch.Tensor:
     """Sample and return the LATENT samples (unscaled VAE space, float32).
 
     noise and latent are (B, C, h, w) on the compute device; ``denoise_mask`` is 1 where the
     latent is to be regenerated (a SetLatentNoiseMask / VAEEncodeForInpaint mask).
     ``model_options`` are the MODEL's (ComfyUI's shape; not changed here) and ``model`` what
-    its functions receive as the model."""
+    its functions receive as the model. ``guide(options)``, when given, makes the guided
+    denoiser in place of CFG over positive/negative (a GUIDER's: DualCFG, PerpNeg, ...)."""
+    sampler_name, sampler_options = sampler_parts(sampler_name)
     if sigmas.numel() == 0:
         return latent
     sigmas = sigmas.to(noise.device)
@@ -59,7 +80,10 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.T
     options = dict(model_options or {})
     # the run's whole schedule, for patches that act on a part of it (ComfyUI's sample_sigmas)
     options["transformer_options"] = {**options.get("transformer_options", {}), "sample_sigmas": sigmas}
-    guided = CFGDenoiser(apply_model, positive, negative, cfg, options, model)
+    if guide is None:
+        guided = CFGDenoiser(apply_model, positive, negative, cfg, options, model)
+    else:
+        guided = guide(options)
     mask_fn = options.get("denoise_mask_function")
     mask = prepare_denoise_mask(denoise_mask, noise.shape).to(noise) if denoise_mask is not None else None
     # ComfyUI's ddim re-imposes the known region with fresh noise from seed + 1 when inpainting
@@ -88,6 +112,7 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: str, sigmas: torch.T
     if callback is not None:
         def step_cb(info: dict) -> None:
             callback(info["i"], total, info["denoised"], info["x"])
-    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_cb)
+    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_cb,
+                            **sampler_options)
     out = schedule.inverse_noise_scaling(sigmas[-1], out)
     return out.float() / latent_scale
