@@ -295,3 +295,90 @@ def test_split_and_join_alpha_and_sharpen_identity():
 def test_image_color_to_mask_rounds_like_comfyui():
     img = torch.tensor([[[[0x33 / 255, 0x66 / 255, 0xCC / 255], [0.2 + 0.001, 0.4, 0.8], [0, 0, 0]]]])
     assert ImageColorToMask(image=img, color=0x3366CC).tolist() == [[[1.0, 1.0, 0.0]]]
+
+
+# ---- InpaintModelConditioning (latentgraph/nodes/inpaint.py; the 9-channel concat in nodes/sd.py) ----
+
+INPAINT_PROMPT = json.loads((REF / "inpaint_prompt.json").read_text())
+INPAINT = load_file(str(REF / "inpaint_ref.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def inpainted(tmp_path_factory):
+    """The inpaint prompt run here on the tiny SD1 model (TinyCheckpointLoader as
+    CheckpointLoaderSimple); {SaveLatent prefix: the latent it got}."""
+    from latentgraph.models.checkpoint import detect_architecture, read_state_dict
+    from latentgraph.models.families import METADATA_KEY
+
+    root = tmp_path_factory.mktemp("everyday_inpaint")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "in").mkdir()
+    shutil.copy(REF / "lgI_img.png", root / "in" / "lgI_img.png")
+    sd, meta = read_state_dict(FIXTURES / "comfy_reference" / "tiny_sd15.safetensors")
+    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
+    save_file(sd, str(root / "models" / "checkpoints" / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    prompt = {nid: ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
+                    if n["class_type"] == "TinyCheckpointLoader" else n) for nid, n in INPAINT_PROMPT.items()}
+    sinks = {nid: n["inputs"]["filename_prefix"].split("/")[1] for nid, n in prompt.items()
+             if n["class_type"] == "SaveLatent"}
+    run = Executor(create_registry(), env).run(prompt)
+    return {name: load_file(str(env.output_dir / "lgI_everyday" / run.outputs[nid]["latents"][0]["filename"]))
+            ["latent_tensor"] for nid, name in sinks.items()}
+
+
+@pytest.mark.parametrize("name", ["inpaint_latent", "inpaint_sampled", "inpaint_sampled_nomask"])
+def test_inpaint_model_conditioning_matches_comfyui(name, inpainted):
+    out, ref = inpainted[name], INPAINT[name]
+    assert out.shape == ref.shape == (1, 4, 8, 8)
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 1e-4, f"{name}: relative error {err:.3g}"
+
+
+def test_inpaint_outputs_and_errors():
+    from latentgraph.nodes.inpaint import InpaintModelConditioning
+
+    class FakeVAE:  # encode_image is replaced below: only the pixels it gets matter
+        vae, placement = None, None
+
+    seen = []
+    import latentgraph.nodes.inpaint as mod
+    real = mod.encode_image
+    mod.encode_image = lambda vae, pixels, placement: seen.append(pixels.clone()) or torch.zeros(1, 4, 1, 1)
+    try:
+        pixels = torch.full((1, 12, 10, 3), 0.9)
+        mask = torch.zeros(1, 12, 10)
+        mask[:, :6] = 1.0  # the top half is repainted
+        pos, neg, latent = InpaintModelConditioning(positive=[[torch.zeros(1), {"a": 1}]], negative=[],
+                                                    vae=FakeVAE(), pixels=pixels, mask=mask, noise_mask=False)
+    finally:
+        mod.encode_image = real
+    masked, whole = seen
+    assert masked.shape == (1, 8, 8, 3) and whole.shape == (1, 12, 10, 3)  # cropped at offsets 2 and 1
+    assert masked[0, :4, :, 0].unique().tolist() == [0.5] and masked[0, 4:, :, 0].unique().tolist() == [0.8999999761581421]
+    assert pos[0][1]["a"] == 1 and pos[0][1]["concat_mask"].shape == (1, 1, 8, 8) and neg == []
+    assert "noise_mask" not in latent
+    with pytest.raises(ValueError, match="InpaintModelConditioning: a batch of 2 masks for 1 images"):
+        InpaintModelConditioning(positive=[], negative=[], vae=FakeVAE(), pixels=pixels,
+                                 mask=torch.zeros(2, 12, 10), noise_mask=True)
+
+
+def test_cond_concat_feeds_a_9_channel_unet_and_ignores_plain_ones():
+    from types import SimpleNamespace
+
+    from latentgraph.nodes.sd import cond_concat
+
+    image = torch.randn(1, 4, 4, 6)
+    mask = torch.zeros(1, 1, 32, 48)
+    mask[..., :16, :] = 0.7
+    opts = {"concat_latent_image": image, "concat_mask": mask}
+    nine = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=9)), latent_scale=0.18215)
+    out = cond_concat(nine, opts, torch.Size((2, 4, 4, 6)), torch.device("cpu"), None)
+    assert out.shape == (2, 5, 4, 6)
+    assert out[:, 0, :2].unique().tolist() == [1.0] and out[:, 0, 2:].unique().tolist() == [0.0]  # rounded
+    assert torch.equal(out[1, 1:], image[0] * 0.18215)
+    four = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=4)), latent_scale=0.18215)
+    default = torch.ones(1)
+    assert cond_concat(four, opts, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default
+    assert cond_concat(nine, {}, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default

@@ -15,6 +15,7 @@ from . import unclip
 from . import custom_sampling
 from . import latent_ops
 from . import images_extra
+from . import inpaint
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -28,6 +29,7 @@ BUILTIN_MODULES += (unclip,)
 BUILTIN_MODULES += (custom_sampling,)
 BUILTIN_MODULES += (latent_ops,)
 BUILTIN_MODULES += (images_extra,)
+BUILTIN_MODULES += (inpaint,)
 BUILTIN_MODULES += (upscale,)
 
 

@@ -171,7 +171,7 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
         extra = _model_conds(model, opts, (h, w), prompt_type, seed)
         out.append(Cond(
             context=tensor.to(device), y=extra["y"].to(device) if "y" in extra else None,
-            concat=concat, area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
+            concat=cond_concat(model, opts, latent_shape, device, concat), area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
             mask=mask, mask_strength=float(opts.get("mask_strength", 1.0)),
             sigma_start=float(model.schedule.percent_to_sigma(start)) if start is not None else None,
             sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None,
@@ -199,3 +199,27 @@ def inpaint_concat(model: SDModel, latent: torch.Tensor, denoise_mask: torch.Ten
     if m.shape[0] < latent.shape[0]:
         m = m.repeat(latent.shape[0] // m.shape[0] + 1, 1, 1, 1)
     return torch.cat([m[: latent.shape[0]].to(latent), scaled], dim=1)
+
+
+def cond_concat(model: SDModel, opts: dict, latent_shape: torch.Size, device: torch.device,
+                default: torch.Tensor | None) -> torch.Tensor | None:
+    """The extra channels of a 9-channel inpainting UNet for one conditioning entry: its own
+    ``concat_latent_image`` (unscaled, as InpaintModelConditioning sets it) and ``concat_mask``
+    (pixel-size) when it has both, each resized to the latent (bilinear, centre-cropped), the mask
+    rounded; else ``default`` (from the latent's noise mask). Other models ignore them, as in
+    ComfyUI."""
+    image, mask = opts.get("concat_latent_image"), opts.get("concat_mask")
+    if model.arch.unet.in_channels != 9 or image is None or mask is None:
+        return default
+    from .image import upscale  # nodes.image imports nothing of sd: no cycle, but keep it local
+
+    b, _, h, w = latent_shape
+    image = image.to(device, torch.float32) * model.latent_scale
+    if image.shape[-2:] != (h, w):
+        image = upscale(image, w, h, "bilinear", "center")
+    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(device, torch.float32)
+    if mask.shape[-2:] != (h, w):
+        mask = upscale(mask, w, h, "bilinear", "center")
+    # a batch of one serves every item; other sizes are cycled (ComfyUI interpolates between items)
+    image, mask = (t.repeat(-(-b // t.shape[0]), 1, 1, 1)[:b] for t in (image, mask.round()))
+    return torch.cat([mask, image], dim=1)
