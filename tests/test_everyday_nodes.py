@@ -382,3 +382,64 @@ def test_cond_concat_feeds_a_9_channel_unet_and_ignores_plain_ones():
     default = torch.ones(1)
     assert cond_concat(four, opts, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default
     assert cond_concat(nine, {}, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default
+
+
+# ---- string nodes and PreviewAny (latentgraph/nodes/strings.py) ----
+
+def test_string_nodes_values():
+    from latentgraph.nodes import strings as s
+
+    assert s.StringConcatenate(string_a="a", string_b="b", delimiter=", ") == "a, b"
+    assert s.StringSubstring(string="hello world", start=-5, end=11) == "world"
+    assert s.StringLength(string="héllo") == 5
+    assert [s.CaseConverter(string="hello wORLD", mode=m) for m in ("UPPERCASE", "lowercase", "Capitalize",
+                                                                   "Title Case")] == [
+        "HELLO WORLD", "hello world", "Hello world", "Hello World"]
+    assert [s.StringTrim(string=" \n x \t", mode=m) for m in ("Both", "Left", "Right")] == ["x", "x \t", " \n x"]
+    assert s.StringReplace(string="a-b-c", find="-", replace="+") == "a+b+c"
+    assert s.StringContains(string="Hello", substring="hell", case_sensitive=False) is True
+    assert s.StringContains(string="Hello", substring="hell", case_sensitive=True) is False
+    assert s.StringCompare(string_a="Photo.PNG", string_b=".png", mode="Ends With", case_sensitive=False) is True
+    assert s.StringCompare(string_a="abc", string_b="ABC", mode="Equal", case_sensitive=True) is False
+
+
+def test_regex_nodes_values_and_bad_patterns():
+    from latentgraph.nodes import strings as s
+
+    text = "cat=1\ndog=22\nCAT=333"
+    assert s.RegexMatch(string=text, regex_pattern="^dog", case_insensitive=True, multiline=True, dotall=False)
+    assert not s.RegexMatch(string=text, regex_pattern="^dog", case_insensitive=True, multiline=False, dotall=False)
+    assert not s.RegexMatch(string=text, regex_pattern="(", case_insensitive=True, multiline=False, dotall=False)
+    kw = dict(case_insensitive=True, multiline=False, dotall=False)
+    assert s.RegexExtract(string=text, regex_pattern=r"cat=(\d+)", mode="All Matches", group_index=1, **kw) == "1\n333"
+    assert s.RegexExtract(string=text, regex_pattern=r"(\w+)=(\d+)", mode="All Groups", group_index=2, **kw) == \
+        "1\n22\n333"
+    assert s.RegexExtract(string=text, regex_pattern=r"\d+", mode="First Match", group_index=1, **kw) == "1"
+    assert s.RegexExtract(string=text, regex_pattern=r"(\w+)=", mode="First Group", group_index=2, **kw) == ""
+    assert s.RegexExtract(string=text, regex_pattern="[", mode="First Match", group_index=1, **kw) == ""
+    assert s.RegexReplace(string=text, regex_pattern=r"(\w+)=(\d+)", replace=r"\2:\1", count=2) == \
+        "1:cat\n22:dog\nCAT=333"
+    with pytest.raises(ValueError, match=r"RegexReplace: input 'regex_pattern' '\(' or input 'replace' is not a "
+                                         r"valid regular expression: missing \), unterminated subpattern"):
+        s.RegexReplace(string="x", regex_pattern="(", replace="")
+
+
+def test_string_size_budget():
+    from latentgraph.nodes import strings as s
+
+    with pytest.raises(ValueError, match=r"StringReplace of 100,001 occurrences makes a string of 100,101,000 "
+                                         r"characters, which exceeds the limit 100 x prompt_chars = 10,000,000"):
+        s.StringReplace(string="x" * 100_000, find="", replace="y" * 1000)  # "" occurs 100,001 times
+
+
+def test_preview_any_text(env):
+    from latentgraph.nodes.strings import PreviewAny
+
+    assert PreviewAny(source="hi").ui == {"text": ("hi",)}
+    assert PreviewAny(source=1.5).ui == {"text": ("1.5",)}
+    assert PreviewAny(source=None).ui == {"text": ("None",)}
+    assert PreviewAny(source={"a": [1, 2]}).ui == {"text": ('{"a": [1, 2]}',)}
+    assert PreviewAny(source=torch.tensor([1.0])).ui == {"text": ("tensor([1.])",)}
+    prompt = {"1": {"class_type": "StringLength", "inputs": {"string": "four"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    assert Executor(create_registry(), env).run(prompt).outputs["2"] == {"text": ["4"]}

@@ -16,6 +16,7 @@ from . import custom_sampling
 from . import latent_ops
 from . import images_extra
 from . import inpaint
+from . import strings
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -30,6 +31,7 @@ BUILTIN_MODULES += (custom_sampling,)
 BUILTIN_MODULES += (latent_ops,)
 BUILTIN_MODULES += (images_extra,)
 BUILTIN_MODULES += (inpaint,)
+BUILTIN_MODULES += (strings,)
 BUILTIN_MODULES += (upscale,)
 
 
