@@ -51,11 +51,14 @@ def test_object_info_matches_comfyui_for_the_sampling_nodes():
     assert k["input"]["required"]["seed"][1]["control_after_generate"] is True
     assert k["input"]["required"]["steps"][1] == {"default": 20, "min": 1, "max": 10000,
                                                   "tooltip": "The number of steps used in the denoising process."}
-    assert k["input"]["required"]["sampler_name"][0][:4] == ["euler", "euler_ancestral", "heun", "heunpp2"]
+    assert k["input"]["required"]["sampler_name"][0][:4] == ["euler", "euler_cfg_pp", "euler_ancestral",
+                                                             "euler_ancestral_cfg_pp"]
     names = k["input"]["required"]["sampler_name"][0]
-    assert len(names) == 25  # ComfyUI 0.3.64's order, each _gpu SDE variant after its sampler
-    assert names[10:17] == ["dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-                            "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"]
+    assert len(names) == 42  # ComfyUI 0.3.64's order, each _gpu SDE variant after its sampler
+    assert names[13:23] == ["dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+                            "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
+                            "dpmpp_3m_sde_gpu"]
+    assert names[-5:] == ["sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"]
     assert k["input"]["required"]["scheduler"][0] == ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform",
                                                       "beta", "normal", "linear_quadratic", "kl_optimal"]
     assert k["output"] == ["LATENT"] and k["category"] == "sampling"

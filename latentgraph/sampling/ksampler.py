@@ -92,16 +92,19 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
         g = torch.Generator(device="cpu").manual_seed(seed + 1)
         inpaint_noise = torch.randn(noise.shape, generator=g, device="cpu").to(noise)
 
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None, **_) -> torch.Tensor:
+        # a sampler's own options for this call (the cfg_pp samplers' copy), as ComfyUI's extra_args
+        own = model_options is not None and model_options is not options
+        guide_call = (lambda *a: guided(*a, model_options=model_options)) if own else guided
         if mask is None:
-            return guided(x, sigma)
+            return guide_call(x, sigma)
         step_mask = mask
         if mask_fn is not None:  # e.g. DifferentialDiffusion: the mask as a function of sigma
             step_mask = mask_fn(sigma, mask, extra_options={"model": model, "sigmas": sigmas})
         keep = 1.0 - step_mask
         known = schedule.noise_scaling(sigma.reshape(-1, 1, 1, 1), inpaint_noise, latent_in, False)
         x = x * step_mask + known * keep
-        return guided(x, sigma) * step_mask + latent_in * keep
+        return guide_call(x, sigma) * step_mask + latent_in * keep
 
     max_sigma = float(schedule.sigma_max)
     first = float(sigmas[0])
@@ -112,7 +115,10 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     if callback is not None:
         def step_cb(info: dict) -> None:
             callback(info["i"], total, info["denoised"], info["x"])
-    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_cb,
+    # ComfyUI's extra_args: the seed of the sampler's own noise, the options (which a sampler may
+    # extend for its own calls) and the model's noise schedule (sa_solver reads its sigmas)
+    extra_args = {"seed": seed, "model_options": options, "model_sampling": schedule}
+    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb,
                             **sampler_options)
     out = schedule.inverse_noise_scaling(sigmas[-1], out)
     return out.float() / latent_scale
