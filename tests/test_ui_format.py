@@ -38,9 +38,10 @@ def registry():
     return create_registry()
 
 
-def test_there_are_sixteen_fixtures():
+def test_there_are_eighteen_fixtures():
     assert NAMES == ["2_pass_pose_worship", "controlnet_example", "default", "depth_controlnet",
-                     "example_depth_t2i_adapter", "gligen_textbox_example", "image2image",
+                     "esrgan_example", "example_depth_t2i_adapter", "gligen_textbox_example",
+                     "hiresfix_esrgan_workflow", "image2image",
                      "image_sdxl_simple", "inpaint_example", "lora", "mixing_controlnets",
                      "sdxl_revision_text_prompts", "sdxl_revision_zero_positive", "sdxl_simple_example",
                      "sdxlturbo_example", "unclip_example"]

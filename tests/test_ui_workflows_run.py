@@ -3,7 +3,8 @@ tiny random models placed under the file names it references: checkpoints, a VAE
 T2I-Adapter, GLIGEN, CLIP vision, an SD2.1-unCLIP .ckpt, and input images. The plain templates
 run as they are (sizes, steps, samplers); the image-conditioning ones with their steps and samplers
 at SCALE of their sizes (the test's override, not the fixture's): their 18 tests take about 45 s,
-and all 27 took about 4.5 minutes on 2 shared cores. Marked slow, run by .ci/run."""
+and all 27 took about 4.5 minutes on 2 shared cores; the two upscale-model ones (ESRGAN, hires fix)
+run at a quarter of their sizes, 4 tests in about 25 s. Marked slow, run by .ci/run."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from latentgraph.models.clip_vision import (METADATA_KEY as VISION_KEY, clip_vis
                                             tiny_config)
 from latentgraph.models.families import METADATA_KEY, Architecture, tiny_architecture
 from latentgraph.models.make import make_checkpoint, make_controlnet, make_gligen, random_networks, unclip_tensors
+from latentgraph.models.upscale import make_tiny_upscale_state_dict
 
 REVISION_DIM = 1280  # the width of ViT-bigG's image_embeds and of SDXL's pooled text
 from latentgraph.nodes import create_registry, create_services
@@ -51,6 +53,9 @@ IMAGES = ["image2image_input_image.jpg", "controlnet_example_input_image.png", "
 # conditioning (~9 s).
 SCALE = 0.375
 QUICK = (0.25, 4)
+# The upscale-model workflows (txt2img -> ESRGAN 2x; hires fix through a 4x ESRGAN) at a quarter of
+# their sizes and at most 4 steps: a 4x model on the 768 x 768 first pass alone is a 3072 x 3072 image
+UPSCALING = {"esrgan_example", "hiresfix_esrgan_workflow"}
 CONDITIONING = {"2_pass_pose_worship", "controlnet_example", "depth_controlnet", "example_depth_t2i_adapter", "gligen_textbox_example", "mixing_controlnets",
                 "sdxl_revision_text_prompts", "sdxl_revision_zero_positive", "unclip_example"}
 
@@ -120,6 +125,13 @@ def _write_models(models: Path) -> None:
     arch = tiny_architecture("sd21_unclip_h")
     arch.unet = replace(arch.unet, model_channels=64)
     torch.save({"state_dict": unclip_tensors(arch, seed=32)[0]}, models / "checkpoints" / "sd21-unclip-h.ckpt")
+    # the hires-fix example's SD2.1 768 checkpoint under its .ckpt name (safetensors bytes, read as such)
+    make_checkpoint(models / "checkpoints" / "v2-1_768-ema-pruned.ckpt", "sd2", "tiny", seed=40)
+    # the ESRGAN examples' RealESRGAN .pth files, pickled in BasicSR's layout ({"params_ema": tensors})
+    (models / "upscale_models").mkdir()
+    torch.save({"params_ema": make_tiny_upscale_state_dict("compact", 41)}, models / "upscale_models" / "RealESRGAN_x2.pth")
+    torch.save({"params_ema": make_tiny_upscale_state_dict("esrgan", 42)},
+               models / "upscale_models" / "RealESRGAN_x4plus.pth")
     g = torch.Generator().manual_seed(0)
     key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
     (models / "loras").mkdir(parents=True)
@@ -155,7 +167,7 @@ def _smaller(wf: Workflow, scale: float = SCALE, steps: int | None = None) -> No
         return max(unit, int(round(value * scale / unit)) * unit)
 
     for n in wf.nodes.values():
-        if n.class_type in ("EmptyLatentImage", "LatentUpscale"):
+        if n.class_type in ("EmptyLatentImage", "LatentUpscale", "ImageScale"):
             n.inputs["width"], n.inputs["height"] = scaled(n.inputs["width"], 64), scaled(n.inputs["height"], 64)
         if n.class_type == "KSampler" and steps is not None:
             n.inputs["steps"] = min(n.inputs["steps"], steps)
@@ -170,6 +182,8 @@ def test_fixture_runs_end_to_end(executor, name):
     wf = Workflow.load(FIXTURES / f"{name}.ui.json", executor.registry)
     if name in CONDITIONING:
         _smaller(wf)
+    if name in UPSCALING:
+        _smaller(wf, 0.25, steps=4)
     result = executor.run(wf)
     savers = {k for k, n in wf.nodes.items() if n.class_type in ("SaveImage", "PreviewImage")}
     assert set(result.outputs) == savers
@@ -183,6 +197,23 @@ def test_fixture_runs_end_to_end(executor, name):
         # the UI graph went into the PNG, as ComfyUI's frontend sends it
         assert json.loads(picture.text["workflow"])["nodes"]
         assert set(json.loads(picture.text["prompt"])) == set(wf.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,sizes", [("esrgan_example", {"9": (256, 256)}),
+                                        ("hiresfix_esrgan_workflow", {"9": (192, 192), "12": (384, 384)})])
+def test_upscale_model_fixtures_save_the_upscaled_sizes(executor, name, sizes):
+    """txt2img at 128 -> the 2x RealESRGAN_x2 -> 256; the hires fix: 192 -> the 4x model (768)
+    -> ImageScale to 384 -> VAEEncode -> second pass at 384 (the test's quarter sizes)."""
+    wf = Workflow.load(FIXTURES / f"{name}.ui.json", executor.registry)
+    _smaller(wf, 0.25, steps=4)
+    upscaler = next(k for k, n in wf.nodes.items() if n.class_type == "ImageUpscaleWithModel")
+    result = executor.run(wf, targets=[*sizes, upscaler])
+    for saver, size in sizes.items():
+        (image,) = result.outputs[saver]["images"]
+        assert Image.open(executor.env.output_dir / image["subfolder"] / image["filename"]).size == size
+    side = 256 if name == "esrgan_example" else 768
+    assert result.get(upscaler).shape == (1, side, side, 3)
 
 
 def _decoded_latent(wf: Workflow, saver: str):

@@ -29,7 +29,8 @@ from make_subgraph_fixtures import CHROMIUM, CHROMIUM_ARGS, CONVERT_JS  # noqa: 
 # loader class -> (widget index, model folder) for the names placeholders are made for
 LOADERS = {"CheckpointLoaderSimple": (0, "checkpoints"), "unCLIPCheckpointLoader": (0, "checkpoints"),
            "VAELoader": (0, "vae"), "ControlNetLoader": (0, "controlnet"), "GLIGENLoader": (0, "gligen"),
-           "CLIPVisionLoader": (0, "clip_vision"), "LoraLoader": (0, "loras"), "StyleModelLoader": (0, "style_models")}
+           "CLIPVisionLoader": (0, "clip_vision"), "LoraLoader": (0, "loras"), "StyleModelLoader": (0, "style_models"),
+           "UpscaleModelLoader": (0, "upscale_models")}
 
 
 def placeholders(workflows: list[dict], base: Path) -> list[Path]:
