@@ -24,6 +24,7 @@ from latentgraph.nodes.latent_ops import (LatentAdd, LatentBatch, LatentBatchSee
 from latentgraph.nodes.images_extra import (ImageBatch, ImageColorToMask, ImageScaleToMaxDimension, ImageSharpen,
                                              JoinImageWithAlpha, MaskComposite, RepeatImageBatch,
                                              SplitImageWithAlpha)
+from latentgraph.nodes.imageio import tensor_to_pil
 from conftest import FIXTURES
 from test_node_definitions import FLAGS, normalise
 
@@ -443,3 +444,68 @@ def test_preview_any_text(env):
     prompt = {"1": {"class_type": "StringLength", "inputs": {"string": "four"}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     assert Executor(create_registry(), env).run(prompt).outputs["2"] == {"text": ["4"]}
+
+
+# ---- Morphology and the rebatch nodes ----
+
+MORPH_PROMPT = json.loads((REF / "morphology_prompt.json").read_text())
+MORPH = load_file(str(REF / "morphology_ref.safetensors"))
+
+
+def test_morphology_matches_comfyui(tmp_path):
+    from latentgraph.nodes.imageio import pil_to_tensors
+    from latentgraph.nodes.images_extra import Morphology
+
+    image, _ = pil_to_tensors(Image.open(REF / "lgI_img2.png"))
+    ops = {n["inputs"]["filename_prefix"].split("/")[1]: MORPH_PROMPT[n["inputs"]["images"][0]]["inputs"]
+           for n in MORPH_PROMPT.values() if n["class_type"] == "SaveImage"}
+    assert sorted(ops) == sorted(MORPH) and len(MORPH) == 7
+    for name, inputs in ops.items():
+        out = Morphology(image=image, operation=inputs["operation"], kernel_size=inputs["kernel_size"])
+        ours = torch.from_numpy(np.asarray(tensor_to_pil(out[0]))[None].copy())
+        assert torch.equal(ours, MORPH[name]), name
+
+
+def test_morphology_budget():
+    from latentgraph.nodes.images_extra import Morphology
+
+    with pytest.raises(ValueError, match=r"Morphology with kernel_size 999 on 1 images of 1024 x 1024 makes a "
+                                         r"neighbourhood tensor of 11,?.* which exceeds the limit tensor_bytes"):
+        Morphology(image=torch.zeros(1, 1, 1, 3).expand(1, 1024, 1024, 3), operation="erode", kernel_size=999)
+
+
+def test_rebatch_latents():
+    from latentgraph.nodes.rebatch import RebatchLatents
+
+    a, b = _lat(3, 4, 8, 8), _lat(2, 4, 8, 8, seed=1)
+    mask = torch.zeros(1, 1, 64, 64)
+    c = _lat(1, 4, 4, 4, seed=2, noise_mask=torch.zeros(1, 1, 16, 16))
+    out = RebatchLatents(latents=[a, {**b, "noise_mask": mask}, c], batch_size=[2])
+    assert [o["samples"].shape[0] for o in out] == [2, 2, 1, 1]
+    assert [o["batch_index"] for o in out] == [[0, 1], [2, 3], [4], [5]]
+    assert "noise_mask" not in out[0]  # all ones: dropped
+    assert out[1]["noise_mask"][0].mean() == 1.0 and out[1]["noise_mask"][1].mean() == 0.0
+    assert out[3]["noise_mask"].shape == (1, 1, 32, 32)  # resized to 8x the latent
+    assert torch.equal(out[2]["samples"], b["samples"][1:])
+
+
+def test_rebatch_images():
+    from latentgraph.nodes.rebatch import RebatchImages
+
+    out = RebatchImages(images=[torch.rand(3, 4, 4, 3), torch.rand(2, 4, 4, 3)], batch_size=[4])
+    assert [o.shape[0] for o in out] == [4, 1]
+    with pytest.raises(ValueError, match=r"RebatchImages: images 0 to 1 would share a batch but have different "
+                                         r"sizes \[\(4, 4, 3\), \(5, 4, 3\)\]"):
+        RebatchImages(images=[torch.rand(1, 4, 4, 3), torch.rand(1, 5, 4, 3)], batch_size=[2])
+
+
+def test_rebatch_latents_in_a_graph_saves_each_batch(env):
+    prompt = {"1": {"class_type": "LoadLatent", "inputs": {"latent": "lgI_c.latent"}},
+              "2": {"class_type": "RebatchLatents", "inputs": {"latents": ["1", 0], "batch_size": 1}},
+              "3": {"class_type": "SaveLatent", "inputs": {"samples": ["2", 0], "filename_prefix": "rebatch/c"}}}
+    run = Executor(create_registry(), env).run(prompt)
+    names = [e["filename"] for e in run.outputs["3"]["latents"]]
+    assert names == ["c_00001_.latent", "c_00002_.latent"]
+    whole = load_file(str(REF / "lgI_c.latent"))["latent_tensor"]
+    for i, name in enumerate(names):
+        assert torch.equal(load_file(str(env.output_dir / "rebatch" / name))["latent_tensor"], whole[i:i + 1])

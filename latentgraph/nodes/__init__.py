@@ -17,6 +17,7 @@ from . import latent_ops
 from . import images_extra
 from . import inpaint
 from . import strings
+from . import rebatch
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -32,6 +33,7 @@ BUILTIN_MODULES += (latent_ops,)
 BUILTIN_MODULES += (images_extra,)
 BUILTIN_MODULES += (inpaint,)
 BUILTIN_MODULES += (strings,)
+BUILTIN_MODULES += (rebatch,)
 BUILTIN_MODULES += (upscale,)
 
 

@@ -219,3 +219,24 @@ def JoinImageWithAlpha(image: Annotated[Tensor, IMAGE], alpha: Annotated[Tensor,
     mask = alpha.reshape(-1, 1, alpha.shape[-2], alpha.shape[-1]).to(image)
     mask = F.interpolate(mask, size=(h, w), mode="bilinear")[:b, 0]
     return torch.cat((image[:b, ..., :3], (1.0 - mask)[..., None]), dim=-1)
+
+
+MORPHOLOGY = ("erode", "dilate", "open", "close", "gradient", "bottom_hat", "top_hat")
+
+
+@node(category="image/postprocessing", display_name="ImageMorphology", outputs=["IMAGE"],
+      python_module="comfy_extras.nodes_morphology")
+def Morphology(image: Annotated[Tensor, IMAGE], operation: Annotated[str, Combo(MORPHOLOGY)],
+               kernel_size: Annotated[int, Int(3, min=3, max=999, step=1)]) -> Tensor:
+    """Grey-scale morphology with a kernel_size square of ones (kornia.morphology, as ComfyUI)."""
+    from kornia import morphology  # imported here: kornia is slow to import and few graphs need it
+
+    b, h, w, c = image.shape
+    # kornia unfolds every pixel's kernel_size^2 neighbourhood at once
+    check_tensor((b, c, h, w, kernel_size * kernel_size), f"Morphology with kernel_size {kernel_size} on {b} "
+                 f"images of {w} x {h}", "a neighbourhood tensor")
+    ops = {"erode": morphology.erosion, "dilate": morphology.dilation, "open": morphology.opening,
+           "close": morphology.closing, "gradient": morphology.gradient, "top_hat": morphology.top_hat,
+           "bottom_hat": morphology.bottom_hat}
+    kernel = torch.ones(kernel_size, kernel_size, dtype=image.dtype)
+    return ops[operation](image.movedim(-1, 1), kernel).movedim(1, -1)
