@@ -509,3 +509,48 @@ def test_rebatch_latents_in_a_graph_saves_each_batch(env):
     whole = load_file(str(REF / "lgI_c.latent"))["latent_tensor"]
     for i, name in enumerate(names):
         assert torch.equal(load_file(str(env.output_dir / "rebatch" / name))["latent_tensor"], whole[i:i + 1])
+
+
+# ---- SaveAnimatedWEBP / SaveAnimatedPNG (latentgraph/nodes/animated.py) ----
+
+def test_animated_saves_frames_and_metadata(env):
+    frames = torch.stack([torch.full((6, 8, 3), v) for v in (0.0, 0.5, 1.0)])
+    run_prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1,
+                                                               "color": 0}}}
+    reg = create_registry()
+    ctx_run = Executor(reg, env)
+    webp = {**run_prompt, "2": {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": ["1", 0], "filename_prefix": "anim/w", "fps": 4.0, "lossless": True, "quality": 80,
+        "method": "fastest"}}}
+    out = ctx_run.run(webp, extra_data={"extra_pnginfo": {"workflow": {"a": 1}}}).outputs["2"]
+    assert out == {"images": [{"filename": "w_00001_.webp", "subfolder": "anim", "type": "output"}],
+                   "animated": [False]}
+    with Image.open(env.output_dir / "anim" / "w_00001_.webp") as img:
+        exif = img.getexif()
+        assert exif[0x0110].startswith('prompt:{"1": ') and exif[0x010F] == 'workflow:{"a": 1}'
+    from latentgraph.nodes.animated import SaveAnimatedPNG, SaveAnimatedWEBP
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.env = env
+    res = SaveAnimatedPNG(images=frames, filename_prefix="anim/p", fps=4.0, compress_level=4, prompt={"x": 1},
+                          extra_pnginfo=None, ctx=ctx)
+    assert res.ui["animated"] == (True,)
+    with Image.open(env.output_dir / "anim" / res.ui["images"][0]["filename"]) as img:
+        assert img.n_frames == 3 and img.info["duration"] == 250
+        img.seek(2)
+        assert np.asarray(img.convert("RGB"))[0, 0].tolist() == [255, 255, 255]
+    raw = (env.output_dir / "anim" / res.ui["images"][0]["filename"]).read_bytes()
+    assert b"comfprompt\x00{\"x\": 1}" in raw and raw.index(b"comf") > raw.index(b"IDAT")
+    res = SaveAnimatedWEBP(images=frames, filename_prefix="anim/w", fps=3.0, lossless=True, quality=80,
+                           method="default", prompt=None, extra_pnginfo=None, ctx=ctx)
+    assert res.ui["images"][0]["filename"] == "w_00002_.webp" and res.ui["animated"] == (True,)
+    with Image.open(env.output_dir / "anim" / "w_00002_.webp") as img:
+        assert img.n_frames == 3
+        img.seek(1)
+        assert np.asarray(img.convert("RGB"))[0, 0].tolist() == [127, 127, 127]  # lossless, truncated like ComfyUI
+    with pytest.raises(ValueError, match="an animation needs at least one image; the batch is empty"):
+        SaveAnimatedPNG(images=torch.zeros(0, 4, 4, 3), filename_prefix="anim/e", fps=1.0, compress_level=1,
+                        prompt=None, extra_pnginfo=None, ctx=ctx)

@@ -18,6 +18,7 @@ from . import images_extra
 from . import inpaint
 from . import strings
 from . import rebatch
+from . import animated
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -34,6 +35,7 @@ BUILTIN_MODULES += (images_extra,)
 BUILTIN_MODULES += (inpaint,)
 BUILTIN_MODULES += (strings,)
 BUILTIN_MODULES += (rebatch,)
+BUILTIN_MODULES += (animated,)
 BUILTIN_MODULES += (upscale,)
 
 
