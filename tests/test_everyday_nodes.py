@@ -554,3 +554,31 @@ def test_animated_saves_frames_and_metadata(env):
     with pytest.raises(ValueError, match="an animation needs at least one image; the batch is empty"):
         SaveAnimatedPNG(images=torch.zeros(0, 4, 4, 3), filename_prefix="anim/e", fps=1.0, compress_level=1,
                         prompt=None, extra_pnginfo=None, ctx=ctx)
+
+
+QUANT_PROMPT = json.loads((REF / "quantize_prompt.json").read_text())
+QUANT = load_file(str(REF / "quantize_ref.safetensors"))
+
+
+def test_image_quantize_matches_comfyui():
+    from latentgraph.nodes.imageio import pil_to_tensors
+    from latentgraph.nodes.images_extra import ImageQuantize
+
+    sources = {nid: pil_to_tensors(Image.open(REF / n["inputs"]["image"]))[0]
+               for nid, n in QUANT_PROMPT.items() if n["class_type"] == "LoadImage"}
+    cases = {n["inputs"]["filename_prefix"].split("/")[1]: QUANT_PROMPT[n["inputs"]["images"][0]]["inputs"]
+             for n in QUANT_PROMPT.values() if n["class_type"] == "SaveImage"}
+    assert sorted(cases) == sorted(QUANT) and len(QUANT) == 7
+    for name, inputs in cases.items():
+        out = ImageQuantize(image=sources[inputs["image"][0]], colors=inputs["colors"], dither=inputs["dither"])
+        ours = torch.from_numpy(np.asarray(tensor_to_pil(out[0]))[None].copy())
+        assert torch.equal(ours, QUANT[name]), name
+        assert len(torch.unique(ours.reshape(-1, 3), dim=0)) <= inputs["colors"], name
+
+
+def test_bayer_matrix_levels():
+    from latentgraph.nodes.images_extra import bayer_matrix
+
+    assert bayer_matrix(1).tolist() == [[-0.375, 0.125], [0.375, -0.125]]
+    m = bayer_matrix(3)
+    assert m.shape == (8, 8) and len(np.unique(m)) == 64 and abs(float(m.mean())) < 1e-6

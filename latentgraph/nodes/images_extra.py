@@ -7,10 +7,13 @@ tensor_bytes before the tensor is made."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..graph import IMAGE, MASK, Combo, Float, Int, node
 from .budget import check_tensor
@@ -240,3 +243,46 @@ def Morphology(image: Annotated[Tensor, IMAGE], operation: Annotated[str, Combo(
            "bottom_hat": morphology.bottom_hat}
     kernel = torch.ones(kernel_size, kernel_size, dtype=image.dtype)
     return ops[operation](image.movedim(-1, 1), kernel).movedim(1, -1)
+
+
+DITHERS = ("none", "floyd-steinberg", "bayer-2", "bayer-4", "bayer-8", "bayer-16")
+
+
+def bayer_matrix(level: int) -> np.ndarray:
+    """The ordered-dither threshold matrix (2^level square) ComfyUI uses, centred on 0 and
+    normalised to about -0.5..0.5: each level tiles the previous, scaled by 4, into four
+    quadrants offset by -1.5, +0.5, +1.5, -0.5."""
+    m = np.zeros((1, 1), np.float32)
+    for n in range(1, level + 1):
+        q = 4 ** n
+        big = q * m
+        m = np.block([[big - 1.5, big + 0.5], [big + 1.5, big - 0.5]]) / q
+    return m
+
+
+def _quantize_one(im: Image.Image, colors: int, dither: str) -> Image.Image:
+    """One 8-bit RGB image reduced to a palette of ``colors`` (Pillow's median cut), then mapped
+    to it with no dither, Floyd-Steinberg, or an ordered (Bayer) threshold added first."""
+    palette = im.quantize(colors=colors)  # Pillow maps with dither only through a palette image
+    if dither == "floyd-steinberg":
+        return im.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+    if dither.startswith("bayer"):
+        spread = 2 * 256 / (len(palette.getpalette()) // 3)
+        threshold = spread * bayer_matrix(int(math.log2(int(dither.split("-")[1])))) + 0.5
+        arr = np.asarray(im).astype(np.float32)
+        h, w = arr.shape[:2]
+        reps = (-(-h // threshold.shape[0]), -(-w // threshold.shape[1]))
+        arr = np.clip(arr + np.tile(threshold, reps)[:h, :w, None], 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr)
+    return im.quantize(palette=palette, dither=Image.Dither.NONE)
+
+
+@node(category="image/postprocessing", outputs=["IMAGE"], python_module="comfy_extras.nodes_post_processing")
+def ImageQuantize(image: Annotated[Tensor, IMAGE], colors: Annotated[int, Int(256, min=1, max=256, step=1)],
+                  dither: Annotated[str, Combo(DITHERS)]) -> Tensor:
+    """Reduces each image to at most ``colors`` colours (8-bit, values truncated as ComfyUI)."""
+    out = torch.zeros_like(image[..., :3])
+    for i, frame in enumerate(image[..., :3]):
+        im = Image.fromarray((frame.clamp(0, 1) * 255).to(torch.uint8).numpy(), mode="RGB")
+        out[i] = torch.from_numpy(np.asarray(_quantize_one(im, colors, dither).convert("RGB")).astype(np.float32)) / 255
+    return out
