@@ -227,6 +227,33 @@ def test_unknown_and_empty_files_are_named(tmp_path):
         load_upscale_state_dict({}, "empty.pth")
 
 
+def test_misshapen_known_architecture_is_named():
+    sd = make_tiny_upscale_state_dict("esrgan", 0)
+    sd["model.0.weight"] = torch.zeros(8, 3, 5, 5)
+    with pytest.raises(CheckpointError) as err:
+        load_upscale_state_dict(sd, "bad.pth")
+    assert str(err.value).startswith("bad.pth: looks like an upscale model but does not load (RuntimeError: "
+                                     "Error(s) in loading state_dict for RRDBNet: size mismatch for model.0.weight: "
+                                     "copying a param with shape torch.Size([8, 3, 5, 5])")
+
+
+def test_models_that_are_not_single_image_are_refused_naming_the_architecture(monkeypatch):
+    """spandrel also loads inpainting models (MaskedImageModelDescriptor: LaMa, MAT): refused as
+    ComfyUI does, but with the architecture named (a stand-in descriptor: a real LaMa is 200 MB)."""
+    import types
+
+    import spandrel
+
+    class Masked:  # not an ImageModelDescriptor
+        architecture = types.SimpleNamespace(name="LaMa")
+
+    monkeypatch.setattr(spandrel.ModelLoader, "load_from_state_dict", lambda self, sd: Masked())
+    with pytest.raises(CheckpointError) as err:
+        load_upscale_state_dict({"x": torch.zeros(1)}, "big-lama.pt")
+    assert str(err.value) == ("big-lama.pt: is a LaMa model (Masked, e.g. inpainting), not a single-image upscale "
+                              "model; ImageUpscaleWithModel takes only single-image models")
+
+
 def test_missing_model_is_a_validation_error(executor):
     from latentgraph.graph.errors import ValidationError
 

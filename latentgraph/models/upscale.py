@@ -60,8 +60,9 @@ def load_upscale_state_dict(sd: dict[str, torch.Tensor], name: str):
             f"({len(sd)} tensors, first keys: {', '.join(sorted(sd)[:3])})") from None
     except (KeyError, RuntimeError, ValueError, AssertionError, IndexError) as exc:
         # a known architecture whose tensors do not fit it (truncated or edited file)
+        detail = " ".join(str(exc).split())[:300]  # torch's load errors put the telling part on line 2
         raise CheckpointError(f"{name}: looks like an upscale model but does not load "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+                              f"({type(exc).__name__}: {detail})") from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise CheckpointError(
             f"{name}: is a {desc.architecture.name} model ({type(desc).__name__}, e.g. inpainting), "
