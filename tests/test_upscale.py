@@ -85,6 +85,20 @@ def test_reference_depends_on_tiling():
     assert band > 100 and (diff > 0).sum() - band < 10
 
 
+def test_object_info_is_comfyuis_with_the_folder_listed(executor):
+    """Inputs, outputs, categories and display names as ComfyUI 0.3.64's /object_info; the combo
+    lists models/upscale_models."""
+    info = executor.registry.object_info(executor.env)
+    loader, up = info["UpscaleModelLoader"], info["ImageUpscaleWithModel"]
+    assert loader["input"]["required"] == {"model_name": [[MODEL], {}]}
+    assert (loader["output"], loader["category"], loader["display_name"]) == (["UPSCALE_MODEL"], "loaders",
+                                                                              "Load Upscale Model")
+    assert up["input_order"] == {"required": ["upscale_model", "image"]}
+    assert up["input"]["required"]["upscale_model"][0] == "UPSCALE_MODEL" and up["input"]["required"]["image"][0] == "IMAGE"
+    assert (up["output"], up["category"], up["display_name"]) == (["IMAGE"], "image/upscaling",
+                                                                  "Upscale Image (using Model)")
+
+
 # -- tiling ----------------------------------------------------------------------------------------
 def test_tile_steps_and_positions_follow_comfyui():
     assert tile_steps(520, 48, 512, 32) == 2
