@@ -18,11 +18,12 @@ from latentgraph.models.checkpoint import detect_architecture, read_state_dict
 from latentgraph.models.families import METADATA_KEY
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.custom_sampling import (AlignYourStepsScheduler, DisableNoise, ExponentialScheduler,
-                                               ExtendIntermediateSigmas, FlipSigmas, LaplaceScheduler,
+                                               ExtendIntermediateSigmas, FlipSigmas, GITSScheduler, LaplaceScheduler,
                                                PolyexponentialScheduler, RandomNoise, SamplerDPMPP_2M_SDE,
                                                SetFirstSigma, SplitSigmasDenoise, VPScheduler, perp_neg)
 from latentgraph.sampling.ksampler import SamplerChoice, sampler_parts
 from latentgraph.sampling.noise import prepare_noise
+from latentgraph.sampling.sigma_lists import gits_noise_levels
 from conftest import FIXTURES
 
 REF = FIXTURES / "comfy_reference"
@@ -75,7 +76,7 @@ def close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def test_the_fixture_holds_every_run():
-    assert len(LATENTS) == 31
+    assert len(LATENTS) == 33
     assert set(SAVES.values()) == set(LATENTS)
 
 
@@ -154,6 +155,19 @@ def test_align_your_steps():
     assert AlignYourStepsScheduler("SVD", 4, 0.0).numel() == 0
 
 
+def test_gits_uses_the_published_lists():
+    levels = gits_noise_levels()
+    assert sorted(levels) == [f"{0.8 + 0.05 * i:.2f}" for i in range(15)]
+    assert all(len(rows[i]) == i + 3 for rows in levels.values() for i in range(19))
+    ten = GITSScheduler(1.2, 10, 1.0)
+    assert ten.tolist() == torch.FloatTensor(levels["1.20"][8][:-1] + [0.0]).tolist()
+    assert GITSScheduler(1.2, 30, 0.5).shape == (16,)  # 30 steps interpolated, the last 15 kept
+    with pytest.raises(ValueError) as err:
+        GITSScheduler(0.82, 10, 1.0)
+    assert str(err.value).startswith("GITSScheduler: input 'coeff' must be one of 0.80, 0.85,")
+    assert str(err.value).endswith("1.50, got 0.82")
+
+
 def test_sigma_edits():
     torch.testing.assert_close(FlipSigmas(torch.tensor([3.0, 1.0, 0.0])), torch.tensor([0.0001, 1.0, 3.0]))
     assert FlipSigmas(torch.tensor([])).numel() == 0
@@ -163,7 +177,8 @@ def test_sigma_edits():
     assert ExtendIntermediateSigmas(original, 2, -1.0, 1.5, "linear").tolist() == [4.0, 3.0, 2.0, 1.5, 1.0, 0.0]
     assert ExtendIntermediateSigmas(original, 2, 3.0, 0.0, "linear").tolist() == [4.0, 2.0, 1.5, 1.0, 0.5, 0.0]
     cosine = ExtendIntermediateSigmas(original, 3, -1.0, 3.0, "cosine")
-    torch.testing.assert_close(cosine[1:3], torch.tensor([4 - 2 * math.sin(math.pi / 6), 4 - 2 * math.sin(math.pi / 3)]))
+    expected = [4 - 2 * math.sin(math.pi / 6), 4 - 2 * math.sin(math.pi / 3)]
+    torch.testing.assert_close(cosine[1:3], torch.tensor(expected))
     high, low = SplitSigmasDenoise(torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0]), 0.5)
     assert high.tolist() == [4.0, 3.0, 2.0] and low.tolist() == [2.0, 1.0, 0.0]
     high, low = SplitSigmasDenoise(torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0]), 0.0)

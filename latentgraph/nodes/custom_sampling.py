@@ -20,7 +20,8 @@ from ..sampling.guidance import CFGDenoiser, Cond, add_opposite_areas, calc_cond
 from ..sampling.ksampler import SamplerChoice, StepCallback, sample
 from ..sampling.schedulers import beta_scheduler, exponential_sigmas
 from ..sampling.sigma_lists import (AYS_NOISE_LEVELS, SPACINGS, denoised_tail, extend_sigmas, flip_sigmas,
-                                    laplace_sigmas, polyexponential_sigmas, split_sigmas_denoise, vp_sigmas)
+                                    gits_sigmas, laplace_sigmas, polyexponential_sigmas, split_sigmas_denoise,
+                                    vp_sigmas)
 from ..sampling.noise import prepare_noise
 from .preview import preview_factory
 from .sampling import SAMPLER, SIGMAS, check_noise_mask
@@ -361,6 +362,14 @@ def AlignYourStepsScheduler(model_type: Annotated[str, Combo(list(AYS_NOISE_LEVE
                             denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> torch.Tensor:
     """NVIDIA's Align Your Steps schedule for the model family, resampled to the step count."""
     return denoised_tail(AYS_NOISE_LEVELS[model_type], steps, denoise)
+
+
+@node(category=_SCHEDULERS, display_name="GITSScheduler", outputs=[SIGMAS], python_module="comfy_extras.nodes_gits")
+def GITSScheduler(coeff: Annotated[float, Float(1.2, min=0.8, max=1.5, step=0.05)],
+                  steps: Annotated[int, Int(10, min=2, max=1000)],
+                  denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> torch.Tensor:
+    """GITS' optimised SD1 schedule (Chen et al. 2024) for a coefficient from 0.80 to 1.50 in steps of 0.05."""
+    return gits_sigmas(coeff, steps, denoise)
 
 
 @node(category=_SIGMA_EDITS, display_name="FlipSigmas", outputs=[SIGMAS], python_module=MODULE)

@@ -5,7 +5,10 @@ list (flip, extend, split). Pure functions of their arguments; numerics follow C
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,3 +109,26 @@ def split_sigmas_denoise(sigmas: torch.Tensor, denoise: float) -> tuple[torch.Te
     steps = max(sigmas.shape[-1] - 1, 0)
     total = round(steps * denoise)
     return sigmas[:-total], sigmas[-(total + 1):]
+
+
+@functools.cache
+def gits_noise_levels() -> dict[str, list[list[float]]]:
+    """GITS' (Chen et al. 2024) optimised SD1 noise levels: coefficient "0.80".."1.50" -> one list
+    per step count 2..20 (latentgraph/data/gits_noise_levels.json)."""
+    path = Path(__file__).resolve().parent.parent / "data" / "gits_noise_levels.json"
+    return json.loads(path.read_text())["levels"]
+
+
+def gits_sigmas(coeff: float, steps: int, denoise: float) -> torch.Tensor:
+    """GITS' schedule for a coefficient (a multiple of 0.05 from 0.80 to 1.50): the published
+    list for up to 20 steps, the 20-step list log-interpolated beyond; denoise keeps the tail."""
+    levels = gits_noise_levels()
+    key = f"{round(coeff, 2):.2f}"
+    if key not in levels:  # ComfyUI fails here with a bare KeyError
+        raise ValueError(f"GITSScheduler: input 'coeff' must be one of {', '.join(levels)}, got {coeff}")
+    if steps < 2:
+        raise ValueError(f"GITSScheduler: input 'steps' must be at least 2, got {steps}")
+    table = levels[key]
+    if steps <= len(table) + 1:
+        return denoised_tail(table[steps - 2], steps, denoise)
+    return denoised_tail(table[-1], steps, denoise)
