@@ -19,6 +19,7 @@ from . import inpaint
 from . import strings
 from . import rebatch
 from . import animated
+from . import latent_operations
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -36,6 +37,7 @@ BUILTIN_MODULES += (inpaint,)
 BUILTIN_MODULES += (strings,)
 BUILTIN_MODULES += (rebatch,)
 BUILTIN_MODULES += (animated,)
+BUILTIN_MODULES += (latent_operations,)
 BUILTIN_MODULES += (upscale,)
 
 

@@ -1,0 +1,64 @@
+"""ComfyUI's experimental latent operations (latentgraph/nodes/latent_operations.py) against
+ComfyUI 0.3.64: applied to a latent, and during sampling through LatentApplyOperationCFG on the
+tiny SD1 model (tests/fixtures/comfy_reference/everyday/latent_operations_prompt.json)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from latentgraph.graph import Environment, Executor
+from latentgraph.models.checkpoint import detect_architecture, read_state_dict
+from latentgraph.models.families import METADATA_KEY
+from latentgraph.nodes import create_registry
+from latentgraph.nodes.latent_operations import sharpen_latent, tonemap_reinhard
+from conftest import FIXTURES
+
+REF = FIXTURES / "comfy_reference" / "everyday"
+PROMPT = json.loads((REF / "latent_operations_prompt.json").read_text())
+LATENTS = load_file(str(REF / "latent_operations_ref.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The prompt run here (TinyCheckpointLoader as CheckpointLoaderSimple): {prefix: latent}."""
+    root = tmp_path_factory.mktemp("latent_operations")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "in").mkdir()
+    shutil.copy(REF / "lgI_a.latent", root / "in" / "lgI_a.latent")
+    sd, meta = read_state_dict(FIXTURES / "comfy_reference" / "tiny_sd15.safetensors")
+    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
+    save_file(sd, str(root / "models" / "checkpoints" / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    prompt = {nid: ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
+                    if n["class_type"] == "TinyCheckpointLoader" else n) for nid, n in PROMPT.items()}
+    run = Executor(create_registry(), env).run(prompt)
+    return {n["inputs"]["filename_prefix"].split("/")[1]:
+            load_file(str(env.output_dir / "lgI_everyday" / run.outputs[nid]["latents"][0]["filename"]))["latent_tensor"]
+            for nid, n in prompt.items() if n["class_type"] == "SaveLatent"}
+
+
+@pytest.mark.parametrize("name", ["op_a_tone", "op_a_sharp", "op_k_tone", "op_k_sharp"])
+def test_operation_matches_comfyui(name, saved):
+    assert sorted(saved) == sorted(LATENTS)
+    out, ref = saved[name], LATENTS[name]
+    assert out.shape == ref.shape
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 1e-4, f"{name}: relative error {err:.3g}"
+
+
+def test_operations_change_lengths_not_directions():
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    toned = tonemap_reinhard(x, 1.0)
+    cos = torch.nn.functional.cosine_similarity(toned, x, dim=1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    assert (torch.linalg.vector_norm(toned, dim=1) < torch.linalg.vector_norm(x, dim=1)).all()
+    # alpha 0: the kernel is the identity, so sharpening returns the latent (up to the 1e-6 guard)
+    assert torch.allclose(sharpen_latent(x, 2, 1.0, 0.0), x, atol=1e-5)
+    # a latent smaller than the radius is padded by repetition instead of failing
+    assert sharpen_latent(torch.randn(1, 4, 2, 2), 9, 1.0, 0.1).shape == (1, 4, 2, 2)
