@@ -62,3 +62,48 @@ def test_operations_change_lengths_not_directions():
     assert torch.allclose(sharpen_latent(x, 2, 1.0, 0.0), x, atol=1e-5)
     # a latent smaller than the radius is padded by repetition instead of failing
     assert sharpen_latent(torch.randn(1, 4, 2, 2), 9, 1.0, 0.1).shape == (1, 4, 2, 2)
+
+
+# ---- ImageStitch (latentgraph/nodes/stitch.py) ----
+
+STITCH_PROMPT = json.loads((REF / "stitch_prompt.json").read_text())
+STITCH = load_file(str(REF / "stitch_ref.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def stitched(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("stitch")
+    (root / "in").mkdir()
+    for name in ("lgI_img.png", "lgI_img2.png"):
+        shutil.copy(REF / name, root / "in" / name)
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    run = Executor(create_registry(), env).run(STITCH_PROMPT)
+    return {n["inputs"]["filename_prefix"].split("/")[1]:
+            torch.from_numpy(np.stack([np.asarray(Image.open(env.output_dir / "lgI_everyday" / e["filename"]))
+                                       for e in run.outputs[nid]["images"]]))
+            for nid, n in STITCH_PROMPT.items() if n["class_type"] == "SaveImage"}
+
+
+@pytest.mark.parametrize("name", sorted(STITCH))
+def test_stitch_matches_comfyui(name, stitched):
+    assert len(STITCH) == 5
+    ours, ref = stitched[name], STITCH[name]
+    assert ours.shape == ref.shape
+    # Lanczos (through PIL on 8-bit pixels) is the same on both sides: exact
+    assert torch.equal(ours, ref), f"{name}: {int((ours != ref).sum())} values differ"
+
+
+def test_stitch_without_image2_and_sizes():
+    from latentgraph.nodes.stitch import ImageStitch
+
+    a = torch.rand(1, 4, 6, 3)
+    assert ImageStitch(image1=a, direction="right", match_image_size=True, spacing_width=0,
+                       spacing_color="white") is a
+    out = ImageStitch(image1=a, image2=torch.rand(3, 2, 2, 3), direction="down", match_image_size=False,
+                      spacing_width=3, spacing_color="black")
+    assert out.shape == (3, 4 + 4 + 2, 6, 3)  # spacing 3 is made even: 4
+    assert torch.equal(out[2, :4], a[0]) and out[:, 4:8].max() == 0.0

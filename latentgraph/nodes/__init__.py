@@ -20,6 +20,7 @@ from . import strings
 from . import rebatch
 from . import animated
 from . import latent_operations
+from . import stitch
 from . import upscale
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -38,6 +39,7 @@ BUILTIN_MODULES += (strings,)
 BUILTIN_MODULES += (rebatch,)
 BUILTIN_MODULES += (animated,)
 BUILTIN_MODULES += (latent_operations,)
+BUILTIN_MODULES += (stitch,)
 BUILTIN_MODULES += (upscale,)
 
 
