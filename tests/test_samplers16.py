@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from latentgraph.sampling.cfg_pp import sample_euler_cfg_pp
 from latentgraph.sampling.sa_solver import adams_b_coeffs, exponential_coeffs, sample_sa_solver, tau_interval
 from latentgraph.sampling.schedule import DiscreteSchedule
-from test_sampling_parity import REF, executor, graph, ksampler, samples  # noqa: F401 (executor: a fixture)
+from test_sampling_parity import REF, executor, graph, img2img, ksampler, samples  # noqa: F401 (executor: a fixture)
 
 HERE = REF / "samplers16"
 LATENTS = load_file(HERE / "latents.safetensors")
@@ -115,3 +115,17 @@ def test_sa_solver_without_noise_is_deterministic_and_seed_free():
 
     assert torch.equal(run(1, 0.0), run(2, 0.0))
     assert not torch.equal(run(1, 1.0), run(2, 1.0))  # sigmas 5..1 lie in tau's window: noise is drawn
+
+
+def test_cfg_pp_through_an_inpainting_mask_keeps_the_unmasked_latent(executor):  # noqa: F811
+    """The masked denoiser passes the sampler's own options on (else the uncond is never seen)."""
+    wf = graph()
+    img2img(wf)
+    wf.add("mask", "FixtureMask")
+    wf.add("masked", "SetLatentNoiseMask", samples="enc", mask="mask")
+    ksampler(wf, "res_multistep_cfg_pp", latent="masked")
+    res = executor.run(wf, targets=["k", "enc"])
+    out, original = res.get("k")["samples"], res.get("enc")["samples"]
+    # the mask is 1 on the left half (4 latent columns): the right half is the input
+    torch.testing.assert_close(out[..., 4:], original[..., 4:], rtol=0, atol=1e-5)
+    assert (out[..., :4] - original[..., :4]).abs().max().item() > 0.05
