@@ -4,7 +4,8 @@
 Same calling convention as ``k_samplers``. The default stochasticity (tau = 1 for sigmas between
 the model's 20% and 80% points, else 0) needs the model's noise schedule, which the KSampler
 hands over as ``extra_args["model_sampling"]`` (anything with ``percent_to_sigma``; without
-one, SD's default DiscreteSchedule), or a caller passes ``tau_func``. The numerics follow ComfyUI's k-diffusion fork operation by operation.
+one, SD's default DiscreteSchedule), or a caller passes ``tau_func``. The numerics follow
+ComfyUI's k-diffusion fork operation by operation.
 """
 
 from __future__ import annotations

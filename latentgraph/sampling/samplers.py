@@ -5,7 +5,8 @@ with ``model(x, sigma * s_in, **extra_args) -> denoised``; ``extra_args`` is han
 on every call and ``extra_args["seed"]`` seeds the sampler's own noise (ancestral, SDE, ddpm,
 lcm). As in ComfyUI, ``extra_args["model_options"]`` are the options the denoiser uses (the
 cfg_pp samplers pass theirs, with a post-CFG function, on each call) and
-``extra_args["model_sampling"]`` is the model's noise schedule (sa_solver reads its 20%/80% sigmas). Names in the registry may be added, never changed or removed.
+``extra_args["model_sampling"]`` is the model's noise schedule (sa_solver reads its 20%/80%
+sigmas). Names in the registry may be added, never changed or removed.
 """
 
 from __future__ import annotations
