@@ -20,7 +20,8 @@ from latentgraph.nodes import create_registry
 from latentgraph.nodes.custom_sampling import (AlignYourStepsScheduler, DisableNoise, ExponentialScheduler,
                                                ExtendIntermediateSigmas, FlipSigmas, GITSScheduler, LaplaceScheduler,
                                                PolyexponentialScheduler, RandomNoise, SamplerDPMPP_2M_SDE,
-                                               SetFirstSigma, SplitSigmasDenoise, VPScheduler, perp_neg)
+                                               SamplerER_SDE, SetFirstSigma, SplitSigmasDenoise, VPScheduler,
+                                               perp_neg, tau_interval)
 from latentgraph.sampling.ksampler import SamplerChoice, sampler_parts
 from latentgraph.sampling.noise import prepare_noise
 from latentgraph.sampling.sigma_lists import gits_noise_levels
@@ -76,7 +77,7 @@ def close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def test_the_fixture_holds_every_run():
-    assert len(LATENTS) == 33
+    assert len(LATENTS) == 39
     assert set(SAVES.values()) == set(LATENTS)
 
 
@@ -191,6 +192,20 @@ def test_sampler_nodes_carry_their_options():
     assert SamplerDPMPP_2M_SDE("midpoint", 1.0, 1.0, "gpu").sampler_name == "dpmpp_2m_sde_gpu"
     assert sampler_parts("euler") == ("euler", {})
     assert SamplerChoice("lms", {"order": 3}).extra_options == {"order": 3}
+
+
+def test_er_sde_and_sa_solver_options():
+    ode = SamplerER_SDE("ODE", 3, 1.0, 1.0)
+    assert ode.sampler_name == "er_sde" and sorted(ode.extra_options) == ["max_stage", "noise_scaler", "s_noise"]
+    assert ode.extra_options["s_noise"] == 0.0 and ode.extra_options["max_stage"] == 3  # the ODE: no noise
+    assert ode.extra_options["noise_scaler"](torch.tensor(0.5)) == 0.5  # eta 0: x ** 1
+    reverse = SamplerER_SDE("Reverse-time SDE", 2, 1.0, 0.9).extra_options
+    assert reverse["s_noise"] == 0.9 and reverse["noise_scaler"](torch.tensor(0.5)) == 0.25
+    assert SamplerER_SDE("ER-SDE", 1, 5.0, 0.9).extra_options == {"s_noise": 0.9, "noise_scaler": None,
+                                                                  "max_stage": 1}
+    tau = tau_interval(10.0, 1.0, 0.7)
+    assert [tau(s) for s in (11.0, 10.0, 5.0, 1.0, 0.5)] == [0.0, 0.7, 0.7, 0.7, 0.0]
+    assert tau_interval(10.0, 1.0, 0.0)(5.0) == 0.0
 
 
 def test_perp_neg_removes_only_the_perpendicular_part():

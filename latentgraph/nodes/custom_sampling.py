@@ -508,3 +508,64 @@ def SamplerDPMAdaptative(
     return SamplerChoice("dpm_adaptive", dict(order=order, rtol=rtol, atol=atol, h_init=h_init, pcoeff=pcoeff,
                                               icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety, eta=eta,
                                               s_noise=s_noise))
+
+
+@node(category=_SAMPLERS, display_name="SamplerEulerAncestralCFG++", outputs=[SAMPLER], python_module=MODULE)
+def SamplerEulerAncestralCFGPP(eta: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01, round=False)],
+                               s_noise: Annotated[float, Float(1.0, min=0.0, max=10.0, step=0.01, round=False)]
+                               ) -> SamplerChoice:
+    """euler_ancestral_cfg_pp (CFG++) with its eta and s_noise."""
+    return SamplerChoice("euler_ancestral_cfg_pp", {"eta": eta, "s_noise": s_noise})
+
+
+def reverse_time_sde_scaler(eta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ER-SDE's noise scaler for the reverse-time SDE of stochastic strength eta: x^(eta + 1)."""
+    def scale(x: torch.Tensor) -> torch.Tensor:
+        return x ** (eta + 1)
+    return scale
+
+
+@node(category=_SAMPLERS, display_name="SamplerER_SDE", outputs=[SAMPLER], python_module=MODULE)
+def SamplerER_SDE(
+    solver_type: Annotated[str, Combo(["ER-SDE", "Reverse-time SDE", "ODE"])],
+    max_stage: Annotated[int, Int(3, min=1, max=3)],
+    eta: Annotated[float, Float(1.0, min=0.0, max=100.0, step=0.01, round=False, tooltip=(
+        "Stochastic strength of reverse-time SDE.\nWhen eta=0, it reduces to deterministic ODE. "
+        "This setting doesn't apply to ER-SDE solver type."))],
+    s_noise: Annotated[float, _S_NOISE],
+) -> SamplerChoice:
+    """er_sde as the ER-SDE solver (its own noise scaler), a reverse-time SDE of strength eta, or an ODE."""
+    if solver_type == "ODE" or (solver_type == "Reverse-time SDE" and eta == 0):
+        eta, s_noise = 0.0, 0.0  # no noise at all: the ODE
+    scaler = None if solver_type == "ER-SDE" else reverse_time_sde_scaler(eta)
+    return SamplerChoice("er_sde", {"s_noise": s_noise, "noise_scaler": scaler, "max_stage": max_stage})
+
+
+def tau_interval(start_sigma: float, end_sigma: float, eta: float) -> Callable[[Any], float]:
+    """SA-Solver's stochasticity: eta for sigmas within [end_sigma, start_sigma], else 0 (an ODE step)."""
+    def tau(sigma) -> float:
+        if eta <= 0:
+            return 0.0
+        s = float(sigma)
+        return eta if start_sigma >= s >= end_sigma else 0.0
+    return tau
+
+
+@node(category=_SAMPLERS, display_name="SamplerSASolver", outputs=[SAMPLER], python_module=MODULE)
+def SamplerSASolver(
+    model: Annotated[SDModel, MODEL],
+    eta: Annotated[float, Float(1.0, min=0.0, max=10.0, step=0.01, round=False)],
+    sde_start_percent: Annotated[float, Float(0.2, min=0.0, max=1.0, step=0.001)],
+    sde_end_percent: Annotated[float, Float(0.8, min=0.0, max=1.0, step=0.001)],
+    s_noise: Annotated[float, _S_NOISE],
+    predictor_order: Annotated[int, Int(3, min=1, max=6)],
+    corrector_order: Annotated[int, Int(4, min=0, max=6)],
+    use_pece: Annotated[bool, Boolean()],
+    simple_order_2: Annotated[bool, Boolean()],
+) -> SamplerChoice:
+    """sa_solver, stochastic (eta) between two fractions of sampling, with its predictor/corrector orders."""
+    start = model.schedule.percent_to_sigma(sde_start_percent)
+    end = model.schedule.percent_to_sigma(sde_end_percent)
+    return SamplerChoice("sa_solver", {"tau_func": tau_interval(start, end, eta), "s_noise": s_noise,
+                                       "predictor_order": predictor_order, "corrector_order": corrector_order,
+                                       "use_pece": use_pece, "simple_order_2": simple_order_2})
