@@ -260,3 +260,29 @@ def test_a_bad_value_stops_the_run_naming_node_and_input(env):
     assert (err.value.node_id, err.value.class_type) == ("zero", "ExponentialScheduler")
     assert str(err.value.exception) == ("ExponentialScheduler: input 'sigma_min' must be above 0 for a "
                                         "log-spaced schedule, got 0.0")
+
+
+def test_ui_widgets_map_to_the_inputs():
+    """A UI workflow's widgets_values (as ComfyUI's frontend saves them: the seed followed by its
+    control_after_generate mode) land on the inputs of the API prompt."""
+    from latentgraph.graph.ui_format import map_widgets
+    registry = create_registry()
+    assert map_widgets(registry.get("RandomNoise"), [42, "randomize"]) == {"noise_seed": 42}
+    assert map_widgets(registry.get("SamplerDPMPP_2M_SDE"), ["heun", 0.7, 1.0, "cpu"]) == {
+        "solver_type": "heun", "eta": 0.7, "s_noise": 1.0, "noise_device": "cpu"}
+    assert map_widgets(registry.get("DualCFGGuider"), [5.0, 3.0, "nested"]) == {
+        "cfg_conds": 5.0, "cfg_cond2_negative": 3.0, "style": "nested"}
+    assert map_widgets(registry.get("DisableNoise"), []) == {}
+
+
+def test_an_empty_schedule_returns_the_latent(env):
+    """SplitSigmasDenoise at denoise 0 gives no steps: the latent comes back unchanged (ComfyUI
+    fails there with an IndexError)."""
+    wf = Workflow.from_api(latentgraph_prompt())
+    wf.add("none", "SplitSigmasDenoise", sigmas="basic_sigmas", denoise=0.0)
+    wf.add("s", "SamplerCustomAdvanced", noise="seed42", guider="cfg", sampler="euler", sigmas="none.high_sigmas",
+           latent_image="basic_s.output")
+    run = Executor(create_registry(), env).run(wf, targets=["s", "basic_s", "none"])
+    assert run.get("none", 0).numel() == 0
+    assert torch.equal(run.get("s")["samples"], run.get("basic_s")["samples"])
+    assert torch.equal(run.get("s", 1)["samples"], run.get("basic_s")["samples"])
