@@ -77,7 +77,7 @@ def close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def test_the_fixture_holds_every_run():
-    assert len(LATENTS) == 41
+    assert len(LATENTS) == 43
     assert set(SAVES.values()) == set(LATENTS)
 
 

@@ -85,7 +85,7 @@ def _file_combos() -> dict[tuple[str, str], str]:
 def test_the_fixture_holds_the_nodes_of_the_issue():
     assert len(FIXTURE["nodes"]) == 24
     custom = json.loads((FIXTURES / "comfy_reference" / "object_info_custom_sampling.json").read_text())["nodes"]
-    assert len(custom) == 30 and set(custom) <= set(THEIRS)
+    assert len(custom) == 31 and set(custom) <= set(THEIRS)
     assert _file_combos() == {
         ("ControlNetLoader", "control_net_name"): "controlnet",
         ("DiffControlNetLoader", "control_net_name"): "controlnet",

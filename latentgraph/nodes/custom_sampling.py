@@ -18,6 +18,7 @@ import torch
 from ..graph import CONDITIONING, LATENT, MODEL, Boolean, Combo, Float, Int, NodeContext, Output, Socket, node
 from ..sampling.guidance import CFGDenoiser, Cond, add_opposite_areas, calc_cond_batch, cfg_function
 from ..sampling.multi_guidance import opposite_areas, perp_neg
+from ..sampling.euler_pp import sample_euler_pp
 from ..sampling.ksampler import SamplerChoice, StepCallback, sample
 from ..sampling.schedulers import beta_scheduler, exponential_sigmas
 from ..sampling.sigma_lists import (AYS_NOISE_LEVELS, SPACINGS, denoised_tail, extend_sigmas, flip_sigmas,
@@ -562,3 +563,13 @@ def SamplerSASolver(
     return SamplerChoice("sa_solver", {"tau_func": tau_interval(start, end, eta), "s_noise": s_noise,
                                        "predictor_order": predictor_order, "corrector_order": corrector_order,
                                        "use_pece": use_pece, "simple_order_2": simple_order_2})
+
+
+@node(category="_for_testing", display_name="SamplerEulerCFG++", outputs=[SAMPLER], experimental=True,
+      python_module="comfy_extras.nodes_advanced_samplers")
+def SamplerEulerCFGpp(version: Annotated[str, Combo(["regular", "alternative"])]) -> SamplerChoice:
+    """Euler CFG++: "regular" is the euler_cfg_pp sampler; "alternative" adds the unconditional
+    prediction to the step's noise direction instead."""
+    if version == "alternative":
+        return SamplerChoice("euler_pp", {}, sample_euler_pp)
+    return SamplerChoice("euler_cfg_pp")

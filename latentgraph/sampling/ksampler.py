@@ -21,10 +21,13 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 class SamplerChoice:
     """A SAMPLER value with options (the Sampler* nodes): a registered sampler's name and the
     keyword options its function takes (eta, s_noise, order, ...). KSamplerSelect's plain name
-    is the same with no options. ``extra_options`` is ComfyUI's KSAMPLER attribute name."""
+    is the same with no options. ``extra_options`` is ComfyUI's KSAMPLER attribute name.
+    ``sampler_function``, when set, is run in place of the registered one (a sampler that only a
+    node offers, e.g. SamplerEulerCFGpp's "alternative"); ``sampler_name`` then only names it."""
 
     sampler_name: str
     extra_options: dict = field(default_factory=dict)
+    sampler_function: Callable | None = None
 
 
 def sampler_parts(sampler: "str | SamplerChoice") -> tuple[str, dict]:
@@ -71,6 +74,7 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     ``model_options`` are the MODEL's (ComfyUI's shape; not changed here) and ``model`` what
     its functions receive as the model. ``guide(options)``, when given, makes the guided
     denoiser in place of CFG over positive/negative (a GUIDER's: DualCFG, PerpNeg, ...)."""
+    sampler_function = sampler_name.sampler_function if isinstance(sampler_name, SamplerChoice) else None
     sampler_name, sampler_options = sampler_parts(sampler_name)
     if sigmas.numel() == 0:
         return latent
@@ -118,7 +122,7 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     # ComfyUI's extra_args: the seed of the sampler's own noise, the options (which a sampler may
     # extend for its own calls) and the model's noise schedule (sa_solver reads its sigmas)
     extra_args = {"seed": seed, "model_options": options, "model_sampling": schedule}
-    out = run_named_sampler(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb,
-                            **sampler_options)
+    run = run_named_sampler if sampler_function is None else (lambda _, *a, **k: sampler_function(*a, **k))
+    out = run(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb, **sampler_options)
     out = schedule.inverse_noise_scaling(sigmas[-1], out)
     return out.float() / latent_scale
