@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .dpm_solver import half_log_snr
 from .k_samplers import ancestral_step, to_d
 from .noise import cpu_noise_sampler
 
@@ -36,12 +37,6 @@ class UncondCapture:
             raise ValueError("a cfg_pp sampler needs a guided denoiser that calls model_options' "
                              "sampler_post_cfg_function (the KSampler's CFG); this model did not")
         return self.uncond
-
-
-def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
-    """lambda = log(alpha / sigma) of a variance-exploding (eps / v) schedule, where alpha = 1.
-    (Every schedule latentgraph has is of that kind; flow models would need log((1 - s) / s).)"""
-    return sigma.log().neg()
 
 
 @torch.no_grad()

@@ -21,7 +21,10 @@ def _sigma(t: torch.Tensor) -> torch.Tensor:
     return t.neg().exp()
 
 
-def _t(sigma: torch.Tensor) -> torch.Tensor:
+def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) of a variance-exploding (eps / v) schedule, where alpha = 1, which
+    is DPM-Solver's t. (Every schedule latentgraph has is of that kind; flow models would need
+    log((1 - s) / s).)"""
     return sigma.log().neg()
 
 
@@ -67,7 +70,7 @@ def dpm_solver_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
         raise ValueError("sigma_min and sigma_max must not be 0")
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    t_start, t_end = _t(torch.as_tensor(sigma_max)), _t(torch.as_tensor(sigma_min))
+    t_start, t_end = half_log_snr(torch.as_tensor(sigma_max)), half_log_snr(torch.as_tensor(sigma_min))
     m = math.floor(n / 3) + 1
     ts = torch.linspace(t_start, t_end, m + 1, device=x.device)
     orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
@@ -76,7 +79,7 @@ def dpm_solver_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
         t_next_, su = t_next, 0.0
         if eta:
             sd, _ = ancestral_step(_sigma(t), _sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, _t(sd))
+            t_next_ = torch.minimum(t_end, half_log_snr(sd))
             su = (_sigma(t_next) ** 2 - _sigma(t_next_) ** 2) ** 0.5
         eps_at = _eps_function(model, x, extra_args, {})
         denoised = x - _sigma(t) * eps_at("eps", x, t)
@@ -100,7 +103,7 @@ def dpm_solver_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         raise ValueError("order should be 2 or 3")
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s, t_end = _t(torch.as_tensor(sigma_max)), _t(torch.as_tensor(sigma_min))
+    s, t_end = half_log_snr(torch.as_tensor(sigma_max)), half_log_snr(torch.as_tensor(sigma_min))
     atol, rtol = torch.tensor(atol), torch.tensor(rtol)
     # PID controller on 1/error (k-diffusion's PIDStepSizeController)
     h, k = h_init, 1.5 if eta else order
@@ -112,7 +115,7 @@ def dpm_solver_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         t_, su = t, 0.0
         if eta:
             sd, _ = ancestral_step(_sigma(s), _sigma(t), eta)
-            t_ = torch.minimum(t_end, _t(sd))
+            t_ = torch.minimum(t_end, half_log_snr(sd))
             su = (_sigma(t) ** 2 - _sigma(t_) ** 2) ** 0.5
         eps_at = _eps_function(model, x, extra_args, {})
         denoised = x - _sigma(s) * eps_at("eps", x, s)
@@ -177,7 +180,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
         if sigma_down == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
-            t, t_next = _t(sigmas[i]), _t(sigma_down)
+            t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigma_down)
             r = 1 / 2
             h = t_next - t
             s = t + r * h
@@ -213,7 +216,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _t(sigmas[i]), _t(sigmas[i + 1])
+        lambda_s, lambda_t = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
         fac = 1 / (2 * r)
@@ -223,14 +226,14 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         alpha_t = sigmas[i + 1] * lambda_t.exp()
         # stage 1: ancestral step to sigma_s_1
         sd, su = ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
-        h_ = sd.log().neg() - lambda_s
+        h_ = half_log_snr(sd) - lambda_s
         x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
         if eta > 0 and s_noise > 0:
             x_2 = x_2 + alpha_s_1 * noise_sampler(sigmas[i], sigma_s_1) * s_noise * su
         denoised_2 = model(x_2, sigma_s_1 * s_in, **extra_args)
         # stage 2: ancestral step to sigma_next with the blended prediction
         sd, su = ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
-        h_ = sd.log().neg() - lambda_s
+        h_ = half_log_snr(sd) - lambda_s
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
         if eta > 0 and s_noise > 0:
@@ -248,12 +251,12 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
+        t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
         h = t_next - t
         if old_denoised is None or sigmas[i + 1] == 0:
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised
         else:
-            r = (t - _t(sigmas[i - 1])) / h
+            r = (t - half_log_snr(sigmas[i - 1])) / h
             denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_d
         old_denoised = denoised
@@ -280,7 +283,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = _t(sigmas[i]), _t(sigmas[i + 1])
+            lambda_s, lambda_t = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -323,7 +326,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = _t(sigmas[i]), _t(sigmas[i + 1])
+            lambda_s, lambda_t = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lambda_t.exp()

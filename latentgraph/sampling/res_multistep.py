@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .cfg_pp import UncondCapture, half_log_snr
+from .cfg_pp import UncondCapture
+from .dpm_solver import half_log_snr
 from .k_samplers import ancestral_step, to_d
 from .noise import cpu_noise_sampler
 

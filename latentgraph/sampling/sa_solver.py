@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .cfg_pp import half_log_snr
+from .dpm_solver import half_log_snr
 from .noise import cpu_noise_sampler
 from .schedule import DiscreteSchedule
 

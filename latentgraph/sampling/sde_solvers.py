@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .cfg_pp import half_log_snr
+from .dpm_solver import half_log_snr
 from .noise import cpu_noise_sampler
 
 ER_SDE_INTEGRATION_POINTS = 200  # the quadrature ComfyUI uses for the stage 2/3 integrals
