@@ -171,7 +171,8 @@ def to_conds(model: SDModel, conditioning: list, latent_shape: torch.Size, promp
         extra = _model_conds(model, opts, (h, w), prompt_type, seed)
         out.append(Cond(
             context=tensor.to(device), y=extra["y"].to(device) if "y" in extra else None,
-            concat=cond_concat(model, opts, latent_shape, device, concat), area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
+            concat=cond_concat(model, opts, latent_shape, device, concat),
+            area=tuple(area) if area is not None else None, strength=float(opts.get("strength", 1.0)),
             mask=mask, mask_strength=float(opts.get("mask_strength", 1.0)),
             sigma_start=float(model.schedule.percent_to_sigma(start)) if start is not None else None,
             sigma_end=float(model.schedule.percent_to_sigma(end)) if end is not None else None,
