@@ -231,7 +231,56 @@ def test_registry_matches_comfyui():
     assert SAMPLER_NAMES == COMFY_ORDER
     assert reference["sampler_names_all"] == SAMPLER_NAMES  # every name ComfyUI has, in its order
     assert SAMPLERS["ddim"] is SAMPLERS["euler"]
-    assert all(SAMPLERS[gpu] is SAMPLERS[plain] for gpu, plain in GPU_ALIASES.items())
+    assert all(SAMPLERS[gpu] is not SAMPLERS[plain] for gpu, plain in GPU_ALIASES.items())
+
+
+def _tree_homes(monkeypatch) -> list:
+    """Record where each Brownian tree is built (its w0's device) and what queries it gets."""
+    import torchsde
+
+    from latentgraph.sampling import noise
+
+    homes = []
+
+    class Recording(torchsde.BrownianTree):
+        def __init__(self, t0, w0, t1, **kw):
+            homes.append((w0.device.type, t0.device.type))
+            super().__init__(t0, w0, t1, **kw)
+
+    monkeypatch.setattr(noise.torchsde, "BrownianTree", Recording)
+    return homes
+
+
+@pytest.mark.parametrize("gpu,plain", sorted(GPU_ALIASES.items()))
+def test_gpu_variants_are_the_plain_samplers_on_the_cpu(gpu, plain, monkeypatch):
+    """On the CPU the device tree is the CPU tree: same noise, same result, bit for bit; each
+    builds exactly one tree per run."""
+    homes = _tree_homes(monkeypatch)
+    mu, s, n = _problem(2, seed=5)
+    sigmas = compute_sigmas(DiscreteSchedule(), "karras", 6)
+    a = SAMPLERS[plain](Gaussian(mu, s), n * sigmas[0], sigmas, extra_args={"seed": 11})
+    b = SAMPLERS[gpu](Gaussian(mu, s), n * sigmas[0], sigmas, extra_args={"seed": 11})
+    assert torch.equal(a, b)
+    assert homes == [("cpu", "cpu"), ("cpu", "cpu")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gpu,plain", sorted(GPU_ALIASES.items()))
+def test_gpu_variants_build_their_tree_on_the_device(gpu, plain, monkeypatch):
+    """As ComfyUI's cpu=False: the *_gpu tree lives on CUDA, the plain one on the CPU; the plain
+    sampler on CUDA still gives the CPU run's noise."""
+    homes = _tree_homes(monkeypatch)
+    mu, s, n = _problem(2, seed=5)
+    sigmas = compute_sigmas(DiscreteSchedule(), "karras", 6)
+    cuda = torch.device("cuda")
+    ref = SAMPLERS[plain](Gaussian(mu, s), n * sigmas[0], sigmas, extra_args={"seed": 11})
+    on_dev = SAMPLERS[plain](Gaussian(mu.to(cuda), s.to(cuda)), (n * sigmas[0]).to(cuda), sigmas.to(cuda),
+                             extra_args={"seed": 11})
+    dev_tree = SAMPLERS[gpu](Gaussian(mu.to(cuda), s.to(cuda)), (n * sigmas[0]).to(cuda), sigmas.to(cuda),
+                             extra_args={"seed": 11})
+    assert homes == [("cpu", "cpu"), ("cpu", "cpu"), ("cuda", "cuda")]
+    torch.testing.assert_close(on_dev.cpu(), ref, rtol=0, atol=1e-4)
+    assert dev_tree.device.type == "cuda" and torch.isfinite(dev_tree).all()
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_ancestral", "dpmpp_2m", "res_multistep", "res_multistep_ancestral",

@@ -350,3 +350,27 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
+
+
+def _device_tree(sampler):
+    """ComfyUI's ``*_gpu`` form of an SDE sampler: the same steps, with the Brownian tree built on
+    the latent's device instead of the CPU (k-diffusion's ``cpu=False``). Only the noise's origin
+    differs, so on the CPU the result is the plain sampler's, bit for bit."""
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, **options):
+        if len(sigmas) <= 1:
+            return x
+        extra_args = {} if extra_args is None else extra_args
+        if noise_sampler is None:
+            sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+            noise_sampler = brownian_noise_sampler(x, sigma_min, sigma_max, extra_args.get("seed"), on_device=True)
+        return sampler(model, x, sigmas, extra_args, callback, disable, noise_sampler=noise_sampler, **options)
+
+    sample.__name__ = sampler.__name__ + "_gpu"
+    sample.__doc__ = f"{sampler.__name__} with its Brownian tree on the latent's device."
+    return sample
+
+
+sample_dpmpp_sde_gpu = _device_tree(sample_dpmpp_sde)
+sample_dpmpp_2m_sde_gpu = _device_tree(sample_dpmpp_2m_sde)
+sample_dpmpp_2m_sde_heun_gpu = _device_tree(sample_dpmpp_2m_sde_heun)
+sample_dpmpp_3m_sde_gpu = _device_tree(sample_dpmpp_3m_sde)

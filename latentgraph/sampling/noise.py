@@ -58,25 +58,33 @@ def cpu_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
 
 
 def brownian_noise_sampler(x: torch.Tensor, sigma_min: torch.Tensor | float, sigma_max: torch.Tensor | float,
-                           seed: int | None) -> NoiseSampler:
+                           seed: int | None, on_device: bool = False) -> NoiseSampler:
     """Noise from one Brownian motion W(sigma) over [sigma_min, sigma_max] (a torchsde
-    BrownianTree on the CPU): the call for (sigma, sigma_next) returns the normalised increment
+    BrownianTree): the call for (sigma, sigma_next) returns the normalised increment
     (W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|), so SDE samplers see consistent noise
     whatever their step sizes (Kidger et al. 2021, "Efficient and Accurate Gradients for Neural
-    SDEs"). Same tree, queries and signs as k-diffusion's BrownianTreeNoiseSampler(cpu=True)."""
+    SDEs"). Same tree, queries and signs as k-diffusion's BrownianTreeNoiseSampler: by default the
+    tree lives on the CPU (``cpu=True``, the plain SDE samplers); ``on_device`` builds and queries
+    it on the latent's device as ComfyUI's ``*_gpu`` samplers do (``cpu=False``): on a GPU its
+    random draws are the device's, so the picture differs from the CPU tree's; on the CPU the two
+    are the same tree."""
     if seed is None:
         seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=_generator(None)))
+    home = x.device if on_device else torch.device("cpu")
     t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
     flip = 1
     if not t0 < t1:
         t0, t1, flip = t1, t0, -1
-    w0 = torch.zeros(x.shape, dtype=x.dtype)
-    tree = torchsde.BrownianTree(t0.detach().cpu(), w0, t1.detach().cpu(), entropy=seed)
+    w0 = torch.zeros(x.shape, dtype=x.dtype, device=home)
+    tree = torchsde.BrownianTree(t0.detach().to(home), w0, t1.detach().to(home), entropy=seed)
 
     def sample(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
-        w = tree(lo.detach().cpu().float(), hi.detach().cpu().float())
+        if on_device:  # k-diffusion queries a device tree with the sigmas as they are
+            w = tree(lo.detach(), hi.detach())
+        else:
+            w = tree(lo.detach().cpu().float(), hi.detach().cpu().float())
         w = w.to(device=lo.device, dtype=lo.dtype) * (flip * sign)
         return w.to(x.device) / (b - a).abs().sqrt()
 

@@ -16,7 +16,9 @@ import torch
 from .cfg_pp import (sample_dpmpp_2m_cfg_pp, sample_dpmpp_2s_ancestral_cfg_pp, sample_euler_ancestral_cfg_pp,
                      sample_euler_cfg_pp)
 from .dpm_solver import (sample_dpm_adaptive, sample_dpm_fast, sample_dpmpp_2m, sample_dpmpp_2m_sde,
-                         sample_dpmpp_2m_sde_heun, sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde)
+                         sample_dpmpp_2m_sde_gpu, sample_dpmpp_2m_sde_heun, sample_dpmpp_2m_sde_heun_gpu,
+                         sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_3m_sde_gpu, sample_dpmpp_sde,
+                         sample_dpmpp_sde_gpu)
 from .k_samplers import (sample_ddpm, sample_dpm_2, sample_dpm_2_ancestral, sample_euler, sample_euler_ancestral,
                          sample_heun, sample_heunpp2, sample_lcm, sample_lms)
 from .multistep import sample_deis, sample_ipndm, sample_ipndm_v
@@ -43,17 +45,16 @@ SAMPLERS = {
     "dpmpp_2s_ancestral_cfg_pp": sample_dpmpp_2s_ancestral_cfg_pp,
     "dpmpp_sde": sample_dpmpp_sde,
     # ComfyUI's *_gpu SDE samplers build their Brownian tree on the latent's device (k-diffusion's
-    # cpu=False): on the CPU that is the same tree as the plain ones, so the same function; on a GPU
-    # ComfyUI's noise differs from the plain samplers' (and from these, which keep the CPU tree)
-    "dpmpp_sde_gpu": sample_dpmpp_sde,
+    # cpu=False): on the CPU that is the plain samplers' tree; on a GPU the noise is the device's
+    "dpmpp_sde_gpu": sample_dpmpp_sde_gpu,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde_gpu,
     "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
-    "dpmpp_2m_sde_heun_gpu": sample_dpmpp_2m_sde_heun,
+    "dpmpp_2m_sde_heun_gpu": sample_dpmpp_2m_sde_heun_gpu,
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde_gpu,
     "ddpm": sample_ddpm,
     "lcm": sample_lcm,
     "ipndm": sample_ipndm,
