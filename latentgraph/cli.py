@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML")
     nodes.add_argument("--plugins", action="store_true",
                        help="list the plugin packs: source, status, nodes, import time")
+    nodes.add_argument("--missing", action="store_true",
+                       help="ComfyUI 0.3.64's core nodes that are not here, each with the reason")
     _plugins(nodes)
     return parser
 
@@ -464,6 +466,12 @@ def cmd_nodes(args) -> int:
     env = Environment(models_dir=Path(args.models_dir), input_dir=Path(args.input_dir), model_dirs=_extra_dirs(args))
     if args.plugins:
         return _print_plugins(registry, args.json)
+    if args.missing:
+        from .missing_nodes import format_report, report
+
+        doc = report(registry.names())
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.json else format_report(doc))
+        return 0
     info = registry.object_info(env)
     if args.json:
         print(json.dumps(info, indent=2))
