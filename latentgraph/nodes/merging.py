@@ -1,0 +1,103 @@
+"""Model and CLIP merging nodes, with ComfyUI's names, inputs and factors (models/merge.py has the
+arithmetic). Each returns a new MODEL or CLIP whose merged weights are new tensors; the inputs
+are never changed, and the weights not merged are shared with the first input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+from ..graph import CLIP, MODEL, Float, node
+from ..models import merge
+from ..models.clip import TextModel
+from ..models.families import UNET_PREFIX
+from .sd import SDModel
+
+_CATEGORY = "advanced/model_merging"
+_MODULE = "comfy_extras.nodes_model_merging"
+_RATIO = Float(1.0, min=0.0, max=1.0, step=0.01)
+_MULTIPLIER = Float(1.0, min=-10.0, max=10.0, step=0.01)
+
+
+def _merge_models(model1: SDModel, model2: SDModel, factors: merge.Factors, node_name: str) -> SDModel:
+    what = f"{node_name}: model1 ({model1.arch.spec.label}) and model2 ({model2.arch.spec.label})"
+    unet = merge.merge_modules(model1.unet, model2.unet, factors, what, key=lambda n: UNET_PREFIX + n)
+    # model1's options and sampling stay (ComfyUI's merge clones model1)
+    return model1.clone(unet=unet)
+
+
+def _merge_clips(clip1: TextModel, clip2: TextModel, factors: merge.Factors, node_name: str) -> TextModel:
+    what = f"{node_name}: clip1 ({clip1.arch.spec.label}) and clip2 ({clip2.arch.spec.label})"
+    return replace(clip1, encoders=merge.merge_encoders(clip1.encoders, clip2.encoders, factors, what))
+
+
+@node(category=_CATEGORY, outputs=[MODEL], python_module=_MODULE)
+def ModelMergeSimple(
+    model1: Annotated[SDModel, MODEL],
+    model2: Annotated[SDModel, MODEL],
+    ratio: Annotated[float, _RATIO],
+) -> SDModel:
+    """ratio * model1 + (1 - ratio) * model2, weight by weight (ratio 1: model1 as it is)."""
+    return _merge_models(model1, model2, merge.simple(ratio), "ModelMergeSimple")
+
+
+@node(category=_CATEGORY, outputs=[MODEL], python_module=_MODULE)
+def ModelMergeBlocks(
+    model1: Annotated[SDModel, MODEL],
+    model2: Annotated[SDModel, MODEL],
+    input: Annotated[float, _RATIO],
+    middle: Annotated[float, _RATIO],
+    out: Annotated[float, _RATIO],
+) -> SDModel:
+    """ModelMergeSimple with a ratio per part of the UNet: ``input`` for input_blocks (and the
+    time and label embeddings), ``middle`` for middle_block, ``out`` for output_blocks and out."""
+    factors = merge.blocks({"input": input, "middle": middle, "out": out})
+    return _merge_models(model1, model2, factors, "ModelMergeBlocks")
+
+
+@node(category=_CATEGORY, outputs=[MODEL], python_module=_MODULE)
+def ModelMergeSubtract(
+    model1: Annotated[SDModel, MODEL],
+    model2: Annotated[SDModel, MODEL],
+    multiplier: Annotated[float, _MULTIPLIER],
+) -> SDModel:
+    """multiplier * (model1 - model2): a difference to add to another model, or to extract as a LoRA."""
+    return _merge_models(model1, model2, merge.subtract(multiplier), "ModelMergeSubtract")
+
+
+@node(category=_CATEGORY, outputs=[MODEL], python_module=_MODULE)
+def ModelMergeAdd(
+    model1: Annotated[SDModel, MODEL],
+    model2: Annotated[SDModel, MODEL],
+) -> SDModel:
+    """model1 + model2, weight by weight (model2 typically a ModelMergeSubtract difference)."""
+    return _merge_models(model1, model2, merge.add(), "ModelMergeAdd")
+
+
+@node(category=_CATEGORY, outputs=[CLIP], python_module=_MODULE)
+def CLIPMergeSimple(
+    clip1: Annotated[TextModel, CLIP],
+    clip2: Annotated[TextModel, CLIP],
+    ratio: Annotated[float, _RATIO],
+) -> TextModel:
+    """ratio * clip1 + (1 - ratio) * clip2, for every text-encoder weight."""
+    return _merge_clips(clip1, clip2, merge.simple(ratio), "CLIPMergeSimple")
+
+
+@node(category=_CATEGORY, outputs=[CLIP], python_module=_MODULE)
+def CLIPMergeSubtract(
+    clip1: Annotated[TextModel, CLIP],
+    clip2: Annotated[TextModel, CLIP],
+    multiplier: Annotated[float, _MULTIPLIER],
+) -> TextModel:
+    """multiplier * (clip1 - clip2), for every text-encoder weight."""
+    return _merge_clips(clip1, clip2, merge.subtract(multiplier), "CLIPMergeSubtract")
+
+
+@node(category=_CATEGORY, outputs=[CLIP], python_module=_MODULE)
+def CLIPMergeAdd(
+    clip1: Annotated[TextModel, CLIP],
+    clip2: Annotated[TextModel, CLIP],
+) -> TextModel:
+    """clip1 + clip2, for every text-encoder weight."""
+    return _merge_clips(clip1, clip2, merge.add(), "CLIPMergeAdd")
