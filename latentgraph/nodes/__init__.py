@@ -22,6 +22,8 @@ from . import animated
 from . import latent_operations
 from . import stitch
 from . import upscale
+from . import split_loaders
+from . import merging, model_save
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -41,6 +43,8 @@ BUILTIN_MODULES += (animated,)
 BUILTIN_MODULES += (latent_operations,)
 BUILTIN_MODULES += (stitch,)
 BUILTIN_MODULES += (upscale,)
+BUILTIN_MODULES += (split_loaders,)
+BUILTIN_MODULES += (merging, model_save)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
