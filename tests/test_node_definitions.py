@@ -93,6 +93,10 @@ def test_the_fixture_holds_the_nodes_of_the_issue():
         ("CLIPVisionLoader", "clip_name"): "clip_vision",
         ("unCLIPCheckpointLoader", "ckpt_name"): "checkpoints",
         ("StyleModelLoader", "style_model_name"): "style_models",
+        ("UNETLoader", "unet_name"): "diffusion_models",
+        ("CLIPLoader", "clip_name"): "text_encoders",
+        ("DualCLIPLoader", "clip_name1"): "text_encoders",
+        ("DualCLIPLoader", "clip_name2"): "text_encoders",
     }
 
 

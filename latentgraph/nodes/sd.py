@@ -47,7 +47,8 @@ class SDModel(ModelPatcher):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        # an fp8-stored UNet (UNETLoader weight_dtype, models/fp8.py) computes in its compute_dtype
+        return getattr(self.unet, "compute_dtype", None) or next(self.unet.parameters()).dtype
 
     def with_schedule(self, schedule: DiscreteSchedule) -> "SDModel":
         return self.clone(schedule=schedule)
