@@ -21,7 +21,7 @@ from latentgraph.graph import Environment, Executor, NodeExecutionError, Workflo
 from latentgraph.models.checkpoint import (CheckpointError, build_text_encoders, detect_architecture, load_checkpoint,
                                            load_vae_file, original_layout)
 from latentgraph.models.families import METADATA_KEY, full_architecture, tiny_architecture
-from latentgraph.models.lora import LoraError, load_lora_into
+from latentgraph.models.lora import LoraError, load_lora, load_lora_into
 from latentgraph.models.make import make_checkpoint, random_networks
 from latentgraph.models.unet import UNetModel
 from latentgraph.models.vae import AutoencoderKL, VAEConfig
@@ -299,12 +299,15 @@ def test_full_size_layouts_pass_the_layout_check(family):
     assert detect_architecture(full_sd(family), None, family).family == family
 
 
-# -- LoRA: applied whole, or refused ----------------------------------------------------------
+# -- LoRA: keys that apply nowhere are warned about, a file of which nothing applies is refused --
 Q = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"  # a (32, 32) Linear of the tiny UNets
 K = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_k"
 TE = "lora_te_text_model_encoder_layers_0_mlp_fc1"  # (64, 32) in the tiny SD1 text encoder
-HEAD = "{n} of its {total} keys would not be applied (format detected: {fmt}), and a LoRA applied in part gives a " \
-       "picture without it, so it is refused. Keys not applied, grouped:\n"
+Q7 = "lora_unet_input_blocks_7_1_transformer_blocks_0_attn1_to_q"  # a block the tiny UNets do not have
+WARNING = "{n} of the {total} keys of {path} were not applied (format detected: {fmt}); the rest of it is. " \
+          "Keys not applied, grouped:\n"
+REFUSAL = "{path}: none of its {total} keys can be applied to this Stable Diffusion 1.x model (format detected: " \
+          "{fmt}). Keys not applied, grouped:\n"
 
 
 @pytest.fixture(scope="module")
@@ -323,64 +326,78 @@ def pair(name: str, out: int = 32, inp: int = 32, rank: int = 4) -> dict:
             f"{name}.alpha": torch.tensor(2.0)}
 
 
-LORA_FORMATS = {  # case: (tensors, format line, group lines)
-    "loha": ({f"{m}.{s}": randn(32, 4) for m in (Q, K) for s in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
-             | {f"{Q}.alpha": torch.tensor(4.0), f"{K}.alpha": torch.tensor(4.0)},
-             "LoHa on 2 modules; kohya names",
-             ["  LoHa (not implemented yet): lora_unet_input_blocks_* (2 modules, 8 keys: .hada_w1_a, .hada_w1_b, "
-              ".hada_w2_a, .hada_w2_b)"]),
-    "lokr": ({f"{Q}.lokr_w1": randn(4, 4), f"{Q}.lokr_w2": randn(8, 8)}, "LoKr on 1 module; kohya names",
-             ["  LoKr (not implemented yet): lora_unet_input_blocks_* (1 module, 2 keys: .lokr_w1, .lokr_w2)"]),
-    "dora": (pair(Q) | {f"{Q}.dora_scale": randn(32, 1)}, "DoRA on 1 module; kohya names",
-             ["  DoRA (not implemented yet): lora_unet_input_blocks_* (1 module, 4 keys: .alpha, .dora_scale, "
-              ".lora_down.weight, .lora_up.weight)"]),
-    "peft_dora": ({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": randn(4, 32),
-                   "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": randn(32, 4),
-                   "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_magnitude_vector": randn(32)},
-                  "DoRA on 1 module; diffusers/PEFT names",
-                  ["  DoRA (not implemented yet): unet.down_blocks.* (1 module, 1 key: .lora_magnitude_vector)"]),
-    "oft": ({f"{Q}.oft_blocks": randn(4, 8, 8), f"{Q}.rescale": randn(32, 1)}, "OFT on 1 module; kohya names",
-            ["  OFT (not implemented yet): lora_unet_input_blocks_* (1 module, 2 keys: .oft_blocks, .rescale)"]),
-    "glora": ({f"{Q}.{p}.weight": randn(4, 32) for p in ("a1", "a2", "b1", "b2")}, "GLoRA on 1 module; kohya names",
-              ["  GLoRA (not implemented yet): lora_unet_input_blocks_* (1 module, 4 keys: .a1.weight, .a2.weight, "
-               ".b1.weight, .b2.weight)"]),
-    "other_model": (pair("lora_unet_input_blocks_7_1_transformer_blocks_0_attn1_to_q") | pair(Q),
-                    "LoRA on 2 modules; kohya names",
+PEFT_Q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+LORA_PARTS = {  # case: (tensors, format line, group lines); Q's part applies, the rest is warned about
+    "other_model": (pair(Q7) | pair(Q), "LoRA on 2 modules; kohya names",
                     ["  names no module of this Stable Diffusion 1.x model: lora_unet_input_blocks_* (1 module, 3 keys: "
                      ".alpha, .lora_down.weight, .lora_up.weight)"]),
+    "peft_dora": ({f"{PEFT_Q}.lora_A.weight": randn(4, 32), f"{PEFT_Q}.lora_B.weight": randn(32, 4),
+                   f"{PEFT_Q}.lora_magnitude_vector": randn(32)},
+                  "DoRA on 1 module; diffusers/PEFT names",
+                  ["  PEFT's DoRA magnitude (lora_magnitude_vector): not applied; ComfyUI 0.3.64 does not apply it "
+                   "either: unet.down_blocks.* (1 module, 1 key: .lora_magnitude_vector)"]),
     "unknown": (pair(Q) | {f"{Q}.weird_thing": randn(2), "bundle_emb.char.string_to_param.*": randn(1, 32)},
                 "LoRA on 1 module, bundled textual-inversion embeddings on 1 module, unknown keys on 1 module; "
                 "kohya and unknown names",
                 ["  a key of no kind latentgraph knows: lora_unet_input_blocks_* (1 module, 1 key: .weird_thing)",
-                 "  bundled textual-inversion embeddings (not implemented yet): bundle_emb (1 module, 1 key: "
-                 ".char.string_to_param.*)"]),
+                 "  bundled textual-inversion embeddings: not applied (put them in models/embeddings): bundle_emb "
+                 "(1 module, 1 key: .char.string_to_param.*)"]),
+    "oft_rescale": ({f"{Q}.oft_blocks": randn(4, 8, 8), f"{Q}.rescale": randn(32, 1)}, "OFT on 1 module; kohya names",
+                    ["  an OFT rescale (ComfyUI 0.3.64 does not apply it to OFT either): lora_unet_input_blocks_* "
+                     "(1 module, 1 key: .rescale)"]),
+    "incomplete_loha": (pair(Q) | {f"{K}.hada_w1_a": randn(32, 4), f"{K}.hada_w1_b": randn(4, 32)},
+                        "LoHa on 1 module, LoRA on 1 module; kohya names",
+                        ["  an incomplete LoHa (no hada_w2_a, hada_w2_b): lora_unet_input_blocks_* (1 module, 2 keys: "
+                         ".hada_w1_a, .hada_w1_b)"]),
+}
+LORA_NONE = {  # case: (tensors, format line, group lines); nothing applies: refused
     "half_pair": ({f"{Q}.lora_up.weight": randn(32, 4)}, "LoRA on 1 module; kohya names",
                   ["  an incomplete low-rank pair (lora_up, lora_down: one is missing): lora_unet_input_blocks_* "
                    "(1 module, 1 key: .lora_up.weight)"]),
+    "other_model": (pair(Q7), "LoRA on 1 module; kohya names",
+                    ["  names no module of this Stable Diffusion 1.x model: lora_unet_input_blocks_* (1 module, 3 keys: "
+                     ".alpha, .lora_down.weight, .lora_up.weight)"]),
+    "old_oft": ({f"{Q}.oft_diag": randn(4, 8, 8)}, "OFT on 1 module; kohya names",
+                ["  the old OFT layout (oft_diag): not applied; ComfyUI 0.3.64 does not apply it either: "
+                 "lora_unet_input_blocks_* (1 module, 1 key: .oft_diag)"]),
 }
 
 
-@pytest.mark.parametrize("case", sorted(LORA_FORMATS))
-def test_lora_keys_not_applied_fail_with_format_and_groups(sd15, tmp_path, case):
-    tensors, fmt, lines = LORA_FORMATS[case]
+def _count(lines: list[str]) -> int:
+    return sum(int(re.search(r"(\d+) keys?:", line).group(1)) for line in lines)
+
+
+@pytest.mark.parametrize("case", sorted(LORA_PARTS))
+def test_lora_keys_not_applied_are_a_warning_with_format_and_groups(sd15, tmp_path, case):
+    tensors, fmt, lines = LORA_PARTS[case]
+    path = save(tmp_path, tensors, f"{case}.safetensors")
+    loaded = load_lora(path, "sd15", sd15.unet, sd15.text)
+    head = WARNING.format(n=_count(lines), total=len(tensors), path=path, fmt=fmt)
+    assert loaded.warning == head + "\n".join(lines)
+    q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"  # the part that applies, applied
+    assert not torch.equal(dict(loaded.unet.named_parameters())[q], dict(sd15.unet.named_parameters())[q])
+
+
+@pytest.mark.parametrize("case", sorted(LORA_NONE))
+def test_a_lora_of_which_nothing_applies_fails_with_format_and_groups(sd15, tmp_path, case):
+    tensors, fmt, lines = LORA_NONE[case]
     path = save(tmp_path, tensors, f"{case}.safetensors")
     with pytest.raises(LoraError) as info:
         load_lora_into(path, "sd15", sd15.unet, sd15.text)
-    n = sum(int(re.search(r"(\d+) keys?:", line).group(1)) for line in lines)
-    head = HEAD.format(n=n, total=len(tensors), fmt=fmt)
-    assert str(info.value) == f"{path}: {head}" + "\n".join(lines)
+    assert str(info.value) == REFUSAL.format(total=len(tensors), path=path, fmt=fmt) + "\n".join(lines)
 
 
 def test_lora_groups_are_counted_not_listed(sd15, tmp_path):
-    """A 10,000-key file of an unsupported kind gives a few lines, not 10,000."""
+    """A 10,000-key file of keys that apply nowhere gives a few lines, not 10,000."""
     unet_names = [n.replace(".", "_") for n, p in sd15.unet.named_parameters() if n.endswith(".weight")]
-    tensors = {f"lora_unet_{n[:-len('_weight')]}.hada_w1_a": torch.zeros(1) for n in unet_names}
+    tensors = {f"lora_unet_{n[:-len('_weight')]}.oft_diag": torch.zeros(1) for n in unet_names}
     path = save(tmp_path, tensors, "many.safetensors")
     with pytest.raises(LoraError) as info:
         load_lora_into(path, "sd15", sd15.unet, sd15.text)
     message = str(info.value)
-    assert f"{len(tensors)} of its {len(tensors)} keys" in message and len(message.splitlines()) <= 14
-    assert "  LoHa (not implemented yet): lora_unet_output_blocks_* (" in message
+    assert f"none of its {len(tensors)} keys" in message and len(message.splitlines()) <= 14
+    assert "  the old OFT layout (oft_diag): not applied; ComfyUI 0.3.64 does not apply it either: " \
+           "lora_unet_output_blocks_* (" in message
 
 
 def test_lora_shapes_that_do_not_fit_name_the_keys(sd15, tmp_path):
@@ -428,7 +445,8 @@ def ex(tmp_path_factory):
     (root / "models" / "loras").mkdir()
     make_checkpoint(root / "models" / "checkpoints" / "sd15.safetensors", "sd15", "tiny", seed=4)
     save_file(tiny_sd("sdxl") | MARKERS["playground"][1], str(root / "models" / "checkpoints" / "pg.safetensors"))
-    save_file(LORA_FORMATS["loha"][0], str(root / "models" / "loras" / "loha.safetensors"))
+    save_file(LORA_NONE["other_model"][0], str(root / "models" / "loras" / "stranger.safetensors"))
+    save_file(LORA_PARTS["other_model"][0], str(root / "models" / "loras" / "partly.safetensors"))
     save_file(pair(Q) | pair(TE, out=64), str(root / "models" / "loras" / "plain.safetensors"))
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
                       models_dir=root / "models", device="cpu")
@@ -454,17 +472,29 @@ def test_refusals_reach_the_user_as_node_errors(ex):
                            f"{message}"
     assert [(e["node_id"], e["exception_message"]) for e in events] == [("ckpt", message)]
 
+
+def test_lora_refusals_and_warnings_reach_the_user(ex):
     wf = Workflow()
     ck = wf.add("ckpt", "CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
-    lora = wf.add("lora", "LoraLoader", model=ck.MODEL, clip=ck.CLIP, lora_name="loha.safetensors",
+    lora = wf.add("lora", "LoraLoader", model=ck.MODEL, clip=ck.CLIP, lora_name="stranger.safetensors",
                   strength_model=1.0, strength_clip=1.0)
     wf.add("pos", "CLIPTextEncode", clip=lora.CLIP, text="a red circle")
     err, events = run_failing(ex, wf, "pos")
     assert (err.node_id, err.class_type) == ("lora", "LoraLoader")
     assert err.exception_type == "latentgraph.models.lora.LoraError"
-    assert err.exception_message.endswith("LoHa (not implemented yet): lora_unet_input_blocks_* (2 modules, 8 keys: "
-                                          ".hada_w1_a, .hada_w1_b, .hada_w2_a, .hada_w2_b)")
+    assert err.exception_message.startswith("stranger.safetensors: none of its 3 keys can be applied")
+    assert err.exception_message.endswith("names no module of this Stable Diffusion 1.x model: "
+                                          "lora_unet_input_blocks_* (1 module, 3 keys: .alpha, .lora_down.weight, "
+                                          ".lora_up.weight)")
     assert "Traceback" not in err.format() and events[0]["node_id"] == "lora"
+    # applied in part: the node runs and shows the warning as its UI output
+    wf.set("lora.lora_name", "partly.safetensors")
+    events = []
+    res = ex.run(wf, targets=["pos"], listener=lambda kind, data: events.append((kind, data)))
+    warning = WARNING.format(n=3, total=6, path="partly.safetensors", fmt=LORA_PARTS["other_model"][1]) \
+        + LORA_PARTS["other_model"][2][0]
+    assert res.outputs == {"lora": {"warnings": [warning]}}
+    assert [(d["node"], d["output"]) for k, d in events if k == "executed"] == [("lora", {"warnings": [warning]})]
     # a supported LoRA through the model-only node runs (its text-encoder keys are not for this node)
     wf = Workflow()
     ck = wf.add("ckpt", "CheckpointLoaderSimple", ckpt_name="sd15.safetensors")

@@ -18,17 +18,19 @@ Suffixes: ``.lora_up.weight``/``.lora_down.weight`` with optional ``.alpha`` and
 ``_lora.up.weight`` and ``.lora_linear_layer.up.weight`` (older diffusers, with their
 ``down``); full deltas ``.diff`` (weight) and ``.diff_b`` (bias), and LyCORIS' trained norms
 ``.w_norm``/``.b_norm`` (full deltas too). A low-rank patch adds
-``strength * alpha / rank * (up @ down)`` to the weight (scale 1 without alpha).
+``strength * alpha / rank * (up @ down)`` to the weight (scale 1 without alpha). LoHa, LoKr,
+GLoRA, OFT, BOFT, ``set_weight`` and DoRA's ``.dora_scale`` are in lora_algos.py.
 
-Other adapter kinds (LoHa, LoKr, DoRA, OFT, ...) are not applied, nor are keys that name no
-module of the model: ``load_lora_into`` refuses such a file, naming the format detected and the
-keys not applied, grouped (lora_formats.py), rather than give a picture without them. Harmless
-leftovers pass: an alpha with no pair, and keys for a part not being patched (the text encoders
-in a model-only load).
+Keys that apply nowhere (a module this model lacks, a kind ComfyUI does not apply either, an
+incomplete adapter) do not stop the rest: ``load_lora`` returns them, grouped, as a warning
+(lora_formats.py) that the nodes show. A file of which no key applies, and a tensor that does
+not fit its weight, are errors. Harmless leftovers pass silently: an alpha with no pair, and keys
+for a part not being patched (the text encoders in a model-only load).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +39,14 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_state_dict
 from .families import FAMILIES, TextSlot
+from .lora_algos import (ADAPTER_KIND, ADAPTER_SUFFIXES, Adapter, IncompleteAdapter, build_adapter, dora_fits,
+                         weight_decompose)
 from .lora_formats import ROLE_KIND, TEXT_NAME_PREFIXES, describe_format, group_report, unsupported_kind
 from .text_encoders import _OPENCLIP_LAYER
 from .unet import Downsample, ResBlock, SpatialTransformer, UNetModel, Upsample
+
+
+log = logging.getLogger("latentgraph.lora")
 
 
 class LoraError(ValueError):
@@ -68,6 +75,7 @@ class LowRank:
     down: torch.Tensor  # (rank, in), (rank, in, kh, kw) or, with mid, (rank, in, 1, 1)
     mid: torch.Tensor | None = None  # (rank, rank, kh, kw)
     alpha: float | None = None
+    dora: torch.Tensor | None = None  # DoRA's magnitude: (out, 1, ...) or (1, in, ...)
 
     def __post_init__(self):
         rank = self.down.shape[0]
@@ -88,16 +96,28 @@ class LowRank:
 
     def fits(self, shape: torch.Size) -> bool:
         cols = self.down[0].numel() * (self.mid[0, 0].numel() if self.mid is not None else 1)
-        return len(shape) >= 2 and shape[0] == self.up.shape[0] and shape.numel() == self.up.shape[0] * cols
+        return (len(shape) >= 2 and shape[0] == self.up.shape[0] and shape.numel() == self.up.shape[0] * cols
+                and dora_fits(self.dora, shape))
 
-    def delta(self, shape: torch.Size, strength: float, device: torch.device) -> torch.Tensor:
-        """``strength * scale * (up @ down)`` in float32, reshaped to ``shape``."""
+    def product(self, device: torch.device) -> torch.Tensor:
+        """``up @ down`` in float32, (out, in * kh * kw), without alpha or strength."""
         up = self.up.to(device, torch.float32).flatten(1)  # (out, rank)
         down = self.down.to(device, torch.float32).flatten(1)  # (rank, in * kh * kw)
         if self.mid is not None:
             mid = self.mid.to(device, torch.float32)  # (rank, rank, kh, kw)
             down = torch.einsum("rshw,si->rihw", mid, down).flatten(1)  # (rank, in * kh * kw)
-        return ((strength * self.scale) * (up @ down)).reshape(shape)
+        return up @ down
+
+    def delta(self, shape: torch.Size, strength: float, device: torch.device) -> torch.Tensor:
+        """``strength * scale * (up @ down)`` in float32, reshaped to ``shape``."""
+        return ((strength * self.scale) * self.product(device)).reshape(shape)
+
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        """The new float32 weight: ``weight + delta``, or DoRA's renormalised sum."""
+        if self.dora is None:
+            return weight + self.delta(weight.shape, strength, weight.device)
+        diff = self.product(weight.device).reshape(weight.shape)
+        return weight_decompose(self.dora, weight, diff, self.scale, strength)
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,8 +132,11 @@ class Diff:
     def delta(self, shape: torch.Size, strength: float, device: torch.device) -> torch.Tensor:
         return (strength * self.diff.to(device, torch.float32)).reshape(shape)
 
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        return weight + self.delta(weight.shape, strength, weight.device)
 
-Patch = LowRank | Diff
+
+Patch = LowRank | Diff | Adapter
 
 
 # -- our module paths under their LoRA names ------------------------------------------------
@@ -256,7 +279,7 @@ _SUFFIXES = (  # no suffix here is the end of another, so the first match is the
     ("_lora.up.weight", "up"), ("_lora.down.weight", "down"),
     (".lora_linear_layer.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
     (".alpha", "alpha"), (".diff", "diff"), (".diff_b", "diff_b"), (".dora_scale", "dora_scale"),
-    (".w_norm", "w_norm"), (".b_norm", "b_norm"),
+    (".w_norm", "w_norm"), (".b_norm", "b_norm"), *ADAPTER_SUFFIXES,
 )
 
 
@@ -283,7 +306,7 @@ class LoraMatch:
             module = kind[1] if kind else key.rsplit(".", 1)[0]
             # an unknown key counts alone: its module may also hold a pair that is applied
             self.modules.setdefault(module if kind else key, kind[0] if kind else "unknown keys")
-            self.skip(key, module, f"{kind[0]} (not implemented yet)" if kind else "a key of no kind latentgraph knows")
+            self.skip(key, module, kind[2] if kind else "a key of no kind latentgraph knows")
 
     def skip_unnamed(self, name: str, roles: dict[str, str], part_absent: bool, label: str) -> None:
         """A module name that addresses nothing given: harmless for a part not being patched."""
@@ -320,49 +343,81 @@ def _alpha(roles: dict[str, str], sd: dict) -> float | None:
     return float(value)
 
 
-def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, tuple[Patch, str]], list[str]]:
+def _weight_sources(roles: dict[str, str]) -> list[str]:
+    """The kinds of weight delta a module's keys hold ("pair", "LoHa", "diff", ...)."""
+    kinds = {ADAPTER_KIND[r] for r in roles if r in ADAPTER_KIND and r != "rescale"}
+    if "rescale" in roles and not kinds:
+        kinds.add("OFT")  # a rescale alone is an incomplete (B)OFT
+    pair = ["pair"] if {"up", "down"} <= set(roles) else []
+    return pair + sorted(kinds) + [r for r in ("diff", "w_norm") if r in roles]
+
+
+def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, tuple[Patch, str]], dict[str, str]]:
     """One module's patches ({"weight": (patch, its keys), "bias": ...}) and the roles left
-    unused. Raises ValueError, naming the keys, when the parts contradict each other."""
-    if "dora_scale" in roles:  # DoRA renormalises the weight; a plain LoRA sum would be wrong
-        return {}, list(roles)
-    sources = [r for r in ("pair", "diff", "w_norm") if (r == "pair" and {"up", "down"} <= set(roles)) or r in roles]
+    unused, with why. Raises ValueError, naming the keys, when the parts contradict each other."""
+    sources = _weight_sources(roles)
     if len(sources) > 1:
         raise ValueError(f"{', '.join(sorted(roles.values()))}: more than one delta for the same weight")
     patches: dict[str, tuple[Patch, str]] = {}
     used = set()
+    alpha = _alpha(roles, sd) if sources and sources[0] not in ("diff", "w_norm") else None
+    dora = sd[roles["dora_scale"]] if "dora_scale" in roles else None
     if sources == ["pair"]:
         up, down = roles["up"], roles["down"]
         mid = sd[roles["mid"]] if "mid" in roles else None
-        alpha = _alpha(roles, sd)
         try:
-            patch = LowRank(sd[up], sd[down], mid, alpha)
+            patch = LowRank(sd[up], sd[down], mid, alpha, dora)
         except ValueError as exc:
             raise ValueError(f"{up} and {down}: {exc}") from None
-        patches["weight"] = (patch, f"{up} {tuple(sd[up].shape)} x {down} {tuple(sd[down].shape)}")
-        used |= {"up", "down", "alpha", "mid"}
-    elif sources:
+        dora_keys = f" with {roles['dora_scale']} {tuple(dora.shape)}" if dora is not None else ""
+        patches["weight"] = (patch, f"{up} {tuple(sd[up].shape)} x {down} {tuple(sd[down].shape)}{dora_keys}")
+        used |= {"up", "down", "alpha", "mid", "dora_scale"}
+    elif sources and sources[0] in ("diff", "w_norm"):
         key = roles[sources[0]]
         patches["weight"] = (Diff(sd[key]), f"{key} {tuple(sd[key].shape)}")
         used.add(sources[0])
+    elif sources:
+        try:
+            adapter, adapter_roles = build_adapter(sources[0], roles, sd, alpha, dora)
+        except IncompleteAdapter as exc:  # reported with the keys, as an incomplete pair is
+            return {}, {role: str(exc) for role in roles}
+        patches["weight"] = (adapter, adapter.keys)
+        used |= adapter_roles
     for role in ("diff_b", "b_norm"):
         if role in roles:
             if "bias" in patches:
                 raise ValueError(f"{roles['diff_b']} and {roles['b_norm']}: two deltas for the same bias")
             patches["bias"] = (Diff(sd[roles[role]]), f"{roles[role]} {tuple(sd[roles[role]].shape)}")
             used.add(role)
-    return patches, [role for role in roles if role not in used]
+    return patches, {role: _why_unused(role) for role in roles if role not in used}
 
 
-def _why_unused(role: str, roles: dict[str, str]) -> tuple[str, bool]:
-    """Why a role of a module was not applied, and whether that changes nothing (an alpha
-    scales only a low-rank pair; with none applied it scales nothing, in any implementation)."""
-    if "dora_scale" in roles:
-        return "DoRA (not implemented yet)", False
+def _why_unused(role: str) -> str:
+    """Why a role of a module's keys was not applied."""
     if role == "alpha":
-        return "an alpha with no low-rank pair to scale", True
+        return "an alpha with no low-rank pair to scale"
+    if role == "dora_scale":
+        return "a DoRA magnitude (dora_scale) with no adapter to scale"
+    if role == "rescale":
+        return "an OFT rescale (ComfyUI 0.3.64 does not apply it to OFT either)"
     if role in ("up", "down", "mid"):
-        return "an incomplete low-rank pair (lora_up, lora_down: one is missing)", False
-    return "an unused part", False
+        return "an incomplete low-rank pair (lora_up, lora_down: one is missing)"
+    return "an unused part"
+
+
+def _kind(roles: dict[str, str], sd: dict) -> str | None:
+    """The adapter kind of one module's keys, for the format line ("LoHa", "DoRA", "BOFT")."""
+    sources = _weight_sources(roles)
+    if not sources:
+        kinds = [ROLE_KIND[r] for r in roles if r in ROLE_KIND]
+        return "DoRA" if "DoRA" in kinds else (kinds[0] if kinds else None)
+    kind = {"pair": "LoCon (Tucker mid)" if "mid" in roles else "LoRA", "diff": "full diff",
+            "w_norm": "norm weights"}.get(sources[0], sources[0])
+    if kind == "OFT" and "oft_blocks" in roles and sd[roles["oft_blocks"]].dim() == 4:
+        kind = "BOFT"
+    if "dora_scale" in roles:
+        return "DoRA" if sources[0] == "pair" else f"{kind} with DoRA"
+    return kind
 
 
 def _names(family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
@@ -393,9 +448,9 @@ def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | 
     problems = []
     out.skip_unknown(unknown)
     for name, roles in groups.items():
-        kinds = [ROLE_KIND[r] for r in roles if r in ROLE_KIND]
-        if kinds and out.modules.get(name, "unknown keys") == "unknown keys":  # DoRA's PEFT magnitude stays DoRA
-            out.modules[name] = "DoRA" if "DoRA" in kinds else kinds[0]
+        kind = _kind(roles, lora_sd)
+        if kind and out.modules.get(name, "unknown keys") == "unknown keys":  # DoRA's PEFT magnitude stays DoRA
+            out.modules[name] = kind
         if name not in names:
             part_absent = (not text_encoders) if name.startswith(TEXT_NAME_PREFIXES) else unet is None
             out.skip_unnamed(name, roles, part_absent, label)
@@ -406,8 +461,9 @@ def match_lora(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module | 
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        for role in unused:
-            out.skip(roles[role], name, *_why_unused(role, roles))
+        for role, why in unused.items():
+            # an alpha scales only what it comes with: with nothing applied it changes nothing
+            out.skip(roles[role], name, why, harmless=(role == "alpha" and why == _why_unused("alpha")))
         for kind, (patch, keys) in built.items():
             param = f"{path}.{kind}"
             if param not in params[part]:  # only a bias can be missing: names come from weights
@@ -437,15 +493,19 @@ def lora_patches(lora_sd: dict[str, torch.Tensor], family: str, unet: nn.Module 
     return m.unet, m.text, sorted(m.skipped)
 
 
-def refuse_unapplied(m: LoraMatch, source: str, total: int) -> None:
-    """Raise LoraError if any key that would change the picture is not applied: a picture made
-    without part of a LoRA, with only a log line to say so, is a silently wrong picture."""
+def unapplied_report(m: LoraMatch, source: str, total: int, label: str) -> str | None:
+    """The warning for keys that would change the picture but are not applied (grouped), or
+    None. Raises LoraError when no key of the file applies at all: that file is for another
+    model, or of a kind latentgraph does not know, and a picture without it would be wrong."""
     fatal = {k: v for k, v in m.skipped.items() if k not in m.harmless}
-    if fatal:
-        raise LoraError(
-            f"{source}: {len(fatal)} of its {total} keys would not be applied (format detected: "
-            f"{describe_format(m.modules)}), and a LoRA applied in part gives a picture without it, so it is "
-            f"refused. Keys not applied, grouped:\n{group_report(fatal)}")
+    if not fatal:
+        return None
+    fmt = describe_format(m.modules)
+    if not m.unet and not any(m.text.values()):
+        raise LoraError(f"{source}: none of its {total} keys can be applied to this {label} model (format "
+                        f"detected: {fmt}). Keys not applied, grouped:\n{group_report(fatal)}")
+    return (f"{len(fatal)} of the {total} keys of {source} were not applied (format detected: {fmt}); the "
+            f"rest of it is. Keys not applied, grouped:\n{group_report(fatal)}")
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -475,22 +535,45 @@ def apply_lora(module: nn.Module, patches: dict[str, Patch], strength: float = 1
         return twin
     for name, patch in patches.items():
         base = params[name]
-        weight = base.float() + patch.delta(base.shape, strength, base.device)
+        weight = patch.apply(base.float(), strength)
         owner, _, attr = name.rpartition(".")
         setattr(twin.get_submodule(owner), attr, nn.Parameter(weight.to(base.dtype), requires_grad=base.requires_grad))
     return twin
 
 
+@dataclass
+class LoadedLora:
+    """What load_lora made: the patched modules, the keys skipped as harmless, and the warning
+    (keys that matter but were not applied, grouped) or None."""
+
+    unet: nn.Module | None
+    text: dict[str, nn.Module]
+    harmless: list[str]
+    warning: str | None
+
+
+def load_lora(path: str | Path, family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module],
+              strength_model: float = 1.0, strength_clip: float = 1.0, source: str | None = None) -> LoadedLora:
+    """Read a LoRA file and patch copies of the given modules (which are left as they are).
+    Raises LoraError if a tensor does not fit its weight or no key applies; keys that name
+    nothing here, or are of a kind not applied, come back as the warning. Passing no text
+    encoders (a model-only load) skips the text-encoder keys, as passing no UNet skips the
+    UNet's. ``source`` names the file in messages (default: the path)."""
+    source = source or str(path)
+    lora_sd = read_lora(path)
+    m = match_lora(lora_sd, family, unet, text_encoders, source)
+    warning = unapplied_report(m, source, len(lora_sd), FAMILIES[family].label)
+    new_unet = apply_lora(unet, m.unet, strength_model) if unet is not None else None
+    new_text = {name: apply_lora(enc, m.text[name], strength_clip) for name, enc in text_encoders.items()}
+    return LoadedLora(new_unet, new_text, sorted(m.harmless), warning)
+
+
 def load_lora_into(path: str | Path, family: str, unet: nn.Module | None, text_encoders: dict[str, nn.Module],
                    strength_model: float = 1.0, strength_clip: float = 1.0
                    ) -> tuple[nn.Module | None, dict[str, nn.Module], list[str]]:
-    """Read a LoRA file and return (patched UNet, {name: patched text encoder}, the keys skipped
-    as harmless); the given modules are left as they are. Raises LoraError if the file does not
-    fit or any other key would not be applied. Passing no text encoders (a model-only load)
-    skips the text-encoder keys, as passing no UNet skips the UNet's."""
-    lora_sd = read_lora(path)
-    m = match_lora(lora_sd, family, unet, text_encoders, str(path))
-    refuse_unapplied(m, str(path), len(lora_sd))
-    new_unet = apply_lora(unet, m.unet, strength_model) if unet is not None else None
-    new_text = {name: apply_lora(enc, m.text[name], strength_clip) for name, enc in text_encoders.items()}
-    return new_unet, new_text, sorted(m.harmless)
+    """load_lora as (patched UNet, {name: patched text encoder}, the keys skipped as harmless);
+    its warning goes to the log (the nodes show it on the node instead)."""
+    loaded = load_lora(path, family, unet, text_encoders, strength_model, strength_clip)
+    if loaded.warning:
+        log.warning("%s", loaded.warning)
+    return loaded.unet, loaded.text, loaded.harmless

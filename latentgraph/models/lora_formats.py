@@ -1,29 +1,32 @@
 """What a LoRA file is (its adapter kinds and naming style), and a short account of the keys
-that would not be applied, grouped, for the error that stops a node from giving a picture
-without part of its LoRA.
+that are not applied, grouped, for the warning on the node (or the error when none applies).
 
-Applied: low-rank pairs in every naming of ``lora.py`` (LoRA, LoCon with ``lora_mid``), full
-deltas (``.diff``, ``.diff_b``) and LyCORIS' trained norms (``.w_norm``, ``.b_norm``). Not yet:
-LoHa, LoKr, DoRA, OFT/BOFT, GLoRA, ``set_weight``, bundled embeddings; their keys are reported
-with the kind named.
+Applied (lora.py, lora_algos.py): low-rank pairs in every naming (LoRA, LoCon with
+``lora_mid``), LoHa, LoKr, GLoRA, OFT, BOFT, DoRA's ``dora_scale`` on any of them, full deltas
+(``.diff``, ``.diff_b``, ``set_weight``) and LyCORIS' trained norms (``.w_norm``, ``.b_norm``).
+Not applied, as in ComfyUI 0.3.64: the old OFT's ``oft_diag``, PEFT's DoRA magnitude
+(``lora_magnitude_vector``), ``reshape_weight`` and bundled embeddings; their keys are
+reported with the kind named.
 """
 
 from __future__ import annotations
 
 import re
 
-# suffix -> adapter kind that latentgraph does not apply (yet)
-UNSUPPORTED_SUFFIXES = tuple(
-    [(f".hada_{s}", "LoHa") for s in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")]
-    + [(f".lokr_{s}", "LoKr") for s in ("w1_a", "w1_b", "w2_a", "w2_b", "w1", "w2", "t1", "t2")]
-    + [(".dora_scale", "DoRA"), (".lora_magnitude_vector.weight", "DoRA"), (".lora_magnitude_vector", "DoRA")]
-    + [(".oft_blocks", "OFT"), (".oft_diag", "OFT"), (".rescale", "OFT")]
-    + [(f".{s}.weight", "GLoRA") for s in ("a1", "a2", "b1", "b2")]
-    + [(".set_weight", "full weights (set_weight)"), (".reshape_weight", "reshape (reshape_weight)")])
-UNSUPPORTED_PREFIXES = (("bundle_emb.", "bundled textual-inversion embeddings"),)
+from .lora_algos import ADAPTER_KIND
+
+# suffix -> (adapter kind, why it is not applied)
+_AS_COMFY = "not applied; ComfyUI 0.3.64 does not apply it either"
+UNSUPPORTED_SUFFIXES = (
+    (".lora_magnitude_vector.weight", "DoRA", "PEFT's DoRA magnitude (lora_magnitude_vector): " + _AS_COMFY),
+    (".lora_magnitude_vector", "DoRA", "PEFT's DoRA magnitude (lora_magnitude_vector): " + _AS_COMFY),
+    (".oft_diag", "OFT", "the old OFT layout (oft_diag): " + _AS_COMFY),
+    (".reshape_weight", "reshape (reshape_weight)", "a weight reshape (reshape_weight): not applied"))
+UNSUPPORTED_PREFIXES = (("bundle_emb.", "bundled textual-inversion embeddings",
+                         "bundled textual-inversion embeddings: not applied (put them in models/embeddings)"),)
 # applied roles (lora.py's _SUFFIXES) -> the kind they belong to, for the format line
 ROLE_KIND = {"up": "LoRA", "down": "LoRA", "mid": "LoCon (Tucker mid)", "diff": "full diff", "diff_b": "full diff",
-             "w_norm": "norm weights", "b_norm": "norm weights", "dora_scale": "DoRA"}
+             "w_norm": "norm weights", "b_norm": "norm weights", "dora_scale": "DoRA", **ADAPTER_KIND}
 # module-name prefixes that address a text encoder, in any naming
 TEXT_NAME_PREFIXES = ("lora_te", "text_encoder", "cond_stage_model.", "conditioner.embedders.")
 _KOHYA = ("lora_unet_", "lora_te")
@@ -32,14 +35,15 @@ _DIFFUSERS = ("unet.", "text_encoder", "down_blocks.", "up_blocks.", "mid_block.
 _LDM = ("model.diffusion_model.", "diffusion_model.", "cond_stage_model.", "conditioner.")
 
 
-def unsupported_kind(key: str) -> tuple[str, str] | None:
-    """(adapter kind, module name) of a key of a kind latentgraph does not apply, else None."""
-    for prefix, kind in UNSUPPORTED_PREFIXES:
+def unsupported_kind(key: str) -> tuple[str, str, str] | None:
+    """(adapter kind, module name, why not applied) of a key of a kind latentgraph does not
+    apply, else None."""
+    for prefix, kind, why in UNSUPPORTED_PREFIXES:
         if key.startswith(prefix):
-            return kind, prefix.rstrip(".")
-    for suffix, kind in UNSUPPORTED_SUFFIXES:
+            return kind, prefix.rstrip("."), why
+    for suffix, kind, why in UNSUPPORTED_SUFFIXES:
         if key.endswith(suffix):
-            return kind, key[: -len(suffix)]
+            return kind, key[: -len(suffix)], why
     return None
 
 

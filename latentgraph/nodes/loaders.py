@@ -11,10 +11,10 @@ import logging
 from dataclasses import replace
 from typing import Annotated
 
-from ..graph import CLIP, MODEL, VAE, Combo, Float, NodeContext, file_identity, node
+from ..graph import CLIP, MODEL, VAE, Combo, Float, NodeContext, Result, file_identity, node
 from ..models.checkpoint import file_key, load_placed, load_vae_file
 from ..models.clip import TextModel
-from ..models.lora import load_lora_into
+from ..models.lora import load_lora
 from ..models.management import ModelCache, Placement
 from .sd import SDModel, VAEModel, schedule_for
 
@@ -103,19 +103,22 @@ def VAELoader(vae_name: Annotated[str, Combo(model_files("vae"))], ctx: NodeCont
 
 
 def _apply_lora(ctx: NodeContext, model: SDModel, clip: TextModel | None, lora_name: str,
-                strength_model: float, strength_clip: float) -> tuple:
+                strength_model: float, strength_clip: float) -> Result:
     path = ctx.env.find_model("loras", lora_name)
-    placement, cache = services(ctx)
     text = clip.encoders if clip is not None else {}
-    # a LoRA that would be applied only in part raises here (LoraError), failing the node
-    unet, encoders, skipped = load_lora_into(path, model.arch.family, model.unet, text,
-                                             strength_model, strength_clip)
-    if skipped:
-        log.debug("%s: %d LoRA keys change nothing here and were skipped (first: %s)", lora_name, len(skipped),
-                  ", ".join(skipped[:3]))
-    new_model = model.clone(unet=unet, patches=model.patches + ((lora_name, strength_model),))
-    new_clip = replace(clip, encoders=encoders) if clip is not None else None
-    return new_model, new_clip
+    # a tensor that does not fit, or a file of which nothing applies, raises here (LoraError)
+    loaded = load_lora(path, model.arch.family, model.unet, text, strength_model, strength_clip, source=lora_name)
+    if loaded.harmless:
+        log.debug("%s: %d LoRA keys change nothing here and were skipped (first: %s)", lora_name,
+                  len(loaded.harmless), ", ".join(loaded.harmless[:3]))
+    new_model = model.clone(unet=loaded.unet, patches=model.patches + ((lora_name, strength_model),))
+    new_clip = replace(clip, encoders=loaded.text) if clip is not None else None
+    values = (new_model, new_clip) if clip is not None else (new_model,)
+    if loaded.warning is None:
+        return Result(*values)
+    # keys applied in part: shown on the node (its UI output) and by the CLI, and logged
+    log.warning("%s (node %s): %s", ctx.class_type, ctx.node_id, loaded.warning)
+    return Result(*values, ui={"warnings": [loaded.warning]})
 
 
 _STRENGTH = Float(1.0, min=-100.0, max=100.0, step=0.01)
@@ -131,7 +134,8 @@ def LoraLoader(
     strength_clip: Annotated[float, _STRENGTH(tooltip="How strongly to modify the CLIP model.")],
     ctx: NodeContext,
 ) -> tuple:
-    """Applies a LoRA to the model and CLIP as weight patches; the loaded base stays as it is."""
+    """Applies a LoRA to the model and CLIP as weight patches; the loaded base stays as it is.
+    Keys that match nothing here come back as a warning on the node."""
     return _apply_lora(ctx, model, clip, lora_name, strength_model, strength_clip)
 
 
@@ -144,4 +148,4 @@ def LoraLoaderModelOnly(
     ctx: NodeContext,
 ) -> SDModel:
     """Applies a LoRA to the diffusion model only."""
-    return _apply_lora(ctx, model, None, lora_name, strength_model, 0.0)[0]
+    return _apply_lora(ctx, model, None, lora_name, strength_model, 0.0)
