@@ -222,7 +222,7 @@ def VAESave(
 @node(category="_for_testing", display_name="Extract and Save Lora", outputs=[], output_node=True,
       experimental=True, python_module="comfy_extras.nodes_lora_extract")
 def LoraSave(
-    filename_prefix: Annotated[str, String("loras/ComfyUI_extracted_lora")],
+    filename_prefix: Annotated[str, String("loras/ComfyUI_extracted_lora", extra={"multiline": False})],
     rank: Annotated[int, Int(8, min=1, max=4096, step=1)],
     lora_type: Annotated[str, Combo(list(LORA_TYPES))],
     bias_diff: Annotated[bool, Boolean(True)],
