@@ -180,3 +180,146 @@ def test_a_lora_applies_to_an_fp8_unet_in_float32_and_stays_fp8(executor, models
     assert not torch.equal(patched.float(), base.float())
     other = "input_blocks.1.1.transformer_blocks.0.attn1.to_k"
     assert model.unet.get_submodule(other).weight.dtype == torch.float8_e4m3fn
+
+
+# -- other families, diffusers folders -------------------------------------------------------
+@pytest.fixture(scope="module")
+def made(models) -> Path:
+    """make-checkpoint's sdxl checkpoint (seed 5) and the same weights as split files and folders."""
+    make_checkpoint(models / "checkpoints" / "lgL_sdxl.safetensors", "sdxl", seed=5)
+    for encoder in ("l", "g"):
+        make_text_encoder(models / "text_encoders" / f"lgL_sdxl_{encoder}.safetensors", "sdxl", encoder, seed=5)
+    make_text_encoder(models / "text_encoders" / "lgL_sdxl_g_openclip.safetensors", "sdxl", "g", seed=5,
+                      layout="openclip")
+    make_unet(models / "diffusion_models" / "lgL_sdxl_unet.safetensors", "sdxl", seed=5, layout="diffusers")
+    make_diffusers(models / "diffusers" / "tiny" / "sdxl", "sdxl", seed=5)
+    make_checkpoint(models / "checkpoints" / "lgL_sd15.safetensors", "sd15", seed=6)
+    make_diffusers(models / "diffusers" / "sd15", "sd15", seed=6)
+    return models
+
+
+def encoded(executor: Executor, loaders: dict, clip: str) -> tuple[torch.Tensor, torch.Tensor]:
+    wf = Workflow()
+    for name, (cls, inputs) in loaders.items():
+        wf.add(name, cls, **inputs)
+    wf.add("enc", "CLIPTextEncode", clip=clip, text="a (red:1.2) circle")
+    ((cond, extra),) = executor.run(wf, targets=["enc"]).get("enc")
+    return cond, extra["pooled_output"]
+
+
+def test_dual_clip_loader_reads_sdxl_encoders_in_either_order(executor, made):
+    cond, pooled = encoded(executor, {"ck": ("CheckpointLoaderSimple", {"ckpt_name": "lgL_sdxl.safetensors"})}, "ck.1")
+    assert cond.shape == (1, 77, 32) and pooled.shape == (1, 16)
+    for first, second in (("lgL_sdxl_l", "lgL_sdxl_g"), ("lgL_sdxl_g_openclip", "lgL_sdxl_l")):
+        dual = {"clip": ("DualCLIPLoader", {"clip_name1": f"{first}.safetensors", "clip_name2": f"{second}.safetensors",
+                                            "type": "sdxl"})}
+        got = encoded(executor, dual, "clip.0")
+        assert torch.equal(got[0], cond) and torch.equal(got[1], pooled), (first, second)
+
+
+def test_a_lone_bigg_is_the_refiners_text_encoder(made):
+    arch, encoders = load_clip_files([made / "text_encoders" / "lgL_sdxl_g.safetensors"], "stable_diffusion")
+    assert arch.family == "sdxl_refiner" and list(encoders) == ["g"] and encoders["g"].role.project_pooled
+
+
+def test_unet_and_diffusers_folders_sample_as_their_checkpoints(executor, made):
+    whole = sampled(executor, {"ck": ("CheckpointLoaderSimple", {"ckpt_name": "lgL_sdxl.safetensors"})}, "ck.0", "ck.1",
+                    steps=2)
+    folder = sampled(executor, {"d": ("DiffusersLoader", {"model_path": "tiny/sdxl"})}, "d.0", "d.1", steps=2)
+    assert torch.equal(folder, whole)
+    split_set = {"unet": ("UNETLoader", {"unet_name": "lgL_sdxl_unet.safetensors", "weight_dtype": "default"}),
+                 "clip": ("DualCLIPLoader", {"clip_name1": "lgL_sdxl_g.safetensors",
+                                             "clip_name2": "lgL_sdxl_l.safetensors", "type": "sdxl"})}
+    assert torch.equal(sampled(executor, split_set, steps=2), whole)
+    sd15 = sampled(executor, {"ck": ("CheckpointLoaderSimple", {"ckpt_name": "lgL_sd15.safetensors"})}, "ck.0", "ck.1",
+                   steps=2)
+    assert torch.equal(sampled(executor, {"d": ("DiffusersLoader", {"model_path": "sd15"})}, "d.0", "d.1", steps=2),
+                       sd15)
+
+
+def test_the_diffusers_folders_are_listed_and_their_vae_decodes_as_the_checkpoints(executor, made):
+    info = executor.registry.object_info(executor.env)["DiffusersLoader"]
+    assert info["input"]["required"]["model_path"][0] == ["sd15", "tiny/sdxl"]
+    wf = Workflow()
+    wf.add("ck", "CheckpointLoaderSimple", ckpt_name="lgL_sd15.safetensors")
+    wf.add("d", "DiffusersLoader", model_path="sd15")
+    wf.add("empty", "EmptyLatentImage", width=64, height=64, batch_size=1)
+    wf.add("a", "VAEDecode", samples="empty", vae="ck.2")
+    wf.add("b", "VAEDecode", samples="empty", vae="d.2")
+    res = executor.run(wf, targets=["a", "b"])
+    assert torch.equal(res.get("a"), res.get("b"))
+
+
+# -- refusals --------------------------------------------------------------------------------
+def failure(executor: Executor, cls: str, **inputs) -> str:
+    wf = Workflow()
+    wf.add("n", cls, **inputs)
+    with pytest.raises(Exception) as raised:
+        executor.run(wf, targets=["n"])
+    return str(raised.value)
+
+
+def test_clip_loader_refuses_other_types_and_other_files(executor, models):
+    msg = failure(executor, "CLIPLoader", clip_name="lgL_tiny_clip_l.safetensors", type="sd3")
+    assert ("CLIPLoader type 'sd3' is not supported: latentgraph loads the text encoders of Stable Diffusion "
+            "1.x/2.x/XL only (type stable_diffusion: CLIP-L, OpenCLIP-H or OpenCLIP-bigG)") in msg
+    (models / "text_encoders" / "unet_here.safetensors").write_bytes(
+        (models / "diffusion_models" / "lgL_tiny_unet.safetensors").read_bytes())
+    msg = failure(executor, "CLIPLoader", clip_name="unet_here.safetensors", type="stable_diffusion")
+    assert "unet_here.safetensors: not a text encoder: the file holds a UNet: load it with UNETLoader " \
+           "(Load Diffusion Model) from diffusion_models/ (" in msg
+    (models / "text_encoders" / "vae_here.safetensors").write_bytes(
+        (models / "vae" / "lgL_tiny_vae.safetensors").read_bytes())
+    msg = failure(executor, "CLIPLoader", clip_name="vae_here.safetensors", type="stable_diffusion")
+    assert "vae_here.safetensors: not a text encoder: the file holds a VAE: load it with VAELoader from vae/" in msg
+    (models / "text_encoders" / "ckpt_here.safetensors").write_bytes(
+        (models / "checkpoints" / "tiny_sd15.safetensors").read_bytes())
+    msg = failure(executor, "CLIPLoader", clip_name="ckpt_here.safetensors", type="stable_diffusion")
+    assert ("ckpt_here.safetensors: not a text encoder: the file holds a whole checkpoint (UNet, VAE and text "
+            "encoders): load it with CheckpointLoaderSimple") in msg
+
+
+def test_dual_clip_loader_refuses_other_types_and_pairs(executor, made):
+    msg = failure(executor, "DualCLIPLoader", clip_name1="lgL_sdxl_l.safetensors", clip_name2="lgL_sdxl_g.safetensors",
+                  type="flux")
+    assert "DualCLIPLoader type 'flux' is not supported: latentgraph loads type sdxl only (CLIP-L and " \
+           "OpenCLIP-bigG, in either order)" in msg
+    msg = failure(executor, "DualCLIPLoader", clip_name1="lgL_sdxl_l.safetensors",
+                  clip_name2="lgL_tiny_clip_l.safetensors", type="sdxl")
+    assert ("DualCLIPLoader type sdxl needs one CLIP-L and one OpenCLIP-bigG text encoder; got "
+            f"{made / 'text_encoders' / 'lgL_sdxl_l.safetensors'} (CLIP-L), "
+            f"{made / 'text_encoders' / 'lgL_tiny_clip_l.safetensors'} (CLIP-L)") in msg
+
+
+def test_unet_loader_refuses_what_is_not_a_unet(executor, models, tmp_path):
+    (models / "diffusion_models" / "clip_here.safetensors").write_bytes(
+        (models / "text_encoders" / "lgL_tiny_clip_l.safetensors").read_bytes())
+    msg = failure(executor, "UNETLoader", unet_name="clip_here.safetensors", weight_dtype="default")
+    assert ("clip_here.safetensors: not a UNet: no input_blocks.0.0.weight (LDM layout), "
+            "model.diffusion_model.input_blocks.* or conv_in.weight with down_blocks.* (diffusers) (") in msg
+    # without our record, the family comes from the context width: 32 is none
+    sd = load_file(models / "diffusion_models" / "lgL_tiny_unet.safetensors")
+    save_file(sd, str(models / "diffusion_models" / "no_record.safetensors"))
+    msg = failure(executor, "UNETLoader", unet_name="no_record.safetensors", weight_dtype="fp8_e5m2")
+    assert ("no_record.safetensors: a UNet with context width 32 and no label_emb is none of the families "
+            "latentgraph knows (SD1.x: 768; SD2.x: 1024; SDXL: 2048 with label_emb 2816; SDXL refiner: 1280 with "
+            "label_emb 2560; SD2.1-unCLIP: 1024 with label_emb 1536 or 2048)") in msg
+
+
+def test_text_encoder_files_of_unknown_widths_or_cut_short_are_refused(tmp_path, models):
+    sd = load_file(models / "text_encoders" / "lgL_tiny_clip_l.safetensors")
+    save_file(sd, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(CheckpointError, match=r"bare\.safetensors: a text encoder 32 wide is none of CLIP-L \(768\), "
+                                              r"OpenCLIP-H \(1024\) or OpenCLIP-bigG \(1280\)"):
+        load_clip_files([tmp_path / "bare.safetensors"], "stable_diffusion")
+
+
+def test_a_diffusers_folder_without_a_vae_is_refused(executor, made):
+    import shutil
+
+    shutil.copytree(made / "diffusers" / "sd15", made / "diffusers" / "no_vae")
+    shutil.rmtree(made / "diffusers" / "no_vae" / "vae")
+    msg = failure(executor, "DiffusersLoader", model_path="no_vae")
+    assert "no_vae: not a diffusers folder latentgraph can load: no model file in vae/ (looked for " \
+           "diffusion_pytorch_model[.fp16].safetensors/.bin and model[.fp16].safetensors / pytorch_model[.fp16].bin)" \
+           in msg

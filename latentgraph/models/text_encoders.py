@@ -223,7 +223,9 @@ def openclip_keys(sd: dict, prefix: str) -> dict:
         elif name.startswith("ln_final."):
             out["transformer.final_layer_norm." + name.split(".", 1)[1]] = value
         elif name == "text_projection":
-            out["text_projection.weight"] = value.t()
+            # contiguous, as ComfyUI stores it: a transposed view takes another matmul path and
+            # changes the last bits of the pooled output against the same weights read from an HF file
+            out["text_projection.weight"] = value.t().contiguous()
         elif name.startswith("transformer.resblocks."):
             rest = name[len("transformer.resblocks."):]
             idx, sub = rest.split(".", 1)
