@@ -19,12 +19,15 @@ from ..graph import CONDITIONING, LATENT, MODEL, Boolean, Combo, Float, Int, Nod
 from ..sampling.guidance import CFGDenoiser, Cond, add_opposite_areas, calc_cond_batch, cfg_function
 from ..sampling.multi_guidance import opposite_areas, perp_neg
 from ..sampling.euler_pp import sample_euler_pp
+from ..sampling.lcm_upscale import sample_lcm_upscale
 from ..sampling.ksampler import SamplerChoice, StepCallback, sample
 from ..sampling.schedulers import beta_scheduler, exponential_sigmas
 from ..sampling.sigma_lists import (AYS_NOISE_LEVELS, SPACINGS, denoised_tail, extend_sigmas, flip_sigmas,
                                     gits_sigmas, laplace_sigmas, polyexponential_sigmas, split_sigmas_denoise,
                                     vp_sigmas)
 from ..sampling.noise import prepare_noise
+from .budget import check_tensor
+from .latent import upscale_latent
 from .preview import preview_factory
 from .sampling import SAMPLER, SIGMAS, check_noise_mask
 from .sd import SDModel, inpaint_concat, to_conds
@@ -96,7 +99,7 @@ class Guider:
                  for key, value in self.conds.items()}
         with model.placement.use(model.unet):
             out = sample(model.apply_model, model.schedule, sampler, sigmas, noise.to(device), latent_dev, [], [],
-                         self.cfg, seed, model.latent_scale, denoise_mask, callback, model.model_options, model,
+                         self.cfg, seed, model.latent_format, denoise_mask, callback, model.model_options, model,
                          guide=lambda options: self.denoiser(conds, options))
         return out.cpu()
 
@@ -276,7 +279,7 @@ def SamplerCustomAdvanced(
     result["samples"] = out
     denoised = dict(result)
     if "denoised" in last:
-        denoised["samples"] = last["denoised"].float().cpu() / model.latent_scale
+        denoised["samples"] = model.latent_format.process_out(last["denoised"].float().cpu())
     return result, denoised
 
 
@@ -289,8 +292,9 @@ def AddNoise(model: Annotated[SDModel, MODEL], noise: Annotated[Any, NOISE], sig
     samples = latent_image["samples"]
     fresh = noise.generate_noise(latent_image)
     scale = torch.abs(sigmas[0] - sigmas[-1]) if len(sigmas) > 1 else sigmas[0]
-    scaled_in = samples * model.latent_scale if torch.count_nonzero(samples) > 0 else samples  # empty stays 0
-    noisy = model.schedule.noise_scaling(scale, fresh, scaled_in.float(), False) / model.latent_scale
+    fmt = model.latent_format
+    scaled_in = fmt.process_in(samples) if torch.count_nonzero(samples) > 0 else samples  # empty stays 0
+    noisy = fmt.process_out(model.schedule.noise_scaling(scale, fresh, scaled_in.float(), False))
     out = dict(latent_image)
     out["samples"] = torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)
     return out
@@ -573,3 +577,20 @@ def SamplerEulerCFGpp(version: Annotated[str, Combo(["regular", "alternative"])]
     if version == "alternative":
         return SamplerChoice("euler_pp", {}, sample_euler_pp)
     return SamplerChoice("euler_cfg_pp")
+
+
+@node(category="sampling/custom_sampling/samplers", outputs=[SAMPLER], python_module="comfy_extras.nodes_advanced_samplers")
+def SamplerLCMUpscale(scale_ratio: Annotated[float, Float(1.0, min=0.1, max=20.0, step=0.01)],
+                      scale_steps: Annotated[int, Int(-1, min=-1, max=1000, step=1)],
+                      upscale_method: Annotated[str, Combo(["bislerp", "nearest-exact", "bilinear", "area", "bicubic"])],
+                      ) -> SamplerChoice:
+    """LCM that resizes the prediction after each of the first scale_steps steps (-1: about half
+    of them) until the latent is scale_ratio times its size, with fresh noise at each next sigma."""
+    def check(shape: tuple[int, ...]) -> None:  # before the first step: the largest latent it will make
+        check_tensor(shape, f"SamplerLCMUpscale's scale_ratio {scale_ratio} (a {shape[-1]}x{shape[-2]} latent)",
+                     "a latent")
+
+    options = {"total_upscale": scale_ratio, "upscale_method": upscale_method,
+               "upscale_steps": None if scale_steps < 0 else scale_steps, "check_size": check,
+               "resize": lambda x, width, height: upscale_latent(x, width, height, upscale_method)}
+    return SamplerChoice("lcm_upscale", options, sample_lcm_upscale)
