@@ -323,3 +323,19 @@ def test_a_diffusers_folder_without_a_vae_is_refused(executor, made):
     assert "no_vae: not a diffusers folder latentgraph can load: no model file in vae/ (looked for " \
            "diffusion_pytorch_model[.fp16].safetensors/.bin and model[.fp16].safetensors / pytorch_model[.fp16].bin)" \
            in msg
+
+
+def test_vae_loader_reads_a_diffusers_vae_file(executor, made):
+    """sdxl-vae-fp16-fix and other VAEs are published as diffusers' diffusion_pytorch_model.safetensors."""
+    (made / "vae" / "lgL_diffusers_vae.safetensors").write_bytes(
+        (made / "diffusers" / "sd15" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes())
+    assert any(k.startswith("encoder.down_blocks.")
+               for k in load_file(made / "vae" / "lgL_diffusers_vae.safetensors"))
+    wf = Workflow()
+    wf.add("ck", "CheckpointLoaderSimple", ckpt_name="lgL_sd15.safetensors")
+    wf.add("vae", "VAELoader", vae_name="lgL_diffusers_vae.safetensors")
+    wf.add("empty", "EmptyLatentImage", width=64, height=64, batch_size=1)
+    wf.add("a", "VAEDecode", samples="empty", vae="ck.2")
+    wf.add("b", "VAEDecode", samples="empty", vae="vae.0")
+    res = executor.run(wf, targets=["a", "b"])
+    assert torch.equal(res.get("a"), res.get("b"))

@@ -107,3 +107,40 @@ def make_diffusers(out: str | Path, family: str, size: str = "tiny", seed: int =
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     (out / "model_index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return arch
+
+
+ENCODER_VARIANTS = {"clip-l": "l", "clip-h": "h", "clip-g": "g"}
+
+
+def write_for_cli(kind: str, args, dtype: str) -> str:
+    """``make-checkpoint --kind unet|clip|diffusers``: write what the arguments ask for and say
+    what was written (--layout: ldm|diffusers for a UNet, hf|openclip for a text encoder;
+    --variant clip-l|clip-h|clip-g picks a family's text encoder)."""
+    from .families import FAMILIES
+    from .split_files import ENCODER_LABELS
+
+    label = FAMILIES[args.family].label if args.family in FAMILIES else args.family
+    meta = not args.no_metadata
+    if kind != "clip" and args.variant is not None:
+        raise ValueError(f"--variant {args.variant} is not for --kind {kind}")
+    if kind == "unet":
+        layout = args.layout or "ldm"
+        if layout not in UNET_LAYOUTS:
+            raise ValueError(f"--layout for --kind unet is ldm or diffusers, not {layout}")
+        arch = make_unet(args.out, args.family, args.size, args.seed, dtype, layout, args.prediction, meta)
+        return f"{label} UNet ({layout} keys, {args.size}, {arch.prediction}-prediction, {dtype})"
+    if args.layout is not None and kind == "diffusers":
+        raise ValueError("--layout is not for --kind diffusers (a diffusers folder has one layout)")
+    if kind == "diffusers":
+        arch = make_diffusers(args.out, args.family, args.size, args.seed, dtype, args.prediction, meta)
+        return f"{label} diffusers folder ({args.size}, {arch.prediction}-prediction, {dtype})"
+    if args.prediction is not None:
+        raise ValueError("--prediction is not for a text encoder")
+    layout = args.layout or "hf"
+    if layout not in TEXT_LAYOUTS:
+        raise ValueError(f"--layout for --kind clip is hf or openclip, not {layout}")
+    if args.variant is not None and args.variant not in ENCODER_VARIANTS:
+        raise ValueError(f"--variant for --kind clip is {', '.join(ENCODER_VARIANTS)}, not {args.variant}")
+    encoder = make_text_encoder(args.out, args.family, ENCODER_VARIANTS.get(args.variant), args.size, args.seed,
+                                dtype, layout, meta)
+    return f"{ENCODER_LABELS[encoder]} text encoder of {label} ({layout} keys, {args.size}, {dtype})"

@@ -25,7 +25,7 @@ from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architect
 from .fp8 import manual_cast
 from .text_encoders import ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_keys
 from .unet import UNetModel
-from .variants import refusal, unet_variant
+from .variants import check_vae_layout, refusal, unet_variant
 from .vae import AutoencoderKL, vae_keys
 
 TEXT_RECORD = "latentgraph.text_encoder"  # {"name": "l"|"h"|"g", "config": TextEncoderConfig}
@@ -225,10 +225,25 @@ def load_vae_tensors(sd: dict, source: str, dtype: torch.dtype | None = None) ->
     if not tensors:
         tensors = vae_keys(sd, VAE_PREFIX)
     config = _vae_config(tensors, source, "")
+    check_vae_layout(config, source)
     vae = _build("VAE", source, lambda: AutoencoderKL(config))
     strict_load(vae, tensors, "VAE", source, dtype, linear_as_conv=True)
     _materialise_buffers(vae)
     return vae.eval().requires_grad_(False)
+
+
+def load_vae_any(path: str | Path, dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """VAELoader's file: a diffusers-layout VAE (``encoder.down_blocks.*``, as sdxl-vae-fp16-fix's
+    diffusion_pytorch_model.safetensors) read here, any other through the checkpoint loader's
+    load_vae_file."""
+    from .checkpoint import load_vae_file
+    from .diffusers_layout import is_diffusers_vae
+
+    sd, _ = read_state_dict(path)
+    if is_diffusers_vae(sd):
+        return load_vae_tensors(sd, str(path), dtype)
+    del sd
+    return load_vae_file(path, dtype)
 
 
 def load_diffusers_folder(folder: str | Path, dtypes: dict[str, torch.dtype] | None = None

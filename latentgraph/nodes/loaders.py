@@ -12,10 +12,11 @@ from dataclasses import replace
 from typing import Annotated
 
 from ..graph import CLIP, MODEL, VAE, Combo, Float, NodeContext, Result, file_identity, node
-from ..models.checkpoint import file_key, load_placed, load_vae_file
+from ..models.checkpoint import file_key, load_placed
 from ..models.clip import TextModel
 from ..models.lora import load_lora
 from ..models.management import ModelCache, Placement
+from ..models.split_files import load_vae_any
 from .sd import SDModel, VAEModel, schedule_for
 
 log = logging.getLogger("latentgraph.nodes")
@@ -96,7 +97,7 @@ def VAELoader(vae_name: Annotated[str, Combo(model_files("vae"))], ctx: NodeCont
     path = ctx.env.find_model("vae", vae_name)
 
     def load():
-        return load_vae_file(path, placement.dtypes["vae"]).to(placement.home)
+        return load_vae_any(path, placement.dtypes["vae"]).to(placement.home)
 
     vae = cache.get_or_load(("vae", *file_key(path), placement.key()), load)
     return VAEModel(vae, placement)
