@@ -192,3 +192,125 @@ def test_merge_simple_matches_comfyui(executor):
 def test_other_merges_match_comfyui(executor, node, name):
     res = executor.run(_subgraph(node), targets=[node])
     _close(res.get(node)["samples"], LATENTS[f"sample/{name}"])
+
+
+# -- saving ------------------------------------------------------------------------------------
+def _layout(path) -> tuple[dict, list]:
+    with safe_open(str(path), "pt") as f:
+        return ({k: [f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()] for k in f.keys()},
+                sorted((f.metadata() or {}).keys()))
+
+
+def _theirs(name: str) -> tuple[dict, list]:
+    entry = SAVED["files"][f"lgJ/{name}_00001_.safetensors"]
+    return entry["tensors"], entry["metadata_keys"]
+
+
+def test_saved_files_have_comfyuis_layout_and_names(env, executor):
+    """The oracle's CheckpointSave/ModelSave/CLIPSave/VAESave/LoraSave files, key for key (names,
+    shapes, dtypes) and metadata key for key, less the differences README.md lists."""
+    executor.run(_subgraph("60", "61", "62", "63", "64", "67"))
+    out = env.output_dir / "lgJ"
+    arch_key, text_key = "latentgraph.architecture", "latentgraph.text_encoder"
+    for name, extra_meta in (("ckpt", {arch_key}), ("unet", {arch_key}), ("vae", set()), ("lorafull", set())):
+        tensors, meta = _layout(out / f"{name}_00001_.safetensors")
+        want, want_meta = _theirs(name)
+        assert tensors == want, name
+        assert set(meta) == set(want_meta) | extra_meta, name
+    tensors, meta = _layout(out / "clip_clip_l_00001_.safetensors")
+    want, want_meta = _theirs("clip_clip_l")
+    assert set(want) - set(tensors) == {"text_projection.weight"}  # ComfyUI's unused CLIP-L projection
+    assert tensors == {k: v for k, v in want.items() if k != "text_projection.weight"}
+    assert set(meta) == set(want_meta) | {text_key}
+    tensors, _ = _layout(out / "lora_00001_.safetensors")
+    want, _ = _theirs("lora")
+    proj = "text_encoders.clip_l.transformer.text_projection"
+    assert set(want) - set(tensors) == {f"{proj}.lora_up.weight", f"{proj}.lora_down.weight"}
+    assert tensors == {k: v for k, v in want.items() if not k.startswith(proj)}
+    assert len(tensors) == 455
+
+
+@pytest.mark.parametrize("family,files", [("sdxl", ("sdxl_ckpt", "sdxl_clip_clip_l", "sdxl_clip_clip_g")),
+                                          ("sd2", ("sd2_ckpt", "sd2_clip_clip_h"))])
+def test_sdxl_and_sd2_files_have_comfyuis_layout(tmp_path, family, files):
+    root = tmp_path
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    make_checkpoint(root / "models" / "checkpoints" / "m.safetensors", family, "tiny", seed=0)
+    env = Environment(output_dir=root / "out", models_dir=root / "models", device="cpu")
+    wf = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+          "s": {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+                                                          "filename_prefix": f"lgJ/{family}_ckpt"}},
+          "c": {"class_type": "CLIPSave", "inputs": {"clip": ["1", 1], "filename_prefix": f"lgJ/{family}_clip"}}}
+    Executor(create_registry(), env).run(wf)
+    for name in files:
+        tensors, meta = _layout(root / "out" / "lgJ" / f"{name}_00001_.safetensors")
+        want, want_meta = _theirs(name)
+        if name == "sdxl_clip_clip_l":
+            want = {k: v for k, v in want.items() if k != "text_projection.weight"}
+        assert tensors == want, name
+        assert set(meta) - set(want_meta) <= {"latentgraph.architecture", "latentgraph.text_encoder"}, name
+        assert set(want_meta) <= set(meta), name
+    with safe_open(str(root / "out" / "lgJ" / f"{family}_ckpt_00001_.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.predict_key"] == ("v" if family == "sd2" else "epsilon")
+    if family == "sdxl":
+        assert (meta["modelspec.architecture"], meta["modelspec.title"]) == ("stable-diffusion-xl-v1-base", "sdxl_ckpt 1")
+
+
+def test_merge_saved_and_loaded_samples_bit_for_bit(env, executor):
+    """merge -> CheckpointSave -> CheckpointLoaderSimple gives the same latent as the merge in
+    memory (merged UNet and merged CLIP); the file is named as ComfyUI names it and carries the
+    prompt and the workflow."""
+    sampler = {"seed": 5, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+
+    def sample(wf: dict, model: list, clip: list) -> None:
+        wf["p"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a blue square"}}
+        wf["n"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}
+        wf["k"] = {"class_type": "KSampler", "inputs": {"model": model, "positive": ["p", 0], "negative": ["n", 0],
+                                                        "latent_image": ["5", 0], **sampler}}
+
+    wf = _subgraph("10", "40", "5")
+    wf["save"] = {"class_type": "CheckpointSave", "inputs": {"model": ["10", 0], "clip": ["40", 0], "vae": ["1", 2],
+                                                             "filename_prefix": "checkpoints/ComfyUI"}}
+    sample(wf, ["10", 0], ["40", 0])
+    res = executor.run(wf, targets=["save", "k"], extra_data={"extra_pnginfo": {"workflow": {"nodes": [1, 2]}}})
+    saved = env.output_dir / "checkpoints" / "ComfyUI_00001_.safetensors"
+    assert res.outputs["save"] == {"models": [{"filename": "ComfyUI_00001_.safetensors", "subfolder": "checkpoints",
+                                               "type": "output"}]}
+    with safe_open(str(saved), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["prompt"])["save"]["class_type"] == "CheckpointSave"
+    assert json.loads(meta["workflow"]) == {"nodes": [1, 2]}
+    assert meta["modelspec.predict_key"] == "epsilon" and "modelspec.architecture" not in meta  # SD1: none, as ComfyUI
+    (env.models_dir / "checkpoints" / "lgJ_saved.safetensors").write_bytes(saved.read_bytes())
+    again = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "lgJ_saved.safetensors"}},
+             "5": wf["5"]}
+    sample(again, ["1", 0], ["1", 1])
+    loaded = executor.run(again, targets=["k"])
+    assert torch.equal(loaded.get("k")["samples"], res.get("k")["samples"])
+    # the counter goes on from the highest file there
+    wf["10"]["inputs"]["ratio"] = 0.6
+    assert executor.run(wf, targets=["save"]).outputs["save"]["models"][0]["filename"] == "ComfyUI_00002_.safetensors"
+
+
+def test_save_errors_name_the_node_and_the_limit(env, executor, monkeypatch):
+    wf = _subgraph("1")
+    (env.output_dir / "blocked").parent.mkdir(parents=True, exist_ok=True)
+    (env.output_dir / "blocked").write_text("a file where a folder should be")
+    wf["v"] = {"class_type": "VAESave", "inputs": {"vae": ["1", 2], "filename_prefix": "blocked/vae"}}
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["v"])
+    assert info.value.node_id == "v"
+    assert f"VAESave: cannot create the output folder {env.output_dir / 'blocked'}: " in str(info.value)
+    wf["v"]["inputs"]["filename_prefix"] = "../outside/vae"
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["v"])
+    assert "filename_prefix '../outside/vae' would write outside" in str(info.value)
+    import shutil
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
+    wf["v"]["inputs"]["filename_prefix"] = "vae/full_disk"
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["v"])
+    assert ("VAESave: full_disk_00001_.safetensors needs 4.8 MiB and the disk of "
+            f"{env.output_dir / 'vae'} has 1 MiB free (keeping DISK_MARGIN, 64 MiB, spare)") in str(info.value)
+    assert not list((env.output_dir / "vae").iterdir())  # nothing half-written

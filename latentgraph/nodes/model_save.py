@@ -17,6 +17,7 @@ truncated file under the final name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -32,6 +33,7 @@ from ..models.checkpoint import original_layout, save_checkpoint
 from ..models.clip import TextModel
 from ..models.families import METADATA_KEY, UNET_PREFIX, Architecture
 from ..models.lora_extract import LORA_TYPES, extract, text_name, unet_name
+from ..models.split_files import TEXT_RECORD
 from ..sampling.schedule import DiscreteSchedule
 from .budget import human_bytes
 from .imageio import PNG_METADATA_BUDGET, _bounded_json, save_path
@@ -45,8 +47,9 @@ _MODULE = "comfy_extras.nodes_model_merging"
 MODELSPEC = {"sdxl": "stable-diffusion-xl-v1-base", "sdxl_refiner": "stable-diffusion-xl-v1-refiner"}
 # space left free on the output folder's disk besides the file (its header, the file system)
 DISK_MARGIN = 64 * 2**20
-# what transformers' CLIPModel stores as logit_scale (log(1 / 0.07)), as ComfyUI writes it
-LOGIT_SCALE = 4.6052
+# logit_scale in CLIPSave files (CLIP's temperature: text encoding never reads it): ComfyUI writes
+# its CLIP-L default, 4.6055, and for OpenCLIP encoders the checkpoint's, ln(100) = 4.6052
+LOGIT_SCALE = {"l": 4.6055, "h": 4.6052, "g": 4.6052}
 
 
 def _metadata(prompt: dict | None, extra_pnginfo: dict | None) -> dict[str, str]:
@@ -144,6 +147,8 @@ def CheckpointSave(
     arch = replace(model.arch, vae=vae.vae.config, text={n: e.config for n, e in clip.encoders.items()},
                    prediction=prediction, zsnr=zsnr)
     tensors = original_layout(replace(arch, prediction="eps", zsnr=False), model.unet, vae.vae, clip.encoders)
+    if arch.family == "sdxl":  # ComfyUI adds CLIP-L's position ids (0..76) to SDXL checkpoints, as published ones have
+        tensors[arch.spec.text[0].prefix + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
     _markers(tensors, arch)
     folder, stem, subfolder, counter = _target(ctx, filename_prefix)
     name = f"{stem}_{counter:05}_.safetensors"
@@ -171,17 +176,18 @@ def ModelSave(
     return Result(ui=_ui(subfolder, name))
 
 
-def clip_file_tensors(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+def clip_file_tensors(encoder: torch.nn.Module, slot: str) -> dict[str, torch.Tensor]:
     """One text encoder in the layout of ComfyUI's CLIPSave files (transformers' CLIPTextModel
-    names): text_model.*, text_projection.weight (the identity where the encoder has none, as
-    ComfyUI's CLIP-L) and logit_scale."""
+    names): text_model.*, text_projection.weight and logit_scale. An encoder without a projection
+    (SD1's and SDXL's CLIP-L) gets none: ComfyUI writes the unused, never-loaded projection matrix
+    its CLIP-L object holds (whatever memory it was given), and both loaders take the file
+    without one."""
     sd = encoder.state_dict()
     out = {"text_model." + k[len("transformer."):]: v for k, v in sd.items()
            if k.startswith("transformer.") and not k.endswith(".position_ids")}
-    width = sd["transformer.final_layer_norm.weight"].shape[0]
-    projection = sd.get("text_projection.weight")
-    out["text_projection.weight"] = projection if projection is not None else torch.eye(width)
-    out["logit_scale"] = torch.tensor(LOGIT_SCALE)
+    if "text_projection.weight" in sd:
+        out["text_projection.weight"] = sd["text_projection.weight"]
+    out["logit_scale"] = torch.tensor(LOGIT_SCALE[slot])
     return out
 
 
@@ -199,7 +205,10 @@ def CLIPSave(
     for slot in clip.arch.spec.text:
         folder, stem, subfolder, counter = _target(ctx, f"{filename_prefix}_clip_{slot.name}")
         name = f"{stem}_{counter:05}_.safetensors"
-        write_file(clip_file_tensors(clip.encoders[slot.name]), folder / name, metadata, "CLIPSave")
+        encoder = clip.encoders[slot.name]
+        # the encoder's exact shape (head count, activation) for CLIPLoader, as split files record it
+        record = json.dumps({"name": slot.name, "config": encoder.config.to_dict()}, sort_keys=True)
+        write_file(clip_file_tensors(encoder, slot.name), folder / name, {**metadata, TEXT_RECORD: record}, "CLIPSave")
         files += _ui(subfolder, name)["models"]
     return Result(ui={"models": files})
 
