@@ -112,22 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("out", metavar="OUT.safetensors")
     make.add_argument("--kind", default="checkpoint",
                       choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen", "clip_vision",
-                               "style_model"),
+                               "style_model", "unet", "clip", "diffusers"),
                       help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter, a "
                            "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
                            "only) for the family; a CLIP vision model (--variant, --layout) or a T2I style "
-                           "model (sd15 only)")
+                           "model (sd15 only); split files: a UNet alone (unet, --layout ldm|diffusers), a text "
+                           "encoder alone (clip, --layout hf|openclip, --variant clip-l|clip-h|clip-g), a "
+                           "diffusers folder (diffusers: OUT is a folder)")
     make.add_argument("--family", required=True,
                       choices=("sd15", "sd2", "sdxl", "sdxl_refiner", "sd21_unclip_l", "sd21_unclip_h"),
                       help="sd21_unclip_l/h (--kind checkpoint): SD2.1-unCLIP with its CLIP image encoder")
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg"), default=None,
+    make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg", "clip-l", "clip-h",
+                                            "clip-g"), default=None,
                       help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl); "
                            "--kind clip_vision: vit-l, vit-h or vit-bigg (default: vit-l for sd15, vit-h for sd2, "
                            "vit-bigg for sdxl)")
-    make.add_argument("--layout", choices=("hf", "openclip"), default=None,
-                      help="--kind clip_vision: transformers' vision_model.* (hf, the default) or OpenCLIP's visual.*")
+    make.add_argument("--layout", choices=("hf", "openclip", "ldm", "diffusers"), default=None,
+                      help="--kind clip_vision: transformers' vision_model.* (hf, the default) or OpenCLIP's visual.*; "
+                           "--kind clip: text_model.* (hf, the default) or OpenCLIP's names; --kind unet: LDM "
+                           "(ldm, the default) or diffusers keys")
     make.add_argument("--rank", type=int, default=None, help="--kind control_lora: the rank of its up/down "
                       "pairs (default 4; Stability's files use 128 or 256)")
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
@@ -595,16 +600,26 @@ MAKE_KINDS = {"checkpoint": _make_checkpoint, "controlnet": _make_controlnet, "t
 MAKE_KINDS.update(clip_vision=_make_clip_vision, style_model=_make_style_model)
 
 
+def _make_split(args, dtype: str) -> str:
+    """--kind unet|clip|diffusers: split files (models/make_split.py)."""
+    from .models.make_split import write_for_cli
+
+    return write_for_cli(args.kind, args, dtype)
+
+
+MAKE_KINDS.update(unet=_make_split, clip=_make_split, diffusers=_make_split)
+
+
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
 
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
-        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision"):
-            raise ValueError("--variant is for --kind t2i_adapter or clip_vision")
-        if args.layout is not None and args.kind != "clip_vision":
-            raise ValueError("--layout is for --kind clip_vision")
+        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "clip"):
+            raise ValueError("--variant is for --kind t2i_adapter, clip_vision or clip")
+        if args.layout is not None and args.kind not in ("clip_vision", "unet", "clip"):
+            raise ValueError("--layout is for --kind clip_vision, unet or clip")
         if args.rank is not None and args.kind != "control_lora":
             raise ValueError("--rank is for --kind control_lora")
         if args.kind == "control_lora" and args.rank is None:

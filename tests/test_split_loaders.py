@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from latentgraph.graph import Environment, Executor, Workflow
 from latentgraph.models.checkpoint import detect_architecture, read_state_dict, save_checkpoint
-from latentgraph.models.diffusers_layout import ldm_unet_to_diffusers, ldm_vae_to_diffusers
+from latentgraph.models.diffusers_layout import ldm_unet_to_diffusers
 from latentgraph.models.errors import CheckpointError
 from latentgraph.models.families import METADATA_KEY, UNET_PREFIX, VAE_PREFIX
 from latentgraph.models.fp8 import parameter_bytes
@@ -339,3 +339,56 @@ def test_vae_loader_reads_a_diffusers_vae_file(executor, made):
     wf.add("b", "VAEDecode", samples="empty", vae="vae.0")
     res = executor.run(wf, targets=["a", "b"])
     assert torch.equal(res.get("a"), res.get("b"))
+
+
+# -- make-checkpoint -------------------------------------------------------------------------
+def test_make_checkpoint_writes_split_files_of_the_checkpoints_weights(tmp_path, capsys):
+    from latentgraph.cli import main as cli_main
+
+    ck = tmp_path / "ck.safetensors"
+    assert cli_main(["make-checkpoint", str(ck), "--family", "sdxl", "--seed", "4"]) == 0
+    unet = tmp_path / "unet.safetensors"
+    assert cli_main(["make-checkpoint", str(unet), "--kind", "unet", "--family", "sdxl", "--seed", "4",
+                     "--layout", "diffusers"]) == 0
+    assert "Stable Diffusion XL UNet (diffusers keys, tiny, eps-prediction, fp32)" in capsys.readouterr().out
+    g = tmp_path / "g.safetensors"
+    assert cli_main(["make-checkpoint", str(g), "--kind", "clip", "--family", "sdxl", "--seed", "4",
+                     "--variant", "clip-g", "--layout", "openclip"]) == 0
+    assert "OpenCLIP-bigG text encoder of Stable Diffusion XL (openclip keys, tiny, fp32)" in capsys.readouterr().out
+    folder = tmp_path / "folder"
+    assert cli_main(["make-checkpoint", str(folder), "--kind", "diffusers", "--family", "sd15", "--seed", "4"]) == 0
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "model_index.json", "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors"]
+    from latentgraph.models.checkpoint import load_checkpoint
+
+    whole = load_checkpoint(ck)
+    got, arch = load_unet_file(unet)
+    assert arch.family == "sdxl" and all(torch.equal(v, whole.unet.state_dict()[k]) for k, v in got.state_dict().items())
+    _, encoders = load_clip_files([g], "stable_diffusion")
+    assert all(torch.equal(v, whole.text["g"].state_dict()[k]) for k, v in encoders["g"].state_dict().items())
+    assert cli_main(["make-checkpoint", str(tmp_path / "x"), "--kind", "unet", "--family", "sd15",
+                     "--layout", "openclip"]) != 0
+    assert "--layout for --kind unet is ldm or diffusers, not openclip" in capsys.readouterr().err
+    assert cli_main(["make-checkpoint", str(tmp_path / "x"), "--kind", "clip", "--family", "sd15",
+                     "--variant", "clip-g"]) != 0
+    assert "Stable Diffusion 1.x has no text encoder 'g'; it has l" in capsys.readouterr().err
+
+
+def test_the_legacy_folder_names_are_listed_and_loaded(executor, models):
+    """ComfyUI lists unet/ with diffusion_models/ and clip/ with text_encoders/."""
+    (models / "unet").mkdir(exist_ok=True)
+    (models / "clip").mkdir(exist_ok=True)
+    (models / "unet" / "legacy_unet.safetensors").write_bytes(
+        (models / "diffusion_models" / "lgL_tiny_unet.safetensors").read_bytes())
+    (models / "clip" / "legacy_clip.safetensors").write_bytes(
+        (models / "text_encoders" / "lgL_tiny_clip_l.safetensors").read_bytes())
+    info = executor.registry.object_info(executor.env)
+    assert "legacy_unet.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0]
+    assert "lgL_tiny_unet.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0]
+    assert "legacy_clip.safetensors" in info["DualCLIPLoader"]["input"]["required"]["clip_name2"][0]
+    wf = Workflow()
+    wf.add("unet", "UNETLoader", unet_name="legacy_unet.safetensors", weight_dtype="default")
+    wf.add("clip", "CLIPLoader", clip_name="legacy_clip.safetensors", type="stable_diffusion")
+    res = executor.run(wf, targets=["unet", "clip"])
+    assert res.get("unet").arch.family == "sd15" and res.get("clip").arch.family == "sd15"
