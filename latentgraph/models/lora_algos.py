@@ -162,7 +162,8 @@ class LoKr(Adapter):
             w1 = w1[:, :, None, None]
         rank = self._rank()
         scale = self.alpha / rank if self.alpha is not None and rank is not None else 1.0
-        return self._finish(weight, torch.kron(w1, w2), scale, strength)
+        # contiguous: torch.kron cannot take the einsum's strided Tucker product (ComfyUI then skips the weight)
+        return self._finish(weight, torch.kron(w1.contiguous(), w2.contiguous()), scale, strength)
 
 
 @dataclass(frozen=True, eq=False)
