@@ -40,7 +40,7 @@ log = logging.getLogger("latentgraph.server")
 VERSION = "0.1.0"
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "clip", "text_encoders", "diffusion_models", "unet",
                  "upscale_models", "controlnet", "t2i_adapter", "gligen", "clip_vision", "style_models",
-                 "diffusers")
+                 "diffusers", "hypernetworks")
 PREVIEW_JPEG, PREVIEW_PNG = 1, 2
 BINARY_PREVIEW, BINARY_PREVIEW_WITH_METADATA = 1, 4
 SOCKET_QUEUE = 1024  # messages waiting for one websocket before it is dropped as not reading
