@@ -314,3 +314,86 @@ def test_save_errors_name_the_node_and_the_limit(env, executor, monkeypatch):
     assert ("VAESave: full_disk_00001_.safetensors needs 4.8 MiB and the disk of "
             f"{env.output_dir / 'vae'} has 1 MiB free (keeping DISK_MARGIN, 64 MiB, spare)") in str(info.value)
     assert not list((env.output_dir / "vae").iterdir())  # nothing half-written
+
+
+# -- LoRA extraction ---------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 40001])
+def test_quantile_is_torch_quantile(n):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    for q in (0.0, 0.5, 0.99, 1.0):
+        assert torch.equal(quantile(values, q), torch.quantile(values, q)), (n, q)
+
+
+def test_low_rank_reproduces_a_known_delta_at_its_rank():
+    g = torch.Generator().manual_seed(0)
+    linear = torch.randn(48, 5, generator=g) @ torch.randn(5, 32, generator=g)
+    up, down = low_rank(linear, 32, "linear", clamp=None)
+    assert (up.shape, down.shape) == ((48, 32), (32, 32))
+    assert float((up @ down - linear).abs().max() / linear.abs().max()) < 1e-5
+    conv = (torch.randn(64, 8, generator=g) @ torch.randn(8, 32 * 9, generator=g)).reshape(64, 32, 3, 3)
+    up, down = low_rank(conv, 8, "conv", clamp=None)
+    assert (up.shape, down.shape) == ((64, 8, 1, 1), (8, 32, 3, 3))
+    assert float(((up.flatten(1) @ down.flatten(1)).reshape(conv.shape) - conv).abs().max() / conv.abs().max()) < 1e-5
+    # ComfyUI's clamp: both factors cut to +-(the 0.99 quantile of their values together), which
+    # changes the product wherever U * S holds the largest values (here 58% of its largest entry)
+    raw_up, raw_down = low_rank(linear, 5, "linear", clamp=None)
+    hi = torch.quantile(torch.cat([raw_up.flatten(), raw_down.flatten()]), 0.99)
+    up, down = low_rank(linear, 5, "linear")
+    assert torch.equal(up, raw_up.clamp(-hi, hi)) and torch.equal(down, raw_down.clamp(-hi, hi))
+    assert int((raw_up.abs() > hi).sum()) == 13 and float((up @ down - linear).abs().max()) > 1.0
+
+
+def _run_lora_save(executor, env, prefix: str, lora_type: str, text: bool) -> dict:
+    wf = _subgraph("65", "66")
+    wf["save"] = {"class_type": "LoraSave", "inputs": {"filename_prefix": prefix, "rank": 8, "lora_type": lora_type,
+                                                       "bias_diff": True, "model_diff": ["65", 0]}}
+    if text:
+        wf["save"]["inputs"]["text_encoder_diff"] = ["66", 0]
+    executor.run(wf, targets=["save"])
+    return load_file(env.output_dir / f"{prefix}_00001_.safetensors")
+
+
+def test_extracted_lora_matches_comfyuis(env, executor):
+    """Rank 8 from b - a (UNet and CLIP): ComfyUI's file key for key; each low-rank pair's product
+    (signs of singular vectors may differ) and every whole difference within fp16 rounding."""
+    ours = _run_lora_save(executor, env, "loras/lgJ_rank8", "standard", True)
+    theirs = load_file(REF / "oracle_lora_rank8.safetensors")
+    proj = "text_encoders.clip_l.transformer.text_projection"
+    assert set(theirs) - set(ours) == {f"{proj}.lora_up.weight", f"{proj}.lora_down.weight"}
+    pairs = 0
+    for key, value in ours.items():
+        assert value.dtype == torch.float16 and value.shape == theirs[key].shape, key
+        if key.endswith(".lora_up.weight"):
+            down = key[: -len("lora_up.weight")] + "lora_down.weight"
+            mine = ours[key].float().flatten(1) @ ours[down].float().flatten(1)
+            want = theirs[key].float().flatten(1) @ theirs[down].float().flatten(1)
+            assert float((mine - want).abs().max() / want.abs().max()) < 1e-3, key
+            pairs += 1
+        elif not key.endswith(".lora_down.weight"):
+            assert torch.equal(value, theirs[key]), key
+    assert pairs == 133  # the UNet's and CLIP-L's weights of two or more dimensions
+    assert sum(k.startswith("text_encoders.clip_l.") and k.endswith("lora_up.weight") for k in ours) == 14
+
+
+def test_full_diff_lora_reproduces_the_delta(env, executor):
+    """Extract b - a whole, load it on a with LoraLoaderModelOnly: b, to fp16 rounding of the delta."""
+    _run_lora_save(executor, env, "lgJ_full", "full_diff", False)
+    (env.models_dir / "loras" / "lgJ_full.safetensors").write_bytes(
+        (env.output_dir / "lgJ_full_00001_.safetensors").read_bytes())
+    wf = _subgraph("1", "2")
+    wf["l"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "lgJ_full.safetensors",
+                                                               "strength_model": 1.0}}
+    res = executor.run(wf, targets=["1", "2", "l"])
+    wa, wb = _params(res.get("1", 0).unet), _params(res.get("2", 0).unet)
+    got = _params(res.get("l").unet)
+    assert len(got) == 286
+    for k in wa:
+        delta16 = (wb[k] * 1.0 + (-1.0) * wa[k]).half().float()
+        assert torch.equal(got[k], wa[k] + delta16), k
+        assert float((got[k] - wb[k]).abs().max()) <= float(wb[k].abs().max() - wa[k].abs().min()) * 1e-3 + 1e-6, k
+
+
+def test_lora_save_with_nothing_writes_nothing(env, executor):
+    executor.run({"s": {"class_type": "LoraSave", "inputs": {"filename_prefix": "loras/lgJ_none", "rank": 8,
+                                                             "lora_type": "standard", "bias_diff": True}}})
+    assert not list(env.output_dir.glob("loras/lgJ_none*"))

@@ -42,7 +42,8 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """torch.quantile's linear interpolation (the value at position q * (n - 1) of the sorted
     values), by selection, with no limit on the number of values."""
     flat = values.flatten()
-    pos = q * (flat.numel() - 1)
+    # as torch.quantile: q rounded to the values' dtype, its position computed in double
+    pos = float(torch.tensor(q, dtype=flat.dtype)) * (flat.numel() - 1)
     lo = math.floor(pos)
     low = flat.kthvalue(lo + 1).values
     if lo + 1 >= flat.numel():
