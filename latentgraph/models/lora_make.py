@@ -110,23 +110,49 @@ def _adapter(variant: str, name: str, weight: torch.Tensor, rank: int, g: torch.
     return {}
 
 
-def make_lora(unet: nn.Module, text_encoder: nn.Module | None, variant: str, seed: int = 0,
+def make_lora(unet: nn.Module, text_encoders: nn.Module | list[nn.Module] | None, variant: str, seed: int = 0,
               rank: int = 4) -> dict[str, torch.Tensor]:
-    """The tensors of a random ``variant`` LoRA for these modules (a UNet and a text encoder in
-    our layout; either may be on the meta device, as only their shapes matter, except for DoRA
-    magnitudes, which follow real weights when there are any)."""
+    """The tensors of a random ``variant`` LoRA for these modules (a UNet and the family's text
+    encoders in our layout; they may be on the meta device, as only their shapes matter, except
+    for DoRA magnitudes, which follow real weights when there are any). One text encoder is
+    named ``lora_te_``, two (SDXL) ``lora_te1_`` and ``lora_te2_``."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown LoRA variant {variant!r}; known: {', '.join(VARIANTS)}")
     if rank < 1:
         raise ValueError(f"the rank must be at least 1, not {rank}")
+    if isinstance(text_encoders, nn.Module):
+        text_encoders = [text_encoders]
+    encoders = list(text_encoders or [])
+    prefixes = ["lora_te_"] if len(encoders) == 1 else [f"lora_te{i + 1}_" for i in range(len(encoders))]
     g = torch.Generator().manual_seed(seed)
     targets = _targets(unet, "lora_unet_", False)
-    if text_encoder is not None:
-        targets += _targets(text_encoder, "lora_te_", True)
+    for prefix, encoder in zip(prefixes, encoders):
+        targets += _targets(encoder, prefix, True)
     tensors: dict[str, torch.Tensor] = {}
     for i, (name, weight) in enumerate(targets):
         tensors |= _adapter(variant, name, weight, rank, g, i)
     return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def make_lora_file(out: str | Path, family: str, size: str, seed: int, variant: str, rank: int = 4,
+                   dtype: torch.dtype = torch.float32) -> int:
+    """Write a random ``variant`` LoRA for a ``family`` checkpoint of ``size``; returns its key
+    count. A tiny one is made over ``make-checkpoint --size tiny --seed <seed>``'s weights (so
+    DoRA's magnitudes fit that file); a full-size one over shapes only."""
+    from .checkpoint import build_text_encoders
+    from .families import full_architecture, tiny_architecture
+    from .make import random_networks
+    from .unet import UNetModel
+
+    if size == "tiny":
+        unet, _, text = random_networks(tiny_architecture(family), seed)
+    else:
+        arch = full_architecture(family)
+        with torch.device("meta"):
+            unet, text = UNetModel(arch.unet), build_text_encoders(arch)
+    tensors = make_lora(unet, list(text.values()), variant, seed, rank)
+    save_lora({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, out, variant)
+    return len(tensors)
 
 
 def save_lora(tensors: dict[str, torch.Tensor], out: str | Path, variant: str) -> None:
@@ -134,3 +160,38 @@ def save_lora(tensors: dict[str, torch.Tensor], out: str | Path, variant: str) -
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(tensors, Path(out), metadata={"format": "pt", "latentgraph.lora_variant": variant})
+
+
+def make_hypernetwork_file(out: str | Path, family: str, size: str, seed: int, activation: str = "relu") -> list[int]:
+    """Write a random hypernetwork for a ``family`` UNet of ``size``: for each attention input
+    width an MLP width -> 2 x width -> width for keys and one for values, in A1111's pickle
+    layout (``.pt``) or, for a ``.safetensors`` name, latentgraph's safetensors version
+    (models/hypernetwork.py). Returns the widths."""
+    from collections import OrderedDict
+
+    from .families import full_architecture, tiny_architecture
+    from .hypernetwork import attention_widths
+    from .unet import UNetModel
+
+    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    with torch.device("meta"):
+        widths = sorted(attention_widths(UNetModel(arch.unet)))
+    g = torch.Generator().manual_seed(seed)
+
+    def mlp(w: int) -> OrderedDict:  # linear.1 is the activation's slot in A1111's Sequential
+        return OrderedDict([("linear.0.weight", torch.randn(2 * w, w, generator=g) * w ** -0.5 * 0.3),
+                            ("linear.0.bias", torch.zeros(2 * w)),
+                            ("linear.2.weight", torch.randn(w, 2 * w, generator=g) * (2 * w) ** -0.5 * 0.3),
+                            ("linear.2.bias", torch.zeros(w))])
+
+    nets = {w: [mlp(w), mlp(w)] for w in widths}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if str(out).endswith(".safetensors"):
+        from .checkpoint import save_checkpoint
+
+        tensors = {f"{w}.{i}.{k}": t for w, pair in nets.items() for i, sd in enumerate(pair) for k, t in sd.items()}
+        save_checkpoint(tensors, Path(out), metadata={"activation_func": activation})
+    else:
+        torch.save({**nets, "activation_func": activation, "is_layer_norm": False, "use_dropout": False,
+                    "activate_output": False, "last_layer_dropout": False, "layer_structure": [1, 2, 1]}, out)
+    return widths
