@@ -266,6 +266,8 @@ def text_lora_names(encoder: nn.Module, slot: TextSlot, position: int) -> dict[s
         own = hf if slot.layout == "hf" else _openclip_name(path)
         if own is not None:
             aliases.append(slot.prefix + own)
+        # ComfyUI's generic name (what its LoraSave writes): its CLIP key under text_encoders.
+        aliases.append(f"text_encoders.clip_{slot.name}.transformer.{hf}")
         for alias in aliases:
             _add(names, alias, path)
     return names
