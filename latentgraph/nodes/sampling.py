@@ -155,7 +155,9 @@ def BasicScheduler(
     denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)],
 ) -> torch.Tensor:
     """A named noise schedule for the model's sampling."""
-    return compute_sigmas(model.schedule, scheduler, steps, denoise)
+    # ComfyUI's node keeps the last steps+1 sigmas even at denoise 1, where ddim_uniform makes one
+    # more (KSampler runs that extra step; this node drops the first sigma)
+    return compute_sigmas(model.schedule, scheduler, steps, denoise)[-(steps + 1):]
 
 
 @node(category="sampling/custom_sampling/schedulers", display_name="KarrasScheduler", outputs=[SIGMAS])
