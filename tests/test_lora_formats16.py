@@ -375,3 +375,21 @@ def test_hypernetwork_node_warns_about_unused_widths_and_refuses_a_stranger(tmp_
     assert info.value.exception_message == (
         "stranger.pt: its MLPs are for attention widths 320, 768, but this model's attentions take 32, 64: "
         "a hypernetwork for another model?")
+
+
+@pytest.mark.parametrize("variant", ["loha", "dora"])
+def test_sdxl_files_reach_both_text_encoders(tmp_path, variant):
+    from latentgraph.models.lora_make import make_lora_file
+    from latentgraph.models.make import make_checkpoint
+
+    make_checkpoint(tmp_path / "xl.safetensors", "sdxl", "tiny", seed=5)
+    ck = load_checkpoint(tmp_path / "xl.safetensors")
+    count = make_lora_file(tmp_path / "x.safetensors", "sdxl", "tiny", 5, variant, rank=2)
+    assert count == len(load_file(tmp_path / "x.safetensors"))
+    loaded = load_lora(tmp_path / "x.safetensors", "sdxl", ck.unet, ck.text, 1.0, 0.5)
+    assert loaded.warning is None and loaded.harmless == []
+    for name in ("l", "g"):
+        before, after = dict(ck.text[name].named_parameters()), dict(loaded.text[name].named_parameters())
+        changed = [k for k in after if not torch.equal(after[k], before[k])]
+        # q, k, v, out, fc1, fc2 of every layer; nothing else
+        assert len(changed) == 6 * ck.arch.text[name].num_layers, name
