@@ -393,3 +393,24 @@ def test_sdxl_files_reach_both_text_encoders(tmp_path, variant):
         changed = [k for k in after if not torch.equal(after[k], before[k])]
         # q, k, v, out, fc1, fc2 of every layer; nothing else
         assert len(changed) == 6 * ck.arch.text[name].num_layers, name
+
+
+def test_lora_nodes_at_strength_zero_pass_the_inputs_through(tmp_path):
+    """As ComfyUI: both strengths 0 is the LoRA switched off; the file is not read at all."""
+    env = _env(tmp_path)
+    (tmp_path / "models" / "loras" / "broken.safetensors").write_bytes(b"not a LoRA")
+    prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+              "off": {"class_type": "LoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1],
+                                                             "lora_name": "broken.safetensors", "strength_model": 0.0,
+                                                             "strength_clip": 0.0}},
+              "only": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["ckpt", 0],
+                                                                       "lora_name": "broken.safetensors",
+                                                                       "strength_model": 0.0}}}
+    result = Executor(_registry(), env).run(prompt, targets=["ckpt", "off", "only"])
+    assert result.get("off", 0) is result.get("ckpt", 0) and result.get("off", 1) is result.get("ckpt", 1)
+    assert result.get("only") is result.get("ckpt", 0)
+    prompt["off"]["inputs"]["strength_clip"] = 0.5
+    from latentgraph.graph.errors import NodeExecutionError
+
+    with pytest.raises(NodeExecutionError, match="broken.safetensors: not a readable safetensors file"):
+        Executor(_registry(), env).run(prompt, targets=["off"])

@@ -105,6 +105,8 @@ def VAELoader(vae_name: Annotated[str, Combo(model_files("vae"))], ctx: NodeCont
 
 def _apply_lora(ctx: NodeContext, model: SDModel, clip: TextModel | None, lora_name: str,
                 strength_model: float, strength_clip: float) -> Result:
+    if strength_model == 0 and strength_clip == 0:  # as ComfyUI: switched off, the file is not even read
+        return Result(model, clip) if clip is not None else Result(model)
     path = ctx.env.find_model("loras", lora_name)
     text = clip.encoders if clip is not None else {}
     # a tensor that does not fit, or a file of which nothing applies, raises here (LoraError)
