@@ -345,8 +345,10 @@ def hn_file(path, widths: tuple[int, ...], seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
 
     def mlp(w):
-        return OrderedDict([("linear.0.weight", torch.randn(w, w, generator=g) * 0.1), ("linear.0.bias", torch.zeros(w)),
-                            ("linear.2.weight", torch.randn(w, w, generator=g) * 0.1), ("linear.2.bias", torch.zeros(w))])
+        return OrderedDict([("linear.0.weight", torch.randn(w, w, generator=g) * 0.1),
+                            ("linear.0.bias", torch.zeros(w)),
+                            ("linear.2.weight", torch.randn(w, w, generator=g) * 0.1),
+                            ("linear.2.bias", torch.zeros(w))])
 
     torch.save({**{w: [mlp(w), mlp(w)] for w in widths}, "activation_func": "relu"}, path)
 

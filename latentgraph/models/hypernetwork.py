@@ -105,7 +105,7 @@ def _mlp(layers: dict, width: int, which: str, settings: dict, source: str) -> n
         weight, bias = layers[f"{names[i]}.weight"], layers.get(f"{names[i]}.bias")
         if weight.dim() != 2 or weight.shape[1] != features or bias is None or tuple(bias.shape) != weight.shape[:1]:
             raise HypernetworkError(f"{where}: layer {names[i]} has weight {tuple(weight.shape)} and bias "
-                                    f"{None if bias is None else tuple(bias.shape)}; expected ({'n'}, {features}) "
+                                    f"{None if bias is None else tuple(bias.shape)}; expected (n, {features}) "
                                     f"and (n,)")
         linear = nn.Linear(weight.shape[1], weight.shape[0])
         linear.load_state_dict({"weight": weight, "bias": bias})
@@ -116,7 +116,8 @@ def _mlp(layers: dict, width: int, which: str, settings: dict, source: str) -> n
         if settings["is_layer_norm"]:
             i += 1
             if i == len(names):
-                raise HypernetworkError(f"{where}: is_layer_norm is set but layer {names[i - 1]} has no LayerNorm after it")
+                raise HypernetworkError(f"{where}: is_layer_norm is set but layer {names[i - 1]} has no LayerNorm "
+                                        f"after it")
             ln_w, ln_b = layers[f"{names[i]}.weight"], layers.get(f"{names[i]}.bias")
             if tuple(ln_w.shape) != (features,) or ln_b is None or tuple(ln_b.shape) != (features,):
                 raise HypernetworkError(f"{where}: LayerNorm {names[i]} does not have {features} features")
