@@ -397,3 +397,34 @@ def test_lora_save_with_nothing_writes_nothing(env, executor):
     executor.run({"s": {"class_type": "LoraSave", "inputs": {"filename_prefix": "loras/lgJ_none", "rank": 8,
                                                              "lora_type": "standard", "bias_diff": True}}})
     assert not list(env.output_dir.glob("loras/lgJ_none*"))
+
+
+def test_extracted_lora_loads_on_model_and_clip(env, executor):
+    """ComfyUI's rank-8 file, UNet and CLIP-L keys, through our LoraLoader: every pair is applied
+    (up @ down added at strength 1), every bias difference added. (Its two keys for ComfyUI's
+    unused CLIP-L text projection name no weight of ours; the loader's rule for such keys is
+    test_lora's.)"""
+    theirs = load_file(REF / "oracle_lora_rank8.safetensors")
+    (env.models_dir / "loras" / "lgJ_rank8.safetensors").write_bytes((REF / "oracle_lora_rank8.safetensors").read_bytes())
+    wf = _subgraph("1")
+    wf["l"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                      "lora_name": "lgJ_rank8.safetensors",
+                                                      "strength_model": 1.0, "strength_clip": 1.0}}
+    res = executor.run(wf, targets=["1", "l"])
+    base, patched = _params(res.get("1", 1).encoders["l"]), _params(res.get("l", 1).encoders["l"])
+    for layer in (0, 1):
+        q = f"transformer.encoder.layers.{layer}.self_attn.q_proj.weight"
+        name = f"text_encoders.clip_l.transformer.text_model.encoder.layers.{layer}.self_attn.q_proj"
+        delta = theirs[f"{name}.lora_up.weight"].float() @ theirs[f"{name}.lora_down.weight"].float()
+        torch.testing.assert_close(patched[q], base[q] + delta, rtol=0, atol=1e-6)
+    unet_base, unet_patched = _params(res.get("1", 0).unet), _params(res.get("l", 0).unet)
+    changed = sum(not torch.equal(unet_base[k], unet_patched[k]) for k in unet_base)
+    # the weights a and b share (the norms' ones and zeros: make_checkpoint does not randomise
+    # them) have zero differences in the file; every other weight changed
+    unchanged = [k for k in unet_base if torch.equal(unet_base[k], unet_patched[k])]
+    assert len(unchanged) == 90
+    for k in unchanged:
+        module, kind = k.rsplit(".", 1)
+        assert not theirs[f"diffusion_model.{module}.{'diff' if kind == 'weight' else 'diff_b'}"].any(), k
+    bias = "middle_block.0.in_layers.2.bias"
+    assert torch.equal(unet_patched[bias], unet_base[bias] + theirs[f"diffusion_model.{bias[:-5]}.diff_b"].float())
