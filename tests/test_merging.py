@@ -428,3 +428,42 @@ def test_extracted_lora_loads_on_model_and_clip(env, executor):
         assert not theirs[f"diffusion_model.{module}.{'diff' if kind == 'weight' else 'diff_b'}"].any(), k
     bias = "middle_block.0.in_layers.2.bias"
     assert torch.equal(unet_patched[bias], unet_base[bias] + theirs[f"diffusion_model.{bias[:-5]}.diff_b"].float())
+
+
+def test_checkpoint_save_refuses_what_a_file_cannot_hold(executor):
+    wf = _subgraph("1")
+    wf["o"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "other_sd2.safetensors"}}
+    wf["s"] = {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["o", 1], "vae": ["1", 2],
+                                                          "filename_prefix": "lgJ/mixed"}}
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["s"])
+    assert ("CheckpointSave: clip is a Stable Diffusion 2.x text encoder and model a Stable Diffusion 1.x UNet; "
+            "one checkpoint holds one family") in str(info.value)
+    wf["lcm"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": "lcm", "zsnr": False}}
+    wf["s"]["inputs"].update(model=["lcm", 0], clip=["1", 1])
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["s"])
+    assert "CheckpointSave: the model samples as 'LCMSchedule' (a ModelSampling node changed it); a checkpoint file records " \
+           "only eps or v prediction (and zsnr): save the model before that node" in str(info.value)
+    # v prediction set by ModelSamplingDiscrete is what the file records (ComfyUI records the loaded type)
+    wf["v"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": "v_prediction",
+                                                                "zsnr": True}}
+    wf["s"]["inputs"].update(model=["v", 0], filename_prefix="lgJ/vpred")
+    name = executor.run(wf, targets=["s"]).outputs["s"]["models"][0]["filename"]
+    with safe_open(str(executor.env.output_dir / "lgJ" / name), "pt") as f:
+        assert {"v_pred", "ztsnr"} <= set(f.keys()) and f.metadata()["modelspec.predict_key"] == "v"
+        assert json.loads(f.metadata()["latentgraph.architecture"])["prediction"] == "v"
+
+
+def test_fp16_weights_merge_in_float32_and_stay_fp16():
+    from latentgraph.models.merge import merge_modules, simple
+
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.nn.Linear(8, 8).half(), torch.nn.Linear(8, 8).half()
+    with torch.no_grad():
+        for p in (*first.parameters(), *second.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    merged = merge_modules(first, second, simple(0.25), "test")
+    assert merged.weight.dtype == torch.float16
+    want = (first.weight.float() * 0.25 + 0.75 * second.weight.float()).half()
+    assert torch.equal(merged.weight, want)

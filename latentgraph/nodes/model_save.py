@@ -101,8 +101,9 @@ def _ui(subfolder: str, name: str) -> dict:
 def _sampling(model: SDModel, what: str) -> tuple[str, bool]:
     """The prediction and zero-SNR flag the model samples with: a file records eps or v only."""
     s = model.schedule
-    if type(s) is not DiscreteSchedule or s.prediction not in ("eps", "v"):
-        kind = getattr(s, "prediction", type(s).__name__)
+    # LCM, continuous EDM/V and other schedules are subclasses or other classes: a file cannot say so
+    kind = s.prediction if type(s) is DiscreteSchedule else type(s).__name__
+    if kind not in ("eps", "v"):
         raise ValueError(f"{what}: the model samples as {kind!r} (a ModelSampling node changed it); a checkpoint file "
                          f"records only eps or v prediction (and zsnr): save the model before that node")
     return s.prediction, bool(s.zsnr)
