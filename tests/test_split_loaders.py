@@ -392,3 +392,18 @@ def test_the_legacy_folder_names_are_listed_and_loaded(executor, models):
     wf.add("clip", "CLIPLoader", clip_name="legacy_clip.safetensors", type="stable_diffusion")
     res = executor.run(wf, targets=["unet", "clip"])
     assert res.get("unet").arch.family == "sd15" and res.get("clip").arch.family == "sd15"
+
+
+def test_ui_widgets_map_onto_the_loaders_inputs():
+    """The widgets_values ComfyUI's frontend saves for these nodes (as in its templates: the
+    anima template's UNETLoader and CLIPLoader, tests/fixtures/subgraphs/templates)."""
+    from latentgraph.graph.ui_format import map_widgets
+
+    registry = create_registry()
+    assert map_widgets(registry.get("UNETLoader"), ["anima-preview3-base.safetensors", "default"]) == {
+        "unet_name": "anima-preview3-base.safetensors", "weight_dtype": "default"}
+    assert map_widgets(registry.get("CLIPLoader"), ["qwen_3_06b_base.safetensors", "stable_diffusion", "default"]) \
+        == {"clip_name": "qwen_3_06b_base.safetensors", "type": "stable_diffusion", "device": "default"}
+    assert map_widgets(registry.get("DualCLIPLoader"), ["l.safetensors", "g.safetensors", "sdxl", "cpu"]) == {
+        "clip_name1": "l.safetensors", "clip_name2": "g.safetensors", "type": "sdxl", "device": "cpu"}
+    assert map_widgets(registry.get("DiffusersLoader"), ["tiny/sdxl"]) == {"model_path": "tiny/sdxl"}
