@@ -112,20 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("out", metavar="OUT.safetensors")
     make.add_argument("--kind", default="checkpoint",
                       choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen", "clip_vision",
-                               "style_model", "unet", "clip", "diffusers"),
+                               "style_model", "unet", "clip", "diffusers", "upscale_model"),
                       help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter, a "
                            "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
                            "only) for the family; a CLIP vision model (--variant, --layout) or a T2I style "
                            "model (sd15 only); split files: a UNet alone (unet, --layout ldm|diffusers), a text "
                            "encoder alone (clip, --layout hf|openclip, --variant clip-l|clip-h|clip-g), a "
-                           "diffusers folder (diffusers: OUT is a folder)")
-    make.add_argument("--family", required=True,
+                           "diffusers folder (diffusers: OUT is a folder); a tiny spandrel upscale model "
+                           "(upscale_model, --variant esrgan|compact|swinir, no --family)")
+    make.add_argument("--family", default=None,
                       choices=("sd15", "sd2", "sdxl", "sdxl_refiner", "sd21_unclip_l", "sd21_unclip_h"),
                       help="sd21_unclip_l/h (--kind checkpoint): SD2.1-unCLIP with its CLIP image encoder")
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg", "clip-l", "clip-h",
-                                            "clip-g"), default=None,
+                                            "clip-g", "esrgan", "compact", "swinir"), default=None,
                       help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl); "
                            "--kind clip_vision: vit-l, vit-h or vit-bigg (default: vit-l for sd15, vit-h for sd2, "
                            "vit-bigg for sdxl)")
@@ -610,14 +611,44 @@ def _make_split(args, dtype: str) -> str:
 MAKE_KINDS.update(unet=_make_split, clip=_make_split, diffusers=_make_split)
 
 
+UPSCALE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _make_upscale_model(args, dtype: str) -> str:
+    """--kind upscale_model: a tiny random spandrel model (models/upscale.py) in its published key
+    layout; no family (it works on pixels) and no metadata (spandrel detects it from the keys)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .models.upscale import TINY_UPSCALE_VARIANTS, make_tiny_upscale_state_dict
+
+    if args.family is not None:
+        raise ValueError("--family is not for --kind upscale_model: an upscale model works on pixels, for any family")
+    _no_prediction(args, "an upscale model")
+    if args.size != "tiny":
+        raise ValueError("--kind upscale_model is made in --size tiny only")
+    variant = args.variant or "esrgan"
+    if variant not in TINY_UPSCALE_VARIANTS:
+        raise ValueError(f"--variant {variant} is not an upscale model; choose one of {', '.join(TINY_UPSCALE_VARIANTS)}")
+    target = getattr(torch, UPSCALE_DTYPES[dtype])
+    tensors = {k: v.to(target).contiguous() for k, v in make_tiny_upscale_state_dict(variant, args.seed).items()}
+    save_file(tensors, args.out)
+    return f"tiny {variant} upscale model ({dtype})"
+
+
+MAKE_KINDS.update(upscale_model=_make_upscale_model)
+
+
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
 
     dtype = args.dtype or ("fp32" if args.size == "tiny" else "fp16")
     start = time.perf_counter()
     try:
-        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "clip"):
-            raise ValueError("--variant is for --kind t2i_adapter, clip_vision or clip")
+        if args.family is None and args.kind != "upscale_model":
+            raise ValueError(f"--family is required for --kind {args.kind}")
+        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "clip", "upscale_model"):
+            raise ValueError("--variant is for --kind t2i_adapter, clip_vision, clip or upscale_model")
         if args.layout is not None and args.kind not in ("clip_vision", "unet", "clip"):
             raise ValueError("--layout is for --kind clip_vision, unet or clip")
         if args.rank is not None and args.kind != "control_lora":
