@@ -126,10 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--size", default="tiny", choices=("tiny", "full"))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg", "clip-l", "clip-h",
-                                            "clip-g", "esrgan", "compact", "swinir"), default=None,
+                                            "clip-g", "ssd1b", "vega", "koala_700m", "koala_1b", "playground_v25",
+                                            "cosxl", "ip2p", "esrgan", "compact", "swinir"),
+                      default=None,
                       help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl); "
                            "--kind clip_vision: vit-l, vit-h or vit-bigg (default: vit-l for sd15, vit-h for sd2, "
-                           "vit-bigg for sdxl)")
+                           "vit-bigg for sdxl); --kind checkpoint: an SDXL derivative (ssd1b, vega, koala_700m, "
+                           "koala_1b, playground_v25, cosxl) or InstructPix2Pix (ip2p, sd15 or sdxl)")
     make.add_argument("--layout", choices=("hf", "openclip", "ldm", "diffusers"), default=None,
                       help="--kind clip_vision: transformers' vision_model.* (hf, the default) or OpenCLIP's visual.*; "
                            "--kind clip: text_model.* (hf, the default) or OpenCLIP's names; --kind unet: LDM "
@@ -590,8 +593,11 @@ def _make_checkpoint(args, dtype: str) -> str:
     from .models.make import UNCLIP_FAMILIES, make_checkpoint, make_unclip_checkpoint
 
     write = make_unclip_checkpoint if args.family in UNCLIP_FAMILIES else make_checkpoint
+    if args.variant is not None and write is not make_checkpoint:
+        raise ValueError(f"--variant {args.variant} is not a variant of {args.family}")
+    extra = {"variant": args.variant} if args.variant is not None else {}
     arch = write(args.out, args.family, args.size, args.seed, dtype, args.prediction,
-                 write_metadata=not args.no_metadata)
+                 write_metadata=not args.no_metadata, **extra)
     return f"{arch.spec.label} ({args.size}, {arch.prediction}-prediction, {dtype})"
 
 
@@ -647,8 +653,9 @@ def cmd_make_checkpoint(args) -> int:
     try:
         if args.family is None and args.kind != "upscale_model":
             raise ValueError(f"--family is required for --kind {args.kind}")
-        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "clip", "upscale_model"):
-            raise ValueError("--variant is for --kind t2i_adapter, clip_vision, clip or upscale_model")
+        if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "checkpoint", "clip",
+                                                          "upscale_model"):
+            raise ValueError("--variant is for --kind checkpoint, t2i_adapter, clip_vision, clip or upscale_model")
         if args.layout is not None and args.kind not in ("clip_vision", "unet", "clip"):
             raise ValueError("--layout is for --kind clip_vision, unet or clip")
         if args.rank is not None and args.kind != "control_lora":

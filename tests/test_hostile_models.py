@@ -1,8 +1,7 @@
 """Hostile model files: never a silently wrong picture.
 
 Tiny random files in the real published layouts. Checkpoints that mark another sampling family
-(EDM, CosXL, Zero123, video, InstructPix2Pix, x4 upscaler, Lotus) are refused with what
-was detected; a UNet laid out unlike its family is refused with detected vs expected; unknown
+(Zero123, video, x4 upscaler, Lotus, EDM markers off SDXL) are refused with what was detected; a UNet laid out unlike its family is refused with detected vs expected; unknown
 tensors are refused; a wrong-shape tensor anywhere names the file and the key before anything
 runs; a LoRA applied only in part fails naming its format and the keys not applied, grouped; the
 errors reach the user through the executor as node id + message. What is supported still loads.
@@ -67,12 +66,11 @@ def full_sd(family: str, **unet_changes) -> dict:
 
 
 # -- markers of sampling families that are not implemented -----------------------------------
+# (Playground v2.5's and CosXL's markers load since issue 16: tests/test_edm_sampling.py)
 MARKERS = {
-    "playground": ("sdxl", {"edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)},
-                   "Playground v2.5-style EDM model (keys edm_mean/edm_std: EDM sampling with its own latent mean "
-                   "and std)"),
-    "cosxl": ("sdxl", {"edm_vpred.sigma_max": torch.tensor(120.0), "edm_vpred.sigma_min": torch.tensor(0.002)},
-              "CosXL-style EDM v-prediction model (edm_vpred.sigma_max = 120: continuous EDM sigmas)"),
+    "edm_on_sd15": ("sd15", {"edm_vpred.sigma_max": torch.tensor(120.0)},
+                    "Stable Diffusion 1.x model with the continuous-EDM marker edm_vpred.sigma_max (ComfyUI reads "
+                    "these markers on SDXL models only)"),
     "zero123": ("sd15", {"cc_projection.weight": torch.zeros(768, 772), "cc_projection.bias": torch.zeros(768)},
                 "Stable Zero123 novel-view model (cc_projection: camera-conditioned image input)"),
     "class_table": ("sd2", {"model.diffusion_model.label_emb.weight": torch.zeros(1000, 128)},
@@ -95,13 +93,10 @@ def test_marker_keys_refuse_the_file_saying_what_was_detected(tmp_path, case):
 
 # -- UNet layouts that name a variant, or are not the family's --------------------------------
 VARIANT_LAYOUTS = {
-    "ip2p_sd15": ("sd15", {"in_channels": 8},
-                  "InstructPix2Pix-style UNet (8 input channels: the noisy latent plus an image's latent)"),
-    "ip2p_sdxl": ("sdxl", {"in_channels": 8},
-                  "InstructPix2Pix-style UNet (8 input channels: the noisy latent plus an image's latent)"),
     "x4_upscaler": ("sd2", {"in_channels": 7},
                     "SD x4 upscaler-style UNet (7 input channels: the latent plus a low-resolution image)"),
-    "five_in": ("sd15", {"in_channels": 5}, "UNet with 5 input channels (4 expected, or 9 for inpainting)"),
+    "five_in": ("sd15", {"in_channels": 5},
+                "UNet with 5 input channels (4 expected, 9 for inpainting, 8 for InstructPix2Pix)"),
     "eight_out": ("sd2", {"out_channels": 8}, "UNet with 8 output channels (4 expected)"),
 }
 
@@ -168,10 +163,10 @@ def test_vae_and_text_layouts_are_checked_too(tmp_path):
     message = layout_error(save(tmp_path, sd, "vocab.safetensors"), "sd15")
     assert "text encoder 'l' has 1000 token embeddings, expected 49408 (the CLIP tokenizer's)" in message
     # metadata that describes a variant is refused like the keys would be
-    arch = tiny_architecture("sd15")
-    arch.unet = dataclasses.replace(arch.unet, in_channels=8)
-    path = save(tmp_path, tiny_sd("sd15", in_channels=8), "meta8.safetensors", {METADATA_KEY: arch.to_json()})
-    assert refused(path).startswith(f"{path}: detected a InstructPix2Pix-style UNet")
+    arch = tiny_architecture("sd2")
+    arch.unet = dataclasses.replace(arch.unet, in_channels=7)
+    path = save(tmp_path, tiny_sd("sd2", in_channels=7), "meta7.safetensors", {METADATA_KEY: arch.to_json()})
+    assert refused(path).startswith(f"{path}: detected a SD x4 upscaler-style UNet")
 
 
 def test_unknown_tensors_are_refused_and_known_extras_pass(tmp_path):

@@ -25,7 +25,8 @@ from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys
                             openclip_keys, to_hf_clip_keys, to_openclip_keys)
 from .unet import UNetConfig, UNetModel, unet_config_from_state_dict
 from .management import ModelCache, Placement
-from .variants import check_layout, check_vae_layout, refusal, refuse_markers, refuse_unknown, unet_variant
+from .variants import (apply_edm_markers, check_layout, check_vae_layout, refusal, refuse_markers, refuse_unknown,
+                       unet_variant)
 from .vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict, vae_keys
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -151,6 +152,7 @@ def detect_architecture(sd: dict, metadata: dict | None = None, source: str = "c
             raise CheckpointError(f"{source}: its {METADATA_KEY} metadata is unreadable: {exc}") from None
     else:
         arch = _from_keys(sd, source, overrides or {})
+    arch = apply_edm_markers(sd, arch, source)
     check_layout(arch, source)
     refuse_unknown(sd, arch.spec, source)
     return arch
@@ -452,7 +454,7 @@ def original_layout(arch: Architecture, unet: torch.nn.Module, vae: torch.nn.Mod
         else:
             out.update(to_openclip_keys(sd, slot.prefix))
             out[slot.prefix + "logit_scale"] = torch.tensor(4.6052)  # log(1/0.07), as OpenCLIP stores it
-    if arch.prediction == "v" and arch.family != "sd2" and arch.spec.unclip_dim is None:
+    if arch.prediction == "v" and arch.family != "sd2" and arch.spec.unclip_dim is None and arch.sigma_range is None:
         out["v_pred"] = torch.tensor([])
     if arch.zsnr:
         out["ztsnr"] = torch.tensor([])

@@ -74,8 +74,12 @@ class Architecture:
     unet: UNetConfig
     vae: VAEConfig
     text: dict[str, TextEncoderConfig] = field(default_factory=dict)
-    prediction: str = "eps"  # "eps" or "v"
+    prediction: str = "eps"  # "eps" or "v"; "edm" (EDM's preconditioning, Playground v2.5) needs sigma_range
     zsnr: bool = False  # trained with zero terminal SNR (SDXL `ztsnr` marker)
+    # (sigma_min, sigma_max) of a model trained on continuous noise levels (EDM sigmas: Playground
+    # v2.5, CosXL), None for SD's 1000 discrete timesteps; read from marker tensors on load
+    sigma_range: tuple | None = None
+    latent_format: str | None = None  # "playground_v25": its own latent mean/std; None: the family's scale
 
     @property
     def spec(self) -> Family:
@@ -93,8 +97,10 @@ class Architecture:
         return self.unet.in_channels == 9
 
     def to_json(self) -> str:
+        extra = {"sigma_range": list(self.sigma_range)} if self.sigma_range is not None else {}
+        extra.update({"latent_format": self.latent_format} if self.latent_format is not None else {})
         return json.dumps({"family": self.family, "prediction": self.prediction, "zsnr": self.zsnr,
-                           "unet": self.unet.to_dict(), "vae": self.vae.to_dict(),
+                           "unet": self.unet.to_dict(), "vae": self.vae.to_dict(), **extra,
                            "text": {k: v.to_dict() for k, v in self.text.items()}}, sort_keys=True)
 
     @classmethod
@@ -104,7 +110,8 @@ class Architecture:
             raise ValueError(f"unknown family {d.get('family')!r}")
         return cls(d["family"], UNetConfig.from_dict(d["unet"]), VAEConfig.from_dict(d["vae"]),
                    {k: TextEncoderConfig.from_dict(v) for k, v in d.get("text", {}).items()},
-                   d.get("prediction", "eps"), bool(d.get("zsnr", False)))
+                   d.get("prediction", "eps"), bool(d.get("zsnr", False)),
+                   tuple(d["sigma_range"]) if d.get("sigma_range") is not None else None, d.get("latent_format"))
 
 
 def full_architecture(family: str) -> Architecture:

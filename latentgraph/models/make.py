@@ -51,15 +51,23 @@ def _save(tensors: dict[str, torch.Tensor], out: str | Path, dtype: str, metadat
 
 
 def make_checkpoint(out: str | Path, family: str, size: str = "tiny", seed: int = 0, dtype: str = "fp32",
-                    prediction: str | None = None, write_metadata: bool = True) -> Architecture:
-    """Write a random checkpoint of ``family`` at ``size`` ("tiny" or "full") to ``out``."""
+                    prediction: str | None = None, write_metadata: bool = True,
+                    variant: str | None = None) -> Architecture:
+    """Write a random checkpoint of ``family`` at ``size`` ("tiny" or "full") to ``out``;
+    ``variant``: a derivative (models/variants.py VARIANTS: SSD-1B, KOALA, Playground v2.5, ...)."""
+    from .variants import variant_architecture, variant_marker_tensors
+
     _check_size_and_dtype(size, dtype)
-    arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
+    if variant is not None:
+        arch = variant_architecture(family, variant, size)
+    else:
+        arch = tiny_architecture(family) if size == "tiny" else full_architecture(family)
     if prediction is not None:
         arch.prediction = prediction
     with torch.no_grad():
         unet, vae, text = random_networks(arch, seed)
         tensors = original_layout(arch, unet, vae, text)
+        tensors.update(variant_marker_tensors(variant) if variant is not None else {})
         del unet, vae, text
     _save(tensors, out, dtype, {METADATA_KEY: arch.to_json()} if write_metadata else {})
     return arch

@@ -31,7 +31,9 @@ class UNetConfig(JsonConfig):
     channel_mult: tuple = (1, 2, 4, 4)  # width of each level, in units of model_channels
     num_res_blocks: tuple = (2, 2, 2, 2)  # ResBlocks per level on the input side (output side has one more)
     transformer_depth: tuple = (1, 1, 1, 0)  # transformer blocks after each input ResBlock, per level (0 = none)
-    transformer_depth_middle: int = 1  # transformer blocks in the middle block (>= 1)
+    # transformer blocks in the middle block, ComfyUI's numbers: >= 0 for ResBlock, transformer,
+    # ResBlock; -1 for a lone ResBlock (SSD-1B, Vega); -2 for no middle block at all (KOALA-700M)
+    transformer_depth_middle: int = 1
     # transformer blocks per output block, listed as ComfyUI lists them: from the last
     # output block (level 0) back to output_blocks.0, i.e. in the input side's level order
     transformer_depth_output: tuple = (1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0)
@@ -57,8 +59,9 @@ class UNetConfig(JsonConfig):
         if (self.num_heads == -1) == (self.num_head_channels == -1):
             raise ValueError(f"set exactly one of num_heads ({self.num_heads}) and num_head_channels "
                              f"({self.num_head_channels}); the other must be -1")
-        if self.transformer_depth_middle < 1:
-            raise ValueError(f"transformer_depth_middle must be >= 1, got {self.transformer_depth_middle}")
+        if self.transformer_depth_middle < -2:
+            raise ValueError(f"transformer_depth_middle must be >= -2 (-1: a lone ResBlock, -2: no middle block), "
+                             f"got {self.transformer_depth_middle}")
 
     @classmethod
     def sd15(cls) -> "UNetConfig":
@@ -351,8 +354,12 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepBlock([Downsample(ch)]))
                 skip_chans.append(ch)
 
-        self.middle_block = TimestepBlock([ResBlock(ch, emb_dim, ch), transformer(ch, c.transformer_depth_middle),
-                                           ResBlock(ch, emb_dim, ch)])
+        self.middle_block = None  # KOALA-700M: none (-2)
+        if c.transformer_depth_middle >= -1:
+            middle = [ResBlock(ch, emb_dim, ch)]
+            if c.transformer_depth_middle >= 0:
+                middle += [transformer(ch, c.transformer_depth_middle), ResBlock(ch, emb_dim, ch)]
+            self.middle_block = TimestepBlock(middle)
 
         depth_out = list(c.transformer_depth_output)  # popped from the end: last entry = output_blocks.0
         self.output_blocks = nn.ModuleList()
@@ -405,8 +412,9 @@ class UNetModel(nn.Module):
                 h = p(h, to)
         if to is not None:
             to["block"] = ("middle", 0)
-        h = self.middle_block(h, emb, context, None, to)
-        h = _apply_control(h, control, "middle", 0)
+        if self.middle_block is not None:
+            h = self.middle_block(h, emb, context, None, to)
+        h = _apply_control(h, control, "middle", 0)  # even without a middle block, as ComfyUI
         out_patch = patches.get("output_block_patch", ())
         for i, block in enumerate(self.output_blocks):
             if to is not None:
@@ -488,6 +496,19 @@ def _levels(sd: dict, depths: dict, mc: int) -> tuple[tuple, tuple, tuple]:
     return tuple(channel_mult), tuple(num_res_blocks), tuple(transformer_depth)
 
 
+def _middle_depth(sd: dict, depths: dict) -> int:
+    """ComfyUI's transformer_depth_middle from the keys: the transformer's depth (ResBlock,
+    transformer, ResBlock), -1 for a lone ResBlock (SSD-1B, Vega), -2 for none (KOALA-700M)."""
+    if "middle_block.1.proj_in.weight" in sd:
+        if "middle_block.2.in_layers.0.weight" not in sd:
+            raise ValueError("middle_block.1 is a transformer but middle_block.2 is not a ResBlock")
+        return depths.get(("middle_block", 1), 0)
+    if any(k.startswith(("middle_block.1.", "middle_block.2.")) for k in sd):
+        raise ValueError("middle_block.1 is not a transformer (no middle_block.1.proj_in.weight); the middle block "
+                         "must be ResBlock-transformer-ResBlock, a lone ResBlock, or absent")
+    return -1 if "middle_block.0.in_layers.0.weight" in sd else -2
+
+
 def unet_config_from_state_dict(sd: dict, num_heads: int | None = None,
                                 num_head_channels: int | None = None) -> UNetConfig:
     """The UNetConfig of a state dict (keys without ``model.diffusion_model.``), from key names
@@ -500,9 +521,7 @@ def unet_config_from_state_dict(sd: dict, num_heads: int | None = None,
     last, extra = f"output_blocks.{n_out - 1}.0.in_layers.0.weight", f"output_blocks.{n_out}.0.in_layers.0.weight"
     if last not in sd or extra in sd:
         raise ValueError(f"expected {n_out} output blocks for {len(channel_mult)} levels of {num_res_blocks} ResBlocks")
-    if ("middle_block", 1) not in depths:
-        raise ValueError("middle_block.1 has no transformer blocks; only ResBlock-SpatialTransformer-ResBlock "
-                         "middle blocks are supported")
+    middle = _middle_depth(sd, depths)
     if num_head_channels not in (None, -1):
         heads = dict(num_heads=-1, num_head_channels=num_head_channels)
     elif num_heads not in (None, -1):
@@ -512,7 +531,7 @@ def unet_config_from_state_dict(sd: dict, num_heads: int | None = None,
     return UNetConfig(
         in_channels=in_channels, out_channels=_shape(sd, "out.2.weight")[0], model_channels=mc,
         channel_mult=channel_mult, num_res_blocks=num_res_blocks, transformer_depth=transformer_depth,
-        transformer_depth_middle=depths["middle_block", 1],
+        transformer_depth_middle=middle,
         transformer_depth_output=tuple(depths.get(("output_blocks", j), 0) for j in reversed(range(n_out))),
         context_dim=context_dim if context_dim is not None else UNetConfig.context_dim,
         use_linear_in_transformer=linear, num_heads=heads["num_heads"], num_head_channels=heads["num_head_channels"],

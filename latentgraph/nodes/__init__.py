@@ -24,6 +24,7 @@ from . import stitch
 from . import upscale
 from . import split_loaders
 from . import merging, model_save
+from . import model_sampling, ip2p
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -45,6 +46,7 @@ BUILTIN_MODULES += (stitch,)
 BUILTIN_MODULES += (upscale,)
 BUILTIN_MODULES += (split_loaders,)
 BUILTIN_MODULES += (merging, model_save)
+BUILTIN_MODULES += (model_sampling, ip2p)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:

@@ -99,7 +99,7 @@ class Guider:
                  for key, value in self.conds.items()}
         with model.placement.use(model.unet):
             out = sample(model.apply_model, model.schedule, sampler, sigmas, noise.to(device), latent_dev, [], [],
-                         self.cfg, seed, model.latent_scale, denoise_mask, callback, model.model_options, model,
+                         self.cfg, seed, model.latent_format, denoise_mask, callback, model.model_options, model,
                          guide=lambda options: self.denoiser(conds, options))
         return out.cpu()
 
@@ -279,7 +279,7 @@ def SamplerCustomAdvanced(
     result["samples"] = out
     denoised = dict(result)
     if "denoised" in last:
-        denoised["samples"] = last["denoised"].float().cpu() / model.latent_scale
+        denoised["samples"] = model.latent_format.process_out(last["denoised"].float().cpu())
     return result, denoised
 
 
@@ -292,8 +292,9 @@ def AddNoise(model: Annotated[SDModel, MODEL], noise: Annotated[Any, NOISE], sig
     samples = latent_image["samples"]
     fresh = noise.generate_noise(latent_image)
     scale = torch.abs(sigmas[0] - sigmas[-1]) if len(sigmas) > 1 else sigmas[0]
-    scaled_in = samples * model.latent_scale if torch.count_nonzero(samples) > 0 else samples  # empty stays 0
-    noisy = model.schedule.noise_scaling(scale, fresh, scaled_in.float(), False) / model.latent_scale
+    fmt = model.latent_format
+    scaled_in = fmt.process_in(samples) if torch.count_nonzero(samples) > 0 else samples  # empty stays 0
+    noisy = fmt.process_out(model.schedule.noise_scaling(scale, fresh, scaled_in.float(), False))
     out = dict(latent_image)
     out["samples"] = torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)
     return out

@@ -46,11 +46,11 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
 
     with placement.use(model.unet):
         out = sample(model.apply_model, model.schedule, sampler_name, sigmas, noise.to(device), latent_dev,
-                     pos, neg, cfg, seed, model.latent_scale, mask, step, model.model_options, model)
+                     pos, neg, cfg, seed, model.latent_format, mask, step, model.model_options, model)
     result = dict(latent)
     result["samples"] = out.cpu()
     denoised = last.get("denoised")
-    denoised = denoised.float().cpu() / model.latent_scale if denoised is not None else result["samples"]
+    denoised = model.latent_format.process_out(denoised.float().cpu()) if denoised is not None else result["samples"]
     return result, denoised
 
 

@@ -18,7 +18,7 @@ from ..models.unclip import MERGE_REVISION, MERGE_UNCLIP, unclip_adm
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..sampling.guidance import Cond, resize_mask
-from ..sampling.schedule import DiscreteSchedule
+from ..sampling.schedule import LATENT_FORMATS, ContinuousSchedule, DiscreteSchedule, LatentFormat
 from .budget import check_tensor
 
 
@@ -42,8 +42,25 @@ class SDModel(ModelPatcher):
         return replace(self, **{"model_options": copy_options(self.model_options), **changes})
 
     @property
+    def latent_format(self) -> LatentFormat:
+        """How LATENT values (the VAE's space) map to the UNet's: a schedule's own format
+        (ModelSamplingContinuousEDM's Playground v2.5), else the file's, else the family's scale."""
+        own = getattr(self.schedule, "latent_format", None)
+        if own is not None:
+            return own
+        if self.arch.latent_format is not None:
+            return LATENT_FORMATS[self.arch.latent_format]
+        return LatentFormat(self.arch.spec.latent_scale)
+
+    @property
     def latent_scale(self) -> float:
-        return self.arch.spec.latent_scale
+        """The plain scale of the latent format; refused for one with a mean and std (use
+        ``latent_format.process_in/out``), rather than give a silently wrong latent."""
+        fmt = self.latent_format
+        if fmt.mean is not None:
+            raise ValueError(f"this model's latent format ({fmt.name}) shifts each channel by its own mean and "
+                             f"std, not by one scale: the node does not support it")
+        return fmt.scale
 
     @property
     def dtype(self) -> torch.dtype:
@@ -81,7 +98,13 @@ class VAEModel:
         return self.vae.downscale
 
 
-def schedule_for(arch: Architecture, prediction: str | None = None, zsnr: bool | None = None) -> DiscreteSchedule:
+def schedule_for(arch: Architecture, prediction: str | None = None,
+                 zsnr: bool | None = None) -> DiscreteSchedule | ContinuousSchedule:
+    """The file's own sampling (continuous EDM sigmas when it has them, ComfyUI's choice for
+    Playground v2.5 and CosXL), or the discrete schedule with ``prediction``/``zsnr`` set."""
+    if prediction is None and zsnr is None and arch.sigma_range is not None:
+        sigma_data = 0.5 if arch.prediction == "edm" else 1.0
+        return ContinuousSchedule(arch.prediction, *arch.sigma_range, sigma_data)
     return DiscreteSchedule(prediction or arch.prediction, arch.zsnr if zsnr is None else zsnr)
 
 
@@ -192,7 +215,7 @@ def inpaint_concat(model: SDModel, latent: torch.Tensor, denoise_mask: torch.Ten
     or, without a mask, ones and a blank image (ComfyUI's rule)."""
     if model.arch.unet.in_channels != 9:
         return None
-    scaled = latent * model.latent_scale if torch.count_nonzero(latent) > 0 else latent
+    scaled = model.latent_format.process_in(latent) if torch.count_nonzero(latent) > 0 else latent
     if denoise_mask is None:
         blank = torch.tensor(BLANK_LATENT, dtype=latent.dtype, device=latent.device)[None, :, None, None]
         return torch.cat([torch.ones_like(latent[:, :1]), blank.expand_as(latent)], dim=1)
@@ -211,12 +234,16 @@ def cond_concat(model: SDModel, opts: dict, latent_shape: torch.Size, device: to
     rounded; else ``default`` (from the latent's noise mask). Other models ignore them, as in
     ComfyUI."""
     image, mask = opts.get("concat_latent_image"), opts.get("concat_mask")
+    if model.arch.unet.in_channels == 8:  # InstructPix2Pix: the image to edit (zeros without one)
+        from .ip2p import ip2p_concat  # ip2p's node imports this module: import it here, not at the top
+
+        return ip2p_concat(model, image, latent_shape, device)
     if model.arch.unet.in_channels != 9 or image is None or mask is None:
         return default
     from .image import upscale  # nodes.image imports nothing of sd: no cycle, but keep it local
 
     b, _, h, w = latent_shape
-    image = image.to(device, torch.float32) * model.latent_scale
+    image = model.latent_format.process_in(image.to(device, torch.float32))
     if image.shape[-2:] != (h, w):
         image = upscale(image, w, h, "bilinear", "center")
     mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(device, torch.float32)

@@ -12,6 +12,7 @@ import torch
 
 from .guidance import ApplyModel, CFGDenoiser, Cond, add_opposite_areas
 from .samplers import sample as run_named_sampler
+from .schedule import LatentFormat, as_latent_format
 
 # callback(step, total, denoised, x) after each sampler step
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -64,7 +65,7 @@ def prepare_denoise_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice", sigmas: torch.Tensor,
            noise: torch.Tensor, latent: torch.Tensor, positive: list[Cond], negative: list[Cond], cfg: float, seed: int,
-           latent_scale: float, denoise_mask: torch.Tensor | None = None,
+           latent_scale: "float | LatentFormat", denoise_mask: torch.Tensor | None = None,
            callback: StepCallback | None = None, model_options: dict | None = None, model=None,
            guide: Callable[[dict], Callable] | None = None) -> torch.Tensor:
     """Sample and return the LATENT samples (unscaled VAE space, float32).
@@ -73,13 +74,15 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     latent is to be regenerated (a SetLatentNoiseMask / VAEEncodeForInpaint mask).
     ``model_options`` are the MODEL's (ComfyUI's shape; not changed here) and ``model`` what
     its functions receive as the model. ``guide(options)``, when given, makes the guided
-    denoiser in place of CFG over positive/negative (a GUIDER's: DualCFG, PerpNeg, ...)."""
+    denoiser in place of CFG over positive/negative (a GUIDER's: DualCFG, PerpNeg, ...).
+    ``latent_scale``: the family's scale, or a LatentFormat (Playground v2.5's mean and std)."""
     sampler_function = sampler_name.sampler_function if isinstance(sampler_name, SamplerChoice) else None
     sampler_name, sampler_options = sampler_parts(sampler_name)
     if sigmas.numel() == 0:
         return latent
     sigmas = sigmas.to(noise.device)
-    latent_in = latent * latent_scale if torch.count_nonzero(latent) > 0 else latent  # an empty latent stays 0
+    fmt = as_latent_format(latent_scale)
+    latent_in = fmt.process_in(latent) if torch.count_nonzero(latent) > 0 else latent  # an empty latent stays 0
     positive, negative = add_opposite_areas(positive, negative)
     options = dict(model_options or {})
     # the run's whole schedule, for patches that act on a part of it (ComfyUI's sample_sigmas)
@@ -125,4 +128,4 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     run = run_named_sampler if sampler_function is None else (lambda _, *a, **k: sampler_function(*a, **k))
     out = run(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb, **sampler_options)
     out = schedule.inverse_noise_scaling(sigmas[-1], out)
-    return out.float() / latent_scale
+    return fmt.process_out(out.float())

@@ -10,6 +10,8 @@ timesteps) so that sigma schedules come out bit-identical.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # what the network predicts: the noise, v (Salimans & Ho 2022), x0 itself, or x0 from an
@@ -182,3 +184,121 @@ class LCMSchedule(DiscreteSchedule):
         c_skip = self.SIGMA_DATA ** 2 / (scaled_t ** 2 + self.SIGMA_DATA ** 2)
         c_out = scaled_t / (scaled_t ** 2 + self.SIGMA_DATA ** 2) ** 0.5
         return c_out * x0 + c_skip * model_input
+
+
+class ContinuousSchedule:
+    """A model trained on continuous noise levels (ComfyUI's ModelSamplingContinuousEDM and
+    ModelSamplingContinuousV): 1000 sigmas log-spaced from sigma_min to sigma_max (float32, for
+    the schedulers that read a table), the timestep a closed form of sigma -- ``"edm"``:
+    0.25 * log(sigma) (Karras et al. 2022, table 1), ``"v"``: atan(sigma) * 2 / pi -- and the
+    preconditioning of Karras et al. with ``sigma_data``: c_in = 1 / sqrt(sigma^2 + sigma_data^2),
+    x0 from the output as eps, v (CosXL) or EDM's F (Playground v2.5: c_skip x + c_out F).
+    ``latent_format``, when set, replaces the family's (Playground v2.5's mean and std)."""
+
+    def __init__(self, prediction: str, sigma_min: float, sigma_max: float, sigma_data: float = 1.0,
+                 timing: str = "edm", latent_format: "LatentFormat | None" = None):
+        if prediction not in ("eps", "v", "edm"):
+            raise ValueError(f"unknown prediction type {prediction!r} for continuous sampling: expected eps, v or edm")
+        if timing not in ("edm", "v"):
+            raise ValueError(f"unknown timestep form {timing!r}: expected edm or v")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"continuous sampling needs 0 < sigma_min < sigma_max, got sigma_min {sigma_min:g} "
+                             f"and sigma_max {sigma_max:g}")
+        self.prediction, self.timing, self.sigma_data = prediction, timing, float(sigma_data)
+        self.latent_format = latent_format
+        self.zsnr = False
+        self.sigmas = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp()  # (1000,) float32
+        self.log_sigmas = self.sigmas.log()
+
+    def __repr__(self) -> str:
+        return (f"ContinuousSchedule(prediction={self.prediction!r}, timing={self.timing!r}, "
+                f"sigma_min={float(self.sigma_min):g}, sigma_max={float(self.sigma_max):g}, "
+                f"sigma_data={self.sigma_data:g})")
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma)
+        return 0.25 * sigma.log() if self.timing == "edm" else sigma.atan() / math.pi * 2
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        timestep = torch.as_tensor(timestep)
+        return (timestep / 0.25).exp() if self.timing == "edm" else (timestep * math.pi / 2).tan()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """Log-linear from sigma_max (0) to sigma_min (1)."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        log_min = math.log(self.sigma_min)
+        return math.exp((math.log(self.sigma_max) - log_min) * (1.0 - percent) + log_min)
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma = _per_sample(torch.as_tensor(sigma, device=x.device), x.ndim)
+        return x / (sigma ** 2 + self.sigma_data ** 2) ** 0.5
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           model_input: torch.Tensor) -> torch.Tensor:
+        sigma = _per_sample(torch.as_tensor(sigma, device=model_output.device), model_output.ndim)
+        if self.prediction == "eps":
+            return model_input - model_output * sigma
+        sd2 = self.sigma_data ** 2
+        skip = model_input * sd2 / (sigma ** 2 + sd2)
+        out = model_output * sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        return skip - out if self.prediction == "v" else skip + out
+
+    noise_scaling = DiscreteSchedule.noise_scaling
+    inverse_noise_scaling = DiscreteSchedule.inverse_noise_scaling
+
+
+class LatentFormat:
+    """How a family's LATENT (the VAE's space) maps to the space the UNet samples in:
+    ``scale * (x - mean) / std`` per channel (mean 0, std 1 for the plain families), and back."""
+
+    def __init__(self, scale: float, mean: tuple | None = None, std: tuple | None = None, name: str = ""):
+        self.scale, self.mean, self.std, self.name = float(scale), mean, std, name
+
+    def __repr__(self) -> str:
+        return f"LatentFormat({self.name or self.scale})"
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def process_in(self, x: torch.Tensor) -> torch.Tensor:
+        """VAE latent -> UNet space."""
+        if self.mean is None:
+            return x * self.scale
+        mean, std = self._stats(x)
+        return (x - mean) * self.scale / std
+
+    def process_out(self, x: torch.Tensor) -> torch.Tensor:
+        """UNet space -> VAE latent."""
+        if self.mean is None:
+            return x / self.scale
+        mean, std = self._stats(x)
+        return x * std / self.scale + mean
+
+
+# Playground v2.5's latent statistics (ComfyUI's SDXL_Playground_2_5 latent format; its scale 0.5)
+PLAYGROUND_V25 = LatentFormat(0.5, (-1.6574, 1.886, -1.383, 2.5155), (8.4927, 5.9022, 6.5498, 5.2299),
+                              "sdxl_playground_2_5")
+# Architecture.latent_format names -> formats (None: the family's plain scale)
+LATENT_FORMATS = {"playground_v25": PLAYGROUND_V25}
+
+
+def as_latent_format(scale: "float | LatentFormat") -> LatentFormat:
+    """A LatentFormat from a plain latent scale (or the format itself)."""
+    return scale if isinstance(scale, LatentFormat) else LatentFormat(scale)
