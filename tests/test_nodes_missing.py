@@ -108,3 +108,12 @@ def test_cli_table_and_json(capsys, ours):
                          f"{495 - doc['have']}: {m[TODO]} to do, {m[OUT_OF_SCOPE]} out of scope, {m[API]} api")
     assert cli.main(["nodes", "--missing", "--json", "--no-plugins"]) == 0
     assert json.loads(capsys.readouterr().out) == doc
+
+
+def test_every_sampler_node_of_comfyui_is_here(ours):
+    """ComfyUI 0.3.64's custom-sampling and advanced-sampler modules: none left (SamplerLCMUpscale
+    was the last one)."""
+    modules = {"comfy_extras.nodes_custom_sampler", "comfy_extras.nodes_advanced_samplers"}
+    theirs = {n["name"] for n in core_nodes()["nodes"] if n["module"] in modules}
+    assert len(theirs) == 35 and {"SamplerLCMUpscale", "SamplerEulerCFGpp", "SamplerCustomAdvanced"} <= theirs
+    assert theirs <= ours
