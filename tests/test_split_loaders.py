@@ -407,3 +407,53 @@ def test_ui_widgets_map_onto_the_loaders_inputs():
     assert map_widgets(registry.get("DualCLIPLoader"), ["l.safetensors", "g.safetensors", "sdxl", "cpu"]) == {
         "clip_name1": "l.safetensors", "clip_name2": "g.safetensors", "type": "sdxl", "device": "cpu"}
     assert map_widgets(registry.get("DiffusersLoader"), ["tiny/sdxl"]) == {"model_path": "tiny/sdxl"}
+
+
+def test_the_vae_alone_decodes_as_comfyuis(executor):
+    """The oracle's VAEDecode of its default latent (TinyVAELoader on the same VAE file), as the
+    8-bit PNG its SaveImage wrote: latentgraph's decode of the same latent is within one level."""
+    import numpy as np
+    from PIL import Image
+
+    from latentgraph.nodes.vae import VAEDecode
+
+    latent = load_file(ORACLE / "split_loaders_ref.safetensors")["sample/default"]
+    wf = Workflow()
+    wf.add("vae", "VAELoader", vae_name="lgL_tiny_vae.safetensors")
+    vae = executor.run(wf, targets=["vae"]).get("vae")
+    pixels = (VAEDecode({"samples": latent}, vae)[0] * 255).round()
+    theirs = torch.from_numpy(np.array(Image.open(ORACLE / "split_loaders_decoded.png").convert("RGB"))).float()
+    assert pixels.shape == theirs.shape == (64, 64, 3)
+    assert float((pixels - theirs).abs().max()) <= 1.0
+    assert float(theirs.std()) > 10  # a picture, not a flat field
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl", "sdxl_refiner"])
+def test_full_size_files_without_a_record_are_told_apart_by_their_keys(family):
+    """The published layouts at full size (meta tensors: shapes only), in diffusers keys: the
+    family and UNet config as the checkpoint loader reads them, each text encoder by its width."""
+    from latentgraph.models.checkpoint import build_text_encoders
+    from latentgraph.models.families import full_architecture
+    from latentgraph.models.split_files import text_encoder_tensors, unet_architecture, unet_tensors
+    from latentgraph.models.text_encoders import to_hf_clip_keys
+
+    arch = full_architecture(family)
+    with torch.device("meta"):
+        unet = UNetModel(arch.unet)
+        encoders = build_text_encoders(arch)
+    ldm, _, layout = unet_tensors(ldm_unet_to_diffusers(unet), "x")
+    found = unet_architecture(ldm, {}, "x")
+    assert layout == "diffusers" and found.family == family and found.unet == arch.unet
+    assert found.prediction == "eps"  # sd2's v is read from a norm's spread, which meta tensors do not have
+    for name, enc in encoders.items():
+        state = enc.state_dict()
+        hf = to_hf_clip_keys(state, "text_model.")
+        if "text_projection.weight" in state:
+            hf["text_projection.weight"] = state["text_projection.weight"]
+        got, config, _ = text_encoder_tensors(hf, {}, "x")
+        assert (got, config) == (name, arch.text[name])
+        if name == "h":  # diffusers' SD2 text_encoder: ViT-H without its last layer
+            short = {k: v for k, v in hf.items() if ".layers.23." not in k}
+            with pytest.raises(CheckpointError, match=r"x: OpenCLIP-H text encoder with 23 layers, expected 24; "
+                                                      r"latentgraph reads only whole text encoders"):
+                text_encoder_tensors(short, {}, "x")
