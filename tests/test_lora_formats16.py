@@ -235,12 +235,7 @@ def _env(root):
 
 
 def _registry():
-    reg = create_registry()
-    if "HypernetworkLoader" not in reg:
-        from latentgraph.nodes import hypernetwork
-
-        reg.register_module(hypernetwork, python_module="nodes", source="builtin")
-    return reg
+    return create_registry()
 
 
 def run_prompt(root, runs: list[str]) -> dict:

@@ -97,6 +97,9 @@ def test_the_fixture_holds_the_nodes_of_the_issue():
         ("CLIPLoader", "clip_name"): "text_encoders",
         ("DualCLIPLoader", "clip_name1"): "text_encoders",
         ("DualCLIPLoader", "clip_name2"): "text_encoders",
+        ("LoraLoader", "lora_name"): "loras",
+        ("LoraLoaderModelOnly", "lora_name"): "loras",
+        ("HypernetworkLoader", "hypernetwork_name"): "hypernetworks",
     }
 
 

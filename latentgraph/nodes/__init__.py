@@ -24,6 +24,7 @@ from . import stitch
 from . import upscale
 from . import split_loaders
 from . import merging, model_save
+from . import hypernetwork
 from . import model_sampling, ip2p
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
@@ -46,6 +47,7 @@ BUILTIN_MODULES += (stitch,)
 BUILTIN_MODULES += (upscale,)
 BUILTIN_MODULES += (split_loaders,)
 BUILTIN_MODULES += (merging, model_save)
+BUILTIN_MODULES += (hypernetwork,)
 BUILTIN_MODULES += (model_sampling, ip2p)
 
 

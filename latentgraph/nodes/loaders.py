@@ -133,8 +133,10 @@ def LoraLoader(
     model: Annotated[SDModel, MODEL(tooltip="The diffusion model the LoRA will be applied to.")],
     clip: Annotated[TextModel, CLIP(tooltip="The CLIP model the LoRA will be applied to.")],
     lora_name: Annotated[str, Combo(model_files("loras"), tooltip="The name of the LoRA.")],
-    strength_model: Annotated[float, _STRENGTH(tooltip="How strongly to modify the diffusion model.")],
-    strength_clip: Annotated[float, _STRENGTH(tooltip="How strongly to modify the CLIP model.")],
+    strength_model: Annotated[float, _STRENGTH(
+        tooltip="How strongly to modify the diffusion model. This value can be negative.")],
+    strength_clip: Annotated[float, _STRENGTH(
+        tooltip="How strongly to modify the CLIP model. This value can be negative.")],
     ctx: NodeContext,
 ) -> tuple:
     """Applies a LoRA to the model and CLIP as weight patches; the loaded base stays as it is.
