@@ -16,6 +16,7 @@ from latentgraph.cli import main as cli_main
 from latentgraph.models.checkpoint import (CheckpointError, build_text_encoders, detect_architecture, load_checkpoint,
                                            original_layout)
 from latentgraph.models.families import full_architecture
+from latentgraph.models.lora import diffusers_unet_names
 from latentgraph.models.make import make_checkpoint
 from latentgraph.models.unet import UNetConfig, UNetModel
 from latentgraph.models.vae import AutoencoderKL
@@ -133,3 +134,18 @@ def executor(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["ssd1b", "vega", "koala_700m", "koala_1b"])
 def test_tiny_derivatives_sample_as_comfyui(executor, variant):
     assert_matches_comfyui(run_key(executor, f"{variant}_euler"), f"{variant}_euler")
+
+
+def test_lora_names_follow_the_middle_block():
+    """diffusers' names for LoRA keys: SSD-1B's lone middle ResBlock is mid_block.resnets.0 (no
+    attentions); KOALA-700M has no mid_block at all."""
+    names = {}
+    for variant in ("ssd1b", "koala_700m"):
+        arch = variant_architecture("sdxl", variant, "full")
+        with torch.device("meta"):
+            names[variant] = diffusers_unet_names(UNetModel(arch.unet))
+    mid = {k: v for k, v in names["ssd1b"].items() if k.startswith("middle_block.")}
+    assert mid["middle_block.0.in_layers.2"] == "mid_block.resnets.0.conv1"
+    assert sorted(v.rsplit(".", 1)[1] for v in mid.values()) == ["conv1", "conv2", "norm1", "norm2", "time_emb_proj"]
+    assert not [v for v in names["koala_700m"].values() if v.startswith("mid_block")]
+    assert names["koala_700m"]["output_blocks.3.1.proj_in"] == "up_blocks.1.attentions.1.proj_in"

@@ -189,8 +189,9 @@ def diffusers_unet_names(unet: UNetModel) -> dict[str, str]:
                 level, i = level + 1, 0
             else:
                 i += 1
-    for j, names in _layer_names(unet.middle_block, "mid_block", 0).items():
-        blocks[f"middle_block.{j}"] = names
+    if unet.middle_block is not None:  # KOALA-700M has none
+        for j, names in _layer_names(unet.middle_block, "mid_block", 0).items():
+            blocks[f"middle_block.{j}"] = names
     out = {}
     for path in _weight_modules(unet):
         if path in _UNET_TOP:
