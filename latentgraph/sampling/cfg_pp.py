@@ -15,13 +15,14 @@ import torch
 
 from .dpm_solver import half_log_snr
 from .k_samplers import ancestral_step, to_d
-from .noise import cpu_noise_sampler
+from .steps import Run
 
 
 class UncondCapture:
     """extra_args whose model_options record each call's unconditional prediction in ``uncond``."""
 
-    def __init__(self, extra_args: dict):
+    def __init__(self, extra_args: dict | None):
+        extra_args = {} if extra_args is None else extra_args
         options = dict(extra_args.get("model_options") or {})
         options["sampler_post_cfg_function"] = [*options.get("sampler_post_cfg_function", ()), self._record]
         options["disable_cfg1_optimization"] = True
@@ -43,14 +44,10 @@ class UncondCapture:
 def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                                   s_noise=1.0, noise_sampler=None):
     """Ancestral Euler (DDIM with stochasticity eta) with CFG++: the noise direction is the uncond one."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
     uncond = UncondCapture(extra_args)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, uncond.extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **uncond.extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -61,7 +58,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
         sigma_down, sigma_up = ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta=eta)
         x = alpha_t * denoised + alpha_t * sigma_down * d
         if eta > 0 and s_noise > 0:
-            x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + alpha_t * run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -76,15 +73,11 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
 def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                                      s_noise=1.0, noise_sampler=None):
     """Ancestral DPM-Solver++(2S) (Lu et al. 2022) with CFG++: the midpoint r = 1/2 in log-sigma."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
     uncond = UncondCapture(extra_args)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, uncond.extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **uncond.extra_args)
+        denoised = run.step(x, i, sigmas)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigma_down == 0:
             x = denoised + to_d(x, sigmas[i], uncond()) * sigma_down
         else:
@@ -94,24 +87,21 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
             # x + (denoised - uncond): the sample moved from the uncond to the guided estimate
             shifted = x + (denoised - uncond())
             x_2 = (s.neg().exp() / t.neg().exp()) * shifted - (-h / 2).expm1() * denoised
-            denoised_2 = model(x_2, s.neg().exp() * s_in, **uncond.extra_args)
+            denoised_2 = run(x_2, s.neg().exp())
             x = (t_next.neg().exp() / t.neg().exp()) * (x + (denoised - uncond())) - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) (Lu et al. 2022) with CFG++: the multistep correction uses uncond history."""
-    extra_args = {} if extra_args is None else extra_args
     uncond = UncondCapture(extra_args)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, uncond.extra_args, callback)
     old_uncond = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **uncond.extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
         h = t_next - t
         if old_uncond is None or sigmas[i + 1] == 0:

@@ -15,6 +15,7 @@ import torch
 
 from .k_samplers import ancestral_step, to_d
 from .noise import brownian_noise_sampler, cpu_noise_sampler
+from .steps import Run
 
 
 def _sigma(t: torch.Tensor) -> torch.Tensor:
@@ -169,14 +170,10 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                               noise_sampler=None):
     """Ancestral sampling with DPM-Solver++(2S) steps (Lu et al. 2022b, Algorithm 1) down to sigma_down."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        denoised = run.step(x, i, sigmas)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigma_down == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
@@ -185,18 +182,19 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             h = t_next - t
             s = t + r * h
             x_2 = (_sigma(s) / _sigma(t)) * x - (-h * r).expm1() * denoised
-            denoised_2 = model(x_2, _sigma(s) * s_in, **extra_args)
+            denoised_2 = run(x_2, _sigma(s))
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
 def _sde_noise_sampler(x, sigmas, extra_args, noise_sampler):
+    """The given noise sampler, else k-diffusion's SDE default: a Brownian tree over the run's sigmas."""
     if noise_sampler is not None:
         return noise_sampler
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
-    return brownian_noise_sampler(x, sigma_min, sigma_max, extra_args.get("seed"))
+    return brownian_noise_sampler(x, sigma_min, sigma_max, (extra_args or {}).get("seed"))
 
 
 @torch.no_grad()
@@ -206,13 +204,9 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
     stages, each an ancestral step with Brownian noise."""
     if len(sigmas) <= 1:
         return x
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _sde_noise_sampler(x, sigmas, extra_args, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, _sde_noise_sampler(x, sigmas, extra_args, noise_sampler))
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -229,28 +223,25 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         h_ = half_log_snr(sd) - lambda_s
         x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
         if eta > 0 and s_noise > 0:
-            x_2 = x_2 + alpha_s_1 * noise_sampler(sigmas[i], sigma_s_1) * s_noise * su
-        denoised_2 = model(x_2, sigma_s_1 * s_in, **extra_args)
+            x_2 = x_2 + alpha_s_1 * run.noise(sigmas[i], sigma_s_1) * s_noise * su
+        denoised_2 = run(x_2, sigma_s_1)
         # stage 2: ancestral step to sigma_next with the blended prediction
         sd, su = ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
         h_ = half_log_snr(sd) - lambda_s
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
         if eta > 0 and s_noise > 0:
-            x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * su
+            x = x + alpha_t * run.noise(sigmas[i], sigmas[i + 1]) * s_noise * su
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): second order from the previous step's prediction."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback)
     old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
         h = t_next - t
         if old_denoised is None or sigmas[i + 1] == 0:
@@ -272,14 +263,10 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         return x
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _sde_noise_sampler(x, sigmas, extra_args, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, _sde_noise_sampler(x, sigmas, extra_args, noise_sampler))
     old_denoised, h, h_last = None, None, None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -295,7 +282,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                 else:
                     x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta > 0 and s_noise > 0:
-                noise = noise_sampler(sigmas[i], sigmas[i + 1])
+                noise = run.noise(sigmas[i], sigmas[i + 1])
                 x = x + noise * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         old_denoised, h_last = denoised, h
     return x
@@ -315,14 +302,10 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     """DPM-Solver++(3M) SDE (k-diffusion): third-order multistep on the SDE with noise scale eta."""
     if len(sigmas) <= 1:
         return x
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _sde_noise_sampler(x, sigmas, extra_args, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, _sde_noise_sampler(x, sigmas, extra_args, noise_sampler))
     denoised_1, denoised_2, h, h_1, h_2 = None, None, None, None, None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -345,7 +328,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + (alpha_t * phi_2) * d
             if eta > 0 and s_noise > 0:
-                noise = noise_sampler(sigmas[i], sigmas[i + 1])
+                noise = run.noise(sigmas[i], sigmas[i + 1])
                 x = x + noise * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from scipy import integrate
 
-from .noise import cpu_noise_sampler
+from .steps import Run
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -52,17 +52,11 @@ def churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler):
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0, noise_sampler=None):
     """Euler steps on the probability-flow ODE, Algorithm 2 of Karras et al. (2022) without the Heun correction."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
-        dt = sigmas[i + 1] - sigma_hat
-        x = x + d * dt
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, run.noise)
+        d = to_d(x, sigma_hat, run.step(x, i, sigmas, sigma_hat))
+        x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
 
@@ -70,20 +64,16 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler=None):
     """Ancestral sampling with Euler steps: an Euler step down to sigma_down, then fresh noise up to sigma_next."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        denoised = run.step(x, i, sigmas)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigma_down == 0:
             x = denoised
         else:
             d = to_d(x, sigmas[i], denoised)
             dt = sigma_down - sigmas[i]
-            x = x + d * dt + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + d * dt + run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -91,22 +81,16 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                 s_tmax=float("inf"), s_noise=1.0, noise_sampler=None):
     """Heun's second-order method, Algorithm 2 of Karras et al. (2022); the last step to sigma 0 is an Euler step."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, run.noise)
+        d = to_d(x, sigma_hat, run.step(x, i, sigmas, sigma_hat))
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            denoised_2 = model(x_2, sigmas[i + 1] * s_in, **extra_args)
-            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
+            d_2 = to_d(x_2, sigmas[i + 1], run(x_2, sigmas[i + 1]))
             d_prime = (d + d_2) / 2
             x = x + d_prime * dt
     return x
@@ -117,28 +101,23 @@ def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=Non
                    s_tmax=float("inf"), s_noise=1.0, noise_sampler=None):
     """Heun++ (Carzit's sd-webui-samplers-scheduler): a third model call at sigma_{i+2} and
     derivatives weighted by sigma / (3 sigma_0); Heun near the end, Euler on the last step."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     s_end = sigmas[-1]
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, run.noise)
+        d = to_d(x, sigma_hat, run.step(x, i, sigmas, sigma_hat))
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == s_end:
             x = x + d * dt
             continue
         x_2 = x + d * dt
-        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in, **extra_args))
+        d_2 = to_d(x_2, sigmas[i + 1], run(x_2, sigmas[i + 1]))
         if sigmas[i + 2] == s_end:
             w2 = sigmas[i + 1] / (2 * sigmas[0])
             d_prime = d * (1 - w2) + d_2 * w2
         else:
             x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
-            d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigmas[i + 2] * s_in, **extra_args))
+            d_3 = to_d(x_3, sigmas[i + 2], run(x_3, sigmas[i + 2]))
             w2, w3 = sigmas[i + 1] / (3 * sigmas[0]), sigmas[i + 2] / (3 * sigmas[0])
             d_prime = (1 - w2 - w3) * d + w2 * d_2 + w3 * d_3
         x = x + d_prime * dt
@@ -150,21 +129,16 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_tmax=float("inf"), s_noise=1.0, noise_sampler=None):
     """DPM-Solver-2 midpoint steps (Lu et al. 2022) in the form of Karras et al. (2022) Algorithm 2:
     the derivative at the geometric midpoint sigma_mid carries the whole step."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, run.noise)
+        d = to_d(x, sigma_hat, run.step(x, i, sigmas, sigma_hat))
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigma_hat)
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
+            d_2 = to_d(x_2, sigma_mid, run(x_2, sigma_mid))
             x = x + d_2 * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -173,23 +147,18 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler=None):
     """Ancestral sampling with DPM-Solver-2 steps down to sigma_down, then fresh noise up to sigma_next."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        d = to_d(x, sigmas[i], run.step(x, i, sigmas))
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - sigmas[i])
         else:
             sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
+            d_2 = to_d(x_2, sigma_mid, run(x_2, sigma_mid))
             x = x + d_2 * (sigma_down - sigmas[i])
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -212,15 +181,12 @@ def lms_coefficient(order: int, t, i: int, j: int) -> float:
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep (Adams-Bashforth in sigma with exact Lagrange weights), k-diffusion's LMS."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback)
     sigmas_cpu = sigmas.detach().cpu().numpy()
     ds = []
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        denoised = run.step(x, i, sigmas)
         ds = (ds + [to_d(x, sigmas[i], denoised)])[-order:]
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -234,14 +200,10 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
 def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
     """Ancestral DDPM steps (Ho et al. 2020, Algorithm 2) in variance-preserving space, between
     the alpha_bar = 1 / (sigma^2 + 1) of consecutive sigmas."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         x_vp = x / torch.sqrt(1.0 + sigma ** 2.0)
         eps = (x - denoised) / sigma
         alpha_bar, alpha_bar_next = 1 / (sigma * sigma + 1), 1 / (sigma_next * sigma_next + 1)
@@ -249,7 +211,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         x = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - alpha_bar).sqrt())
         if sigma_next > 0:
             posterior_std = ((1 - alpha) * (1.0 - alpha_bar_next) / (1.0 - alpha_bar)).sqrt()
-            x = x + posterior_std * noise_sampler(sigma, sigma_next)
+            x = x + posterior_std * run.noise(sigma, sigma_next)
             x = x * torch.sqrt(1.0 + sigma_next ** 2.0)
     return x
 
@@ -258,14 +220,9 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
     """Latent Consistency Model sampling (Luo et al. 2023): jump to the denoised latent, then
     re-noise it to the next sigma with fresh noise."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback, noise_sampler)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        x = denoised
+        x = run.step(x, i, sigmas)
         if sigmas[i + 1] > 0:
-            x = noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] + x
+            x = run.noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] + x
     return x

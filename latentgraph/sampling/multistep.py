@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .steps import Run
+
 
 def _push(history: list, d: torch.Tensor, max_order: int) -> list:
     """The newest max_order - 1 derivatives, oldest first."""
@@ -21,14 +23,11 @@ def _push(history: list, d: torch.Tensor, max_order: int) -> list:
 def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
     """Improved PNDM (Zhang & Chen 2023, DEIS paper, eq. 23): Adams-Bashforth steps with
     fixed-step weights, warming up from Euler."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback)
     history = []
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         d = (x - denoised) / sigma
         order = min(max_order, i + 1)
         if sigma_next == 0:
@@ -71,14 +70,11 @@ def ipndm_v_coefficients(sigmas, i: int, order: int) -> list:
 @torch.no_grad()
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
     """iPNDM with Adams-Bashforth weights recomputed for the actual (uneven) step sizes."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback)
     history = []
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         d = (x - denoised) / sigma
         order = min(max_order, i + 1)
         if sigma_next == 0:
@@ -145,15 +141,12 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int, n: int = 10000) -> l
 @torch.no_grad()
 def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3):
     """DEIS-tAB (Zhang & Chen 2023) with up to max_order previous derivatives; Euler to sigma 0."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, extra_args, callback)
     coeffs = deis_coefficients(sigmas, max_order)
     history = []
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         d = (x - denoised) / sigma
         order = 1 if sigma_next <= 0 else min(max_order, i + 1)
         if order == 1:

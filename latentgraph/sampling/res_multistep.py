@@ -15,7 +15,7 @@ import torch
 from .cfg_pp import UncondCapture
 from .dpm_solver import half_log_snr
 from .k_samplers import ancestral_step, to_d
-from .noise import cpu_noise_sampler
+from .steps import Run
 
 
 def _phi1(t: torch.Tensor) -> torch.Tensor:
@@ -29,17 +29,12 @@ def _phi2(t: torch.Tensor) -> torch.Tensor:
 def res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0, noise_sampler=None,
                   eta=1.0, cfg_pp=False):
     """RES second-order multistep in log-sigma, ancestral when eta > 0; Euler on the first and last steps."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
     uncond = UncondCapture(extra_args) if cfg_pp else None
-    call_args = uncond.extra_args if cfg_pp else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, uncond.extra_args if cfg_pp else extra_args, callback, noise_sampler)
     old_sigma_down = old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **call_args)
+        denoised = run.step(x, i, sigmas)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigma_down == 0 or old_denoised is None:  # Euler
             if cfg_pp:
                 x = denoised + to_d(x, sigmas[i], uncond()) * sigma_down
@@ -59,7 +54,7 @@ def res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None
                 current = uncond()
             x = (-h).exp() * x + h * (b1 * current + b2 * old_denoised)
         if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            x = x + run.noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
         old_denoised = uncond() if cfg_pp else denoised
         old_sigma_down = sigma_down
     return x
@@ -99,16 +94,12 @@ def sample_res_multistep_ancestral_cfg_pp(model, x, sigmas, extra_args=None, cal
 def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None, ge_gamma=2.0,
                                cfg_pp=False):
     """Euler steps plus (ge_gamma - 1) times the change of the derivative since the last step."""
-    extra_args = {} if extra_args is None else extra_args
     uncond = UncondCapture(extra_args) if cfg_pp else None
-    call_args = uncond.extra_args if cfg_pp else extra_args
-    s_in = x.new_ones([x.shape[0]])
+    run = Run(model, x, uncond.extra_args if cfg_pp else extra_args, callback)
     old_d = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **call_args)
+        denoised = run.step(x, i, sigmas)
         d = to_d(x, sigmas[i], uncond() if cfg_pp else denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         dt = sigmas[i + 1] - sigmas[i]
         if sigmas[i + 1] == 0:
             x = denoised

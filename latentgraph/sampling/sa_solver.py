@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 
 from .dpm_solver import half_log_snr
-from .noise import cpu_noise_sampler
 from .schedule import DiscreteSchedule
+from .steps import Run
 
 
 def exponential_coeffs(s: torch.Tensor, t: torch.Tensor, order: int, tau: float) -> torch.Tensor:
@@ -89,18 +89,14 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
     (PECE: the corrected state is evaluated again); orders drop near the end for stability."""
     if len(sigmas) <= 1:
         return x
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-    tau_func = _default_tau(extra_args) if tau_func is None else tau_func
+    run = Run(model, x, extra_args, callback, noise_sampler)
+    tau_func = _default_tau(run.extra_args) if tau_func is None else tau_func
     lambdas = half_log_snr(sigmas)
-    s_in = x.new_ones([x.shape[0]])
     keep = max(predictor_order, corrector_order)
     x_pred, h, tau, noise, preds = x, 0.0, 0.0, 0.0, []
     to_end = sigmas[-1].item() == 0  # lower the orders near the end for stability
     for i in range(len(sigmas) - 1):
-        denoised = model(x_pred, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x_pred, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x_pred, i, sigmas)
         preds = (preds + [denoised])[-keep:]
         p_order = min(predictor_order, len(preds))
         c_order = 0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(preds))
@@ -115,7 +111,7 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
             if tau > 0 and s_noise > 0:
                 x = x + noise  # the previous predictor step's noise
             if use_pece:
-                denoised = model(x, sigmas[i] * s_in, **extra_args)
+                denoised = run(x, sigmas[i])
                 preds[-1] = denoised
         if sigmas[i + 1] == 0:
             x = denoised
@@ -126,7 +122,7 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
         h = lambdas[i + 1] - lambdas[i]
         x_pred = sigmas[i + 1] / sigmas[i] * (-(tau ** 2) * h).exp() * x + _combine(preds, p_order, b)
         if tau > 0 and s_noise > 0:
-            noise = (noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+            noise = (run.noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
                      * (-2 * tau ** 2 * h).expm1().neg().sqrt() * s_noise)
             x_pred = x_pred + noise
     return x

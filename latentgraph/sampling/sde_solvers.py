@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .dpm_solver import half_log_snr
-from .noise import cpu_noise_sampler
+from .steps import Run
 
 ER_SDE_INTEGRATION_POINTS = 200  # the quadrature ComfyUI uses for the stage 2/3 integrals
 
@@ -51,17 +51,13 @@ def _er_sde_step(x, denoised, history, lambdas, sigmas, i, stage, scaler, points
 def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0, noise_sampler=None,
                   noise_scaler=None, max_stage=3):
     """ER-SDE-Solver up to order ``max_stage`` (3: VP ER-SDE-Solver-3), noise scaled by ``noise_scaler``."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
+    run = Run(model, x, extra_args, callback, noise_sampler)
     scaler = er_sde_noise_scaler if noise_scaler is None else noise_scaler
     points = torch.arange(0, float(ER_SDE_INTEGRATION_POINTS), dtype=torch.float32, device=x.device)
     lambdas = half_log_snr(sigmas).neg().exp()  # ER-SDE's lambda = sigma / alpha
-    s_in = x.new_ones([x.shape[0]])
     history = {}
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -69,7 +65,7 @@ def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None
             x, r, alpha_t = _er_sde_step(x, denoised, history, lambdas, sigmas, i, stage, scaler, points)
             if s_noise > 0:
                 scale = (lambdas[i + 1] ** 2 - lambdas[i] ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
-                x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * scale
+                x = x + alpha_t * run.noise(sigmas[i], sigmas[i + 1]) * s_noise * scale
         history["denoised"] = denoised
     return x
 
@@ -94,14 +90,10 @@ def _seeds_noise(noise, factor, sampler, sigma_from, sigma_to):
 def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                    noise_sampler=None, r=0.5):
     """SEEDS-2: two stages per step, the second at lambda fraction r; data prediction, VP."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
+    run = Run(model, x, extra_args, callback, noise_sampler)
     inject = eta > 0 and s_noise > 0
-    s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -113,13 +105,13 @@ def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=Non
         alpha_1, alpha_t = sigma_1 * lam_1.exp(), sigmas[i + 1] * lam_t.exp()
         x_2 = sigma_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_1 * _ei_h_phi_1(-r * h_eta) * denoised
         if inject:
-            noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
+            noise = (-2 * r * h * eta).expm1().neg().sqrt() * run.noise(sigmas[i], sigma_1)
             x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        denoised_2 = run(x_2, sigma_1)
         denoised_d = torch.lerp(denoised, denoised_2, 1 / (2 * r))
         x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * _ei_h_phi_1(-h_eta) * denoised_d
         if inject:
-            noise = _seeds_noise(noise, (r - 1) * h * eta, noise_sampler, sigma_1, sigmas[i + 1])
+            noise = _seeds_noise(noise, (r - 1) * h * eta, run.noise, sigma_1, sigmas[i + 1])
             x = x + noise * sigmas[i + 1] * s_noise
     return x
 
@@ -128,14 +120,10 @@ def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=Non
 def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                    noise_sampler=None, r_1=1.0 / 3, r_2=2.0 / 3):
     """SEEDS-3: three stages per step at lambda fractions r_1 and r_2; data prediction, VP."""
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = cpu_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
+    run = Run(model, x, extra_args, callback, noise_sampler)
     inject = eta > 0 and s_noise > 0
-    s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = run.step(x, i, sigmas)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -148,20 +136,20 @@ def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=Non
         alpha_t = sigmas[i + 1] * lam_t.exp()
         x_2 = sigma_1 / sigmas[i] * (-r_1 * h * eta).exp() * x - alpha_1 * _ei_h_phi_1(-r_1 * h_eta) * denoised
         if inject:
-            noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
+            noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * run.noise(sigmas[i], sigma_1)
             x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        denoised_2 = run(x_2, sigma_1)
         a3_2 = r_2 / r_1 * _ei_h_phi_2(-r_2 * h_eta)
         a3_1 = _ei_h_phi_1(-r_2 * h_eta) - a3_2
         x_3 = sigma_2 / sigmas[i] * (-r_2 * h * eta).exp() * x - alpha_2 * (a3_1 * denoised + a3_2 * denoised_2)
         if inject:
-            noise = _seeds_noise(noise, (r_1 - r_2) * h * eta, noise_sampler, sigma_1, sigma_2)
+            noise = _seeds_noise(noise, (r_1 - r_2) * h * eta, run.noise, sigma_1, sigma_2)
             x_3 = x_3 + noise * sigma_2 * s_noise
-        denoised_3 = model(x_3, sigma_2 * s_in, **extra_args)
+        denoised_3 = run(x_3, sigma_2)
         b3 = _ei_h_phi_2(-h_eta) / r_2
         b1 = _ei_h_phi_1(-h_eta) - b3
         x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b3 * denoised_3)
         if inject:
-            noise = _seeds_noise(noise, (r_2 - 1) * h * eta, noise_sampler, sigma_2, sigmas[i + 1])
+            noise = _seeds_noise(noise, (r_2 - 1) * h * eta, run.noise, sigma_2, sigmas[i + 1])
             x = x + noise * sigmas[i + 1] * s_noise
     return x
