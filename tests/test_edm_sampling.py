@@ -16,6 +16,7 @@ from latentgraph.models.checkpoint import CheckpointError, load_checkpoint
 from latentgraph.models.families import Architecture
 from latentgraph.models.make import make_checkpoint
 from latentgraph.nodes.model_sampling import ModelSamplingContinuousEDM, ModelSamplingContinuousV
+from latentgraph.nodes.preview import preview_factory
 from latentgraph.nodes.sd import SDModel, schedule_for
 from latentgraph.sampling.schedule import PLAYGROUND_V25, ContinuousSchedule, DiscreteSchedule
 from derivatives_fixtures import assert_matches_comfyui, latentgraph_prompt, make_executor, run_key
@@ -175,3 +176,14 @@ def test_a_bad_sigma_through_the_executor_names_the_node(executor):
         executor.run(prompt, targets=["edm_v"])
     assert info.value.node_id == "edm_v_ms"
     assert "ModelSamplingContinuousEDM: sigma_min (200) must be above 0 and below sigma_max (120)" in str(info.value)
+
+
+def test_playground_previews_use_its_own_factors():
+    """ComfyUI's latent_rgb_factors of SDXL_Playground_2_5 (no bias), not SDXL's."""
+    latent = torch.zeros(1, 4, 1, 1)
+    latent[0, 0] = 1.0  # channel 0 alone: the first row of factors
+    pixel = preview_factory("sdxl_playground_2_5")(latent).getpixel((0, 0))
+    assert pixel == tuple(int((v + 1) / 2 * 255) for v in (0.3920, 0.4054, 0.4549))
+    assert preview_factory("sdxl")(latent).getpixel((0, 0)) == tuple(
+        int((v + b + 1) / 2 * 255) for v, b in zip((0.3651, 0.4232, 0.4341), (0.1084, -0.0175, -0.0011)))
+    assert PLAYGROUND_V25.name == "sdxl_playground_2_5"

@@ -267,7 +267,7 @@ def SamplerCustomAdvanced(
     mask = latent_image.get("noise_mask")
     check_noise_mask(samples, mask)
     model = guider.model_patcher
-    preview = preview_factory(model.arch.family)
+    preview = preview_factory(model.latent_format.name or model.arch.family)
     last = {}
 
     def step(i: int, total: int, denoised: torch.Tensor, x: torch.Tensor) -> None:

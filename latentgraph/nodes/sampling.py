@@ -37,7 +37,7 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
     concat = inpaint_concat(model, latent_dev, mask.to(device) if mask is not None else None)
     pos = to_conds(model, positive, samples.shape, "positive", device, concat, seed)
     neg = to_conds(model, negative, samples.shape, "negative", device, concat, seed)
-    preview = preview_factory(model.arch.family)
+    preview = preview_factory(model.latent_format.name or model.arch.family)
     last = {}
 
     def step(i: int, total: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
