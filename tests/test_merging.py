@@ -72,6 +72,10 @@ def _subgraph(*ids: str) -> dict:
     return {k: v for k, v in ours.items() if k in keep}
 
 
+def _n(class_type: str, **inputs) -> dict:
+    return {"class_type": class_type, "inputs": inputs}
+
+
 def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
@@ -85,13 +89,13 @@ def test_made_checkpoints_are_the_ones_the_oracle_ran(env):
 
 def test_merged_weights_follow_comfyui_formulas(executor):
     wf = _subgraph("1", "2")
-    wf.update({"s": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["1", 0], "model2": ["2", 0], "ratio": 0.3}},
+    wf.update({"s": _n("ModelMergeSimple", model1=["1", 0], model2=["2", 0], ratio=0.3),
                "b": {"class_type": "ModelMergeBlocks", "inputs": {"model1": ["1", 0], "model2": ["2", 0],
                                                                    "input": 0.2, "middle": 0.7, "out": 0.5}},
                "d": {"class_type": "ModelMergeSubtract", "inputs": {"model1": ["1", 0], "model2": ["2", 0],
                                                                      "multiplier": 2.5}},
                "a": {"class_type": "ModelMergeAdd", "inputs": {"model1": ["1", 0], "model2": ["2", 0]}},
-               "one": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["1", 0], "model2": ["2", 0], "ratio": 1.0}}})
+               "one": _n("ModelMergeSimple", model1=["1", 0], model2=["2", 0], ratio=1.0)})
     res = executor.run(wf, targets=["1", "2", "s", "b", "d", "a", "one"])
     m1, m2 = res.get("1", 0), res.get("2", 0)
     w1, w2 = _params(m1.unet), _params(m2.unet)
@@ -99,7 +103,8 @@ def test_merged_weights_follow_comfyui_formulas(executor):
     simple, blocks = _params(res.get("s").unet), _params(res.get("b").unet)
     sub, add = _params(res.get("d").unet), _params(res.get("a").unet)
     assert len(simple) == len(w1) == 286
-    ratio_of = {"input_blocks.1.0.in_layers.2.weight": 0.2, "time_embed.0.weight": 0.2, "middle_block.1.proj_in.weight": 0.7,
+    ratio_of = {"input_blocks.1.0.in_layers.2.weight": 0.2, "time_embed.0.weight": 0.2,
+                "middle_block.1.proj_in.weight": 0.7,
                 "output_blocks.2.0.skip_connection.bias": 0.5, "out.2.weight": 0.5}
     for k in w1:
         assert torch.equal(simple[k], w1[k] * 0.3 + 0.7 * w2[k]), k
@@ -140,11 +145,10 @@ def test_merges_chain_with_loras_in_graph_order(env, executor):
     delta = torch.full((4, 32, 3, 3), 0.25)
     _diff_lora(env.models_dir / "loras" / "lgJ_delta.safetensors", key[: -len(".weight")], delta)
     wf = _subgraph("1", "2")
-    wf.update({"l1": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "lgJ_delta.safetensors",
-                                                                      "strength_model": 0.5}},
-               "m": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["l1", 0], "model2": ["2", 0], "ratio": 0.3}},
-               "l2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["m", 0], "lora_name": "lgJ_delta.safetensors",
-                                                                      "strength_model": 2.0}}})
+    lora = {"lora_name": "lgJ_delta.safetensors"}
+    wf.update({"l1": _n("LoraLoaderModelOnly", model=["1", 0], strength_model=0.5, **lora),
+               "m": _n("ModelMergeSimple", model1=["l1", 0], model2=["2", 0], ratio=0.3),
+               "l2": _n("LoraLoaderModelOnly", model=["m", 0], strength_model=2.0, **lora)})
     res = executor.run(wf, targets=["1", "2", "l2"])
     w1 = dict(res.get("1", 0).unet.named_parameters())[key]
     w2 = dict(res.get("2", 0).unet.named_parameters())[key]
@@ -254,7 +258,8 @@ def test_sdxl_and_sd2_files_have_comfyuis_layout(tmp_path, family, files):
         meta = f.metadata()
     assert meta["modelspec.predict_key"] == ("v" if family == "sd2" else "epsilon")
     if family == "sdxl":
-        assert (meta["modelspec.architecture"], meta["modelspec.title"]) == ("stable-diffusion-xl-v1-base", "sdxl_ckpt 1")
+        assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+        assert meta["modelspec.title"] == "sdxl_ckpt 1"
 
 
 def test_merge_saved_and_loaded_samples_bit_for_bit(env, executor):
@@ -405,7 +410,8 @@ def test_extracted_lora_loads_on_model_and_clip(env, executor):
     unused CLIP-L text projection name no weight of ours; the loader's rule for such keys is
     test_lora's.)"""
     theirs = load_file(REF / "oracle_lora_rank8.safetensors")
-    (env.models_dir / "loras" / "lgJ_rank8.safetensors").write_bytes((REF / "oracle_lora_rank8.safetensors").read_bytes())
+    lora = (REF / "oracle_lora_rank8.safetensors").read_bytes()
+    (env.models_dir / "loras" / "lgJ_rank8.safetensors").write_bytes(lora)
     wf = _subgraph("1")
     wf["l"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
                                                       "lora_name": "lgJ_rank8.safetensors",
@@ -443,7 +449,8 @@ def test_checkpoint_save_refuses_what_a_file_cannot_hold(executor):
     wf["s"]["inputs"].update(model=["lcm", 0], clip=["1", 1])
     with pytest.raises(NodeExecutionError) as info:
         executor.run(wf, targets=["s"])
-    assert "CheckpointSave: the model samples as 'LCMSchedule' (a ModelSampling node changed it); a checkpoint file records " \
+    assert "CheckpointSave: the model samples as 'LCMSchedule' (a ModelSampling node changed it); a checkpoint " \
+           "file records " \
            "only eps or v prediction (and zsnr): save the model before that node" in str(info.value)
     # v prediction set by ModelSamplingDiscrete is what the file records (ComfyUI records the loaded type)
     wf["v"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": "v_prediction",
