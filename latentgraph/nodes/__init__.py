@@ -55,6 +55,8 @@ def register_builtins(registry: NodeRegistry) -> NodeRegistry:
     for module in BUILTIN_MODULES:
         # "nodes" is what ComfyUI reports for its core nodes; clients treat such nodes as core.
         registry.register_module(module, python_module="nodes", source="builtin")
+        for ndef in getattr(module, "NODE_DEFS", ()):  # nodes declared as NodeDefs (input names no
+            registry.register(ndef)                    # parameter can have: merging's block merges)
     return registry
 
 
