@@ -112,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("out", metavar="OUT.safetensors")
     make.add_argument("--kind", default="checkpoint",
                       choices=("checkpoint", "controlnet", "t2i_adapter", "control_lora", "gligen", "clip_vision",
-                               "style_model", "unet", "clip", "diffusers", "upscale_model"),
+                               "style_model", "unet", "clip", "diffusers", "upscale_model", "lora", "hypernetwork"),
                       help="a whole checkpoint, a ControlNet (LDM control_model.* layout), a T2I-Adapter, a "
                            "control-LoRA (Stability's lora_controlnet layout) or a GLIGEN textbox file (sd15 "
                            "only) for the family; a CLIP vision model (--variant, --layout) or a T2I style "
                            "model (sd15 only); split files: a UNet alone (unet, --layout ldm|diffusers), a text "
                            "encoder alone (clip, --layout hf|openclip, --variant clip-l|clip-h|clip-g), a "
                            "diffusers folder (diffusers: OUT is a folder); a tiny spandrel upscale model "
-                           "(upscale_model, --variant esrgan|compact|swinir, no --family)")
+                           "(upscale_model, --variant esrgan|compact|swinir, no --family); a random LoRA of a "
+                           "LyCORIS kind (lora, --variant, --rank) or a hypernetwork (.pt, or .safetensors) for the "
+                           "family")
     make.add_argument("--family", default=None,
                       choices=("sd15", "sd2", "sdxl", "sdxl_refiner", "sd21_unclip_l", "sd21_unclip_h"),
                       help="sd21_unclip_l/h (--kind checkpoint): SD2.1-unCLIP with its CLIP image encoder")
@@ -127,18 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--variant", choices=("full", "light", "xl", "vit-l", "vit-h", "vit-bigg", "clip-l", "clip-h",
                                             "clip-g", "ssd1b", "vega", "koala_700m", "koala_1b", "playground_v25",
-                                            "cosxl", "ip2p", "esrgan", "compact", "swinir"),
+                                            "cosxl", "ip2p", "esrgan", "compact", "swinir", "lora", "locon", "loha",
+                                            "lokr", "dora", "oft", "boft", "glora"),
                       default=None,
                       help="--kind t2i_adapter: full or light (sd15, sd2) or xl (sdxl; the default for sdxl); "
                            "--kind clip_vision: vit-l, vit-h or vit-bigg (default: vit-l for sd15, vit-h for sd2, "
                            "vit-bigg for sdxl); --kind checkpoint: an SDXL derivative (ssd1b, vega, koala_700m, "
-                           "koala_1b, playground_v25, cosxl) or InstructPix2Pix (ip2p, sd15 or sdxl)")
+                           "koala_1b, playground_v25, cosxl) or InstructPix2Pix (ip2p, sd15 or sdxl); --kind lora: "
+                           "lora (the default), locon, loha, lokr, dora, oft, boft or glora")
     make.add_argument("--layout", choices=("hf", "openclip", "ldm", "diffusers"), default=None,
                       help="--kind clip_vision: transformers' vision_model.* (hf, the default) or OpenCLIP's visual.*; "
                            "--kind clip: text_model.* (hf, the default) or OpenCLIP's names; --kind unet: LDM "
                            "(ldm, the default) or diffusers keys")
     make.add_argument("--rank", type=int, default=None, help="--kind control_lora: the rank of its up/down "
-                      "pairs (default 4; Stability's files use 128 or 256)")
+                      "pairs (default 4; Stability's files use 128 or 256); --kind lora: its rank (default 4)")
     make.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                       help="tensor dtype in the file (default: fp32 for tiny, fp16 for full)")
     make.add_argument("--prediction", choices=("eps", "v"), default=None,
@@ -329,6 +333,7 @@ def cmd_run(args) -> int:
             if bars:
                 bars.close()
         elapsed = time.perf_counter() - start
+        _node_warnings(result, plan)
         if args.json:
             print(json.dumps(result.as_json()), flush=True)
             continue
@@ -338,6 +343,14 @@ def cmd_run(args) -> int:
         print(f"{label}done in {elapsed:.2f} s: {len(result.executed)} nodes executed, "
               f"{len(result.cached)} cached", flush=True)
     return 0
+
+
+def _node_warnings(result, plan) -> None:
+    """Print the warnings nodes returned as UI output ({"warnings": [...]}, e.g. LoraLoader's
+    keys that applied nowhere), naming the node."""
+    for node_id, ui in result.outputs.items():
+        for text in ui.get("warnings", ()) if isinstance(ui, dict) else ():
+            _err(f"warning: {plan.nodes[node_id].ndef.name} (node {node_id}): {text}")
 
 
 def cmd_batch(args) -> int:
@@ -645,6 +658,16 @@ def _make_upscale_model(args, dtype: str) -> str:
 MAKE_KINDS.update(upscale_model=_make_upscale_model)
 
 
+def _make_adapter(args, dtype: str) -> str:
+    """--kind lora|hypernetwork: random files in the published layouts (models/lora_make.py)."""
+    from .models.lora_make import write_for_cli
+
+    return write_for_cli(args.kind, args, dtype)
+
+
+MAKE_KINDS.update(lora=_make_adapter, hypernetwork=_make_adapter)
+
+
 def cmd_make_checkpoint(args) -> int:
     from .models.checkpoint import CheckpointError
 
@@ -654,12 +677,13 @@ def cmd_make_checkpoint(args) -> int:
         if args.family is None and args.kind != "upscale_model":
             raise ValueError(f"--family is required for --kind {args.kind}")
         if args.variant is not None and args.kind not in ("t2i_adapter", "clip_vision", "checkpoint", "clip",
-                                                          "upscale_model"):
-            raise ValueError("--variant is for --kind checkpoint, t2i_adapter, clip_vision, clip or upscale_model")
+                                                          "upscale_model", "lora"):
+            raise ValueError("--variant is for --kind checkpoint, t2i_adapter, clip_vision, clip, upscale_model "
+                             "or lora")
         if args.layout is not None and args.kind not in ("clip_vision", "unet", "clip"):
             raise ValueError("--layout is for --kind clip_vision, unet or clip")
-        if args.rank is not None and args.kind != "control_lora":
-            raise ValueError("--rank is for --kind control_lora")
+        if args.rank is not None and args.kind not in ("control_lora", "lora"):
+            raise ValueError("--rank is for --kind control_lora or lora")
         if args.kind == "control_lora" and args.rank is None:
             args.rank = 4
         what = MAKE_KINDS[args.kind](args, dtype)

@@ -411,3 +411,58 @@ def test_lora_nodes_at_strength_zero_pass_the_inputs_through(tmp_path):
 
     with pytest.raises(NodeExecutionError, match="broken.safetensors: not a readable safetensors file"):
         Executor(_registry(), env).run(prompt, targets=["off"])
+
+
+# -- the command line ----------------------------------------------------------------------
+def test_make_checkpoint_writes_loras_and_hypernetworks(tmp_path, capsys):
+    from latentgraph.cli import main as cli_main
+    from latentgraph.models.make import make_checkpoint
+
+    base = ["make-checkpoint", "--family", "sd15", "--seed", "3"]
+    assert cli_main([*base, str(tmp_path / "l.safetensors"), "--kind", "lora", "--variant", "dora", "--rank", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'l.safetensors'}: sd15 dora LoRA (")
+    make_checkpoint(tmp_path / "c.safetensors", "sd15", "tiny", seed=3)
+    ck = load_checkpoint(tmp_path / "c.safetensors")
+    loaded = load_lora(tmp_path / "l.safetensors", "sd15", ck.unet, ck.text)
+    assert loaded.warning is None and loaded.harmless == []
+    # a tiny file fits the tiny checkpoint of the same seed: its DoRA magnitudes are near that file's norms
+    sd = load_file(tmp_path / "l.safetensors")
+    name = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    norms = dict(ck.unet.named_parameters())["input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"].norm(dim=1)
+    assert torch.allclose(sd[f"{name}.dora_scale"].flatten(), norms, rtol=0.5)
+    assert cli_main([*base, str(tmp_path / "h.pt"), "--kind", "hypernetwork"]) == 0
+    assert "sd15 hypernetwork for attention widths 32, 64 (tiny, fp32)" in capsys.readouterr().out
+    assert sorted(build_hypernetwork(read_hypernetwork(tmp_path / "h.pt"), "h").mlps) == [32, 64]
+    for extra, message in ((["--kind", "hypernetwork", "--rank", "2"], "--rank is for --kind control_lora or lora"),
+                           (["--kind", "lora", "--variant", "vit-l"], "--variant vit-l is not a LoRA variant; "
+                                                                      "--kind lora takes lora, locon, loha, lokr, "
+                                                                      "dora, oft, boft, glora")):
+        assert cli_main([*base, str(tmp_path / "x.safetensors"), *extra]) != 0
+        assert capsys.readouterr().err.strip() == f"latentgraph make-checkpoint: {message}"
+
+
+def test_run_prints_node_warnings(tmp_path, capsys):
+    from latentgraph.cli import main as cli_main
+
+    _env(tmp_path)
+    partly = load_file(HERE / "lg16_lora.safetensors")
+    partly["lora_unet_input_blocks_7_1_proj_in.lora_up.weight"] = torch.zeros(4, 4)  # a block this model lacks
+    save_file(partly, str(tmp_path / "models" / "loras" / "partly.safetensors"))
+    flow = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+            "10": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "partly.safetensors",
+                                                                   "strength_model": 1.0}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a"}},
+            "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "4": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["2", 0], "negative": ["2", 0],
+                                                       "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0,
+                                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "w"}}}
+    (tmp_path / "flow.json").write_text(json.dumps(flow))
+    assert cli_main(["run", str(tmp_path / "flow.json"), "--models-dir", str(tmp_path / "models"),
+                     "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 0
+    # 393 keys on 131 modules of the fixture (the text encoder's change nothing here) + the stray one
+    assert capsys.readouterr().err == (
+        "warning: LoraLoaderModelOnly (node 10): 1 of the 394 keys of partly.safetensors were not applied (format "
+        "detected: LoRA on 132 modules; kohya names); the rest of it is. Keys not applied, grouped:\n"
+        "  names no module of this Stable Diffusion 1.x model: lora_unet_input_blocks_* (1 module, 1 key: "
+        ".lora_up.weight)\n")

@@ -195,3 +195,25 @@ def make_hypernetwork_file(out: str | Path, family: str, size: str, seed: int, a
         torch.save({**nets, "activation_func": activation, "is_layer_norm": False, "use_dropout": False,
                     "activate_output": False, "last_layer_dropout": False, "layer_structure": [1, 2, 1]}, out)
     return widths
+
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def write_for_cli(kind: str, args, dtype: str) -> str:
+    """``make-checkpoint --kind lora|hypernetwork``: write the file, return what was written."""
+    if args.prediction is not None:
+        raise ValueError(f"--prediction is for checkpoints; a {kind} has none")
+    if args.family not in ("sd15", "sd2", "sdxl", "sdxl_refiner"):
+        raise ValueError(f"--kind {kind} is for --family sd15, sd2, sdxl or sdxl_refiner, not {args.family}")
+    if kind == "hypernetwork":
+        if args.variant is not None or args.rank is not None:
+            raise ValueError("--variant and --rank are not for --kind hypernetwork")
+        widths = make_hypernetwork_file(args.out, args.family, args.size, args.seed)
+        return f"{args.family} hypernetwork for attention widths {', '.join(map(str, widths))} ({args.size}, fp32)"
+    variant = args.variant or "lora"
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant {variant} is not a LoRA variant; --kind lora takes {', '.join(VARIANTS)}")
+    rank = 4 if args.rank is None else args.rank
+    count = make_lora_file(args.out, args.family, args.size, args.seed, variant, rank, SAVE_DTYPES[dtype])
+    return f"{args.family} {variant} LoRA ({count} tensors, rank {rank}, {args.size}, {dtype})"
