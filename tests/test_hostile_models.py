@@ -3,8 +3,9 @@
 Tiny random files in the real published layouts. Checkpoints that mark another sampling family
 (Zero123, video, x4 upscaler, Lotus, EDM markers off SDXL) are refused with what was detected; a UNet laid out unlike its family is refused with detected vs expected; unknown
 tensors are refused; a wrong-shape tensor anywhere names the file and the key before anything
-runs; a LoRA applied only in part fails naming its format and the keys not applied, grouped; the
-errors reach the user through the executor as node id + message. What is supported still loads.
+runs; a LoRA of which nothing applies fails naming its format and the keys, grouped, and one that
+applies in part warns with the same groups (issue 16); the errors reach the user through the
+executor as node id + message, the warnings as the node's UI output. What is supported still loads.
 """
 
 from __future__ import annotations
