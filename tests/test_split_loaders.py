@@ -457,3 +457,11 @@ def test_full_size_files_without_a_record_are_told_apart_by_their_keys(family):
             with pytest.raises(CheckpointError, match=r"x: OpenCLIP-H text encoder with 23 layers, expected 24; "
                                                       r"latentgraph reads only whole text encoders"):
                 text_encoder_tensors(short, {}, "x")
+
+
+def test_unet_loader_takes_the_unet_of_a_whole_checkpoint(executor, models):
+    """As ComfyUI's UNETLoader: a checkpoint in diffusion_models/ gives its UNet (model.diffusion_model.*)."""
+    (models / "diffusion_models" / "whole.safetensors").write_bytes(
+        (models / "checkpoints" / "tiny_sd15.safetensors").read_bytes())
+    whole = sampled(executor, CHECKPOINT, "ck.0", "ck.1", steps=2)
+    assert torch.equal(sampled(executor, split("whole.safetensors"), steps=2), whole)
