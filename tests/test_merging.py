@@ -474,3 +474,23 @@ def test_fp16_weights_merge_in_float32_and_stay_fp16():
     assert merged.weight.dtype == torch.float16
     want = (first.weight.float() * 0.25 + 0.75 * second.weight.float()).half()
     assert torch.equal(merged.weight, want)
+
+
+def test_model_merge_sd1_takes_a_ratio_per_block(executor):
+    """ModelMergeSD1: the inputs are key prefixes ("input_blocks.4.", "out."); each weight takes
+    the ratio of the block it is in (here the tiny UNet's blocks, fewer than SD1's 12 per side)."""
+    wf = _subgraph("1", "2")
+    ratios = {name: 1.0 for name in create_registry()["ModelMergeSD1"].inputs if name not in ("model1", "model2")}
+    assert len(ratios) == 2 + 12 + 3 + 12 + 1
+    ratios.update({"time_embed.": 0.1, "input_blocks.1.": 0.2, "middle_block.1.": 0.3, "output_blocks.1.": 0.4,
+                   "out.": 0.5})
+    wf["m"] = _n("ModelMergeSD1", model1=["1", 0], model2=["2", 0], **ratios)
+    res = executor.run(wf, targets=["1", "2", "m"])
+    w1, w2, got = _params(res.get("1", 0).unet), _params(res.get("2", 0).unet), _params(res.get("m").unet)
+    for key, r in (("time_embed.2.weight", 0.1), ("input_blocks.1.1.proj_in.weight", 0.2),
+                   ("middle_block.1.proj_out.bias", 0.3), ("output_blocks.1.0.in_layers.2.weight", 0.4), ("out.2.bias", 0.5)):
+        assert torch.equal(got[key], w1[key] * r + (1.0 - r) * w2[key]), key
+    assert torch.equal(got["input_blocks.3.0.in_layers.2.weight"], w1["input_blocks.3.0.in_layers.2.weight"])
+    for key in w1:  # every other weight is model1's (ratio 1)
+        if not key.startswith(("time_embed.", "input_blocks.1.", "middle_block.1.", "output_blocks.1.", "out.")):
+            assert torch.equal(got[key], w1[key]), key

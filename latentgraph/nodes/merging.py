@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import Annotated
 
 from ..graph import CLIP, MODEL, Float, node
+from ..graph.declare import NodeDef
+from ..graph.types import as_output
 from ..models import merge
 from ..models.clip import TextModel
 from ..models.families import UNET_PREFIX
@@ -101,3 +103,37 @@ def CLIPMergeAdd(
 ) -> TextModel:
     """clip1 + clip2, for every text-encoder weight."""
     return _merge_clips(clip1, clip2, merge.add(), "CLIPMergeAdd")
+
+
+# -- ComfyUI's model-specific block merges: one ratio per UNet block. Their input names are key
+# prefixes ("input_blocks.3.", "out."), which no Python parameter can be named, so they are
+# declared as NodeDefs (register_builtins adds a module's NODE_DEFS) rather than functions.
+_SPECIFIC = "advanced/model_merging/model_specific"
+_SPECIFIC_MODULE = "comfy_extras.nodes_model_merging_model_specific"
+
+
+def _unet_blocks(levels: int, middle: int, dot: str) -> list[str]:
+    """ComfyUI's input names: time_embed., label_emb., each input/middle/output block, out.
+    (its SDXL node leaves the dot off the block names: "input_blocks.1" also starts
+    "input_blocks.1x" keys, which an SDXL UNet with 9 input blocks does not have)."""
+    return (["time_embed.", "label_emb."] + [f"input_blocks.{i}{dot}" for i in range(levels)]
+            + [f"middle_block.{i}{dot}" for i in range(middle)] + [f"output_blocks.{i}{dot}" for i in range(levels)]
+            + ["out."])
+
+
+def _block_merge_node(name: str, blocks: list[str]) -> NodeDef:
+    def merge_blocks(model1: SDModel, model2: SDModel, **ratios: float) -> SDModel:
+        # the first block's ratio is the default (ComfyUI's), so the order is the declared one
+        factors = merge.blocks({block: ratios[block] for block in blocks})
+        return _merge_models(model1, model2, factors, name)
+
+    return NodeDef(name=name, fn=merge_blocks, inputs={"model1": MODEL, "model2": MODEL, **{b: _RATIO for b in blocks}},
+                   outputs=(as_output(MODEL),), category=_SPECIFIC, display_name=name,
+                   description=f"ModelMergeBlocks with a ratio for each block of the UNet ({len(blocks)} ratios: the "
+                               f"weights whose names start with the input's name).",
+                   python_module=_SPECIFIC_MODULE)
+
+
+_SD_BLOCKS = _unet_blocks(12, 3, ".")
+NODE_DEFS = (_block_merge_node("ModelMergeSD1", _SD_BLOCKS), _block_merge_node("ModelMergeSD2", _SD_BLOCKS),
+             _block_merge_node("ModelMergeSDXL", _unet_blocks(9, 3, "")))
