@@ -120,7 +120,8 @@ def test_make_checkpoint_variants_and_their_errors(tmp_path, capsys):
         "latentgraph make-checkpoint: unknown checkpoint variant 'xl'; known: ssd1b, vega, koala_700m, koala_1b, "
         "playground_v25, cosxl, ip2p")
     assert cli_main(["make-checkpoint", str(out), "--family", "sd21_unclip_l", "--variant", "ip2p"]) == 1
-    assert capsys.readouterr().err.strip() == "latentgraph make-checkpoint: --variant ip2p is not a variant of sd21_unclip_l"
+    assert capsys.readouterr().err.strip() == ("latentgraph make-checkpoint: --variant ip2p is not a variant of "
+                                               "sd21_unclip_l")
     assert cli_main(["make-checkpoint", str(out), "--kind", "gligen", "--family", "sd15", "--variant", "ip2p"]) == 1
     assert capsys.readouterr().err.startswith("latentgraph make-checkpoint: --variant is for --kind checkpoint, ")
 
