@@ -12,11 +12,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latentgraph.graph import NodeExecutionError
-from latentgraph.models.checkpoint import CheckpointError, load_checkpoint
-from latentgraph.models.families import Architecture
+from latentgraph.models.checkpoint import (CheckpointError, build_text_encoders, detect_architecture, load_checkpoint,
+                                           original_layout)
+from latentgraph.models.families import Architecture, full_architecture
+from latentgraph.models.unet import UNetModel
+from latentgraph.models.vae import AutoencoderKL
 from latentgraph.models.make import make_checkpoint
 from latentgraph.nodes.model_sampling import ModelSamplingContinuousEDM, ModelSamplingContinuousV
 from latentgraph.nodes.preview import preview_factory
+from latentgraph.nodes.sampling import ModelSamplingDiscrete
 from latentgraph.nodes.sd import SDModel, schedule_for
 from latentgraph.sampling.schedule import PLAYGROUND_V25, ContinuousSchedule, DiscreteSchedule
 from derivatives_fixtures import assert_matches_comfyui, latentgraph_prompt, make_executor, run_key
@@ -187,3 +191,22 @@ def test_playground_previews_use_its_own_factors():
     assert preview_factory("sdxl")(latent).getpixel((0, 0)) == tuple(
         int((v + b + 1) / 2 * 255) for v, b in zip((0.3651, 0.4232, 0.4341), (0.1084, -0.0175, -0.0011)))
     assert PLAYGROUND_V25.name == "sdxl_playground_2_5"
+
+
+def test_full_size_playground_keys_and_model_sampling_discrete_on_it(tmp_path):
+    """A full-size SDXL layout (meta tensors, no memory) with Playground's markers is detected as
+    such; ModelSamplingDiscrete then replaces the sampling but, as in ComfyUI, not the latent format."""
+    arch = full_architecture("sdxl")
+    with torch.device("meta"):
+        sd = original_layout(arch, UNetModel(arch.unet), AutoencoderKL(arch.vae), build_text_encoders(arch))
+    sd.update(edm_mean=torch.zeros(1, 4, 1, 1), edm_std=torch.ones(1, 4, 1, 1))
+    found = detect_architecture(sd, None, "playground-v2.5.safetensors")
+    assert (found.family, found.prediction, found.sigma_range, found.latent_format) == (
+        "sdxl", "edm", (0.002, 80.0), "playground_v25")
+    path = tmp_path / "pg.safetensors"
+    make_checkpoint(path, "sdxl", "tiny", 2, variant="playground_v25")
+    ck = load_checkpoint(path)
+    model = SDModel(ck.unet, ck.arch, schedule_for(ck.arch), placement=None)
+    discrete = ModelSamplingDiscrete(model, "v_prediction", False)
+    assert isinstance(discrete.schedule, DiscreteSchedule) and discrete.schedule.prediction == "v"
+    assert discrete.latent_format is PLAYGROUND_V25 and model.schedule.prediction == "edm"
