@@ -54,7 +54,8 @@ def test_default_variant_and_dtype(made):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--family", "sd15"], "--family is not for --kind upscale_model: an upscale model works on pixels, for any family"),
+    (["--family", "sd15"],
+     "--family is not for --kind upscale_model: an upscale model works on pixels, for any family"),
     (["--variant", "vit-l"], "--variant vit-l is not an upscale model; choose one of esrgan, compact, swinir"),
     (["--size", "full"], "--kind upscale_model is made in --size tiny only"),
     (["--prediction", "v"], "--prediction is for checkpoints; an upscale model has none"),
