@@ -138,3 +138,12 @@ def test_node_options_and_the_size_budget():
     assert not called  # refused before the first step
     assert str(err.value) == ("SamplerLCMUpscale's scale_ratio 20.0 (a 3200x3200 latent) makes a latent of "
                               "9.8 GiB, which exceeds the limit tensor_bytes = 8 GiB")
+
+
+def test_ui_widgets_map_to_the_inputs():
+    """A UI workflow's SamplerLCMUpscale node (widgets_values as ComfyUI's frontend saves them)."""
+    from latentgraph.graph.ui_format import map_widgets
+
+    spec = create_registry().get("SamplerLCMUpscale")
+    assert map_widgets(spec, [1.5, -1, "bislerp"]) == {"scale_ratio": 1.5, "scale_steps": -1,
+                                                       "upscale_method": "bislerp"}
