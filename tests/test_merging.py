@@ -488,7 +488,8 @@ def test_model_merge_sd1_takes_a_ratio_per_block(executor):
     res = executor.run(wf, targets=["1", "2", "m"])
     w1, w2, got = _params(res.get("1", 0).unet), _params(res.get("2", 0).unet), _params(res.get("m").unet)
     for key, r in (("time_embed.2.weight", 0.1), ("input_blocks.1.1.proj_in.weight", 0.2),
-                   ("middle_block.1.proj_out.bias", 0.3), ("output_blocks.1.0.in_layers.2.weight", 0.4), ("out.2.bias", 0.5)):
+                   ("middle_block.1.proj_out.bias", 0.3), ("output_blocks.1.0.in_layers.2.weight", 0.4),
+                   ("out.2.bias", 0.5)):
         assert torch.equal(got[key], w1[key] * r + (1.0 - r) * w2[key]), key
     assert torch.equal(got["input_blocks.3.0.in_layers.2.weight"], w1["input_blocks.3.0.in_layers.2.weight"])
     for key in w1:  # every other weight is model1's (ratio 1)
