@@ -495,3 +495,31 @@ def test_model_merge_sd1_takes_a_ratio_per_block(executor):
     for key in w1:  # every other weight is model1's (ratio 1)
         if not key.startswith(("time_embed.", "input_blocks.1.", "middle_block.1.", "output_blocks.1.", "out.")):
             assert torch.equal(got[key], w1[key]), key
+
+
+def test_model_clip_and_vae_files_load_back(env, executor):
+    """ModelSave -> UNETLoader, CLIPSave -> CLIPLoader, VAESave -> VAELoader: the same tensors
+    (and, for CLIP, the same encoder shape: the file records its head count)."""
+    wf = _subgraph("1")
+    wf.update({"u": _n("ModelSave", model=["1", 0], filename_prefix="diffusion_models/lgJ"),
+               "c": _n("CLIPSave", clip=["1", 1], filename_prefix="clip/lgJ"),
+               "v": _n("VAESave", vae=["1", 2], filename_prefix="vae/lgJ_vae")})
+    out = executor.run(wf, targets=["1", "u", "c", "v"])
+    assert out.outputs["c"] == {"models": [{"filename": "lgJ_clip_l_00001_.safetensors", "subfolder": "clip",
+                                            "type": "output"}]}
+    for kind, name in (("diffusion_models", "lgJ_00001_"), ("clip", "lgJ_clip_l_00001_"), ("vae", "lgJ_vae_00001_")):
+        (env.models_dir / kind).mkdir(exist_ok=True)
+        (env.models_dir / kind / f"{name}.safetensors").write_bytes(
+            (env.output_dir / kind / f"{name}.safetensors").read_bytes())
+    back = executor.run({"ul": _n("UNETLoader", unet_name="lgJ_00001_.safetensors", weight_dtype="default"),
+                         "cl": _n("CLIPLoader", clip_name="lgJ_clip_l_00001_.safetensors", type="stable_diffusion"),
+                         "vl": _n("VAELoader", vae_name="lgJ_vae_00001_.safetensors")}, targets=["ul", "cl", "vl"])
+
+    def same(a, b) -> bool:
+        sa, sb = a.state_dict(), b.state_dict()
+        return set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    assert same(out.get("1", 0).unet, back.get("ul").unet)
+    assert same(out.get("1", 2).vae, back.get("vl").vae)
+    assert same(out.get("1", 1).encoders["l"], back.get("cl").encoders["l"])
+    assert out.get("1", 1).encoders["l"].config == back.get("cl").encoders["l"].config
