@@ -523,3 +523,19 @@ def test_model_clip_and_vae_files_load_back(env, executor):
     assert same(out.get("1", 2).vae, back.get("vl").vae)
     assert same(out.get("1", 1).encoders["l"], back.get("cl").encoders["l"])
     assert out.get("1", 1).encoders["l"].config == back.get("cl").encoders["l"].config
+
+
+def test_ui_widgets_map_to_the_inputs():
+    """A UI workflow's widgets_values (as ComfyUI's frontend saves them) land on the inputs."""
+    from latentgraph.graph.ui_format import map_widgets
+
+    registry = create_registry()
+    assert map_widgets(registry.get("ModelMergeSimple"), [0.3]) == {"ratio": 0.3}
+    assert map_widgets(registry.get("ModelMergeBlocks"), [0.2, 0.7, 0.5]) == {"input": 0.2, "middle": 0.7, "out": 0.5}
+    assert map_widgets(registry.get("CheckpointSave"), ["checkpoints/ComfyUI"]) == {
+        "filename_prefix": "checkpoints/ComfyUI"}
+    assert map_widgets(registry.get("LoraSave"), ["loras/x", 16, "full_diff", False]) == {
+        "filename_prefix": "loras/x", "rank": 16, "lora_type": "full_diff", "bias_diff": False}
+    sd1 = map_widgets(registry.get("ModelMergeSD1"), [0.5] * 30)
+    assert list(sd1)[:3] == ["time_embed.", "label_emb.", "input_blocks.0."] and list(sd1)[-1] == "out."
+    assert len(sd1) == 30 and set(sd1.values()) == {0.5}
