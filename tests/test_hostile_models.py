@@ -440,7 +440,7 @@ def ex(tmp_path_factory):
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "loras").mkdir()
     make_checkpoint(root / "models" / "checkpoints" / "sd15.safetensors", "sd15", "tiny", seed=4)
-    save_file(tiny_sd("sdxl") | MARKERS["playground"][1], str(root / "models" / "checkpoints" / "pg.safetensors"))
+    save_file(tiny_sd("sd15") | MARKERS["zero123"][1], str(root / "models" / "checkpoints" / "pg.safetensors"))
     save_file(LORA_NONE["other_model"][0], str(root / "models" / "loras" / "stranger.safetensors"))
     save_file(LORA_PARTS["other_model"][0], str(root / "models" / "loras" / "partly.safetensors"))
     save_file(pair(Q) | pair(TE, out=64), str(root / "models" / "loras" / "plain.safetensors"))
@@ -462,7 +462,7 @@ def test_refusals_reach_the_user_as_node_errors(ex):
     wf.add("pos", "CLIPTextEncode", clip=ck.CLIP, text="a red circle")
     err, events = run_failing(ex, wf, "pos")
     path = ex.env.find_model("checkpoints", "pg.safetensors")
-    message = f"{path}: detected a {MARKERS['playground'][2]}{REFUSED}"
+    message = f"{path}: detected a {MARKERS['zero123'][2]}{REFUSED}"
     assert (err.node_id, err.class_type, err.exception_message) == ("ckpt", "CheckpointLoaderSimple", message)
     assert err.format() == f"node 'ckpt' (CheckpointLoaderSimple) failed: latentgraph.models.errors.CheckpointError: " \
                            f"{message}"
