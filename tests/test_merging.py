@@ -539,3 +539,22 @@ def test_ui_widgets_map_to_the_inputs():
     sd1 = map_widgets(registry.get("ModelMergeSD1"), [0.5] * 30)
     assert list(sd1)[:3] == ["time_embed.", "label_emb.", "input_blocks.0."] and list(sd1)[-1] == "out."
     assert len(sd1) == 30 and set(sd1.values()) == {0.5}
+
+
+def test_a_failed_write_leaves_no_file(env, executor, monkeypatch):
+    import errno
+
+    from latentgraph.nodes import model_save
+
+    def full_disk(tensors, path, metadata):
+        path.write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model_save, "save_checkpoint", full_disk)
+    wf = _subgraph("1")
+    wf["v"] = _n("VAESave", vae=["1", 2], filename_prefix="lgJ_fail/vae")
+    with pytest.raises(NodeExecutionError) as info:
+        executor.run(wf, targets=["v"])
+    assert (f"VAESave: could not write {env.output_dir / 'lgJ_fail' / 'vae_00001_.safetensors'}: "
+            f"No space left on device") in str(info.value)
+    assert [p.name for p in (env.output_dir / "lgJ_fail").iterdir()] == []

@@ -87,8 +87,9 @@ def write_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str,
         save_checkpoint(cpu, tmp, metadata)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OSError(f"{what}: could not write {path}: {exc.strerror or exc}") from None
+    finally:  # whatever stopped the write (a full disk, an interrupt), no half file stays behind
+        tmp.unlink(missing_ok=True)
     log.info("%s: wrote %s (%s)", what, path, human_bytes(size))
     return size
 
