@@ -9,15 +9,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor, Workflow
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor, Workflow
 from latentgraph.models.unet import attention
 from latentgraph.nodes import attention_patches as ap
 from latentgraph.nodes import create_registry
 from conftest import FIXTURES
+from parity import tiny_env
 
 REF_DIR = FIXTURES / "comfy_reference"
 HERE = REF_DIR / "attention_patches"
@@ -27,15 +26,7 @@ CASES = sorted(REF)
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attnpatch")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    sd, meta = read_state_dict(REF_DIR / "tiny_sd15.safetensors")  # + the head counts the file cannot show
-    arch = detect_architecture(sd, meta, "tiny_sd15.safetensors", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(ckpts / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
-    return Executor(create_registry(), env)
+    return Executor(create_registry(), tiny_env(tmp_path_factory.mktemp("attnpatch")))
 
 
 def prompt(case: str) -> dict:

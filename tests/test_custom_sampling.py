@@ -11,11 +11,9 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor, Workflow
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor, Workflow
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.custom_sampling import (AlignYourStepsScheduler, DisableNoise, ExponentialScheduler,
                                                ExtendIntermediateSigmas, FlipSigmas, GITSScheduler, LaplaceScheduler,
@@ -26,6 +24,7 @@ from latentgraph.sampling.ksampler import SamplerChoice, sampler_parts
 from latentgraph.sampling.noise import prepare_noise
 from latentgraph.sampling.sigma_lists import gits_noise_levels
 from conftest import FIXTURES
+from parity import as_latentgraph, tiny_env
 
 REF = FIXTURES / "comfy_reference"
 HERE = REF / "custom_sampling"
@@ -36,27 +35,13 @@ SAVES = {n["inputs"]["samples"][0] if n["inputs"]["samples"][1] == 0 else "basic
 
 
 def latentgraph_prompt() -> dict:
-    """ComfyUI's prompt with the oracle-only TinyCheckpointLoader as CheckpointLoaderSimple
-    and without the SaveLatent sinks (the tests target the samplers)."""
-    out = {}
-    for nid, n in PROMPT.items():
-        if n["class_type"] == "TinyCheckpointLoader":
-            out[nid] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-        elif n["class_type"] != "SaveLatent":
-            out[nid] = n
-    return out
+    """The prompt ComfyUI ran, without its SaveLatent sinks (the tests target the samplers)."""
+    return as_latentgraph(PROMPT, drop=("SaveLatent",))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("custom_sampling")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    sd, meta = read_state_dict(REF / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(ckpts / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    return Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                       models_dir=root / "models", device="cpu")
+    return tiny_env(tmp_path_factory.mktemp("custom_sampling"))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from latentgraph.nodes.images_extra import (ImageBatch, ImageColorToMask, ImageS
                                              SplitImageWithAlpha)
 from latentgraph.nodes.imageio import tensor_to_pil
 from conftest import FIXTURES
+from parity import as_latentgraph, saved_latents, tiny_env
 from test_node_definitions import FLAGS, normalise
 
 REF = FIXTURES / "comfy_reference" / "everyday"
@@ -308,25 +309,10 @@ INPAINT = load_file(str(REF / "inpaint_ref.safetensors"))
 def inpainted(tmp_path_factory):
     """The inpaint prompt run here on the tiny SD1 model (TinyCheckpointLoader as
     CheckpointLoaderSimple); {SaveLatent prefix: the latent it got}."""
-    from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-    from latentgraph.models.families import METADATA_KEY
-
-    root = tmp_path_factory.mktemp("everyday_inpaint")
-    (root / "models" / "checkpoints").mkdir(parents=True)
-    (root / "in").mkdir()
-    shutil.copy(REF / "lgI_img.png", root / "in" / "lgI_img.png")
-    sd, meta = read_state_dict(FIXTURES / "comfy_reference" / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(root / "models" / "checkpoints" / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
-    prompt = {nid: ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-                    if n["class_type"] == "TinyCheckpointLoader" else n) for nid, n in INPAINT_PROMPT.items()}
-    sinks = {nid: n["inputs"]["filename_prefix"].split("/")[1] for nid, n in prompt.items()
-             if n["class_type"] == "SaveLatent"}
-    run = Executor(create_registry(), env).run(prompt)
-    return {name: load_file(str(env.output_dir / "lgI_everyday" / run.outputs[nid]["latents"][0]["filename"]))
-            ["latent_tensor"] for nid, name in sinks.items()}
+    env = tiny_env(tmp_path_factory.mktemp("everyday_inpaint"))
+    shutil.copy(REF / "lgI_img.png", env.input_dir / "lgI_img.png")
+    prompt = as_latentgraph(INPAINT_PROMPT)
+    return saved_latents(env, Executor(create_registry(), env).run(prompt), prompt)
 
 
 @pytest.mark.parametrize("name", ["inpaint_latent", "inpaint_sampled", "inpaint_sampled_nomask"])

@@ -9,14 +9,13 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from latentgraph.graph import Environment, Executor
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.latent_operations import sharpen_latent, tonemap_reinhard
 from conftest import FIXTURES
+from parity import as_latentgraph, saved_latents, tiny_env
 
 REF = FIXTURES / "comfy_reference" / "everyday"
 PROMPT = json.loads((REF / "latent_operations_prompt.json").read_text())
@@ -26,21 +25,10 @@ LATENTS = load_file(str(REF / "latent_operations_ref.safetensors"))
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """The prompt run here (TinyCheckpointLoader as CheckpointLoaderSimple): {prefix: latent}."""
-    root = tmp_path_factory.mktemp("latent_operations")
-    (root / "models" / "checkpoints").mkdir(parents=True)
-    (root / "in").mkdir()
-    shutil.copy(REF / "lgI_a.latent", root / "in" / "lgI_a.latent")
-    sd, meta = read_state_dict(FIXTURES / "comfy_reference" / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(root / "models" / "checkpoints" / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
-    prompt = {nid: ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-                    if n["class_type"] == "TinyCheckpointLoader" else n) for nid, n in PROMPT.items()}
-    run = Executor(create_registry(), env).run(prompt)
-    return {n["inputs"]["filename_prefix"].split("/")[1]:
-            load_file(str(env.output_dir / "lgI_everyday" / run.outputs[nid]["latents"][0]["filename"]))["latent_tensor"]
-            for nid, n in prompt.items() if n["class_type"] == "SaveLatent"}
+    env = tiny_env(tmp_path_factory.mktemp("latent_operations"))
+    shutil.copy(REF / "lgI_a.latent", env.input_dir / "lgI_a.latent")
+    prompt = as_latentgraph(PROMPT)
+    return saved_latents(env, Executor(create_registry(), env).run(prompt), prompt)
 
 
 @pytest.mark.parametrize("name", ["op_a_tone", "op_a_sharp", "op_k_tone", "op_k_sharp"])

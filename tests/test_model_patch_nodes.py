@@ -10,11 +10,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.model_patches import (
     APG, CFGZeroStar, DifferentialDiffusion, FreeU, FreeU_V2, RescaleCFG, apg_function, cfg_zero_star,
@@ -22,6 +20,7 @@ from latentgraph.nodes.model_patches import (
 from latentgraph.sampling.guidance import cfg_function
 from latentgraph.sampling.schedule import DiscreteSchedule, LCMSchedule
 from conftest import FIXTURES
+from parity import as_latentgraph, tiny_env
 
 REF = FIXTURES / "comfy_reference"
 HERE = REF / "model_patches"
@@ -33,28 +32,14 @@ MASKED = ["diffdiff", "diffdiff_half"]
 
 
 def latentgraph_prompt() -> dict:
-    """ComfyUI's prompt with the oracle-only TinyCheckpointLoader as CheckpointLoaderSimple
-    and without the SaveLatent sinks (the tests target the KSamplers)."""
-    out = {}
-    for nid, n in PROMPT.items():
-        if n["class_type"] == "TinyCheckpointLoader":
-            out[nid] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-        elif n["class_type"] != "SaveLatent":
-            out[nid] = n
-    return out
+    """The prompt ComfyUI ran, without its SaveLatent sinks (the tests target the KSamplers)."""
+    return as_latentgraph(PROMPT, drop=("SaveLatent",))
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Every KSampler of the prompt, run once in latentgraph."""
-    root = tmp_path_factory.mktemp("model_patches")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    sd, meta = read_state_dict(REF / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(ckpts / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
+    env = tiny_env(tmp_path_factory.mktemp("model_patches"))
     targets = [nid for nid, n in PROMPT.items() if n["class_type"] == "KSampler"]
     run = Executor(create_registry(), env).run(latentgraph_prompt(), targets=targets)
     return {t[: -len("_k")]: run.get(t)["samples"] for t in targets}
@@ -119,7 +104,6 @@ def test_declarations_match_comfyui_object_info():
 
 def tiny_model():
     from latentgraph.models.families import tiny_architecture
-    from latentgraph.models.management import Placement
     from latentgraph.models.unet import UNetModel
     from latentgraph.nodes.sd import SDModel, schedule_for
 
