@@ -466,3 +466,17 @@ def test_run_prints_node_warnings(tmp_path, capsys):
         "detected: LoRA on 132 modules; kohya names); the rest of it is. Keys not applied, grouped:\n"
         "  names no module of this Stable Diffusion 1.x model: lora_unet_input_blocks_* (1 module, 1 key: "
         ".lora_up.weight)\n")
+
+
+def test_ui_widgets_map_onto_the_loader_inputs():
+    """What ComfyUI's frontend saves in a UI workflow for these nodes (widgets_values in input
+    order) lands on the right inputs."""
+    from latentgraph.graph.ui_format import map_widgets
+
+    reg = create_registry()
+    assert map_widgets(reg["HypernetworkLoader"], ["lg16_hn_relu.pt", 0.8]) == {
+        "hypernetwork_name": "lg16_hn_relu.pt", "strength": 0.8}
+    assert map_widgets(reg["LoraLoader"], ["lg16_loha.safetensors", 0.8, 0.6]) == {
+        "lora_name": "lg16_loha.safetensors", "strength_model": 0.8, "strength_clip": 0.6}
+    assert map_widgets(reg["LoraLoaderModelOnly"], ["lg16_loha.safetensors", 0.7]) == {
+        "lora_name": "lg16_loha.safetensors", "strength_model": 0.7}
