@@ -23,15 +23,16 @@ REF = FIXTURES / "comfy_reference"
 TINY_SD15_OVERRIDES = {"unet_num_heads": 8, "text_num_heads": 2}
 
 
-def install_checkpoint(source: Path, models_dir: Path, overrides: dict, name: str | None = None) -> Path:
-    """Copy a tiny checkpoint into ``models_dir/checkpoints`` with its architecture in the metadata."""
+def install_checkpoint(source: Path, models_dir: Path, overrides: dict, name: str | None = None):
+    """Copy a tiny checkpoint into ``models_dir/checkpoints`` with its architecture in the
+    metadata; returns that Architecture."""
     folder = models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     sd, meta = read_state_dict(source)
     target = folder / (name or source.name)
     arch = detect_architecture(sd, meta, source.name, overrides)
     save_file(sd, str(target), metadata={METADATA_KEY: arch.to_json()})
-    return target
+    return arch
 
 
 def tiny_env(root: Path) -> Environment:

@@ -13,13 +13,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor
 from latentgraph.nodes import create_registry
 from conftest import FIXTURES
+from parity import TINY_SD15_OVERRIDES, install_checkpoint, tiny_env
 
 REF = FIXTURES / "comfy_reference"
 HERE = REF / "leftovers16"
@@ -38,17 +37,11 @@ def _maker():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("inpaint9")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    (root / "in").mkdir()
-    shutil.copy(REF / "everyday" / "lgI_img.png", root / "in" / "lgI_img.png")
+    env = tiny_env(root)
+    shutil.copy(REF / "everyday" / "lgI_img.png", env.input_dir / "lgI_img.png")
     _maker().make_inpaint_checkpoint(REF / "tiny_sd15.safetensors", root / "raw.safetensors")
-    sd, meta = read_state_dict(root / "raw.safetensors")
-    arch = detect_architecture(sd, meta, CKPT, {"unet_num_heads": 8, "text_num_heads": 2})
+    arch = install_checkpoint(root / "raw.safetensors", root / "models", TINY_SD15_OVERRIDES, CKPT)
     assert arch.inpaint and arch.unet.in_channels == 9
-    save_file(sd, str(ckpts / CKPT), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
     prompt = {}
     for nid, n in PROMPT.items():
         if n["class_type"] == "TinyCheckpointLoader":

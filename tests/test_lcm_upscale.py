@@ -10,15 +10,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor
 from latentgraph.nodes import create_registry
 from latentgraph.nodes.custom_sampling import SamplerLCMUpscale
 from latentgraph.sampling.lcm_upscale import sample_lcm_upscale, upscale_sizes
 from conftest import FIXTURES
+from parity import as_latentgraph, tiny_env
 
 REF = FIXTURES / "comfy_reference"
 HERE = REF / "leftovers16"
@@ -29,25 +28,12 @@ RUNS = sorted(k.split("/", 1)[1] for k in LATENTS if not k.endswith("_denoised")
 
 def latentgraph_prompt() -> dict:
     """ComfyUI's prompt with CheckpointLoaderSimple for the oracle-only loader, without the sinks."""
-    out = {}
-    for nid, n in PROMPT.items():
-        if n["class_type"] == "TinyCheckpointLoader":
-            out[nid] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-        elif n["class_type"] != "SaveLatent":
-            out[nid] = n
-    return out
+    return as_latentgraph(PROMPT, drop=("SaveLatent",))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lcm_upscale")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    sd, meta = read_state_dict(REF / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(ckpts / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    return Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                       models_dir=root / "models", device="cpu")
+    return tiny_env(tmp_path_factory.mktemp("lcm_upscale"))
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from latentgraph.graph import Environment, Executor
-from latentgraph.models.checkpoint import detect_architecture, read_state_dict
-from latentgraph.models.families import METADATA_KEY
+from latentgraph.graph import Executor
 from latentgraph.nodes import create_registry
 from conftest import FIXTURES
+from parity import as_latentgraph, tiny_env
 
 REF = FIXTURES / "comfy_reference"
 HERE = REF / "leftovers16"
@@ -29,17 +28,8 @@ SINKS = {nid: tuple(n["inputs"]["sigmas" if n["class_type"] == "SaveSigmas" else
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sigma_parity")
-    ckpts = root / "models" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    sd, meta = read_state_dict(REF / "tiny_sd15.safetensors")
-    arch = detect_architecture(sd, meta, "tiny_sd15", {"unet_num_heads": 8, "text_num_heads": 2})
-    save_file(sd, str(ckpts / "tiny_sd15.safetensors"), metadata={METADATA_KEY: arch.to_json()})
-    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
-                      models_dir=root / "models", device="cpu")
-    prompt = {nid: ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["inputs"]["ckpt_name"]}}
-                    if n["class_type"] == "TinyCheckpointLoader" else n)
-              for nid, n in PROMPT.items() if nid not in SINKS}
+    env = tiny_env(tmp_path_factory.mktemp("sigma_parity"))
+    prompt = as_latentgraph(PROMPT, drop=("SaveSigmas", "SaveValueJSON"))
     targets = sorted({node for node, _ in SINKS.values()})
     run = Executor(create_registry(), env).run(prompt, targets=targets)
     return {sink[len("save_"):]: run.get(node, out) for sink, (node, out) in SINKS.items()}
