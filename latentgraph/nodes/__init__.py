@@ -26,6 +26,7 @@ from . import split_loaders
 from . import merging, model_save
 from . import hypernetwork
 from . import model_sampling, ip2p
+from . import core_extras
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -49,6 +50,7 @@ BUILTIN_MODULES += (split_loaders,)
 BUILTIN_MODULES += (merging, model_save)
 BUILTIN_MODULES += (hypernetwork,)
 BUILTIN_MODULES += (model_sampling, ip2p)
+BUILTIN_MODULES += (core_extras,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
