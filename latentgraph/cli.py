@@ -691,7 +691,8 @@ def cmd_make_checkpoint(args) -> int:
         raise LatentgraphError(f"latentgraph make-checkpoint: {exc}") from None
     except OSError as exc:
         raise LatentgraphError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
-    size = Path(args.out).stat().st_size
+    out = Path(args.out)  # a file, or a folder (--kind diffusers): then every file in it
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"wrote {args.out}: {what}, {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return 0
 

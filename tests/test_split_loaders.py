@@ -357,9 +357,12 @@ def test_make_checkpoint_writes_split_files_of_the_checkpoints_weights(tmp_path,
     assert "OpenCLIP-bigG text encoder of Stable Diffusion XL (openclip keys, tiny, fp32)" in capsys.readouterr().out
     folder = tmp_path / "folder"
     assert cli_main(["make-checkpoint", str(folder), "--kind", "diffusers", "--family", "sd15", "--seed", "4"]) == 0
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sorted(p.relative_to(folder).as_posix() for p in files) == [
         "model_index.json", "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors"]
+    total = sum(p.stat().st_size for p in files)  # the folder's size, not the directory entry's
+    assert f", {total / 1e6:.1f} MB in " in capsys.readouterr().out and total > 1e5
     from latentgraph.models.checkpoint import load_checkpoint
 
     whole = load_checkpoint(ck)
