@@ -441,14 +441,21 @@ def test_make_checkpoint_writes_loras_and_hypernetworks(tmp_path, capsys):
         assert capsys.readouterr().err.strip() == f"latentgraph make-checkpoint: {message}"
 
 
-def test_run_prints_node_warnings(tmp_path, capsys):
-    from latentgraph.cli import main as cli_main
+PARTLY_WARNING = (
+    "1 of the 394 keys of partly.safetensors were not applied (format detected: LoRA on 132 modules; kohya names); "
+    "the rest of it is. Keys not applied, grouped:\n  names no module of this Stable Diffusion 1.x model: "
+    "lora_unet_input_blocks_* (1 module, 1 key: .lora_up.weight)")
 
-    _env(tmp_path)
+
+def partly_flow(root) -> dict:
+    """The tiny model, a LoRA of which one key names a block it lacks (LoraLoaderModelOnly, node
+    10), one sampling step, SaveLatent. 393 keys on 131 modules of the fixture (the text
+    encoder's change nothing in a model-only load) + the stray one."""
+    env = _env(root)
     partly = load_file(HERE / "lg16_lora.safetensors")
-    partly["lora_unet_input_blocks_7_1_proj_in.lora_up.weight"] = torch.zeros(4, 4)  # a block this model lacks
-    save_file(partly, str(tmp_path / "models" / "loras" / "partly.safetensors"))
-    flow = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+    partly["lora_unet_input_blocks_7_1_proj_in.lora_up.weight"] = torch.zeros(4, 4)
+    save_file(partly, str(root / "models" / "loras" / "partly.safetensors"))
+    return env, {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
             "10": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "partly.safetensors",
                                                                    "strength_model": 1.0}},
             "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a"}},
@@ -457,15 +464,51 @@ def test_run_prints_node_warnings(tmp_path, capsys):
                                                        "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0,
                                                        "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
             "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "w"}}}
+
+
+def test_run_prints_node_warnings(tmp_path, capsys):
+    from latentgraph.cli import main as cli_main
+
+    _, flow = partly_flow(tmp_path)
     (tmp_path / "flow.json").write_text(json.dumps(flow))
     assert cli_main(["run", str(tmp_path / "flow.json"), "--models-dir", str(tmp_path / "models"),
                      "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 0
-    # 393 keys on 131 modules of the fixture (the text encoder's change nothing here) + the stray one
-    assert capsys.readouterr().err == (
-        "warning: LoraLoaderModelOnly (node 10): 1 of the 394 keys of partly.safetensors were not applied (format "
-        "detected: LoRA on 132 modules; kohya names); the rest of it is. Keys not applied, grouped:\n"
-        "  names no module of this Stable Diffusion 1.x model: lora_unet_input_blocks_* (1 module, 1 key: "
-        ".lora_up.weight)\n")
+    assert capsys.readouterr().err == f"warning: LoraLoaderModelOnly (node 10): {PARTLY_WARNING}\n"
+
+
+def test_the_server_sends_node_warnings_and_keeps_them_in_the_history(tmp_path):
+    import asyncio
+
+    from aiohttp import WSMsgType
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from latentgraph.nodes import create_services
+    from latentgraph.server.app import create_app
+
+    env, flow = partly_flow(tmp_path)
+    app = create_app(_registry(), env, services=create_services(env), user_dir=tmp_path / "user", frontend="none")
+
+    async def go():
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            ws = await client.ws_connect("/ws?clientId=k")
+            await ws.receive_json(timeout=10)  # status
+            pid = (await (await client.post("/prompt", json={"prompt": flow, "client_id": "k"})).json())["prompt_id"]
+            executed = []
+            while True:
+                raw = await ws.receive(timeout=60)
+                if raw.type != WSMsgType.TEXT:  # preview frames
+                    continue
+                msg = json.loads(raw.data)
+                if msg["type"] == "executed":
+                    executed.append(msg["data"])
+                if msg["type"] == "executing" and msg["data"]["node"] is None:
+                    break
+            history = await (await client.get(f"/history/{pid}")).json()
+            return executed, history[pid]["outputs"]
+
+    executed, outputs = asyncio.run(asyncio.wait_for(go(), 120))
+    assert [(e["node"], e["output"]) for e in executed if e["node"] == "10"] == [("10", {"warnings": [PARTLY_WARNING]})]
+    assert outputs["10"] == {"warnings": [PARTLY_WARNING]} and "latents" in outputs["5"]
 
 
 def test_ui_widgets_map_onto_the_loader_inputs():
