@@ -94,6 +94,13 @@ def _repeat_batch(samples: Tensor, batch: int) -> Tensor:
 _AXES = {"x": -1, "y": -2, "t": -3}
 
 
+def _min_rank(dim: str) -> int:
+    """The rank a latent needs for ``dim``: t is the frame axis of a video latent [B, C, T, H, W];
+    on an image latent [B, C, H, W] ComfyUI would use the channels there, which no model could
+    read back, so that is refused."""
+    return 5 if dim.lstrip("-") == "t" else 3
+
+
 @node(category="latent/advanced", outputs=[LATENT], python_module=_LATENT)
 def LatentConcat(samples1: Annotated[dict, LATENT], samples2: Annotated[dict, LATENT],
                  dim: Annotated[str, Combo(CONCAT_DIMS)]) -> dict:
@@ -101,7 +108,7 @@ def LatentConcat(samples1: Annotated[dict, LATENT], samples2: Annotated[dict, LA
     first. samples2's batch is cut or cycled to samples1's; the other sides must match."""
     s1, s2 = samples1["samples"], samples2["samples"]
     axis = _AXES[dim.lstrip("-")]
-    if s1.ndim < -axis + 1 or s2.ndim != s1.ndim:
+    if s1.ndim < _min_rank(dim) or s2.ndim != s1.ndim:
         raise ValueError(f"LatentConcat: dim {dim!r} needs latents with a {dim.lstrip('-')} axis of the same "
                          f"rank; got samples1 {tuple(s1.shape)} and samples2 {tuple(s2.shape)}")
     s2 = _repeat_batch(s2, s1.shape[0])
@@ -124,12 +131,12 @@ def LatentCut(
     index: Annotated[int, Int(0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1)],
     amount: Annotated[int, Int(1, min=1, max=MAX_RESOLUTION, step=1)],
 ) -> dict:
-    """``amount`` steps of the latent along x, y or t from ``index`` (negative counts from the
-    end). As ComfyUI, a start past the end moves in to the last step and amount is cut to what
-    is there."""
+    """``amount`` steps of the latent along x, y or t (frames of a video latent) from ``index``
+    (negative counts from the end). As ComfyUI, a start past the end moves in to the last step
+    and amount is cut to what is there."""
     s = samples["samples"]
     axis = s.ndim + _AXES[dim]
-    if axis < 1:
+    if s.ndim < _min_rank(dim):
         raise ValueError(f"LatentCut: dim {dim!r} needs a latent with a {dim} axis; got {tuple(s.shape)}")
     size = s.shape[axis]
     if index >= 0:
@@ -143,16 +150,20 @@ def LatentCut(
     return out
 
 
-# ITU-R BT.601 full-range YCbCr, the matrices kornia's rgb_to_ycbcr / ycbcr_to_rgb use
+# ITU-R BT.601 full-range YCbCr, chroma centred on 0.5, as kornia (which ComfyUI calls) computes
+# it. The inverse is the exact one of kornia 0.9 (ComfyUI 0.3.64's pin): 1/0.713 and 1/0.564,
+# and green from Y's definition, rather than the rounded 1.403/0.714/0.344/1.773 of older kornia.
+_KR, _KG, _KB = 0.299, 0.587, 0.114
 _CB, _CR = 0.564, 0.713
-_R_CR, _G_CR, _G_CB, _B_CB = 1.403, 0.714, 0.344, 1.773
+_R_CR, _B_CB = 1 / _CR, 1 / _CB
+_G_CR, _G_CB = _KR / _CR / _KG, _KB / _CB / _KG
 
 
 @node(category="image/batch", outputs=[("Y", "IMAGE"), ("U", "IMAGE"), ("V", "IMAGE")], python_module=_MORPHOLOGY)
 def ImageRGBToYUV(image: Annotated[Tensor, IMAGE]) -> tuple:
     """Y, Cb and Cr (BT.601, chroma centred on 0.5), each as a grey image of the input's shape."""
     r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
+    y = _KR * r + _KG * g + _KB * b
     u = (b - y) * _CB + 0.5
     v = (r - y) * _CR + 0.5
     return y.expand_as(image), u.expand_as(image), v.expand_as(image)
@@ -160,7 +171,7 @@ def ImageRGBToYUV(image: Annotated[Tensor, IMAGE]) -> tuple:
 
 @node(category="image/batch", outputs=["IMAGE"], python_module=_MORPHOLOGY)
 def ImageYUVToRGB(Y: Annotated[Tensor, IMAGE], U: Annotated[Tensor, IMAGE], V: Annotated[Tensor, IMAGE]) -> Tensor:
-    """RGB from Y, Cb and Cr images (each image's channels averaged first), BT.601; not clamped."""
+    """RGB from Y, Cb and Cr images (each image's channels averaged first), BT.601, clamped to 0..1."""
     if not (Y.shape[:3] == U.shape[:3] == V.shape[:3]):
         raise ValueError(f"ImageYUVToRGB: Y {tuple(Y.shape)}, U {tuple(U.shape)} and V {tuple(V.shape)} "
                          f"must have the same batch, height and width")
@@ -168,7 +179,7 @@ def ImageYUVToRGB(Y: Annotated[Tensor, IMAGE], U: Annotated[Tensor, IMAGE], V: A
     r = y + _R_CR * (cr - 0.5)
     g = y - _G_CR * (cr - 0.5) - _G_CB * (cb - 0.5)
     b = y + _B_CB * (cb - 0.5)
-    return torch.cat((r, g, b), dim=-1)
+    return torch.cat((r, g, b), dim=-1).clamp(0, 1)
 
 
 @node(category="mask", display_name="MaskPreview", output_node=True, python_module="comfy_extras.nodes_mask")

@@ -1,0 +1,245 @@
+"""The small core nodes of latentgraph/nodes/core_extras.py (images, latents, masks) against
+ComfyUI 0.3.64: the API prompt ComfyUI ran is tests/fixtures/comfy_reference/core_extras/
+images_prompt.json and what it saved is images_ref.safetensors there (README.md in that folder).
+Then unit checks of values, edge cases and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from latentgraph.graph import Environment, Executor
+from latentgraph.nodes import create_registry
+from latentgraph.nodes.core_extras import (
+    GetImageSize, ImageAddNoise, ImageRGBToYUV, ImageYUVToRGB, LatentConcat, LatentCut, PorterDuffImageComposite,
+    ResizeAndPadImage, porter_duff)
+from conftest import FIXTURES
+
+REF = FIXTURES / "comfy_reference"
+HERE = REF / "core_extras"
+IMAGES_PROMPT = json.loads((HERE / "images_prompt.json").read_text())
+IMAGES_REF = load_file(str(HERE / "images_ref.safetensors"))
+INPUTS = ("lgI_img.png", "lgI_img2.png", "lgI_a.latent", "lgI_c.latent")  # in ../everyday
+# 8-bit outputs of float maths where a value on a rounding boundary may land one step away
+INEXACT_PREFIXES = ("pad_", "pd_", "mask_pd_", "yuv_")
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """The image prompt run here: {prefix: PNGs decoded uint8 (N, H, W, C) | latent samples}."""
+    root = tmp_path_factory.mktemp("core_extras")
+    (root / "in").mkdir()
+    for name in INPUTS:
+        shutil.copy(REF / "everyday" / name, root / "in" / name)
+    env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
+                      models_dir=root / "models", device="cpu")
+    run = Executor(create_registry(), env).run(IMAGES_PROMPT)
+    out = {}
+    for nid, node in IMAGES_PROMPT.items():
+        name = node["inputs"].get("filename_prefix", "").split("/")[-1]
+        if node["class_type"] == "SaveImage":
+            files = [env.output_dir / "lgO" / e["filename"] for e in run.outputs[nid]["images"]]
+            out[name] = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files]))
+        elif node["class_type"] == "SaveLatent":
+            saved = run.outputs[nid]["latents"][0]
+            out[name] = load_file(str(env.output_dir / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    return out
+
+
+def test_the_reference_holds_every_output(outputs):
+    assert sorted(outputs) == sorted(IMAGES_REF) and len(IMAGES_REF) == 59
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES_REF))
+def test_output_matches_comfyui(name, outputs):
+    ours, ref = outputs[name], IMAGES_REF[name]
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    if ref.dtype == torch.float32:  # latents: moved, not computed, so exactly equal
+        assert torch.equal(ours, ref)
+    elif name.startswith(INEXACT_PREFIXES):
+        diff = (ours.int() - ref.int()).abs()
+        assert diff.max() <= 1, f"max difference {diff.max()} steps"
+        assert (diff > 0).float().mean() < 0.02  # a boundary case, not a shift
+    else:
+        assert torch.equal(ours, ref)
+
+
+def test_prompt_cases_really_differ():
+    # cases that would pass against a do-nothing node: the modes give distinct pictures,
+    # and the noise is there
+    pd = {name: IMAGES_REF[name] for name in IMAGES_REF if name.startswith("pd_")}
+    assert len({bytes(t.numpy()) for t in pd.values()}) >= 14
+    assert (IMAGES_REF["noise_0.5"].int() - IMAGES_REF["noise_0.2"].int()).abs().max() > 50
+    assert IMAGES_REF["size"].shape == (2, 20, 24, 3)  # GetImageSize of the 2-image batch
+    assert IMAGES_REF["size"][0, 0, 0].tolist() == [0x10, 0x20, 0x30]
+
+
+# -- unit checks ------------------------------------------------------------------------------
+
+def test_get_image_size_is_width_height_batch():
+    assert GetImageSize(torch.zeros(3, 5, 7, 3)) == (7, 5, 3)
+
+
+def test_image_add_noise_uses_the_seeded_cpu_generator_and_clamps():
+    image = torch.full((1, 4, 4, 3), 0.5)
+    out = ImageAddNoise(image, 7, 0.1)
+    expected = 0.5 + 0.1 * torch.randn((1, 4, 4, 3), generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(out, expected.clamp(0, 1), atol=0)
+    assert torch.equal(ImageAddNoise(image, 7, 0.0), image)
+    loud = ImageAddNoise(image, 7, 1.0)
+    assert loud.min() == 0.0 and loud.max() == 1.0  # clamped both ways
+
+
+def test_resize_and_pad_centres_on_the_padding_colour():
+    image = torch.ones(1, 2, 4, 3) * 0.25  # 4 wide, 2 high
+    out = ResizeAndPadImage(image, 8, 8, "black", "nearest-exact")
+    assert out.shape == (1, 8, 8, 3)
+    # scale 2: 8 x 4 pixels, 2 rows of padding above and below
+    assert torch.equal(out[0, 2:6], torch.full((4, 8, 3), 0.25))
+    assert out[0, :2].abs().sum() == 0 and out[0, 6:].abs().sum() == 0
+    white = ResizeAndPadImage(image, 5, 5, "white", "area")
+    # scale 1.25: 5 x 2 (2.5 truncated); top offset (5 - 2) // 2 = 1, one row above and two below
+    assert torch.equal(white[0, 0], torch.ones(5, 3)) and torch.equal(white[0, 3:], torch.ones(2, 5, 3))
+    assert torch.allclose(white[0, 1:3], torch.full((2, 5, 3), 0.25))
+
+
+def test_resize_and_pad_refuses_a_picture_that_would_vanish():
+    with pytest.raises(ValueError, match=r"a 1000x1 image fitted into 10x10 would be 10x0 pixels"):
+        ResizeAndPadImage(torch.zeros(1, 1, 1000, 3), 10, 10, "white", "area")
+
+
+def test_resize_and_pad_checks_the_budget_before_allocating():
+    with pytest.raises(ValueError, match=r"target_width 16384 x target_height 16384 makes an image of .*tensor_bytes"):
+        ResizeAndPadImage(torch.zeros(4096, 1, 1, 3), 16384, 16384, "white", "area")
+
+
+def _latent(*shape, start=0.0):
+    return {"samples": torch.arange(float(np.prod(shape))).reshape(shape) + start}
+
+
+def test_latent_concat_orders_and_cycles_the_batch():
+    a, b = _latent(2, 1, 2, 2), _latent(1, 1, 2, 3, start=100)
+    out = LatentConcat(a, b, "x")["samples"]
+    assert out.shape == (2, 1, 2, 5)
+    assert torch.equal(out[1, :, :, 2:], b["samples"][0])  # b's one item repeated for a's second
+    first = LatentConcat(a, b, "-x")["samples"]
+    assert torch.equal(first[:, :, :, :3], b["samples"].expand(2, -1, -1, -1))
+    assert LatentConcat(_latent(1, 1, 2, 2, 2), _latent(1, 1, 3, 2, 2), "t")["samples"].shape == (1, 1, 5, 2, 2)
+
+
+def test_latent_concat_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"along 'x' every other side must match; got samples1 \(1, 1, 2, 2\) "
+                                         r"and samples2 \(1, 1, 3, 2\)"):
+        LatentConcat(_latent(1, 1, 2, 2), _latent(1, 1, 3, 2), "x")
+    with pytest.raises(ValueError, match=r"dim '-t' needs latents with a t axis"):
+        LatentConcat(_latent(1, 1, 2, 2), _latent(1, 1, 2, 2), "-t")
+
+
+def test_latent_cut_clamps_as_comfyui():
+    s = _latent(1, 1, 2, 6)
+    assert LatentCut(s, "x", 2, 3)["samples"][0, 0, 0].tolist() == [2.0, 3.0, 4.0]
+    assert LatentCut(s, "x", 9, 3)["samples"][0, 0, 0].tolist() == [5.0]  # start moves to the last
+    assert LatentCut(s, "x", -2, 5)["samples"][0, 0, 0].tolist() == [4.0, 5.0]  # amount cut at the end
+    assert LatentCut(s, "x", -99, 1)["samples"][0, 0, 0].tolist() == [0.0]
+    assert LatentCut(s, "y", 1, 1)["samples"].shape == (1, 1, 1, 6)
+    with pytest.raises(ValueError, match=r"dim 't' needs a latent with a t axis; got \(1, 1, 2, 6\)"):
+        LatentCut(s, "t", 0, 1)  # an image latent has no frames (ComfyUI would cut its channels)
+    assert LatentCut(_latent(1, 1, 4, 2, 2), "t", 1, 2)["samples"].shape == (1, 1, 2, 2, 2)
+
+
+def test_yuv_known_colours_and_round_trip():
+    rgb = torch.tensor([[[[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]]])  # red, white
+    y, u, v = ImageRGBToYUV(rgb)
+    assert y.shape == rgb.shape and torch.equal(y[..., 0], y[..., 2])
+    assert torch.allclose(y[0, 0, :, 0], torch.tensor([0.299, 1.0]))
+    assert torch.allclose(u[0, 0, :, 0], torch.tensor([0.5 - 0.299 * 0.564, 0.5]))
+    assert torch.allclose(v[0, 0, :, 0], torch.tensor([0.5 + 0.701 * 0.713, 0.5]))
+    assert torch.allclose(ImageYUVToRGB(y, u, v), rgb, atol=1e-6)  # the exact inverse
+    assert ImageYUVToRGB(y, torch.zeros_like(u), v).min() == 0.0  # clamped
+    with pytest.raises(ValueError, match=r"ImageYUVToRGB: Y \(1, 1, 2, 3\), U \(1, 2, 2, 3\)"):
+        ImageYUVToRGB(y, torch.zeros(1, 2, 2, 3), v)
+
+
+def test_porter_duff_src_over_and_alpha_as_mask():
+    src, dst = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 1.0]]])
+    # MASK 0.5 = alpha 0.5 over an opaque destination
+    image, mask = porter_duff(src, torch.full((1, 1, 1), 0.5), dst, torch.zeros(1, 1, 1), "SRC_OVER")
+    assert torch.allclose(image, torch.tensor([[[0.5, 0.0, 0.5]]])) and torch.allclose(mask, torch.zeros(1, 1, 1))
+    image, mask = porter_duff(src, torch.ones(1, 1, 1), dst, torch.ones(1, 1, 1), "XOR")  # both transparent
+    assert torch.equal(image, torch.zeros(1, 1, 3)) and torch.equal(mask, torch.ones(1, 1, 1))
+    with pytest.raises(ValueError, match="unknown mode 'NOPE'"):
+        porter_duff(src, mask, dst, mask, "NOPE")
+
+
+def test_porter_duff_node_batch_and_channel_errors():
+    image, mask = PorterDuffImageComposite(torch.rand(3, 4, 4, 3), torch.zeros(2, 4, 4), torch.rand(3, 4, 4, 3),
+                                           torch.zeros(3, 4, 4), "SRC")
+    assert image.shape == (2, 4, 4, 3) and mask.shape == (2, 4, 4)  # the shortest batch
+    with pytest.raises(ValueError, match="source has 4 channels and destination 3"):
+        PorterDuffImageComposite(torch.rand(1, 4, 4, 4), torch.zeros(1, 4, 4), torch.rand(1, 4, 4, 3),
+                                 torch.zeros(1, 4, 4), "SRC")
+
+
+# -- MaskPreview and LoadImageOutput through the executor -------------------------------------
+
+def _env(tmp_path):
+    return Environment(output_dir=tmp_path / "out", input_dir=tmp_path / "in", temp_dir=tmp_path / "tmp",
+                       models_dir=tmp_path / "models", device="cpu")
+
+
+def test_mask_preview_writes_grey_pngs_to_temp(tmp_path):
+    env = _env(tmp_path)
+    prompt = {"m": {"class_type": "SolidMask", "inputs": {"value": 0.6, "width": 5, "height": 3}},
+              "p": {"class_type": "MaskPreview", "inputs": {"mask": ["m", 0]}}}
+    run = Executor(create_registry(), env).run(prompt)
+    [saved] = run.outputs["p"]["images"]
+    assert saved["type"] == "temp"
+    pixels = np.asarray(Image.open(env.temp_dir / saved["subfolder"] / saved["filename"]))
+    assert pixels.shape == (3, 5, 3) and (pixels == 153).all()  # 0.6 * 255
+
+
+def test_load_image_output_reads_the_output_folder(tmp_path):
+    env = _env(tmp_path)
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    Image.new("RGB", (3, 2), (255, 0, 0)).save(tmp_path / "out" / "sub" / "r.png")
+    registry = create_registry()
+    info = registry.object_info(env)["LoadImageOutput"]
+    assert info["input"]["required"]["image"] == [["sub/r.png [output]"], {"image_folder": "output",
+                                                                           "image_upload": True}]
+    assert info["experimental"] is True
+    for name in ("sub/r.png [output]", "sub/r.png"):
+        prompt = {"l": {"class_type": "LoadImageOutput", "inputs": {"image": name}},
+                  "s": {"class_type": "PreviewImage", "inputs": {"images": ["l", 0]}}}
+        run = Executor(registry, env).run(prompt, targets=["l"])
+        image, mask = run.get("l", 0), run.get("l", 1)
+        assert image.shape == (1, 2, 3, 3) and torch.equal(image[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+        assert mask.shape == (1, 64, 64) and mask.abs().sum() == 0  # no alpha: 64x64 zeros, as LoadImage
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", "missing.png [output]", "x.png [input]"])
+def test_load_image_output_refuses_paths_out_of_the_folder_and_missing_files(tmp_path, name):
+    from latentgraph.graph import ValidationError
+
+    env = _env(tmp_path)
+    (tmp_path / "out").mkdir()
+    prompt = {"l": {"class_type": "LoadImageOutput", "inputs": {"image": name}},
+              "s": {"class_type": "PreviewImage", "inputs": {"images": ["l", 0]}}}
+    with pytest.raises(ValidationError) as info:
+        Executor(create_registry(), env).run(prompt)
+    assert f"Invalid image file: {name} (looked in {env.output_dir})" in info.value.format()
+
+
+def test_load_image_output_names_a_file_that_is_not_an_image(tmp_path):
+    env = _env(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fake.png").write_bytes(b"not a png")
+    prompt = {"l": {"class_type": "LoadImageOutput", "inputs": {"image": "fake.png [output]"}},
+              "s": {"class_type": "PreviewImage", "inputs": {"images": ["l", 0]}}}
+    with pytest.raises(Exception, match=r"cannot read image 'fake.png \[output\]'"):
+        Executor(create_registry(), env).run(prompt)
