@@ -27,6 +27,7 @@ from . import merging, model_save
 from . import hypernetwork
 from . import model_sampling, ip2p
 from . import core_extras
+from . import guidance_patches
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -51,6 +52,7 @@ BUILTIN_MODULES += (merging, model_save)
 BUILTIN_MODULES += (hypernetwork,)
 BUILTIN_MODULES += (model_sampling, ip2p)
 BUILTIN_MODULES += (core_extras,)
+BUILTIN_MODULES += (guidance_patches,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
