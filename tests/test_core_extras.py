@@ -243,3 +243,137 @@ def test_load_image_output_names_a_file_that_is_not_an_image(tmp_path):
               "s": {"class_type": "PreviewImage", "inputs": {"images": ["l", 0]}}}
     with pytest.raises(Exception, match=r"cannot read image 'fake.png \[output\]'"):
         Executor(create_registry(), env).run(prompt)
+
+
+# -- the guidance and attention patches (latentgraph/nodes/guidance_patches.py) -----------------
+# patches_prompt.json: the tiny SD1 checkpoint, one KSampler per patch (seed 42, 5 steps, cfg 5,
+# euler/normal), each latent in patches_ref.safetensors.
+
+PATCHES_PROMPT = json.loads((HERE / "patches_prompt.json").read_text())
+PATCHES_REF = load_file(str(HERE / "patches_ref.safetensors"))
+PATCHED = ["cfg_norm", "eps_scaling", "mahiro", "tcfg", "fresca", "perp_neg", "unet_self", "unet_cross", "clip_attn"]
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory):
+    """Every KSampler of the patches prompt, run once here."""
+    from parity import as_latentgraph, tiny_env
+
+    env = tiny_env(tmp_path_factory.mktemp("core_extras_patches"))
+    targets = [nid for nid, n in PATCHES_PROMPT.items() if n["class_type"] == "KSampler"]
+    run = Executor(create_registry(), env).run(as_latentgraph(PATCHES_PROMPT, drop=("SaveLatent",)), targets=targets)
+    return {t[: -len("_k")]: run.get(t)["samples"] for t in targets}
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """The issue's tolerance: within 1e-4 of the reference's largest magnitude."""
+    assert out.shape == ref.shape
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 1e-4, f"relative error {err:.3g}"
+
+
+def test_the_patches_prompt_uses_every_patch_node():
+    classes = {n["class_type"] for n in PATCHES_PROMPT.values()}
+    assert {"CFGNorm", "Epsilon Scaling", "Mahiro", "TCFG", "FreSca", "PerpNeg", "UNetSelfAttentionMultiply",
+            "UNetCrossAttentionMultiply", "CLIPAttentionMultiply"} <= classes
+    assert sorted(PATCHES_REF) == sorted(PATCHED + ["base"])
+
+
+@pytest.mark.parametrize("name", ["base"] + PATCHED)
+def test_patched_sampling_matches_comfyui(patched, name):
+    _close(patched[name], PATCHES_REF[name])
+    if name != "base":  # and the patch really changed the result, by 10x the tolerance at least
+        base = PATCHES_REF["base"]
+        assert (PATCHES_REF[name] - base).abs().max() > 1e-3 * base.abs().max()
+
+
+def _args(**extra):
+    g = torch.Generator().manual_seed(3)
+    x, cond, uncond = (torch.randn(2, 4, 6, 6, generator=g) for _ in range(3))
+    args = {"input": x, "cond_denoised": cond, "uncond_denoised": uncond, "cond_scale": 4.0,
+            "denoised": uncond + 4.0 * (cond - uncond)}
+    args.update(extra)
+    return args
+
+
+def test_cfg_norm_caps_the_per_pixel_norm():
+    from latentgraph.nodes.guidance_patches import cfg_norm
+
+    a = _args()
+    out = cfg_norm(1.0)(a)
+    assert (out.norm(dim=1) <= a["cond_denoised"].norm(dim=1) + 1e-5).all()
+    # where the guided norm is already smaller it is left as it is; strength scales the whole
+    small = _args(denoised=_args()["cond_denoised"] * 0.5)
+    assert torch.allclose(cfg_norm(1.0)(small), small["denoised"])
+    assert torch.allclose(cfg_norm(0.5)(small), small["denoised"] * 0.5)
+
+
+def test_epsilon_scaling_divides_the_noise():
+    from latentgraph.nodes.guidance_patches import epsilon_scaling
+
+    a = _args()
+    out = epsilon_scaling(1.25)(a)
+    assert torch.allclose(a["input"] - out, (a["input"] - a["denoised"]) / 1.25, atol=1e-6)
+
+
+def test_mahiro_weights_by_similarity():
+    from latentgraph.nodes.guidance_patches import mahiro
+
+    a = _args()
+    # a negative prediction that is the guided result's own direction: similarity 1, weight 4,
+    # the result is the CFG result itself
+    same = dict(a, uncond_denoised=a["denoised"] / 4.0, cond_denoised=a["denoised"] / 4.0)
+    assert torch.allclose(mahiro(same), same["denoised"], atol=1e-5)
+    # the opposite direction: weight 0, the result is cond_scale x the positive prediction
+    opposite = dict(same, uncond_denoised=-same["uncond_denoised"])
+    assert torch.allclose(mahiro(opposite), 4.0 * opposite["cond_denoised"], atol=1e-5)
+
+
+def test_tangential_damping_keeps_only_the_shared_direction():
+    from latentgraph.nodes.guidance_patches import tangential_damping, tcfg
+
+    cond = torch.zeros(1, 1, 1, 3)
+    cond[..., 0] = 1.0
+    uncond = torch.tensor([[[[1.0, 1.0, 0.0]]]])  # the matrix [[1,1,0],[1,0,0]]: v1 is the principal axis
+    out = tangential_damping(cond, uncond)
+    v1 = torch.linalg.svd(torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))[2][0]
+    assert torch.allclose(out.flatten(), (uncond.flatten() @ v1) * v1, atol=1e-6)
+    a = _args()
+    untouched = tcfg({"input": a["input"], "conds_out": [a["cond_denoised"]], "conds": [[], None]})
+    assert untouched == [a["cond_denoised"]]  # cfg 1: nothing to damp
+
+
+def test_frequency_scale_windows():
+    from latentgraph.nodes.guidance_patches import frequency_scale
+
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    # a cutoff past the centre covers the whole spectrum: everything scales by scale_low
+    assert torch.allclose(frequency_scale(x, 0.5, 3.0, 20), 0.5 * x, atol=1e-5)
+    # a constant lives in the DC bin (the window); a checkerboard at the Nyquist bin (outside)
+    i = torch.arange(8)
+    checker = ((-1.0) ** (i[:, None] + i[None, :])).expand(1, 1, 8, 8)
+    assert torch.allclose(frequency_scale(2.0 + checker, 0.5, 3.0, 1), 1.0 + 3.0 * checker, atol=1e-5)
+
+
+def test_attention_multiply_scales_only_its_projections_and_keeps_the_base():
+    from latentgraph.nodes.guidance_patches import UNetCrossAttentionMultiply, UNetSelfAttentionMultiply
+    from test_model_patch_nodes import tiny_model
+
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    m = UNetSelfAttentionMultiply(model, 2.0, 1.0, 0.5, 3.0)
+    after = m.unet.state_dict()
+    key = "input_blocks.1.1.transformer_blocks.0.attn1."
+    assert torch.equal(after[key + "to_q.weight"], before[key + "to_q.weight"] * 2.0)
+    assert after[key + "to_k.weight"].data_ptr() == model.unet.state_dict()[key + "to_k.weight"].data_ptr()  # shared
+    assert torch.equal(after[key + "to_v.weight"], before[key + "to_v.weight"] * 0.5)
+    assert torch.equal(after[key + "to_out.0.bias"], before[key + "to_out.0.bias"] * 3.0)
+    cross = key.replace("attn1", "attn2")
+    assert torch.equal(after[cross + "to_q.weight"], before[cross + "to_q.weight"])
+    # the input model is as it was
+    assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
+    changed = sum(not torch.equal(after[k], before[k]) for k in before)
+    # per self-attention: q, v, out's weight and out's bias
+    assert changed == 4 * sum(1 for k in before if k.endswith("attn1.to_q.weight"))
+    # all ones: the same network
+    assert UNetCrossAttentionMultiply(model, 1.0, 1.0, 1.0, 1.0).unet is model.unet
