@@ -287,6 +287,23 @@ def test_patched_sampling_matches_comfyui(patched, name):
         assert (PATCHES_REF[name] - base).abs().max() > 1e-3 * base.abs().max()
 
 
+CFG1_PROMPT = json.loads((HERE / "patches_cfg1_prompt.json").read_text())
+CFG1_REF = load_file(str(HERE / "patches_cfg1_ref.safetensors"))
+
+
+def test_guidance_patches_at_cfg_1_match_comfyui(tmp_path):
+    """At cfg 1 sampling skips the negative prompt; the patches then get ComfyUI's zero
+    prediction for it (and PerpNeg still predicts the empty prompt)."""
+    from parity import as_latentgraph, tiny_env
+
+    env = tiny_env(tmp_path)
+    targets = [nid for nid, n in CFG1_PROMPT.items() if n["class_type"] == "KSampler"]
+    assert all(CFG1_PROMPT[t]["inputs"]["cfg"] == 1.0 for t in targets) and len(targets) == len(CFG1_REF) == 6
+    run = Executor(create_registry(), env).run(as_latentgraph(CFG1_PROMPT, drop=("SaveLatent",)), targets=targets)
+    for t in targets:
+        _close(run.get(t)["samples"], CFG1_REF[t[: -len("_k")]])
+
+
 def _args(**extra):
     g = torch.Generator().manual_seed(3)
     x, cond, uncond = (torch.randn(2, 4, 6, 6, generator=g) for _ in range(3))
@@ -377,3 +394,21 @@ def test_attention_multiply_scales_only_its_projections_and_keeps_the_base():
     assert changed == 4 * sum(1 for k in before if k.endswith("attn1.to_q.weight"))
     # all ones: the same network
     assert UNetCrossAttentionMultiply(model, 1.0, 1.0, 1.0, 1.0).unet is model.unet
+
+
+def test_ui_widgets_map_to_the_inputs():
+    """UI workflows' widgets_values as ComfyUI's frontend saves them (a seed carries its
+    control_after_generate mode after it; the node named with a space is found)."""
+    from latentgraph.graph.ui_format import map_widgets
+
+    registry = create_registry()
+    assert map_widgets(registry.get("ImageAddNoise"), [7, "randomize", 0.3]) == {"seed": 7, "strength": 0.3}
+    assert map_widgets(registry.get("ResizeAndPadImage"), [40, 24, "black", "area"]) == {
+        "target_width": 40, "target_height": 24, "padding_color": "black", "interpolation": "area"}
+    assert map_widgets(registry.get("LatentCut"), ["y", -5, 2]) == {"dim": "y", "index": -5, "amount": 2}
+    assert map_widgets(registry.get("Epsilon Scaling"), [1.05]) == {"scaling_factor": 1.05}
+    assert map_widgets(registry.get("FreSca"), [0.8, 1.25, 2]) == {"scale_low": 0.8, "scale_high": 1.25,
+                                                                   "freq_cutoff": 2}
+    assert map_widgets(registry.get("PerpNeg"), [1.5]) == {"neg_scale": 1.5}
+    assert map_widgets(registry.get("CLIPAttentionMultiply"), [1.1, 0.9, 1.3, 0.8]) == {
+        "q": 1.1, "k": 0.9, "v": 1.3, "out": 0.8}
