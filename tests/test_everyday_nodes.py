@@ -360,12 +360,15 @@ def test_cond_concat_feeds_a_9_channel_unet_and_ignores_plain_ones():
     mask = torch.zeros(1, 1, 32, 48)
     mask[..., :16, :] = 0.7
     opts = {"concat_latent_image": image, "concat_mask": mask}
-    nine = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=9)), latent_scale=0.18215)
+    from latentgraph.sampling.schedule import LatentFormat
+
+    sd1 = LatentFormat(0.18215)
+    nine = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=9)), latent_format=sd1)
     out = cond_concat(nine, opts, torch.Size((2, 4, 4, 6)), torch.device("cpu"), None)
     assert out.shape == (2, 5, 4, 6)
     assert out[:, 0, :2].unique().tolist() == [1.0] and out[:, 0, 2:].unique().tolist() == [0.0]  # rounded
     assert torch.equal(out[1, 1:], image[0] * 0.18215)
-    four = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=4)), latent_scale=0.18215)
+    four = SimpleNamespace(arch=SimpleNamespace(unet=SimpleNamespace(in_channels=4)), latent_format=sd1)
     default = torch.ones(1)
     assert cond_concat(four, opts, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default
     assert cond_concat(nine, {}, torch.Size((2, 4, 4, 6)), torch.device("cpu"), default) is default
