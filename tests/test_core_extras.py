@@ -251,7 +251,8 @@ def test_load_image_output_names_a_file_that_is_not_an_image(tmp_path):
 
 PATCHES_PROMPT = json.loads((HERE / "patches_prompt.json").read_text())
 PATCHES_REF = load_file(str(HERE / "patches_ref.safetensors"))
-PATCHED = ["cfg_norm", "eps_scaling", "mahiro", "tcfg", "fresca", "perp_neg", "unet_self", "unet_cross", "clip_attn"]
+PATCHED = ["cfg_norm", "eps_scaling", "mahiro", "tcfg", "fresca", "perp_neg", "unet_self", "unet_cross",
+           "unet_temporal", "clip_attn"]
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +276,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 def test_the_patches_prompt_uses_every_patch_node():
     classes = {n["class_type"] for n in PATCHES_PROMPT.values()}
     assert {"CFGNorm", "Epsilon Scaling", "Mahiro", "TCFG", "FreSca", "PerpNeg", "UNetSelfAttentionMultiply",
-            "UNetCrossAttentionMultiply", "CLIPAttentionMultiply"} <= classes
+            "UNetCrossAttentionMultiply", "UNetTemporalAttentionMultiply", "CLIPAttentionMultiply"} <= classes
     assert sorted(PATCHES_REF) == sorted(PATCHED + ["base"])
 
 
@@ -412,3 +413,18 @@ def test_ui_widgets_map_to_the_inputs():
     assert map_widgets(registry.get("PerpNeg"), [1.5]) == {"neg_scale": 1.5}
     assert map_widgets(registry.get("CLIPAttentionMultiply"), [1.1, 0.9, 1.3, 0.8]) == {
         "q": 1.1, "k": 0.9, "v": 1.3, "out": 0.8}
+
+
+def test_temporal_multiply_scales_the_out_projections_by_the_structural_factors():
+    from latentgraph.nodes.guidance_patches import UNetTemporalAttentionMultiply
+    from test_model_patch_nodes import tiny_model
+
+    model = tiny_model()
+    before = model.unet.state_dict()
+    after = UNetTemporalAttentionMultiply(model, 2.0, 5.0, 0.5, 7.0).unet.state_dict()
+    key = "input_blocks.1.1.transformer_blocks.0."
+    assert torch.equal(after[key + "attn1.to_out.0.weight"], before[key + "attn1.to_out.0.weight"] * 2.0)
+    assert torch.equal(after[key + "attn2.to_out.0.bias"], before[key + "attn2.to_out.0.bias"] * 0.5)
+    assert torch.equal(after[key + "attn1.to_q.weight"], before[key + "attn1.to_q.weight"])
+    changed = sum(not torch.equal(after[k], before[k]) for k in before)
+    assert changed == 4 * sum(1 for k in before if k.endswith("attn1.to_q.weight"))  # 2 attns x weight, bias

@@ -1,6 +1,6 @@
 """Model patches of ComfyUI 0.3.64 core that change guidance or attention weights: CFGNorm,
 Epsilon Scaling, Mahiro, TCFG, FreSca, the old PerpNeg node, and UNetSelfAttentionMultiply,
-UNetCrossAttentionMultiply, CLIPAttentionMultiply.
+UNetCrossAttentionMultiply, UNetTemporalAttentionMultiply, CLIPAttentionMultiply.
 
 Each guidance patch is a plain function of ComfyUI's argument dict (docs/model-options.md),
 set on a clone of the MODEL; the input model is never changed. The attention multipliers make a
@@ -246,6 +246,30 @@ def UNetCrossAttentionMultiply(model: Annotated[SDModel, MODEL], q: Annotated[fl
                                out: Annotated[float, _FACTOR]) -> SDModel:
     """Scales the weights and biases of the UNet's cross-attention (attn2) q, k, v and out projections."""
     return _unet_multiply(model, "attn2", q, k, v, out)
+
+
+@node(category="_for_testing/attention_experiments", outputs=[MODEL], experimental=True,
+      python_module="comfy_extras.nodes_attention_multiply")
+def UNetTemporalAttentionMultiply(model: Annotated[SDModel, MODEL], self_structural: Annotated[float, _FACTOR],
+                                  self_temporal: Annotated[float, _FACTOR], cross_structural: Annotated[float, _FACTOR],
+                                  cross_temporal: Annotated[float, _FACTOR]) -> SDModel:
+    """Scales the out projections of the UNet's self- and cross-attention: those of a video UNet's
+    temporal layers (.time_stack.) by the *_temporal factors, the others by the *_structural ones.
+    latentgraph's image UNets have no temporal layers, so there only the structural factors act
+    (as in ComfyUI on an image model)."""
+    factors = {(attn, temporal): f for attn, temporal, f in (
+        ("attn1", False, self_structural), ("attn1", True, self_temporal),
+        ("attn2", False, cross_structural), ("attn2", True, cross_temporal))}
+    patches = {}
+    for name, _ in model.unet.named_parameters():
+        for attn in ("attn1", "attn2"):
+            factor = factors[(attn, ".time_stack." in name)]
+            if factor != 1.0 and name.endswith((f"{attn}.to_out.0.weight", f"{attn}.to_out.0.bias")):
+                patches[name] = Scale(factor)
+    if not patches:
+        return model.clone()
+    label = f"attention out x {self_structural} {self_temporal} {cross_structural} {cross_temporal}"
+    return model.clone(unet=apply_lora(model.unet, patches), patches=model.patches + ((label, 1.0),))
 
 
 @node(category="_for_testing/attention_experiments", outputs=[CLIP], experimental=True,
