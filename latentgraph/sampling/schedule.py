@@ -46,7 +46,39 @@ def _per_sample(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
     return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
 
 
-class DiscreteSchedule:
+class SigmaTable:
+    """What every noise schedule offers over its table ``sigmas`` (increasing, one per training
+    timestep): its size and ends, and how noise enters and leaves a latent (eps, v and EDM
+    models alike, as ComfyUI's prediction classes)."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor,
+                      max_denoise: bool = False) -> torch.Tensor:
+        """The sampler's starting point: latent + noise * sigma, or noise * sqrt(1 + sigma^2)
+        when starting from pure noise at the top of the schedule (max_denoise)."""
+        sigma = _per_sample(torch.as_tensor(sigma, device=noise.device), noise.ndim)
+        scaled = noise * torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else noise * sigma
+        return scaled + latent
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The sampler's result as a latent (the identity for eps/v models)."""
+        return latent
+
+
+class DiscreteSchedule(SigmaTable):
     """Sigma table of a discrete-time eps- or v-prediction model, with the conversions between
     sigma, timestep and the network's input/output (ComfyUI's ModelSamplingDiscrete + EPS/V)."""
 
@@ -66,18 +98,6 @@ class DiscreteSchedule:
 
     def __repr__(self) -> str:
         return f"DiscreteSchedule(prediction={self.prediction!r}, zsnr={self.zsnr})"
-
-    @property
-    def num_timesteps(self) -> int:
-        return len(self.sigmas)
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The training timestep whose log-sigma is nearest, as float (same shape as sigma)."""
@@ -117,19 +137,6 @@ class DiscreteSchedule:
         if self.prediction == "eps":
             return model_input - model_output * sigma
         return model_input / (sigma ** 2 + 1.0) - model_output * sigma / (sigma ** 2 + 1.0) ** 0.5
-
-    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor,
-                      max_denoise: bool = False) -> torch.Tensor:
-        """The sampler's starting point: latent + noise * sigma, or noise * sqrt(1 + sigma^2)
-        when starting from pure noise at the top of the schedule (max_denoise)."""
-        sigma = _per_sample(torch.as_tensor(sigma, device=noise.device), noise.ndim)
-        scaled = noise * torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else noise * sigma
-        return scaled + latent
-
-    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """The sampler's result as a latent (the identity for eps/v models)."""
-        return latent
-
 
 class LCMSchedule(DiscreteSchedule):
     """A latent consistency model's schedule (Luo et al. 2023, "Latent Consistency Models"):
@@ -186,7 +193,7 @@ class LCMSchedule(DiscreteSchedule):
         return c_out * x0 + c_skip * model_input
 
 
-class ContinuousSchedule:
+class ContinuousSchedule(SigmaTable):
     """A model trained on continuous noise levels (ComfyUI's ModelSamplingContinuousEDM and
     ModelSamplingContinuousV): 1000 sigmas log-spaced from sigma_min to sigma_max (float32, for
     the schedulers that read a table), the timestep a closed form of sigma -- ``"edm"``:
@@ -214,18 +221,6 @@ class ContinuousSchedule:
         return (f"ContinuousSchedule(prediction={self.prediction!r}, timing={self.timing!r}, "
                 f"sigma_min={float(self.sigma_min):g}, sigma_max={float(self.sigma_max):g}, "
                 f"sigma_data={self.sigma_data:g})")
-
-    @property
-    def num_timesteps(self) -> int:
-        return len(self.sigmas)
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma)
@@ -258,8 +253,6 @@ class ContinuousSchedule:
         out = model_output * sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
         return skip - out if self.prediction == "v" else skip + out
 
-    noise_scaling = DiscreteSchedule.noise_scaling
-    inverse_noise_scaling = DiscreteSchedule.inverse_noise_scaling
 
 
 class LatentFormat:
