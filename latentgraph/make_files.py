@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .graph import LatentgraphError
 
 
@@ -159,11 +161,12 @@ def cmd_make_checkpoint(args) -> int:
             raise ValueError("--rank is for --kind control_lora or lora")
         if args.kind == "control_lora" and args.rank is None:
             args.rank = 4
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as for a checkpoint, for every kind
         what = MAKE_KINDS[args.kind](args, dtype)
     except (ValueError, CheckpointError) as exc:
         raise LatentgraphError(f"latentgraph make-checkpoint: {exc}") from None
-    except OSError as exc:
-        raise LatentgraphError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
+    except (OSError, SafetensorError) as exc:
+        raise LatentgraphError(f"{args.out}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
     out = Path(args.out)  # a file, or a folder (--kind diffusers): then every file in it
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"wrote {args.out}: {what}, {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
