@@ -8,6 +8,7 @@ step noise to k-diffusion's default noise sampler and its BrownianTreeNoiseSampl
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -81,10 +82,12 @@ def brownian_noise_sampler(x: torch.Tensor, sigma_min: torch.Tensor | float, sig
     def sample(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
-        if on_device:  # k-diffusion queries a device tree with the sigmas as they are
-            w = tree(lo.detach(), hi.detach())
-        else:
-            w = tree(lo.detach().cpu().float(), hi.detach().cpu().float())
+        with warnings.catch_warnings():  # torchsde warns when rounding puts a query a hair outside
+            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)  # its interval
+            if on_device:  # k-diffusion queries a device tree with the sigmas as they are
+                w = tree(lo.detach(), hi.detach())
+            else:
+                w = tree(lo.detach().cpu().float(), hi.detach().cpu().float())
         w = w.to(device=lo.device, dtype=lo.dtype) * (flip * sign)
         return w.to(x.device) / (b - a).abs().sqrt()
 
