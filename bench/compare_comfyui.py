@@ -170,6 +170,7 @@ def comfy_run(args, scratch: Path, prompt: dict, i: int) -> dict:
 
 def lg_run(scratch: Path, wf_path: Path, i: int) -> dict:
     out_dir = scratch / f"lg_out_{i}"
+    shutil.rmtree(out_dir, ignore_errors=True)  # a kept scratch folder from an earlier call
     cmd = [sys.executable, "-m", "latentgraph", "run", str(wf_path), "--json", "--no-progress",
            "--models-dir", str(scratch / "models"), "--output-dir", str(out_dir)]
     start = time.perf_counter()
@@ -252,8 +253,10 @@ def summary(comfy: list[dict], lg: list[dict]) -> dict:
     rows = {}
     for key in ("cold_s", "ksampler_s", "rss_gib"):
         c, l = [r[key] for r in comfy], [r[key] for r in lg]
+        # Runs are paired (run i of each side back to back), so the ratio is taken per pair.
+        ratios = [b / a for a, b in zip(c, l)]
         rows[key] = {"comfyui": [min(c), max(c)], "latentgraph": [min(l), max(l)],
-                     "ratio": [min(l) / max(c), max(l) / min(c)]}
+                     "ratio": [min(ratios), max(ratios)], "per_run": {"comfyui": c, "latentgraph": l}}
     rows["comfyui_start_s"] = [min(r["start_s"] for r in comfy), max(r["start_s"] for r in comfy)]
     rows["psnr_db"] = [psnr(l["png"], c["png"]) for l, c in zip(lg, comfy)]
     return rows
@@ -323,7 +326,9 @@ def run(args, scratch: Path) -> int:
     rows = summary(comfy, lg)
     if args.json:
         print(json.dumps({"size": args.size, "steps": args.steps, "cfg": args.cfg, "sampler": args.sampler,
-                          "runs": args.runs, **rows}, indent=1))
+                          "runs": args.runs, **rows,
+                          # identical PNGs give an infinite PSNR, which strict JSON cannot hold
+                          "psnr_db": [None if math.isinf(v) else v for v in rows["psnr_db"]]}, indent=1))
     else:
         print_table(rows, args)
     return 0
