@@ -64,9 +64,11 @@ def _metadata(prompt: dict | None, extra_pnginfo: dict | None) -> dict[str, str]
     return out
 
 
-def _target(ctx: NodeContext, filename_prefix: str) -> tuple[Path, str, str, int]:
+def _target(ctx: NodeContext, filename_prefix: str) -> tuple[Path, str, str, int, str]:
+    """save_path in the output folder, plus the next file's name as ComfyUI gives it
+    (<stem>_00001_.safetensors)."""
     folder, stem, subfolder, counter = save_path(ctx.env.output_dir, filename_prefix)
-    return folder, stem, subfolder, counter
+    return folder, stem, subfolder, counter, f"{stem}_{counter:05}_.safetensors"
 
 
 def write_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], what: str) -> int:
@@ -152,8 +154,7 @@ def CheckpointSave(
     if arch.family == "sdxl":  # ComfyUI adds CLIP-L's position ids (0..76) to SDXL checkpoints, as published ones have
         tensors[arch.spec.text[0].prefix + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
     _markers(tensors, arch)
-    folder, stem, subfolder, counter = _target(ctx, filename_prefix)
-    name = f"{stem}_{counter:05}_.safetensors"
+    folder, stem, subfolder, counter, name = _target(ctx, filename_prefix)
     write_file(tensors, folder / name, _model_metadata(model, arch, stem, counter, prompt, extra_pnginfo), what)
     return Result(ui=_ui(subfolder, name))
 
@@ -171,8 +172,7 @@ def ModelSave(
     arch = replace(model.arch, prediction=prediction, zsnr=zsnr)
     tensors = {UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
     _markers(tensors, arch)
-    folder, stem, subfolder, counter = _target(ctx, filename_prefix)
-    name = f"{stem}_{counter:05}_.safetensors"
+    folder, stem, subfolder, counter, name = _target(ctx, filename_prefix)
     write_file(tensors, folder / name, _model_metadata(model, arch, stem, counter, prompt, extra_pnginfo),
                "ModelSave")
     return Result(ui=_ui(subfolder, name))
@@ -205,8 +205,7 @@ def CLIPSave(
     metadata = {"format": "pt", **_metadata(prompt, extra_pnginfo)}
     files = []
     for slot in clip.arch.spec.text:
-        folder, stem, subfolder, counter = _target(ctx, f"{filename_prefix}_clip_{slot.name}")
-        name = f"{stem}_{counter:05}_.safetensors"
+        folder, stem, subfolder, counter, name = _target(ctx, f"{filename_prefix}_clip_{slot.name}")
         encoder = clip.encoders[slot.name]
         # the encoder's exact shape (head count, activation) for CLIPLoader, as split files record it
         record = json.dumps({"name": slot.name, "config": encoder.config.to_dict()}, sort_keys=True)
@@ -224,8 +223,7 @@ def VAESave(
     ctx: NodeContext,
 ) -> Result:
     """Saves the VAE alone, its keys unprefixed (encoder.*, decoder.*), as VAELoader reads it."""
-    folder, stem, subfolder, counter = _target(ctx, filename_prefix)
-    name = f"{stem}_{counter:05}_.safetensors"
+    folder, stem, subfolder, counter, name = _target(ctx, filename_prefix)
     write_file(dict(vae.vae.state_dict()), folder / name, _metadata(prompt, extra_pnginfo), "VAESave")
     return Result(ui=_ui(subfolder, name))
 
@@ -254,7 +252,6 @@ def LoraSave(
         for slot, enc in text_encoder_diff.encoders.items():
             ctx.check_interrupt()
             tensors.update(extract(enc.named_parameters(), rank, lora_type, bias_diff, text_name(slot)))
-    folder, stem, subfolder, counter = _target(ctx, filename_prefix)
-    name = f"{stem}_{counter:05}_.safetensors"
+    folder, stem, subfolder, counter, name = _target(ctx, filename_prefix)
     write_file(tensors, folder / name, {}, "LoraSave")
     return Result(ui=_ui(subfolder, name))
