@@ -85,6 +85,19 @@ def _rename(key: str, table: dict[str, str]) -> str | None:
     return None
 
 
+def rename_tensors(sd: dict, table: dict, reject: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """(the tensors under their LDM names, the keys with no LDM name or whose name starts with one
+    of ``reject``), renamed through a diffusers -> LDM prefix table."""
+    out, unknown = {}, []
+    for key, value in sd.items():
+        name = _rename(key, table)
+        if name is None or name.startswith(reject):
+            unknown.append(key)
+        else:
+            out[name] = value
+    return out, unknown
+
+
 def diffusers_to_ldm(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """The tensors of a diffusers-layout ControlNet under their LDM names (no ``control_model.``);
     an error listing any tensor that has no place in the LDM layout."""
@@ -92,13 +105,7 @@ def diffusers_to_ldm(sd: dict[str, torch.Tensor], source: str) -> dict[str, torc
         table = _prefix_map(sd)
     except ValueError as exc:
         raise CheckpointError(f"{source}: diffusers-format ControlNet not understood: {exc}") from None
-    out, unknown = {}, []
-    for key, value in sd.items():
-        name = _rename(key, table)
-        if name is None:
-            unknown.append(key)
-        else:
-            out[name] = value
+    out, unknown = rename_tensors(sd, table)
     if unknown:
         raise CheckpointError(f"{source}: diffusers-format ControlNet with {len(unknown)} tensor(s) this loader "
                               f"cannot place (e.g. {', '.join(sorted(unknown)[:3])})")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .controlnet_convert import _prefix_map, _rename
+from .controlnet_convert import _prefix_map, rename_tensors
 from .errors import CheckpointError
 
 UNET_TELLTALE = "conv_in.weight"
@@ -69,13 +69,8 @@ def diffusers_unet_to_ldm(sd: dict[str, torch.Tensor], source: str) -> dict[str,
         table = unet_table(sd)
     except ValueError as exc:
         raise CheckpointError(f"{source}: diffusers-format UNet not understood: {exc}") from None
-    out, unknown = {}, []
-    for key, value in sd.items():
-        name = _rename(key, table)
-        if name is None or name.startswith(("zero_convs.", "input_hint_block.", "middle_block_out.")):
-            unknown.append(key)
-        else:
-            out[name] = value
+    # a ControlNet's own parts have LDM names too, but no place in a UNet
+    out, unknown = rename_tensors(sd, table, reject=("zero_convs.", "input_hint_block.", "middle_block_out."))
     if unknown:
         raise CheckpointError(f"{source}: diffusers-format UNet with {len(unknown)} tensor(s) latentgraph cannot "
                               f"place (e.g. {', '.join(sorted(unknown)[:3])}): not an SD1.x/SD2.x/SDXL UNet")
