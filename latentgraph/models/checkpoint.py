@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .cast import stream_into
 from .errors import CheckpointError
 from .families import FAMILIES, METADATA_KEY, TINY_UNCLIP_DIMS, UNET_PREFIX, VAE_PREFIX, Architecture, Family
 from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_file_key,
@@ -291,12 +292,14 @@ def check_shapes(module: torch.nn.Module, sd: dict, what: str, source: str,
 
 def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None,
                 file_key: Callable[[str], str] = str, linear_as_conv: bool = False) -> None:
-    """Load every tensor or fail, naming the wrong shapes, then the missing and unexpected keys."""
+    """Load every tensor or fail, naming the wrong shapes, then the missing and unexpected keys
+    (both checked before anything is loaded). Tensors are converted to ``dtype`` and assigned
+    one at a time, their file pages given back as they go (models/cast.py stream_into): the
+    peak is the module plus one tensor, and a tensor already in ``dtype`` is not copied."""
     check_shapes(module, sd, what, source, file_key, linear_as_conv)
-    if dtype is not None:
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    result = module.load_state_dict(sd, strict=False, assign=True)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    expected = module.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if _unexpected(module, k)]
     if missing or unexpected:
         def show(keys):
             return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
@@ -307,6 +310,24 @@ def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype
         if unexpected:
             msg.append(f"unexpected keys: {show(unexpected)}")
         raise CheckpointError("; ".join(msg))
+    stream_into(module, {k: v for k, v in sd.items() if k in expected}, dtype, source)
+
+
+def _unexpected(module: torch.nn.Module, key: str) -> bool:
+    """Whether load_state_dict(strict=True) would call ``key`` unexpected: its first name at
+    the deepest module it reaches is neither a child nor a parameter or persistent buffer."""
+    node, rest = module, key
+    while True:
+        first, _, tail = rest.partition(".")
+        if first in node._modules:
+            child = node._modules[first]
+            if child is None or not tail:
+                return False  # torch passes such keys over without a word
+            node, rest = child, tail
+            continue
+        held = node._parameters.get(first) is not None or (
+            node._buffers.get(first) is not None and first not in node._non_persistent_buffers_set)
+        return not held
 
 
 def _build(what: str, source: str, make: Callable[[], Any]) -> Any:

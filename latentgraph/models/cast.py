@@ -1,0 +1,150 @@
+"""Weights in the dtype they run in, held once.
+
+A file's tensors reach the dtype a network computes in in one of two ways:
+
+* **at load** (``stream_into``): each tensor is converted and assigned on its own, and the pages
+  of the file mapping it was read from are given back to the kernel right away, so reading an
+  fp16 file into an fp32 network peaks at the network plus one tensor, not file plus network.
+  A tensor already in the run dtype is assigned as it is: a view of the file's mapping, no copy
+  (its pages are the page cache's, shared with every process that maps the same file).
+* **at compute time** (``hold_in_file_dtype``): a network that runs once per prompt (text
+  encoders, the VAE) keeps its weights in the file's narrower dtype and each layer casts its
+  weight to the compute dtype as it runs. fp16/bf16 -> fp32 is exact, so the results are bit
+  for bit those of a network converted at load, in half the memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# -- giving file pages back ------------------------------------------------------------------
+_MADV_DONTNEED = 4  # Linux's value; other systems keep their pages (only the peak is higher)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise.restype = ctypes.c_int
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def file_mappings(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """Address ranges of this process's private mappings of ``path`` (how safetensors and
+    torch.load(mmap=True) read a file), from /proc/self/maps; [] where there is none to read."""
+    if _LIBC is None:
+        return []
+    try:
+        want = os.path.realpath(path)
+        if not os.path.isfile(want):
+            return []
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except (OSError, TypeError, ValueError):
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        # only private (copy-on-write) mappings: a clean page of one comes back from the file
+        if len(parts) == 6 and parts[5] == want and parts[1].endswith("p"):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            found.append((start, end))
+    return found
+
+
+def give_back(t: torch.Tensor, mappings: list[tuple[int, int]]) -> int:
+    """Drop from this process's memory the whole pages that only ``t`` (a view of a private file
+    mapping, never written) covers; returns the bytes dropped. The kernel re-reads them from the
+    file if the view is read again, so a caller's view still reads the file's values. Anything
+    not inside one of ``mappings`` (an allocation of ours) is left alone."""
+    if not mappings or t.device.type != "cpu" or t.numel() == 0:
+        return 0
+    start = t.data_ptr()
+    span = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if n > 0) + 1
+    end = start + span * t.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in mappings):
+        return 0
+    first = -(-start // _PAGE) * _PAGE  # whole pages only: the edges may hold a neighbour's bytes
+    last = end // _PAGE * _PAGE
+    if last <= first:
+        return 0
+    if _LIBC.madvise(first, last - first, _MADV_DONTNEED) != 0:
+        return 0
+    return last - first
+
+
+# -- streaming a state dict into a module ------------------------------------------------------
+def _anchor(module: nn.Module, owner: str) -> str:
+    """The module whose load_state_dict receives ``owner``'s tensors: the owner, or its highest
+    ancestor with its own loading code (a hook or an overridden _load_from_state_dict, like the
+    VAE's AttnBlock that reshapes Linear weights), so that code sees the tensors as before."""
+    best, path = owner, ""
+    parts = owner.split(".") if owner else []
+    node = module
+    for i in range(len(parts) + 1):
+        if i:
+            node = node._modules.get(parts[i - 1])
+            if node is None:
+                return best
+            path = ".".join(parts[:i])
+        custom = type(node)._load_from_state_dict is not nn.Module._load_from_state_dict
+        if custom or node._load_state_dict_pre_hooks or node._load_state_dict_post_hooks:
+            return path
+    return best
+
+
+def _groups(module: nn.Module, keys: Iterable[str]) -> dict[str, list[str]]:
+    """Keys by the module that loads them (see _anchor), in first-seen order."""
+    anchors: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        owner = key.rpartition(".")[0]
+        if owner not in anchors:
+            anchors[owner] = _anchor(module, owner)
+        groups.setdefault(anchors[owner], []).append(key)
+    return groups
+
+
+def converted(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` in ``dtype`` (floating point only); ``t`` itself, not a copy, when it already is."""
+    if dtype is None or not t.is_floating_point() or t.dtype == dtype:
+        return t
+    return t.to(dtype)
+
+
+@torch.no_grad()
+def stream_into(module: nn.Module, sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                source: str | os.PathLike | None = None) -> int:
+    """Assign every tensor of ``sd`` (keys already checked against the module) to ``module``,
+    one loading module at a time: convert its tensors, assign them (load_state_dict with
+    assign=True, the module's own hooks included), give their file pages back. The peak is the
+    module plus one group's tensors. Returns the bytes of file pages given back."""
+    mappings = file_mappings(source) if source is not None else []
+    dropped = 0
+    for anchor, keys in _groups(module, sd).items():
+        cut = len(anchor) + 1 if anchor else 0
+        part, copied = {}, []
+        for key in keys:
+            part[key[cut:]] = new = converted(sd[key], dtype)
+            if new is not sd[key]:
+                copied.append(sd[key])
+        module.get_submodule(anchor).load_state_dict(part, strict=False, assign=True)
+        del part
+        # the source was read once into its converted copy: its pages are not needed again
+        dropped += sum(give_back(src, mappings) for src in copied)
+    return dropped
