@@ -7,6 +7,8 @@ so identical sub-chains share one entry and an unchanged workflow finds everythi
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import os
 import sys
@@ -21,6 +23,33 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> bool:
+    """Give freed memory back to the system after caches were dropped: collect reference
+    cycles (a module graph holds some), then ask glibc to return its free heap pages, which it
+    otherwise keeps for reuse (after a model is freed, the RSS would stay where it was).
+    Returns whether the allocator was asked (False where it has no malloc_trim)."""
+    gc.collect()
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 DEFAULT_MAX_ENTRIES = 10_000

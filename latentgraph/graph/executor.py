@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import CacheEntry, ResultCache, make_key
+from .cache import CacheEntry, ResultCache, make_key, release_memory
 from .context import NodeContext
 from .declare import NodeDef, Result
 from .env import Environment
@@ -79,6 +79,14 @@ class Executor:
         """Stop the running workflow (runs take turns, so there is at most one; ``prompt_id``
         is accepted for executors that run several at once)."""
         self._stop.set()
+
+    def release(self) -> None:
+        """Drop every cached result (models a loader gave included) and give the memory back
+        to the system: what a front door calls when a batch ends or a client asks (/free)."""
+        with self._lock:
+            self.cache.clear()
+            self._graph_memo.clear()
+        release_memory()
 
     def validate(self, wf: Workflow, targets: list[str] | None = None, partial: bool = False) -> Plan:
         return validate(wf, self.registry, self.env, targets, partial, self._graph_memo)
