@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ..graph import Environment, Executor, Workflow
+from ..graph.cache import release_memory
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from ..graph.validate import validate
 from . import jobs
@@ -145,6 +146,9 @@ class Server(SocketHub):
                 models.clear()
         if request.get("free_memory"):
             self.executor.cache.clear()
+        if request:
+            # dropped models are only garbage until the collector and the allocator let go of them
+            release_memory()
 
     def run_item(self, item: QueueItem) -> None:
         client = item.extra_data.get("client_id") or None
