@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JsonConfig
+from .cpu_kernels import Conv2d
 from .patcher import is_patched
 
 _PER_LEVEL = ("channel_mult", "num_res_blocks", "transformer_depth")
@@ -114,11 +115,11 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
         self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+                                       Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Identity(),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+                                        Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)  # (B, out, H, W)
@@ -131,7 +132,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -142,7 +143,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
         if size is None:
@@ -271,10 +272,10 @@ class SpatialTransformer(nn.Module):
         inner = heads * head_dim
         self.linear = linear
         self.norm = GroupNorm32(channels, eps=1e-6)  # LDM's Normalize: eps 1e-6 here, unlike the ResBlocks
-        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, context_dim, heads, head_dim) for _ in range(depth))
-        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
+        self.proj_out = nn.Linear(inner, channels) if linear else Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, to: dict | None = None) -> torch.Tensor:
         B, _, H, W = x.shape
@@ -340,7 +341,7 @@ class UNetModel(nn.Module):
         def transformer(ch: int, depth: int) -> SpatialTransformer:
             return SpatialTransformer(ch, c.context_dim, *c.heads(ch), depth, c.use_linear_in_transformer)
 
-        self.input_blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(c.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([TimestepBlock([Conv2d(c.in_channels, mc, 3, padding=1)])])
         skip_chans, ch = [mc], mc
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks[level]):
@@ -374,7 +375,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepBlock(layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), Conv2d(mc, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, control: dict | None = None,

@@ -1,0 +1,73 @@
+"""Convolutions the CPU runs faster as one matrix product.
+
+oneDNN's convolution (what ``F.conv2d`` calls on the CPU) reorders the weight into its blocked
+layout on every call. For a wide 3x3 kernel over few pixels — SD's 1280-channel levels at 8x8
+and 4x4 latents, where a (1280, 1280, 3, 3) weight is 59 MB and the image is 64 pixels — that
+reorder costs more than the arithmetic: on this project's 2-core AVX-512 machine a
+1280 -> 1280 convolution over a batch of two 8x8 latents takes 24 ms through oneDNN and 12 ms as
+an unfold (im2col) and one GEMM on the weight as it is stored, with no second copy of the weight.
+Where the pixels are many the GEMM loses (320 channels at 64x64: 34 ms vs 82 ms), so the choice
+is per call, by the ratio of weight elements to output pixels (``GEMM_RATIO``), measured by
+``bench/conv_kernels.py``.
+
+The result is the same convolution summed in another order: fp32 results differ from oneDNN's
+in the last bits (relative 1e-6), the same size of difference as between two oneDNN builds.
+Only fp32 and bf16 CPU inference takes the path; gradients, other devices, groups, dilation
+and non-zero padding modes use ``nn.Conv2d`` unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# GEMM when weight elements per output pixel (batch x height x width) reach this, and the
+# weight is big enough that its reorder shows (bench/conv_kernels.py prints the crossover)
+GEMM_RATIO = 12_000
+GEMM_MIN_WEIGHT = 1 << 21
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def gemm_pays(weight: torch.Tensor, batch: int, out_h: int, out_w: int) -> bool:
+    """Whether a convolution of this weight over this output is faster as unfold + GEMM."""
+    pixels = max(1, batch * out_h * out_w)
+    return weight.numel() >= GEMM_MIN_WEIGHT and weight.numel() >= GEMM_RATIO * pixels
+
+
+def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """F.conv2d (groups 1, dilation 1, zero padding) as im2col and one GEMM over the whole
+    batch: (out, in*kh*kw) @ (in*kh*kw, batch*pixels)."""
+    batch, channels = x.shape[:2]
+    out_channels, _, kh, kw = weight.shape
+    out_h = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    out_w = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    if kh == kw == 1 and padding == (0, 0) and stride == (1, 1):
+        cols = x.reshape(batch, channels, -1)  # a 1x1 kernel needs no unfold
+    else:
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (B, in*kh*kw, pixels)
+    cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (in*kh*kw, B*pixels)
+    w2d = weight.reshape(out_channels, -1)
+    out = torch.mm(w2d, cols) if bias is None else torch.addmm(bias.unsqueeze(1), w2d, cols)
+    return out.view(out_channels, batch, out_h, out_w).transpose(0, 1).contiguous()
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that takes the GEMM path on the CPU where ``gemm_pays``; the same
+    parameters, state-dict keys and behaviour everywhere else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._gemm_applies(x):
+            out_h = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
+            out_w = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+            if gemm_pays(self.weight, x.shape[0], out_h, out_w):
+                return conv2d_gemm(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+    def _gemm_applies(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and w.dtype == x.dtype
+                and w.device.type == "cpu" and self.groups == 1 and self.dilation == (1, 1)
+                and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
