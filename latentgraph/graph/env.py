@@ -15,7 +15,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 FOLDER_TYPES = ("input", "output", "temp")  # ComfyUI's file "type"s
 # Model files that ship inside the package (the demo model), searched after the user's folders.
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+DTYPES = ("auto", "fast", "fp32", "fp16", "bf16")  # fast: --precision fast (bf16 where the CPU has it)
 # ComfyUI's legacy folder names and the kinds they now mean
 FOLDER_ALIASES = {"clip": "text_encoders", "unet": "diffusion_models"}
 
@@ -30,7 +30,7 @@ class Environment:
     temp_dir: Path = Path("temp")
     models_dir: Path = Path("models")
     device: str = "auto"
-    dtype: str = "auto"  # auto, fp32, fp16 or bf16: how nodes that load models place them
+    dtype: str = "auto"  # auto, fast, fp32, fp16 or bf16: how nodes that load models place them
     lowvram: bool = False  # keep weights on the CPU, move a model to the device only while it runs
     model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_CHOICES = ("auto", "fast", *DTYPES)
 ROLES = ("unet", "text", "vae")
 
 
@@ -41,17 +41,30 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def resolve_dtypes(device: torch.device, spec: str = "auto") -> dict[str, torch.dtype]:
     """dtype per role. auto: fp16 UNet and text encoders on CUDA, the VAE in bf16 where the
-    device supports it (fp16 VAEs overflow to NaN) else fp32; everything fp32 on the CPU."""
+    device supports it (fp16 VAEs overflow to NaN) else fp32; everything fp32 on the CPU.
+    fast (``--precision fast``): as auto on a GPU; bf16 where it pays on the CPU (fast_cpu_dtypes)."""
     if spec not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype {spec!r}; choose one of {', '.join(DTYPE_CHOICES)}")
-    if spec != "auto":
+    if spec not in ("auto", "fast"):
         return {role: DTYPES[spec] for role in ROLES}
+    if spec == "fast" and device.type == "cpu":
+        return fast_cpu_dtypes()
     if device.type == "cuda":
         vae = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         return {"unet": torch.float16, "text": torch.float16, "vae": vae}
     if device.type == "mps":
         return {"unet": torch.float16, "text": torch.float16, "vae": torch.float32}
     return {role: torch.float32 for role in ROLES}
+
+
+def fast_cpu_dtypes() -> dict[str, torch.dtype]:
+    """``--precision fast`` on the CPU: the UNet and text encoders in bf16 where the CPU has
+    bf16 instructions (models/cpu_kernels.py), the VAE in fp32 (it runs once per image, and
+    bf16 costs its colours more than it saves); all fp32 where the CPU lacks them."""
+    from .cpu_kernels import cpu_bf16_native
+
+    low = torch.bfloat16 if cpu_bf16_native() else torch.float32
+    return {"unet": low, "text": low, "vae": torch.float32}
 
 
 @dataclass
