@@ -58,6 +58,9 @@ def _folders(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="model dtype (auto: fp16 on CUDA with the VAE in bf16 or fp32; fp32 on the CPU)")
+    p.add_argument("--precision", default="exact", choices=("exact", "fast"),
+                   help="exact (default): the dtypes of --dtype; fast: bf16 UNet and text encoders on a CPU "
+                        "with bf16 instructions (AVX512-BF16/AMX), fp32 without them; as auto on a GPU")
     p.add_argument("--lowvram", action="store_true",
                    help="keep weights on the CPU and move each model to the device only while it runs")
 
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "precision", "exact") == "fast" and getattr(args, "dtype", "auto") != "auto":
+        parser.error(f"--precision fast picks the dtypes itself; drop --dtype {args.dtype} or --precision fast")
     debug = getattr(args, "debug", False)
     try:
         return _COMMANDS[args.command](args)
@@ -230,11 +235,26 @@ def _extra_dirs(args) -> dict[str, list[Path]]:
     return dirs
 
 
+def _dtype(args) -> str:
+    """--dtype, or "fast" for --precision fast (main refuses both together); says so on
+    stderr when fast falls back to fp32 on a CPU without bf16 instructions."""
+    if getattr(args, "precision", "exact") != "fast":
+        return getattr(args, "dtype", "auto")
+    if getattr(args, "device", "auto") in ("auto", "cpu"):
+        from .models.cpu_kernels import cpu_bf16_native
+        from .models.management import resolve_device
+
+        if resolve_device(args.device).type == "cpu" and not cpu_bf16_native():
+            _err("latentgraph: --precision fast: this CPU has no bf16 instructions (AVX512-BF16 or AMX); "
+                 "running in fp32")
+    return "fast"
+
+
 def _env(args) -> Environment:
     try:
         return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
                            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
-                           device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", "auto"),
+                           device=getattr(args, "device", "auto"), dtype=_dtype(args),
                            lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
