@@ -5,9 +5,10 @@ its own interpreter, spoken to over HTTP and the websocket only, never imported)
 mode, then `latentgraph run WORKFLOW --json`. Prints, per side, min-max over the runs of the cold
 wall (ComfyUI: server start until /system_stats answers + the prompt), the KSampler node's
 seconds and the process's peak RSS, the ratios latentgraph/ComfyUI, and the PSNR of
-latentgraph's PNG against ComfyUI's.
+latentgraph's PNG against ComfyUI's. With --fast, a third process per run: latentgraph with
+`--precision fast`, its KSampler speed-up over latentgraph's exact run and its PSNR against it.
 
-    python bench/compare_comfyui.py --comfyui /work/oracle/ComfyUI [--size 256 --steps 4 --runs 2]
+    python bench/compare_comfyui.py --comfyui /work/oracle/ComfyUI [--size 256 --steps 4 --runs 2 --fast]
 """
 
 from __future__ import annotations
@@ -168,11 +169,11 @@ def comfy_run(args, scratch: Path, prompt: dict, i: int) -> dict:
     return res
 
 
-def lg_run(scratch: Path, wf_path: Path, i: int) -> dict:
-    out_dir = scratch / f"lg_out_{i}"
+def lg_run(scratch: Path, wf_path: Path, i: int, precision: str = "exact") -> dict:
+    out_dir = scratch / f"lg_out_{precision}_{i}"
     shutil.rmtree(out_dir, ignore_errors=True)  # a kept scratch folder from an earlier call
     cmd = [sys.executable, "-m", "latentgraph", "run", str(wf_path), "--json", "--no-progress",
-           "--models-dir", str(scratch / "models"), "--output-dir", str(out_dir)]
+           "--models-dir", str(scratch / "models"), "--output-dir", str(out_dir), "--precision", precision]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.communicate()
@@ -186,7 +187,7 @@ def lg_run(scratch: Path, wf_path: Path, i: int) -> dict:
     return {"cold_s": wall, "ksampler_s": result["timings"][SAMPLER_ID], "png": pngs[0].read_bytes()}
 
 
-def lg_run_measured(scratch: Path, wf_path: Path, i: int) -> dict:
+def lg_run_measured(scratch: Path, wf_path: Path, i: int, precision: str = "exact") -> dict:
     """lg_run in a forked helper so that RUSAGE_CHILDREN's max RSS is this run's alone."""
     import resource
 
@@ -195,7 +196,7 @@ def lg_run_measured(scratch: Path, wf_path: Path, i: int) -> dict:
     if pid == 0:  # child: run latentgraph as its own child, report, exit
         os.close(read)
         try:
-            res = lg_run(scratch, wf_path, i)
+            res = lg_run(scratch, wf_path, i, precision)
             res["png"] = res["png"].hex()
             res["rss_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
             payload = {"ok": res}
@@ -262,6 +263,14 @@ def summary(comfy: list[dict], lg: list[dict]) -> dict:
     return rows
 
 
+def fast_summary(exact: list[dict], fast: list[dict]) -> dict:
+    """--precision fast against latentgraph's own exact run of the same pair."""
+    speedups = [e["ksampler_s"] / f["ksampler_s"] for e, f in zip(exact, fast)]
+    return {"ksampler_s": [f["ksampler_s"] for f in fast], "cold_s": [f["cold_s"] for f in fast],
+            "rss_gib": [f["rss_gib"] for f in fast], "speedup_vs_exact": speedups,
+            "psnr_vs_exact_db": [psnr(f["png"], e["png"]) for e, f in zip(exact, fast)]}
+
+
 def print_table(rows: dict, args) -> None:
     print(f"SD1.5 {args.size}x{args.size}, {args.sampler} {args.steps} steps, cfg {args.cfg}, "
           f"{args.runs} fresh run(s) per side, CPU fp32")
@@ -272,6 +281,12 @@ def print_table(rows: dict, args) -> None:
         print(f"{name:<18}{span(r['comfyui']):>14}{span(r['latentgraph']):>14}{span(r['ratio'], '{:.2f}x'):>14}")
     print(f"ComfyUI server start {span(rows['comfyui_start_s'])} s (included in its cold wall)")
     print("PSNR latentgraph vs ComfyUI PNG: " + ", ".join(f"{p:.1f} dB" for p in rows["psnr_db"]))
+    if "fast" in rows:
+        f = rows["fast"]
+        print(f"latentgraph --precision fast: KSampler {span(f['ksampler_s'])} s, "
+              f"{span(f['speedup_vs_exact'], '{:.2f}x')} the speed of its exact run (goal >= 1.8x), "
+              f"cold wall {span(f['cold_s'])} s, peak RSS {span(f['rss_gib'])} GiB, PSNR vs exact "
+              + ", ".join(f"{p:.1f} dB" for p in f["psnr_vs_exact_db"]))
 
 
 def main() -> int:
@@ -290,6 +305,7 @@ def main() -> int:
     p.add_argument("--keep", type=Path, help="scratch folder, kept (default: a temporary one, removed)")
     p.add_argument("--port", type=int, default=0, help="ComfyUI's port on 127.0.0.1 (default: a free one)")
     p.add_argument("--start-timeout", type=float, default=300, help="seconds to wait for ComfyUI to answer")
+    p.add_argument("--fast", action="store_true", help="also run latentgraph --precision fast each run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args()
     if not (args.comfyui / "main.py").is_file():
@@ -317,13 +333,18 @@ def run(args, scratch: Path) -> int:
     prompt = workflow(name, args.size, args.steps, args.cfg, args.sampler, args.seed)
     wf_path = scratch / "workflow_api.json"
     wf_path.write_text(json.dumps(prompt, indent=1))
-    comfy, lg = [], []
+    comfy, lg, fast = [], [], []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}: ComfyUI ...", file=sys.stderr, flush=True)
         comfy.append(comfy_run(args, scratch, prompt, i))
         print(f"run {i + 1}/{args.runs}: latentgraph ...", file=sys.stderr, flush=True)
         lg.append(lg_run_measured(scratch, wf_path, i))
+        if args.fast:
+            print(f"run {i + 1}/{args.runs}: latentgraph --precision fast ...", file=sys.stderr, flush=True)
+            fast.append(lg_run_measured(scratch, wf_path, i, "fast"))
     rows = summary(comfy, lg)
+    if fast:
+        rows["fast"] = fast_summary(lg, fast)
     if args.json:
         print(json.dumps({"size": args.size, "steps": args.steps, "cfg": args.cfg, "sampler": args.sampler,
                           "runs": args.runs, **rows,
