@@ -267,7 +267,10 @@ class Control:
         if isinstance(net, T2IAdapter):  # residuals from the hint alone, the same at every step
             return self._merge(adapter_control(self, x, chunks), prev)
         weight = next(net.parameters())
-        if weight.device != x.device:  # low-memory mode keeps weights on the CPU until they run
+        placement = getattr(model, "placement", None)
+        if getattr(placement, "memory", None) is not None:  # a VRAM budget: room made, maybe loaded in part
+            placement.bring(net)
+        elif weight.device != x.device:  # low-memory mode keeps weights on the CPU until they run
             net.to(x.device)
         dtype = weight.dtype
         context = c.get("crossattn_controlnet", c["c_crossattn"])

@@ -30,8 +30,9 @@ def encode_image(vae: AutoencoderKL, image: torch.Tensor, placement: Placement |
     Only the first three channels are used (an alpha channel is dropped)."""
     placement = placement or Placement()
     image = crop_to_multiple(image[..., :3], vae.downscale)
+    tiled = tiled or placement.prefer_tiled  # the last try after running out of device memory
     with placement.use(vae):
-        device = next(vae.parameters()).device
+        device = _device_of(vae, placement)
         x = image.movedim(-1, 1).to(device=device, dtype=vae.dtype) * 2.0 - 1.0  # (B, 3, H, W)
         z = vae.encode_tiled(x, tile, overlap) if tiled else vae.encode(x)
     return z.float().cpu()
@@ -42,11 +43,18 @@ def decode_latent(vae: AutoencoderKL, samples: torch.Tensor, placement: Placemen
                   tiled: bool = False, tile: int = 64, overlap: int = 8) -> torch.Tensor:
     """LATENT samples (B, 4, h, w) -> IMAGE (B, 8h, 8w, 3) in 0..1, float32 on the CPU."""
     placement = placement or Placement()
+    tiled = tiled or placement.prefer_tiled  # the last try after running out of device memory
     with placement.use(vae):
-        device = next(vae.parameters()).device
+        device = _device_of(vae, placement)
         z = samples.to(device=device, dtype=vae.dtype)
         x = vae.decode_tiled(z, tile, overlap) if tiled else vae.decode(z)
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+
+
+def _device_of(vae: AutoencoderKL, placement: Placement) -> torch.device:
+    """Where the VAE computes: the placement's device under a memory manager (a VAE loaded in
+    part has some weights in RAM between layers), else where its weights are."""
+    return placement.device if placement.memory is not None else next(vae.parameters()).device
 
 
 def crop_to_aspect(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Device and dtype placement, the model cache, and the low-memory mode.
 
-Chosen once per front door (``--device``, ``--dtype``, ``--lowvram``) and handed to nodes as
-an object; nothing here is a global. In low-memory mode weights stay on the CPU and a model
-moves to the device only while it runs.
+Chosen once per front door (``--device``, ``--dtype``, ``--lowvram``, ``--vram-budget``) and
+handed to nodes as an object; nothing here is a global. In low-memory mode weights stay on the
+CPU and a model moves to the device only while it runs; with a memory manager (models/vram.py,
+the default on CUDA) models stay on the device while they fit a budget.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from .vram import MemoryManager
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_CHOICES = ("auto", "fast", *DTYPES)
@@ -69,29 +73,56 @@ def fast_cpu_dtypes() -> dict[str, torch.dtype]:
 
 @dataclass
 class Placement:
-    """Where models run and in which dtypes; ``offload`` is the low-memory mode."""
+    """Where models run and in which dtypes; ``offload`` is the low-memory mode; ``memory``
+    (models/vram.py) keeps models on the device under a budget and offloads the least
+    recently used (None: without a budget on the CPU, or with --lowvram)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtypes: dict[str, torch.dtype] = field(default_factory=lambda: {r: torch.float32 for r in ROLES})
     offload: bool = False
+    memory: "MemoryManager | None" = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_options(cls, device: str = "auto", dtype: str = "auto", lowvram: bool = False) -> "Placement":
+    def from_options(cls, device: str = "auto", dtype: str = "auto", lowvram: bool = False,
+                     vram_budget: float | str | None = None) -> "Placement":
         dev = resolve_device(device)
-        return cls(dev, resolve_dtypes(dev, dtype), lowvram and dev.type != "cpu")
+        placement = cls(dev, resolve_dtypes(dev, dtype), lowvram and dev.type != "cpu")
+        if lowvram and vram_budget is not None:
+            raise ValueError("--lowvram and --vram-budget both say how to use device memory: give one of them "
+                             "(--lowvram moves each model to the device only while it runs; --vram-budget keeps "
+                             "models there while they fit)")
+        if not lowvram:
+            from .vram import manager_for  # torch-heavy users only: the CPU without a budget never needs it
+
+            placement.memory = manager_for(dev, vram_budget)
+        return placement
+
+    @classmethod
+    def from_env(cls, env) -> "Placement":
+        """From an Environment's device, dtype, lowvram and vram_budget."""
+        return cls.from_options(env.device, env.dtype, env.lowvram, getattr(env, "vram_budget", None))
 
     @property
     def home(self) -> torch.device:
-        """Where weights rest between uses."""
-        return torch.device("cpu") if self.offload else self.device
+        """Where weights rest between uses (host memory when a manager moves them)."""
+        return torch.device("cpu") if self.offload or self.memory is not None else self.device
+
+    @property
+    def prefer_tiled(self) -> bool:
+        """Whether VAE encode/decode should tile: the last try after running out of memory."""
+        return self.memory is not None and self.memory.level >= 2
 
     def key(self) -> tuple:
         return (str(self.device), tuple(str(self.dtypes[r]) for r in ROLES), self.offload)
 
     @contextmanager
-    def use(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """The module on the compute device for the duration; back home afterwards."""
-        if self.offload:
+    def use(self, module: torch.nn.Module, working_bytes: int = 0) -> Iterator[torch.nn.Module]:
+        """The module on the compute device for the duration; back home afterwards (or, with a
+        memory manager, kept there while it fits). ``working_bytes``: activations expected."""
+        if self.memory is not None:
+            with self.memory.use(module, working_bytes):
+                yield module
+        elif self.offload:
             module.to(self.device)
             try:
                 yield module
@@ -101,6 +132,16 @@ class Placement:
                     torch.cuda.empty_cache()
         else:
             yield module
+
+    def bring(self, module: torch.nn.Module) -> None:
+        """Onto the device, for a module that runs inside another's use() (a ControlNet within
+        the UNet's): under the budget when there is a manager."""
+        if self.memory is not None:
+            self.memory.ensure(module)
+            return
+        first = next(iter(module.parameters()), None)
+        if first is not None and first.device != self.device:
+            module.to(self.device)
 
 
 class ModelCache:
