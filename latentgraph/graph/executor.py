@@ -274,8 +274,13 @@ class _Run:
         ctx = NodeContext(node_id, ndef.name, self.prompt_id, self.ex.env, self.ex.services,
                           self.emit, self.ex._stop) if ndef.context_param else None
         start = time.perf_counter()
+        # a front door's guard (the VRAM manager's) may run the node again, e.g. after freeing memory
+        guard = self.ex.services.get("node_guard")
         try:
-            outputs, ui = _map_over_lists(ndef, inputs, ctx)
+            if guard is not None:
+                outputs, ui = guard(node_id, ndef.name, lambda: _map_over_lists(ndef, inputs, ctx))
+            else:
+                outputs, ui = _map_over_lists(ndef, inputs, ctx)
         except (Interrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
