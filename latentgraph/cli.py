@@ -63,6 +63,10 @@ def _folders(p: argparse.ArgumentParser) -> None:
                         "with bf16 instructions (AVX512-BF16/AMX), fp32 without them; as auto on a GPU")
     p.add_argument("--lowvram", action="store_true",
                    help="keep weights on the CPU and move each model to the device only while it runs")
+    p.add_argument("--vram-budget", default=None, metavar="GB",
+                   help="GiB of GPU memory models may hold: kept there while they fit, the least recently "
+                        "used sent back to RAM, a model too big loaded in part (default on CUDA: auto, "
+                        "from free memory); on the CPU it simulates a GPU of that size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,7 +259,8 @@ def _env(args) -> Environment:
         return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
                            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
                            device=getattr(args, "device", "auto"), dtype=_dtype(args),
-                           lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args))
+                           lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args),
+                           vram_budget=getattr(args, "vram_budget", None))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
 

@@ -32,6 +32,8 @@ class Environment:
     device: str = "auto"
     dtype: str = "auto"  # auto, fast, fp32, fp16 or bf16: how nodes that load models place them
     lowvram: bool = False  # keep weights on the CPU, move a model to the device only while it runs
+    # GiB of device memory models may hold (a float), "auto" or None (auto on CUDA, none elsewhere)
+    vram_budget: float | str | None = None
     model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -41,6 +43,8 @@ class Environment:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.vram_budget is not None and self.vram_budget != "auto":
+            self.vram_budget = _budget_gib(self.vram_budget)
 
     def folders(self, kind: str) -> list[Path]:
         """Where files of ``kind`` are looked for: models_dir/kind (and its legacy name, as
@@ -80,6 +84,19 @@ class Environment:
                 name, kind = name[: -len(k) - 3], k
                 break
         return _safe_join(self.folder_of(kind), name)
+
+
+def _budget_gib(value: Any) -> float:
+    """A --vram-budget in GiB: a number above 0 (the same check as models/vram.parse_budget,
+    here without importing torch)."""
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--vram-budget: expected a number of GB (GiB, e.g. 12 or 7.5) or auto, "
+                         f"got {value!r}") from None
+    if not 0 < gib < float("inf"):
+        raise ValueError(f"--vram-budget: the budget must be a number of GB above 0, got {value!r}")
+    return gib
 
 
 def _list_files(folder: Path, extensions) -> list[str]:

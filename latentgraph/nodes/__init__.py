@@ -71,7 +71,12 @@ def create_registry() -> NodeRegistry:
 
 def create_services(env) -> dict:
     """The long-lived objects nodes share through ``ctx.services``: where models run
-    (device, dtypes, low-memory mode, from the Environment) and the process's model cache."""
+    (device, dtypes, low-memory mode, VRAM budget, from the Environment), the process's model
+    cache and, with a VRAM budget, the guard that retries a node after an out-of-memory error."""
     from ..models.management import ModelCache, Placement
 
-    return {"placement": Placement.from_options(env.device, env.dtype, env.lowvram), "models": ModelCache()}
+    placement = Placement.from_env(env)
+    services = {"placement": placement, "models": ModelCache()}
+    if placement.memory is not None:  # the executor retries a node that ran out of device memory
+        services["node_guard"] = placement.memory.run_node
+    return services
