@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -129,18 +129,19 @@ def converted(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 @torch.no_grad()
 def stream_into(module: nn.Module, sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
-                source: str | os.PathLike | None = None) -> int:
+                source: str | os.PathLike | None = None, held: Callable[[str], bool] | None = None) -> int:
     """Assign every tensor of ``sd`` (keys already checked against the module) to ``module``,
     one loading module at a time: convert its tensors, assign them (load_state_dict with
     assign=True, the module's own hooks included), give their file pages back. The peak is the
-    module plus one group's tensors. Returns the bytes of file pages given back."""
+    module plus one group's tensors. Keys for which ``held(key)`` is true keep the file's dtype
+    (see hold_in_file_dtype). Returns the bytes of file pages given back."""
     mappings = file_mappings(source) if source is not None else []
     dropped = 0
     for anchor, keys in _groups(module, sd).items():
         cut = len(anchor) + 1 if anchor else 0
         part, copied = {}, []
         for key in keys:
-            part[key[cut:]] = new = converted(sd[key], dtype)
+            part[key[cut:]] = new = sd[key] if held is not None and held(key) else converted(sd[key], dtype)
             if new is not sd[key]:
                 copied.append(sd[key])
         module.get_submodule(anchor).load_state_dict(part, strict=False, assign=True)
@@ -148,3 +149,74 @@ def stream_into(module: nn.Module, sd: dict[str, torch.Tensor], dtype: torch.dty
         # the source was read once into its converted copy: its pages are not needed again
         dropped += sum(give_back(src, mappings) for src in copied)
     return dropped
+
+
+# -- holding weights in the file's dtype, casting per call -----------------------------------
+# Each cast layer computes with ``weight.to(x.dtype)``: fp16/bf16 -> fp32 is exact, so the
+# layer's output is bit for bit that of the same layer converted at load. The layer classes
+# are fp8.py's (the same per-call cast); what differs is what patches store (patched_dtype).
+def _cast_classes() -> dict[type, type]:
+    from .fp8 import CAST_CLASSES
+
+    return CAST_CLASSES
+
+
+def castable(layer: nn.Module) -> bool:
+    """Whether ``layer`` can hold its weights in another dtype than it computes in."""
+    classes = _cast_classes()
+    return type(layer) in classes or type(layer) in classes.values()
+
+
+def held_layers(module: nn.Module, skip: tuple[str, ...] = ()) -> set[str]:
+    """Names of the castable layers of ``module`` (not under one of the ``skip`` prefixes)."""
+    return {name for name, layer in module.named_modules()
+            if castable(layer) and not any(name == s or name.startswith(s + ".") for s in skip)}
+
+
+def narrower(dtype: torch.dtype, compute: torch.dtype | None) -> bool:
+    """A floating dtype with fewer bits than ``compute`` (fp16/bf16 under fp32)."""
+    return (compute is not None and dtype.is_floating_point and compute.is_floating_point
+            and torch.finfo(dtype).bits < torch.finfo(compute).bits)
+
+
+def holds(layers: set[str], sd: dict[str, torch.Tensor], compute: torch.dtype | None) -> Callable[[str], bool]:
+    """``held`` for stream_into: a weight of one of ``layers`` stays as the file has it when
+    that is narrower than the compute dtype (a wider one is converted: nothing to gain)."""
+    return lambda key: key.rpartition(".")[0] in layers and narrower(sd[key].dtype, compute)
+
+
+def hold_in_file_dtype(module: nn.Module, layers: set[str], compute: torch.dtype | None) -> int:
+    """Turn the ``layers`` of ``module`` whose weights are not in ``compute`` into cast layers
+    (in place; names and state-dict keys unchanged) and note ``compute`` on each as
+    ``patch_dtype``: a LoRA or merge that rewrites such a weight stores it in ``compute``, as it
+    would for the converted layer. Returns the number of layers turned."""
+    if compute is None:
+        return 0
+    classes = _cast_classes()
+    turned = 0
+    for name in sorted(layers):
+        layer = module.get_submodule(name)
+        if all(p.dtype == compute for p in layer.parameters(recurse=False)):
+            continue
+        cls = classes.get(type(layer))
+        if cls is not None:
+            layer.__class__ = cls
+        layer.patch_dtype = compute
+        turned += 1
+    return turned
+
+
+def patched_dtype(layer: nn.Module, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a rewritten weight of ``layer`` is stored in: the compute dtype of a layer held
+    in the file's dtype (so patching it gives the converted layer's result), else the weight's."""
+    return getattr(layer, "patch_dtype", None) or weight.dtype
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes of the module's parameters and buffers (each tensor counted once)."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .cast import stream_into
+from .cast import hold_in_file_dtype, held_layers, holds, stream_into
 from .errors import CheckpointError
 from .families import FAMILIES, METADATA_KEY, TINY_UNCLIP_DIMS, UNET_PREFIX, VAE_PREFIX, Architecture, Family
 from .text_encoders import (ClipTextEncoder, TextEncoderConfig, config_from_keys, hf_clip_keys, openclip_file_key,
@@ -291,7 +291,8 @@ def check_shapes(module: torch.nn.Module, sd: dict, what: str, source: str,
 
 
 def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype: torch.dtype | None,
-                file_key: Callable[[str], str] = str, linear_as_conv: bool = False) -> None:
+                file_key: Callable[[str], str] = str, linear_as_conv: bool = False,
+                held: Callable[[str], bool] | None = None) -> None:
     """Load every tensor or fail, naming the wrong shapes, then the missing and unexpected keys
     (both checked before anything is loaded). Tensors are converted to ``dtype`` and assigned
     one at a time, their file pages given back as they go (models/cast.py stream_into): the
@@ -310,7 +311,7 @@ def strict_load(module: torch.nn.Module, sd: dict, what: str, source: str, dtype
         if unexpected:
             msg.append(f"unexpected keys: {show(unexpected)}")
         raise CheckpointError("; ".join(msg))
-    stream_into(module, {k: v for k, v in sd.items() if k in expected}, dtype, source)
+    stream_into(module, {k: v for k, v in sd.items() if k in expected}, dtype, source, held)
 
 
 def _unexpected(module: torch.nn.Module, key: str) -> bool:
@@ -366,10 +367,28 @@ def text_file_key(slot, key: str, names: set[str]) -> str:
     return with_model if with_model in names or slot.prefix + rest not in names else slot.prefix + rest
 
 
+# The layers whose weight dtype is the dtype a network casts its input to (AutoencoderKL.dtype
+# reads quant_conv's): never held narrower, so the network computes in the run dtype.
+HOLD_SKIP = {"vae": ("quant_conv", "post_quant_conv"), "text": ()}
+# Run once per prompt, so a per-layer cast costs little; not the UNet, which runs every step.
+HELD_ROLES = ("text", "vae")
+
+
+def _hold(module: torch.nn.Module, role: str, tensors: dict, dtypes: dict, hold: tuple):
+    """(held for strict_load, the layers to turn into cast layers after it) of one network."""
+    if role not in hold or dtypes.get(role) is None:
+        return None, set()
+    layers = held_layers(module, HOLD_SKIP[role])
+    return holds(layers, tensors, dtypes[role]), layers
+
+
 def load_checkpoint(path: str | Path, *, dtypes: dict[str, torch.dtype] | None = None,
-                    overrides: dict | None = None, parts: tuple = ("unet", "vae", "text")) -> Checkpoint:
+                    overrides: dict | None = None, parts: tuple = ("unet", "vae", "text"),
+                    hold: tuple = ()) -> Checkpoint:
     """Read, detect and build a checkpoint's networks on the CPU (move them with .to()).
-    ``dtypes`` per role ("unet", "vae", "text"); default: the file's dtype."""
+    ``dtypes`` per role ("unet", "vae", "text"); default: the file's dtype. The roles in
+    ``hold`` (of HELD_ROLES) keep the file's weights where they are narrower than their dtype
+    and cast them per layer as they run (models/cast.py): the same results in less memory."""
     source = str(path)
     sd, metadata = read_state_dict(path)
     arch = detect_architecture(sd, metadata, source, overrides)
@@ -385,13 +404,17 @@ def load_checkpoint(path: str | Path, *, dtypes: dict[str, torch.dtype] | None =
         strict_load(unet, tensors["unet"], "UNet", source, dtypes.get("unet"), lambda k: UNET_PREFIX + k)
     if "vae" in parts:
         vae = _build("VAE", source, lambda: AutoencoderKL(arch.vae))
-        strict_load(vae, tensors["vae"], "VAE", source, dtypes.get("vae"), lambda k: VAE_PREFIX + k, True)
+        held, layers = _hold(vae, "vae", tensors["vae"], dtypes, hold)
+        strict_load(vae, tensors["vae"], "VAE", source, dtypes.get("vae"), lambda k: VAE_PREFIX + k, True, held)
+        hold_in_file_dtype(vae, layers, dtypes.get("vae"))
     if "text" in parts:
         text = _build("text encoders", source, lambda: build_text_encoders(arch))
     slots = {slot.name: slot for slot in arch.spec.text}
     for name, enc in text.items():
+        held, layers = _hold(enc, "text", tensors["text." + name], dtypes, hold)
         strict_load(enc, tensors["text." + name], f"text encoder '{name}'", source, dtypes.get("text"),
-                    lambda k, slot=slots[name]: text_file_key(slot, k, names))
+                    lambda k, slot=slots[name]: text_file_key(slot, k, names), held=held)
+        hold_in_file_dtype(enc, layers, dtypes.get("text"))
         _materialise_buffers(enc)
     for module in (unet, vae):
         if module is not None:
@@ -445,8 +468,11 @@ def load_placed(path: str | Path, placement: Placement, cache: ModelCache | None
     """load_checkpoint in the placement's dtypes, moved to where the weights rest (the device,
     or the CPU in low-memory mode); through ``cache`` when given, keyed by the file's
     identity, the placement and the overrides."""
+    # on the CPU, text encoders and VAE keep an fp16/bf16 file's weights (exact: see HELD_ROLES)
+    hold = HELD_ROLES if placement.device.type == "cpu" else ()
+
     def load() -> Checkpoint:
-        ck = load_checkpoint(path, dtypes=placement.dtypes, overrides=overrides)
+        ck = load_checkpoint(path, dtypes=placement.dtypes, overrides=overrides, hold=hold)
         ck.unet.to(placement.home)
         ck.vae.to(placement.home)
         for enc in ck.text.values():
