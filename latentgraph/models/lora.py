@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cast import patched_dtype
 from .checkpoint import CheckpointError, read_state_dict
 from .families import FAMILIES, TextSlot
 from .lora_algos import (ADAPTER_KIND, ADAPTER_SUFFIXES, Adapter, IncompleteAdapter, build_adapter, dora_fits,
@@ -540,7 +541,8 @@ def apply_lora(module: nn.Module, patches: dict[str, Patch], strength: float = 1
         base = params[name]
         weight = patch.apply(base.float(), strength)
         owner, _, attr = name.rpartition(".")
-        setattr(twin.get_submodule(owner), attr, nn.Parameter(weight.to(base.dtype), requires_grad=base.requires_grad))
+        layer = twin.get_submodule(owner)  # a layer held in an fp16 file's dtype stores it in its compute dtype
+        setattr(layer, attr, nn.Parameter(weight.to(patched_dtype(layer, base)), requires_grad=base.requires_grad))
     return twin
 
 

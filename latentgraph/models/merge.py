@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .cast import patched_dtype
 from .lora import _twin
 
 # parameter names ComfyUI leaves out of CLIP merges (a buffer of ids, and CLIP's contrastive
@@ -103,15 +104,17 @@ def check_same_layout(first: dict[str, torch.Tensor], second: dict[str, torch.Te
                          f"rest of the first model (scaled by the ratio); latentgraph refuses")
 
 
-def merged_weight(w1: torch.Tensor, w2: torch.Tensor, strength_model: float, strength_patch: float) -> torch.Tensor:
+def merged_weight(w1: torch.Tensor, w2: torch.Tensor, strength_model: float, strength_patch: float,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """ComfyUI's arithmetic for one weight: in float32, ``w1 * strength_model`` then
-    ``+ strength_patch * w2``, each step skipped when it would change nothing; w1's dtype."""
+    ``+ strength_patch * w2``, each step skipped when it would change nothing; in ``dtype``
+    (default w1's)."""
     w = w1.to(torch.float32, copy=True)
     if strength_model != 1.0:
         w *= strength_model
     if strength_patch != 0.0:
         w += strength_patch * w2.to(w.device, torch.float32)
-    return w.to(w1.dtype)
+    return w.to(dtype or w1.dtype)
 
 
 @torch.no_grad()
@@ -129,9 +132,10 @@ def merge_modules(first: nn.Module, second: nn.Module, factors: Factors, what: s
         strength_model, strength_patch = factors(name)
         if strength_model == 1.0 and strength_patch == 0.0:
             continue
-        merged = merged_weight(w1, p2[name], strength_model, strength_patch)
         owner, _, attr = name.rpartition(".")
-        setattr(twin.get_submodule(owner), attr, nn.Parameter(merged, requires_grad=w1.requires_grad))
+        layer = twin.get_submodule(owner)  # a layer held in an fp16 file's dtype stores it in its compute dtype
+        merged = merged_weight(w1, p2[name], strength_model, strength_patch, patched_dtype(layer, w1))
+        setattr(layer, attr, nn.Parameter(merged, requires_grad=w1.requires_grad))
     return twin
 
 
