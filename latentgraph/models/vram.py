@@ -236,6 +236,7 @@ class Entry:
     layers_streamed: int = 0
     last_use: int = 0
     pins: int = 0  # running now (a use() not yet left): never evicted
+    partial_loads: int = 0  # times it was split (a new split, not a reuse of the last one)
     hooks: list = field(default_factory=list, repr=False)
 
 
@@ -349,6 +350,9 @@ class MemoryManager:
             entry.hooks += self._stream_hooks(f"{entry.name} layer {name}", layer, tensors)
         entry.state, entry.resident_bytes = "partial", plan[1]
         entry.layers_resident, entry.layers_streamed = len(kept), len(streamed)
+        entry.partial_loads += 1
+        log.info("%s: %d of %d layers resident (%s of %s), the rest streamed", entry.name, len(kept), len(parts),
+                 fmt_bytes(plan[1]), fmt_bytes(entry.nbytes))
 
     @staticmethod
     def _split(parts: list, room: int) -> tuple[int, int]:
@@ -441,8 +445,8 @@ class MemoryManager:
         return (f"out of GPU memory in node {node_id} ({class_type}) on {self.device.name} after {len(TRIES)} "
                 f"tries ({'; then '.join(TRIES)}): budget {fmt_bytes(self.budget)} with "
                 f"{fmt_bytes(self.reserve)} kept for working memory; resident at the first failure: {held}; "
-                f"last needed: {needed}. The first error: {error}. Use a smaller image or batch, close other "
-                f"programs using the GPU, or give a smaller --vram-budget.")
+                f"last needed: {needed}. The first error: {error}. Try a smaller image or batch; if other "
+                f"programs hold GPU memory, free it or give a --vram-budget that fits what is free.")
 
 
 # -- making one ----------------------------------------------------------------------------
