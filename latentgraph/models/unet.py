@@ -218,6 +218,10 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, to: dict | None = None) -> torch.Tensor:
         if to is not None:  # a patched model: ComfyUI's call points (docs/model-options.md)
             return self._forward_patched(x, context, to)
+        return self._forward_plain(x, context)
+
+    def _forward_plain(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The unpatched block (what --compile regional compiles: models/compile.py)."""
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))

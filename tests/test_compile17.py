@@ -1,0 +1,102 @@
+"""--compile (models/compile.py): regional and full torch.compile of the UNet give the eager
+result, compile once per UNet, leave patched blocks eager, and fail with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentgraph.models.compile import CompileError, compile_unet, run_compiled
+from latentgraph.models.unet import BasicTransformerBlock, ResBlock, UNetConfig, UNetModel
+
+TINY = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
+                  transformer_depth_middle=1, transformer_depth_output=(1, 1, 1, 1), context_dim=16)
+
+
+def _unet(seed: int = 0) -> UNetModel:
+    torch.manual_seed(seed)
+    return UNetModel(TINY).eval().requires_grad_(False)
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10.0, 700.0]),
+            torch.randn(2, 5, 16, generator=gen))
+
+
+@pytest.mark.parametrize("mode", ["regional", "full"])
+def test_compiled_unet_gives_the_eager_result(mode):
+    eager, compiled = _unet(), _unet()
+    x, t, ctx = _inputs()
+    with torch.inference_mode():
+        want = eager(x, t, ctx)
+        n = compile_unet(compiled, mode, backend="aot_eager")
+        got = compiled(x, t, ctx)
+        again = compiled(x, t, ctx)
+    blocks = sum(isinstance(m, (ResBlock, BasicTransformerBlock)) for m in compiled.modules())
+    assert n == (blocks if mode == "regional" else 1) and blocks == 15  # 8 ResBlocks, 7 transformer blocks
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, again)
+    assert compile_unet(compiled, mode, backend="aot_eager") == 0  # once per UNet
+
+
+def test_a_patched_model_keeps_its_patches_under_regional_compile():
+    """Transformer blocks of a patched call run their eager patched path; the patch is called
+    and the result matches the uncompiled patched UNet."""
+    eager, compiled = _unet(), _unet()
+    x, t, ctx = _inputs()
+    calls = []
+
+    def patch(n, extra):
+        calls.append(extra["block"])
+        return n * 0.5
+
+    def options():
+        return {"patches": {"attn1_output_patch": [patch]}}
+
+    with torch.inference_mode():
+        want = eager(x, t, ctx, None, None, options())
+        seen = len(calls)
+        compile_unet(compiled, "regional", backend="aot_eager")
+        got = compiled(x, t, ctx, None, None, options())
+    assert seen > 0 and len(calls) == 2 * seen
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_modes_are_checked():
+    unet = _unet()
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; choose one of off, regional, full"):
+        compile_unet(unet, "fast")
+    assert compile_unet(unet, "off") == 0 and not hasattr(unet, "_lg_compiled")
+    compile_unet(unet, "regional", backend="aot_eager")
+    with pytest.raises(CompileError, match=r"already compiled \(regional\); it cannot be compiled again as full"):
+        compile_unet(unet, "full", backend="aot_eager")
+
+
+def test_a_compiler_failure_is_a_clear_error():
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    unet = _unet()
+    compile_unet(unet, "full", backend=broken_backend)
+    x, t, ctx = _inputs()
+    with torch.inference_mode(), pytest.raises(CompileError) as exc:
+        run_compiled(lambda: unet(x, t, ctx), "full")
+    text = str(exc.value)
+    assert text.startswith("--compile full: torch.compile failed (")
+    assert "no C++ compiler found" in text and text.endswith("run without --compile, or with --compile regional "
+                                                              "if this was full")
+    with pytest.raises(ZeroDivisionError):  # anything else passes through untouched
+        run_compiled(lambda: 1 / 0, "full")
+
+
+@pytest.mark.slow
+def test_inductor_regional_compile_of_a_tiny_unet():
+    """The real compiler (inductor, C++ on the CPU): same result to fp32 rounding."""
+    eager, compiled = _unet(), _unet()
+    x, t, ctx = _inputs()
+    with torch.inference_mode():
+        want = eager(x, t, ctx)
+        compile_unet(compiled, "regional")
+        got = run_compiled(lambda: compiled(x, t, ctx), "regional")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
