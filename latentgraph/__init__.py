@@ -8,8 +8,17 @@
 
 from .graph import (Environment, Executor, Link, NodeRegistry, ResultCache, RunResult, ValidationError, Workflow,
                     WorkflowError, node)
-from .nodes import create_registry
 
 __version__ = "0.1.0"
 __all__ = ["Environment", "Executor", "Link", "NodeRegistry", "ResultCache", "RunResult", "ValidationError",
            "Workflow", "WorkflowError", "create_registry", "node", "__version__"]
+
+
+def __getattr__(name: str):
+    # create_registry imports the built-in node modules: done on first use, so that
+    # `import latentgraph.graph` (or the CLI's --help) does not pay for them
+    if name == "create_registry":
+        from .nodes import create_registry
+
+        return create_registry
+    raise AttributeError(f"module 'latentgraph' has no attribute {name!r}")

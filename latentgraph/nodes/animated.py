@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -15,7 +16,7 @@ from ..graph import IMAGE, Boolean, Combo, Float, Hidden, Int, NodeContext, Resu
 from ..graph.fileio import write_atomic
 from .imageio import PNG_METADATA_BUDGET, _bounded_json, save_path, tensor_to_pil
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
 
 

@@ -13,12 +13,14 @@ import math
 import zlib
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import MODEL, Boolean, Combo, Float, Int, node
-from ..models.unet import attention
-from ..sampling.guidance import UNCOND, calc_cond_batch
+attention = lazy("..models.unet", "attention")
+_guidance = lazy("..sampling.guidance")  # UNCOND, an int: read where used
+calc_cond_batch = lazy("..sampling.guidance", "calc_cond_batch")
 from .budget import check_tensor
 from .latent import upscale_latent
 from .sd import SDModel
@@ -116,11 +118,11 @@ def _sag_patches(scale: float, blur_sigma: float):
 
     def attn_and_record(q, k, v, extra_options):
         heads, labels = extra_options["n_heads"], extra_options["cond_or_uncond"]
-        if UNCOND not in labels:  # e.g. SAG's own extra call
+        if _guidance.UNCOND not in labels:  # e.g. SAG's own extra call
             return attention(q, k, v, heads)
         out, weights = attention_with_scores(q, k, v, heads)
         per_chunk = heads * (q.shape[0] // len(labels))  # batch is chunked per label, heads inside
-        i = labels.index(UNCOND)
+        i = labels.index(_guidance.UNCOND)
         recorded["scores"] = weights[per_chunk * i:per_chunk * (i + 1)]
         recorded["shape"] = tuple(extra_options.get("activations_shape", (0, 0, 0, 0))[2:])
         return out

@@ -14,7 +14,9 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+_FLOAT32 = lazy("torch", "float32")  # the defaults below: only .itemsize is read
 from PIL import Image
 
 from ..graph.budgets import limit, over
@@ -33,12 +35,12 @@ def human_bytes(n: int) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".") + f" {_UNITS[unit]}"
 
 
-def tensor_bytes(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+def tensor_bytes(shape: Sequence[int], dtype: torch.dtype = _FLOAT32) -> int:
     """Bytes of a tensor of ``shape`` and ``dtype`` (Python ints: no overflow however large)."""
     return math.prod(int(s) for s in shape) * dtype.itemsize
 
 
-def check_tensor(shape: Sequence[int], what: str, kind: str, dtype: torch.dtype = torch.float32) -> None:
+def check_tensor(shape: Sequence[int], what: str, kind: str, dtype: torch.dtype = _FLOAT32) -> None:
     """Refuse to make a tensor of ``shape`` past ``tensor_bytes``. ``what`` names the node's inputs
     that give the size ("width 16384 x height 16384 x batch_size 4096"), ``kind`` the tensor
     ("a latent"). Costs a product of a few ints, so normal sizes pay nothing."""

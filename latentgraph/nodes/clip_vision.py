@@ -12,12 +12,17 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import CONDITIONING, IMAGE, Combo, Float, NodeContext, Socket, node
-from ..models.checkpoint import file_key
-from ..models.clip_vision import ClipVision, ClipVisionOutput, load_clip_vision_file
-from ..models.style_model import StyleAdapter, load_style_model_file
+file_key = lazy("..models.checkpoint", "file_key")
+ClipVision = lazy("..models.clip_vision", "ClipVision")
+ClipVisionOutput = lazy("..models.clip_vision", "ClipVisionOutput")
+load_clip_vision_file = lazy("..models.clip_vision", "load_clip_vision_file")
+StyleAdapter = lazy("..models.style_model", "StyleAdapter")
+load_style_model_file = lazy("..models.style_model", "load_style_model_file")
 from .budget import check_tensor
 from .loaders import missing_model, model_files, model_identity, services
 
@@ -70,7 +75,7 @@ def _budget(image: torch.Tensor):
 
 
 @node(category="conditioning", display_name="CLIP Vision Encode", outputs=[CLIP_VISION_OUTPUT])
-def CLIPVisionEncode(clip_vision: Annotated[ClipVision, CLIP_VISION], image: Annotated[torch.Tensor, IMAGE],
+def CLIPVisionEncode(clip_vision: Annotated[ClipVision, CLIP_VISION], image: Annotated[Tensor, IMAGE],
                      crop: Annotated[str, Combo(["center", "none"])], ctx: NodeContext) -> ClipVisionOutput:
     """Encodes images with a CLIP vision model: shortest side resized to its input size and
     centre-cropped ("center") or squashed to a square ("none"), as ComfyUI."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import CLIP, CONDITIONING, MASK, Combo, Float, Int, String, node
-from ..models.clip import TextModel
+TextModel = lazy("..models.clip", "TextModel")
 from .budget import check_prompt
 
 MAX_RESOLUTION = 16384
@@ -191,7 +193,7 @@ def ConditioningSetAreaStrength(conditioning: Annotated[Cond, CONDITIONING],
 @node(category="conditioning", display_name="Conditioning (Set Mask)", outputs=[CONDITIONING])
 def ConditioningSetMask(
     conditioning: Annotated[Cond, CONDITIONING],
-    mask: Annotated[torch.Tensor, MASK],
+    mask: Annotated[Tensor, MASK],
     strength: Annotated[float, Float(1.0, min=0.0, max=10.0, step=0.01)],
     set_cond_area: Annotated[str, Combo(["default", "mask bounds"], default="default")],
 ) -> list:

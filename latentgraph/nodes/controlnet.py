@@ -11,11 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import CONDITIONING, IMAGE, MODEL, Combo, Float, NodeContext, Socket, file_identity, node
-from ..models.checkpoint import file_key
-from ..models.controlnet import Control, load_controlnet_file
+file_key = lazy("..models.checkpoint", "file_key")
+Control = lazy("..models.controlnet", "Control")
+load_controlnet_file = lazy("..models.controlnet", "load_controlnet_file")
 from .budget import check_tensor
 from .loaders import services
 from .sd import SDModel
@@ -98,7 +101,7 @@ _STRENGTH = Float(1.0, min=0.0, max=10.0, step=0.01)
 def ControlNetApply(
     conditioning: Annotated[Cond, CONDITIONING],
     control_net: Annotated[Control, CONTROL_NET],
-    image: Annotated[torch.Tensor, IMAGE],
+    image: Annotated[Tensor, IMAGE],
     strength: Annotated[float, _STRENGTH],
 ) -> list:
     """Applies a ControlNet to every entry, over the whole run; the negative prompt gets it too
@@ -120,7 +123,7 @@ def ControlNetApplyAdvanced(
     positive: Annotated[Cond, CONDITIONING],
     negative: Annotated[Cond, CONDITIONING],
     control_net: Annotated[Control, CONTROL_NET],
-    image: Annotated[torch.Tensor, IMAGE],
+    image: Annotated[Tensor, IMAGE],
     strength: Annotated[float, _STRENGTH],
     start_percent: Annotated[float, Float(0.0, min=0.0, max=1.0, step=0.001)],
     end_percent: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.001)],

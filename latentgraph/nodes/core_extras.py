@@ -11,7 +11,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 from PIL import Image, UnidentifiedImageError
 
 from ..graph import (IMAGE, LATENT, MASK, Combo, Float, Hidden, Int, NodeContext, Result, file_identity,
@@ -21,7 +22,7 @@ from .budget import check_tensor, pillow_guard
 from .image import MAX_RESOLUTION, check_resize, upscale
 from .imageio import pil_to_tensors, save_images
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 _IMAGES = "comfy_extras.nodes_images"
 _LATENT = "comfy_extras.nodes_latent"
 _MORPHOLOGY = "comfy_extras.nodes_morphology"

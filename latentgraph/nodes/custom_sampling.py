@@ -13,20 +13,37 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Callable
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import CONDITIONING, LATENT, MODEL, Boolean, Combo, Float, Int, NodeContext, Output, Socket, node
-from ..sampling.guidance import CFGDenoiser, Cond, add_opposite_areas, calc_cond_batch, cfg_function
-from ..sampling.multi_guidance import opposite_areas, perp_neg
-from ..sampling.euler_pp import sample_euler_pp
-from ..sampling.lcm_upscale import sample_lcm_upscale
-from ..sampling.ksampler import SamplerChoice, StepCallback, sample
-from ..sampling.schedulers import beta_scheduler, exponential_sigmas
-from ..sampling.sigma_lists import (AYS_NOISE_LEVELS, SPACINGS, denoised_tail, extend_sigmas, flip_sigmas,
-                                    gits_sigmas, laplace_sigmas, polyexponential_sigmas, split_sigmas_denoise,
-                                    vp_sigmas)
-from ..sampling.noise import prepare_noise
+CFGDenoiser = lazy("..sampling.guidance", "CFGDenoiser")
+Cond = lazy("..sampling.guidance", "Cond")
+add_opposite_areas = lazy("..sampling.guidance", "add_opposite_areas")
+calc_cond_batch = lazy("..sampling.guidance", "calc_cond_batch")
+cfg_function = lazy("..sampling.guidance", "cfg_function")
+opposite_areas = lazy("..sampling.multi_guidance", "opposite_areas")
+perp_neg = lazy("..sampling.multi_guidance", "perp_neg")
+sample_euler_pp = lazy("..sampling.euler_pp", "sample_euler_pp")
+sample_lcm_upscale = lazy("..sampling.lcm_upscale", "sample_lcm_upscale")
+SamplerChoice = lazy("..sampling.ksampler", "SamplerChoice")
+StepCallback = lazy("..sampling.ksampler", "StepCallback")
+sample = lazy("..sampling.ksampler", "sample")
+beta_scheduler = lazy("..sampling.schedulers", "beta_scheduler")
+exponential_sigmas = lazy("..sampling.schedulers", "exponential_sigmas")
+AYS_NOISE_LEVELS = lazy("..sampling.sigma_lists", "AYS_NOISE_LEVELS")
+denoised_tail = lazy("..sampling.sigma_lists", "denoised_tail")
+extend_sigmas = lazy("..sampling.sigma_lists", "extend_sigmas")
+flip_sigmas = lazy("..sampling.sigma_lists", "flip_sigmas")
+gits_sigmas = lazy("..sampling.sigma_lists", "gits_sigmas")
+laplace_sigmas = lazy("..sampling.sigma_lists", "laplace_sigmas")
+polyexponential_sigmas = lazy("..sampling.sigma_lists", "polyexponential_sigmas")
+split_sigmas_denoise = lazy("..sampling.sigma_lists", "split_sigmas_denoise")
+vp_sigmas = lazy("..sampling.sigma_lists", "vp_sigmas")
+prepare_noise = lazy("..sampling.noise", "prepare_noise")
 from .budget import check_tensor
+from .choices import AYS_MODEL_TYPES, SPACING_NAMES
 from .latent import upscale_latent
 from .preview import preview_factory
 from .sampling import SAMPLER, SIGMAS, check_noise_mask
@@ -258,7 +275,7 @@ def SamplerCustomAdvanced(
     noise: Annotated[Any, NOISE],
     guider: Annotated[Any, GUIDER],
     sampler: Annotated[Any, SAMPLER],
-    sigmas: Annotated[torch.Tensor, SIGMAS],
+    sigmas: Annotated[Tensor, SIGMAS],
     latent_image: Annotated[dict, LATENT],
     ctx: NodeContext,
 ) -> tuple:
@@ -284,7 +301,7 @@ def SamplerCustomAdvanced(
 
 
 @node(category="_for_testing/custom_sampling/noise", display_name="AddNoise", outputs=[LATENT], python_module=MODULE)
-def AddNoise(model: Annotated[SDModel, MODEL], noise: Annotated[Any, NOISE], sigmas: Annotated[torch.Tensor, SIGMAS],
+def AddNoise(model: Annotated[SDModel, MODEL], noise: Annotated[Any, NOISE], sigmas: Annotated[Tensor, SIGMAS],
              latent_image: Annotated[dict, LATENT]) -> dict:
     """Adds the noise of a schedule's span (first sigma minus last) to a latent, without sampling."""
     if len(sigmas) == 0:
@@ -309,7 +326,7 @@ _SIGMA_EDITS = "sampling/custom_sampling/sigmas"
 
 @node(category=_SCHEDULERS, display_name="ExponentialScheduler", outputs=[SIGMAS], python_module=MODULE)
 def ExponentialScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated[float, _SIG_MAX],
-                         sigma_min: Annotated[float, _SIG_MIN]) -> torch.Tensor:
+                         sigma_min: Annotated[float, _SIG_MIN]) -> Tensor:
     """Sigmas evenly spaced in log sigma from sigma_max to sigma_min, then 0."""
     check_sigma_range("ExponentialScheduler", sigma_min, sigma_max)
     return exponential_sigmas(steps, sigma_min, sigma_max)
@@ -319,7 +336,7 @@ def ExponentialScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated[flo
 def PolyexponentialScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated[float, _SIG_MAX],
                              sigma_min: Annotated[float, _SIG_MIN],
                              rho: Annotated[float, Float(1.0, min=0.0, max=100.0, step=0.01, round=False)]
-                             ) -> torch.Tensor:
+                             ) -> Tensor:
     """Log sigma along a power rho of a ramp from sigma_max to sigma_min, then 0."""
     check_sigma_range("PolyexponentialScheduler", sigma_min, sigma_max)
     return polyexponential_sigmas(steps, sigma_min, sigma_max, rho)
@@ -329,7 +346,7 @@ def PolyexponentialScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated
 def VPScheduler(steps: Annotated[int, _STEPS],
                 beta_d: Annotated[float, Float(19.9, min=0.0, max=5000.0, step=0.01, round=False)],
                 beta_min: Annotated[float, Float(0.1, min=0.0, max=5000.0, step=0.01, round=False)],
-                eps_s: Annotated[float, Float(0.001, min=0.0, max=1.0, step=0.0001, round=False)]) -> torch.Tensor:
+                eps_s: Annotated[float, Float(0.001, min=0.0, max=1.0, step=0.0001, round=False)]) -> Tensor:
     """The variance-preserving SDE's sigmas from t = 1 to t = eps_s, then 0."""
     return vp_sigmas(steps, beta_d, beta_min, eps_s)
 
@@ -338,7 +355,7 @@ def VPScheduler(steps: Annotated[int, _STEPS],
 def BetaSamplingScheduler(model: Annotated[SDModel, MODEL], steps: Annotated[int, _STEPS],
                           alpha: Annotated[float, Float(0.6, min=0.0, max=50.0, step=0.01, round=False)],
                           beta: Annotated[float, Float(0.6, min=0.0, max=50.0, step=0.01, round=False)]
-                          ) -> torch.Tensor:
+                          ) -> Tensor:
     """The model's timesteps at the quantiles of a Beta(alpha, beta) distribution."""
     return beta_scheduler(model.schedule, steps, alpha, beta)
 
@@ -347,7 +364,7 @@ def BetaSamplingScheduler(model: Annotated[SDModel, MODEL], steps: Annotated[int
 def LaplaceScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated[float, _SIG_MAX],
                      sigma_min: Annotated[float, _SIG_MIN],
                      mu: Annotated[float, Float(0.0, min=-10.0, max=10.0, step=0.1, round=False)],
-                     beta: Annotated[float, Float(0.5, min=0.0, max=10.0, step=0.1, round=False)]) -> torch.Tensor:
+                     beta: Annotated[float, Float(0.5, min=0.0, max=10.0, step=0.1, round=False)]) -> Tensor:
     """Log sigma at the quantiles of a Laplace(mu, beta) distribution; no trailing 0 (as ComfyUI)."""
     check_sigma_range("LaplaceScheduler", sigma_min, sigma_max)
     return laplace_sigmas(steps, sigma_min, sigma_max, mu, beta)
@@ -355,9 +372,9 @@ def LaplaceScheduler(steps: Annotated[int, _STEPS], sigma_max: Annotated[float, 
 
 @node(category=_SCHEDULERS, display_name="AlignYourStepsScheduler", outputs=[SIGMAS],
       python_module="comfy_extras.nodes_align_your_steps")
-def AlignYourStepsScheduler(model_type: Annotated[str, Combo(list(AYS_NOISE_LEVELS))],
+def AlignYourStepsScheduler(model_type: Annotated[str, Combo(AYS_MODEL_TYPES)],
                             steps: Annotated[int, Int(10, min=1, max=10000)],
-                            denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> torch.Tensor:
+                            denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> Tensor:
     """NVIDIA's Align Your Steps schedule for the model family, resampled to the step count."""
     return denoised_tail(AYS_NOISE_LEVELS[model_type], steps, denoise)
 
@@ -365,21 +382,21 @@ def AlignYourStepsScheduler(model_type: Annotated[str, Combo(list(AYS_NOISE_LEVE
 @node(category=_SCHEDULERS, display_name="GITSScheduler", outputs=[SIGMAS], python_module="comfy_extras.nodes_gits")
 def GITSScheduler(coeff: Annotated[float, Float(1.2, min=0.8, max=1.5, step=0.05)],
                   steps: Annotated[int, Int(10, min=2, max=1000)],
-                  denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> torch.Tensor:
+                  denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> Tensor:
     """GITS' optimised SD1 schedule (Chen et al. 2024) for a coefficient from 0.80 to 1.50 in steps of 0.05."""
     return gits_sigmas(coeff, steps, denoise)
 
 
 @node(category=_SIGMA_EDITS, display_name="FlipSigmas", outputs=[SIGMAS], python_module=MODULE)
-def FlipSigmas(sigmas: Annotated[torch.Tensor, SIGMAS]) -> torch.Tensor:
+def FlipSigmas(sigmas: Annotated[Tensor, SIGMAS]) -> Tensor:
     """The schedule reversed, from low noise to high (to unsample an image back to noise)."""
     return flip_sigmas(sigmas)
 
 
 @node(category=_SIGMA_EDITS, display_name="SetFirstSigma", outputs=[SIGMAS], python_module=MODULE)
-def SetFirstSigma(sigmas: Annotated[torch.Tensor, SIGMAS],
+def SetFirstSigma(sigmas: Annotated[Tensor, SIGMAS],
                   sigma: Annotated[float, Float(136.0, min=0.0, max=20000.0, step=0.001, round=False)]
-                  ) -> torch.Tensor:
+                  ) -> Tensor:
     """The schedule with its first sigma replaced."""
     if len(sigmas) == 0:
         raise ValueError("SetFirstSigma: input 'sigmas' is empty: there is no first sigma to set")
@@ -390,12 +407,12 @@ def SetFirstSigma(sigmas: Annotated[torch.Tensor, SIGMAS],
 
 @node(category=_SIGMA_EDITS, display_name="ExtendIntermediateSigmas", outputs=[SIGMAS], python_module=MODULE)
 def ExtendIntermediateSigmas(
-    sigmas: Annotated[torch.Tensor, SIGMAS],
+    sigmas: Annotated[Tensor, SIGMAS],
     steps: Annotated[int, Int(2, min=1, max=100)],
     start_at_sigma: Annotated[float, Float(-1.0, min=-1.0, max=20000.0, step=0.01, round=False)],
     end_at_sigma: Annotated[float, Float(12.0, min=0.0, max=20000.0, step=0.01, round=False)],
-    spacing: Annotated[str, Combo(list(SPACINGS))],
-) -> torch.Tensor:
+    spacing: Annotated[str, Combo(SPACING_NAMES)],
+) -> Tensor:
     """Splits each step whose sigma lies between end_at_sigma and start_at_sigma (-1: no limit)
     into `steps` smaller steps."""
     return extend_sigmas(sigmas, steps, start_at_sigma, end_at_sigma, spacing)
@@ -403,7 +420,7 @@ def ExtendIntermediateSigmas(
 
 @node(category=_SIGMA_EDITS, display_name="SplitSigmasDenoise",
       outputs=[Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas")], python_module=MODULE)
-def SplitSigmasDenoise(sigmas: Annotated[torch.Tensor, SIGMAS],
+def SplitSigmasDenoise(sigmas: Annotated[Tensor, SIGMAS],
                        denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)]) -> tuple:
     """Splits a schedule so that the low part holds the last `denoise` fraction of its steps."""
     return split_sigmas_denoise(sigmas, denoise)

@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from ..graph import CLIP, CONDITIONING, Combo, Int, NodeContext, Socket, String, node
-from ..models.checkpoint import file_key
-from ..models.clip import TextModel
-from ..models.gligen import GLIGEN as GligenModel, MAX_OBJS, load_gligen_file
+from ..graph.lazy import lazy
+file_key = lazy("..models.checkpoint", "file_key")
+TextModel = lazy("..models.clip", "TextModel")
+GligenModel = lazy("..models.gligen", "GLIGEN")
+_gligen = lazy("..models.gligen")  # MAX_OBJS, an int: read where used
+load_gligen_file = lazy("..models.gligen", "load_gligen_file")
 from .loaders import missing_model, model_files, model_identity, services
 
 GLIGEN = Socket("GLIGEN")
@@ -66,8 +69,8 @@ def GLIGENTextBoxApply(
     out = []
     for tensor, opts in conditioning_to:
         prev = list(opts["gligen"][2]) if opts.get("gligen") is not None else []
-        if len(prev) >= MAX_OBJS:
+        if len(prev) >= _gligen.MAX_OBJS:
             raise ValueError(f"conditioning_to: an entry already has {len(prev)} GLIGEN boxes; "
-                             f"GLIGEN takes at most {MAX_OBJS}")
+                             f"GLIGEN takes at most {_gligen.MAX_OBJS}")
         out.append([tensor, {**opts, "gligen": ("position", gligen_textbox_model, prev + [box])}])
     return out

@@ -12,17 +12,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Callable
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import CLIP, CONDITIONING, MODEL, Float, Int, Output, node
-from ..models.clip import TextModel
-from ..models.lora import apply_lora
-from ..sampling.guidance import calc_cond_batch
-from ..sampling.multi_guidance import perp_neg
+TextModel = lazy("..models.clip", "TextModel")
+apply_lora = lazy("..models.lora", "apply_lora")
+calc_cond_batch = lazy("..sampling.guidance", "calc_cond_batch")
+perp_neg = lazy("..sampling.multi_guidance", "perp_neg")
 from .sd import SDModel, to_conds
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 _PATCHED = Output("MODEL", "patched_model")
 
 

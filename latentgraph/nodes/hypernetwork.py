@@ -9,7 +9,11 @@ import logging
 from typing import Annotated
 
 from ..graph import MODEL, Combo, Float, NodeContext, Result, node
-from ..models.hypernetwork import HypernetworkPatch, attention_widths, build_hypernetwork, read_hypernetwork
+from ..graph.lazy import lazy
+HypernetworkPatch = lazy("..models.hypernetwork", "HypernetworkPatch")
+attention_widths = lazy("..models.hypernetwork", "attention_widths")
+build_hypernetwork = lazy("..models.hypernetwork", "build_hypernetwork")
+read_hypernetwork = lazy("..models.hypernetwork", "read_hypernetwork")
 from .loaders import missing_model, model_files, model_identity
 from .sd import SDModel
 

@@ -8,17 +8,18 @@ import secrets
 from typing import Annotated
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 from PIL import Image, UnidentifiedImageError
 
 from ..graph import IMAGE, MASK, Boolean, Combo, Float, Hidden, Int, NodeContext, Result, String, file_identity, node
 from .budget import check_tensor, pillow_guard
-from ..models.latent import crop_to_aspect
+crop_to_aspect = lazy("..models.latent", "crop_to_aspect")
 from .imageio import pil_to_tensors, save_images, tensor_to_pil
 
 MAX_RESOLUTION = 16384
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 
 
 def _image_path(image: str, env):

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 

@@ -11,15 +11,16 @@ import math
 from typing import Annotated
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 from PIL import Image
 
 from ..graph import IMAGE, MASK, Combo, Float, Int, node
 from .budget import check_tensor
 from .image import MAX_RESOLUTION, check_resize, gaussian_kernel, resize
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 _IMAGES = "comfy_extras.nodes_images"
 _MASKS = "comfy_extras.nodes_mask"
 _COMPOSITING = "comfy_extras.nodes_compositing"

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import CONDITIONING, IMAGE, LATENT, MASK, VAE, Boolean, Output, node
-from ..models.latent import encode_image
+encode_image = lazy("..models.latent", "encode_image")
 from .budget import check_tensor
 from .vae import VAEModel
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 
 
 def _with(conditioning: list, **options) -> list:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
 from ..graph import CONDITIONING, IMAGE, VAE, Output, node
-from ..models.latent import encode_image
+encode_image = lazy("..models.latent", "encode_image")
 from .sd import VAEModel
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 SDXL_SCALE = 0.13025  # CosXL-edit reads the image latent in SDXL's scaled space
 
 

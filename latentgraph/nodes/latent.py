@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import LATENT, MASK, Combo, Float, Int, Output, node
 from .budget import check_tensor
 from .image import CROP_METHODS, MAX_RESOLUTION, crop_to_aspect, upscale
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
 

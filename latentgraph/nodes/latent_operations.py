@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Callable
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import LATENT, MODEL, Float, Int, Output, Socket, node
 from .images_extra import sharpen_kernel
 from .sd import SDModel
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 LATENT_OPERATION = "LATENT_OPERATION"
 _MODULE = "comfy_extras.nodes_latent"
 _CATEGORY = "latent/advanced/operations"

@@ -12,8 +12,10 @@ import struct
 from pathlib import Path
 from typing import Annotated
 
-import torch
-from safetensors.torch import load_file, save
+from ..graph.lazy import lazy
+torch = lazy("torch")
+load_file = lazy("safetensors.torch", "load_file")
+save = lazy("safetensors.torch", "save")
 
 from ..graph import LATENT, MASK, Boolean, Combo, Float, Hidden, Int, NodeContext, Result, String, file_identity, node
 from ..graph.fileio import write_atomic
@@ -21,7 +23,7 @@ from .budget import check_tensor, human_bytes
 from .image import MAX_RESOLUTION, composite, upscale
 from .imageio import PNG_METADATA_BUDGET, _bounded_json, save_path
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 # ComfyUI's SD1 latent scale: a .latent file without latent_format_version_0 holds scaled samples
 OLD_LATENT_SCALE = 0.18215
 # a safetensors header is JSON describing the tensors; ComfyUI's holds two tensors and the prompt

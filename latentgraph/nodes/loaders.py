@@ -12,11 +12,14 @@ from dataclasses import replace
 from typing import Annotated
 
 from ..graph import CLIP, MODEL, VAE, Combo, Float, NodeContext, Result, file_identity, node
-from ..models.checkpoint import file_key, load_placed
-from ..models.clip import TextModel
-from ..models.lora import load_lora
-from ..models.management import ModelCache, Placement
-from ..models.split_files import load_vae_any
+from ..graph.lazy import lazy
+file_key = lazy("..models.checkpoint", "file_key")
+load_placed = lazy("..models.checkpoint", "load_placed")
+TextModel = lazy("..models.clip", "TextModel")
+load_lora = lazy("..models.lora", "load_lora")
+ModelCache = lazy("..models.management", "ModelCache")
+Placement = lazy("..models.management", "Placement")
+load_vae_any = lazy("..models.split_files", "load_vae_any")
 from .sd import SDModel, VAEModel, schedule_for
 
 log = logging.getLogger("latentgraph.nodes")

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..graph import IMAGE, MASK, Boolean, Combo, Float, Int, NodeContext, node
 from .budget import FrameBudget, check_tensor, pillow_guard
 from .image import MAX_RESOLUTION, _image_path, _load_image_fingerprint, _load_image_validate
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 CHANNELS = ("red", "green", "blue", "alpha")
 
 

@@ -10,9 +10,10 @@ from typing import Annotated
 from ..graph import CLIP, MODEL, Float, node
 from ..graph.declare import NodeDef
 from ..graph.types import as_output
-from ..models import merge
-from ..models.clip import TextModel
-from ..models.families import UNET_PREFIX
+from ..graph.lazy import lazy
+merge = lazy("..models.merge")
+TextModel = lazy("..models.clip", "TextModel")
+_families = lazy("..models.families")  # UNET_PREFIX, a str: read where used
 from .sd import SDModel
 
 _CATEGORY = "advanced/model_merging"
@@ -23,7 +24,7 @@ _MULTIPLIER = Float(1.0, min=-10.0, max=10.0, step=0.01)
 
 def _merge_models(model1: SDModel, model2: SDModel, factors: merge.Factors, node_name: str) -> SDModel:
     what = f"{node_name}: model1 ({model1.arch.spec.label}) and model2 ({model2.arch.spec.label})"
-    unet = merge.merge_modules(model1.unet, model2.unet, factors, what, key=lambda n: UNET_PREFIX + n)
+    unet = merge.merge_modules(model1.unet, model2.unet, factors, what, key=lambda n: _families.UNET_PREFIX + n)
     # model1's options and sampling stay (ComfyUI's merge clones model1)
     return model1.clone(unet=unet)
 

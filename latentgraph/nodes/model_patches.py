@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Callable
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
 from ..graph import MODEL, Float, Output, node
 from .sd import SDModel

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from ..graph import MODEL, Combo, Float, node
-from ..sampling.schedule import PLAYGROUND_V25, ContinuousSchedule
+from ..graph.lazy import lazy, unwrap
+PLAYGROUND_V25 = lazy("..sampling.schedule", "PLAYGROUND_V25")
+ContinuousSchedule = lazy("..sampling.schedule", "ContinuousSchedule")
 from .sd import SDModel
 
 MODULE = "comfy_extras.nodes_model_advanced"
@@ -31,6 +33,7 @@ def _continuous(node_name: str, model: SDModel, sampling: str, sigma_max: float,
         raise ValueError(f"{node_name}: sigma_min ({sigma_min:g}) must be above 0 and below sigma_max "
                          f"({sigma_max:g}): the sigmas are spaced evenly in log(sigma)")
     prediction, sigma_data, latent_format = EDM_SAMPLINGS[sampling]
+    latent_format = unwrap(latent_format)  # a lazy import inside the table: never rebound
     return model.with_schedule(ContinuousSchedule(prediction, sigma_min, sigma_max, sigma_data, timing, latent_format))
 
 

@@ -26,16 +26,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
 from ..graph import CLIP, MODEL, VAE, Boolean, Combo, Hidden, Int, NodeContext, Result, String, node
-from ..models.checkpoint import original_layout, save_checkpoint
-from ..models.clip import TextModel
-from ..models.families import METADATA_KEY, UNET_PREFIX, Architecture
-from ..models.lora_extract import LORA_TYPES, extract, text_name, unet_name
-from ..models.split_files import TEXT_RECORD
-from ..sampling.schedule import DiscreteSchedule
+original_layout = lazy("..models.checkpoint", "original_layout")
+save_checkpoint = lazy("..models.checkpoint", "save_checkpoint")
+TextModel = lazy("..models.clip", "TextModel")
+_families = lazy("..models.families")  # METADATA_KEY and UNET_PREFIX, strs: read where used
+Architecture = lazy("..models.families", "Architecture")
+extract = lazy("..models.lora_extract", "extract")
+text_name = lazy("..models.lora_extract", "text_name")
+unet_name = lazy("..models.lora_extract", "unet_name")
+_split_files = lazy("..models.split_files")  # TEXT_RECORD, a str
+DiscreteSchedule = lazy("..sampling.schedule", "DiscreteSchedule")
 from .budget import human_bytes
+from .choices import LORA_TYPES
 from .imageio import PNG_METADATA_BUDGET, _bounded_json, save_path
 from .sd import SDModel, VAEModel
 
@@ -119,7 +125,7 @@ def _model_metadata(model: SDModel, arch: Architecture, stem: str, counter: int,
                      "modelspec.implementation": "sgm", "modelspec.title": f"{stem} {counter}"})
     meta["modelspec.predict_key"] = "v" if arch.prediction == "v" else "epsilon"
     meta.update(_metadata(prompt, extra))
-    meta[METADATA_KEY] = arch.to_json()
+    meta[_families.METADATA_KEY] = arch.to_json()
     return meta
 
 
@@ -170,7 +176,7 @@ def ModelSave(
     """Saves the diffusion model (UNet) alone, keyed model.diffusion_model.* as ComfyUI."""
     prediction, zsnr = _sampling(model, "ModelSave")
     arch = replace(model.arch, prediction=prediction, zsnr=zsnr)
-    tensors = {UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
+    tensors = {_families.UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
     _markers(tensors, arch)
     folder, stem, subfolder, counter, name = _target(ctx, filename_prefix)
     write_file(tensors, folder / name, _model_metadata(model, arch, stem, counter, prompt, extra_pnginfo),
@@ -209,7 +215,7 @@ def CLIPSave(
         encoder = clip.encoders[slot.name]
         # the encoder's exact shape (head count, activation) for CLIPLoader, as split files record it
         record = json.dumps({"name": slot.name, "config": encoder.config.to_dict()}, sort_keys=True)
-        write_file(clip_file_tensors(encoder, slot.name), folder / name, {**metadata, TEXT_RECORD: record}, "CLIPSave")
+        write_file(clip_file_tensors(encoder, slot.name), folder / name, {**metadata, _split_files.TEXT_RECORD: record}, "CLIPSave")
         files += _ui(subfolder, name)["models"]
     return Result(ui={"models": files})
 

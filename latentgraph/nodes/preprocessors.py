@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
 from ..graph import IMAGE, Float, node
 from .budget import check_tensor
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 
 
 @node(category="image/preprocessors", outputs=[IMAGE], python_module="comfy_extras.nodes_canny")

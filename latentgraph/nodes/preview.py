@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 from PIL import Image
 
 # (4 latent channels -> RGB) weights and bias, for latents in the sampler's (scaled) space

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import IMAGE, LATENT, Int, Output, node
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 
 
 def _parts(latent: dict, offset: int) -> tuple[Tensor, Tensor, list]:

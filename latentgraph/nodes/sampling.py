@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import CONDITIONING, LATENT, MODEL, Boolean, Combo, Float, Int, NodeContext, Output, Socket, node
-from ..sampling.ksampler import sample, trim_sigmas
-from ..sampling.noise import prepare_noise
-from ..sampling.samplers import SAMPLER_NAMES
-from ..sampling.schedule import LCMSchedule
-from ..sampling.schedulers import SCHEDULER_NAMES, compute_sigmas, karras_sigmas, sd_turbo_sigmas
+sample = lazy("..sampling.ksampler", "sample")
+trim_sigmas = lazy("..sampling.ksampler", "trim_sigmas")
+prepare_noise = lazy("..sampling.noise", "prepare_noise")
+LCMSchedule = lazy("..sampling.schedule", "LCMSchedule")
+compute_sigmas = lazy("..sampling.schedulers", "compute_sigmas")
+karras_sigmas = lazy("..sampling.schedulers", "karras_sigmas")
+sd_turbo_sigmas = lazy("..sampling.schedulers", "sd_turbo_sigmas")
 from .budget import check_tensor
+from .choices import SAMPLER_NAMES, SCHEDULER_NAMES
 from .preview import preview_factory
 from .sd import SDModel, inpaint_concat, schedule_for, to_conds
 
@@ -130,7 +135,7 @@ def SamplerCustom(
     positive: Annotated[Cond, CONDITIONING],
     negative: Annotated[Cond, CONDITIONING],
     sampler: Annotated[str, SAMPLER],
-    sigmas: Annotated[torch.Tensor, SIGMAS],
+    sigmas: Annotated[Tensor, SIGMAS],
     latent_image: Annotated[dict, LATENT],
     ctx: NodeContext,
 ) -> tuple:
@@ -153,7 +158,7 @@ def BasicScheduler(
     scheduler: Annotated[str, Combo(SCHEDULER_NAMES, default="simple")],
     steps: Annotated[int, Int(20, min=1, max=10000)],
     denoise: Annotated[float, Float(1.0, min=0.0, max=1.0, step=0.01)],
-) -> torch.Tensor:
+) -> Tensor:
     """A named noise schedule for the model's sampling."""
     # ComfyUI's node keeps the last steps+1 sigmas even at denoise 1, where ddim_uniform makes one
     # more (KSampler runs that extra step; this node drops the first sigma)
@@ -166,7 +171,7 @@ def KarrasScheduler(
     sigma_max: Annotated[float, Float(14.614642, min=0.0, max=5000.0, step=0.01, round=False)],
     sigma_min: Annotated[float, Float(0.0291675, min=0.0, max=5000.0, step=0.01, round=False)],
     rho: Annotated[float, Float(7.0, min=0.0, max=100.0, step=0.01, round=False)],
-) -> torch.Tensor:
+) -> Tensor:
     """Karras et al.'s schedule between sigma_max and sigma_min."""
     return karras_sigmas(steps, sigma_min, sigma_max, rho)
 
@@ -176,14 +181,14 @@ def SDTurboScheduler(
     model: Annotated[SDModel, MODEL],
     steps: Annotated[int, Int(1, min=1, max=10)],
     denoise: Annotated[float, Float(1.0, min=0, max=1.0, step=0.01)],
-) -> torch.Tensor:
+) -> Tensor:
     """SD-Turbo's few-step schedule (timesteps 999, 899, ...)."""
     return sd_turbo_sigmas(model.schedule, steps, denoise)
 
 
 @node(category="sampling/custom_sampling/sigmas", display_name="SplitSigmas",
       outputs=[Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas")])
-def SplitSigmas(sigmas: Annotated[torch.Tensor, SIGMAS],
+def SplitSigmas(sigmas: Annotated[Tensor, SIGMAS],
                 step: Annotated[int, Int(0, min=0, max=10000)]) -> tuple:
     """Splits a schedule at a step: the first part ends where the second begins."""
     return sigmas[: step + 1], sigmas[step:]

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
-from ..models.families import Architecture, sdxl_adm, sdxl_refiner_adm
-from ..models.management import Placement
+Architecture = lazy("..models.families", "Architecture")
+sdxl_adm = lazy("..models.families", "sdxl_adm")
+sdxl_refiner_adm = lazy("..models.families", "sdxl_refiner_adm")
+Placement = lazy("..models.management", "Placement")
 from ..models.patcher import ModelPatcher, copy_options, new_model_options
-from ..models.unclip import MERGE_REVISION, MERGE_UNCLIP, unclip_adm
-from ..models.unet import UNetModel
-from ..models.vae import AutoencoderKL
-from ..sampling.guidance import Cond, resize_mask
-from ..sampling.schedule import LATENT_FORMATS, ContinuousSchedule, DiscreteSchedule, LatentFormat
+_unclip = lazy("..models.unclip")  # MERGE_REVISION and MERGE_UNCLIP, floats: read where used
+unclip_adm = lazy("..models.unclip", "unclip_adm")
+UNetModel = lazy("..models.unet", "UNetModel")
+AutoencoderKL = lazy("..models.vae", "AutoencoderKL")
+Cond = lazy("..sampling.guidance", "Cond")
+resize_mask = lazy("..sampling.guidance", "resize_mask")
+LATENT_FORMATS = lazy("..sampling.schedule", "LATENT_FORMATS")
+ContinuousSchedule = lazy("..sampling.schedule", "ContinuousSchedule")
+DiscreteSchedule = lazy("..sampling.schedule", "DiscreteSchedule")
+LatentFormat = lazy("..sampling.schedule", "LatentFormat")
 from .budget import check_tensor
 
 
@@ -117,7 +125,7 @@ def _unclip_y(model: SDModel, opts: dict, seed: int) -> torch.Tensor:
     if entries is None:
         return torch.zeros(1, model.arch.unet.adm_in_channels)
     what = f"{model.arch.spec.label} (label_emb {model.arch.unet.adm_in_channels} wide)"
-    merge = float(opts.get("unclip_noise_augment_merge", MERGE_UNCLIP))  # an option ComfyUI reads, too
+    merge = float(opts.get("unclip_noise_augment_merge", _unclip.MERGE_UNCLIP))  # an option ComfyUI reads, too
     return unclip_adm(entries, model.arch.unclip_dim, seed, merge, what)
 
 
@@ -140,7 +148,7 @@ def _model_conds(model: SDModel, opts: dict, latent_hw: tuple[int, int], prompt_
             raise ValueError(f"{model.arch.spec.label} Revision (unCLIPConditioning) puts a {REVISION_DIM}-wide "
                              f"image embedding where the pooled text goes; this model's pooled text is "
                              f"{width_pooled} wide")
-        pooled = unclip_adm(opts["unclip_conditioning"], REVISION_DIM, seed, MERGE_REVISION,
+        pooled = unclip_adm(opts["unclip_conditioning"], REVISION_DIM, seed, _unclip.MERGE_REVISION,
                             f"{model.arch.spec.label} (Revision)")[:, :REVISION_DIM]
     if family == "sdxl":
         if pooled is None:

@@ -8,16 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
 
 from ..graph import CLIP, MODEL, Combo, NodeContext, file_identity, node
-from ..models.checkpoint import file_key
-from ..models.clip import TextModel
-from ..models.diffusers_layout import folder_parts
-from ..models.fp8 import WEIGHT_DTYPES
-from ..models.management import Placement
-from ..models.split_files import CLIP_TYPES, DUAL_CLIP_TYPES, load_clip_files, load_diffusers_folder, load_unet_file
+file_key = lazy("..models.checkpoint", "file_key")
+TextModel = lazy("..models.clip", "TextModel")
+folder_parts = lazy("..models.diffusers_layout", "folder_parts")
+WEIGHT_DTYPES = lazy("..models.fp8", "WEIGHT_DTYPES")
+Placement = lazy("..models.management", "Placement")
+load_clip_files = lazy("..models.split_files", "load_clip_files")
+load_diffusers_folder = lazy("..models.split_files", "load_diffusers_folder")
+load_unet_file = lazy("..models.split_files", "load_unet_file")
 from .loaders import missing_model, model_files, model_identity, services
+from .choices import CLIP_TYPES, DUAL_CLIP_TYPES, WEIGHT_DTYPE_NAMES
 from .sd import SDModel, VAEModel, schedule_for
 
 DEVICES = Combo(["default", "cpu"], optional=True, extra={"advanced": True})
@@ -35,7 +39,7 @@ def _unet_key(unet_name, env):
       fingerprint=_unet_key, validate=_unet_check)
 def UNETLoader(
     unet_name: Annotated[str, Combo(model_files("diffusion_models"))],
-    weight_dtype: Annotated[str, Combo(list(WEIGHT_DTYPES))],
+    weight_dtype: Annotated[str, Combo(WEIGHT_DTYPE_NAMES)],
     ctx: NodeContext,
 ) -> SDModel:
     """Loads a UNet alone (LDM or diffusers keys) from diffusion_models/; fp8 weight dtypes keep

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import IMAGE, Boolean, Combo, Int, node
 from .budget import check_tensor
 from .image import check_resize, resize
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 DIRECTIONS = ("right", "down", "left", "up")
 COLOURS = {"white": 1.0, "black": 0.0, "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
 

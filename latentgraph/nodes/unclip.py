@@ -8,9 +8,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from ..graph import CONDITIONING, Combo, Float, NodeContext, node
-from ..models.checkpoint import file_key, load_placed, load_unclip_vision
-from ..models.clip import TextModel
-from ..models.clip_vision import ClipVisionOutput
+from ..graph.lazy import lazy
+file_key = lazy("..models.checkpoint", "file_key")
+load_placed = lazy("..models.checkpoint", "load_placed")
+load_unclip_vision = lazy("..models.checkpoint", "load_unclip_vision")
+TextModel = lazy("..models.clip", "TextModel")
+ClipVisionOutput = lazy("..models.clip_vision", "ClipVisionOutput")
 from .clip_vision import CLIP_VISION_OUTPUT
 from .loaders import _ckpt_check, _ckpt_key, model_files, services
 from .sd import SDModel, VAEModel, schedule_for

@@ -12,13 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
+from ..graph.lazy import lazy
+torch = lazy("torch")
+Tensor = lazy("torch", "Tensor")
 
 from ..graph import IMAGE, Combo, NodeContext, Socket, node
 from ..graph.budgets import limit
-from ..models.checkpoint import file_key
-from ..models.upscale import (OVERLAP, TILE, load_upscale_model_file, pick_tile, tile_bytes,
-                              tile_steps, upscale_image)
+file_key = lazy("..models.checkpoint", "file_key")
+_upscale = lazy("..models.upscale")  # OVERLAP, an int: read where used
+TILE = lazy("..models.upscale", "TILE")
+load_upscale_model_file = lazy("..models.upscale", "load_upscale_model_file")
+pick_tile = lazy("..models.upscale", "pick_tile")
+tile_bytes = lazy("..models.upscale", "tile_bytes")
+tile_steps = lazy("..models.upscale", "tile_steps")
+upscale_image = lazy("..models.upscale", "upscale_image")
 from .budget import check_tensor, human_bytes
 from .loaders import missing_model, model_files, model_identity, services
 
@@ -81,8 +88,8 @@ def _check_sizes(desc: Descriptor, image: torch.Tensor) -> None:
 
 
 @node(category="image/upscaling", display_name="Upscale Image (using Model)", outputs=[IMAGE])
-def ImageUpscaleWithModel(upscale_model: Annotated[Descriptor, UPSCALE_MODEL], image: Annotated[torch.Tensor, IMAGE],
-                          ctx: NodeContext) -> torch.Tensor:
+def ImageUpscaleWithModel(upscale_model: Annotated[Descriptor, UPSCALE_MODEL], image: Annotated[Tensor, IMAGE],
+                          ctx: NodeContext) -> Tensor:
     """Upscales images with an upscale model, in 512 x 512 tiles overlapping by 32 (smaller when
     one tile's memory estimate does not fit the budget); progress per tile; output clamped 0..1."""
     if image.ndim != 4:
@@ -90,7 +97,7 @@ def ImageUpscaleWithModel(upscale_model: Annotated[Descriptor, UPSCALE_MODEL], i
     _check_sizes(upscale_model, image)
     placement, _ = services(ctx)
     tile = choose_tile(upscale_model, image, memory_budget(placement.device))
-    total = image.shape[0] * tile_steps(image.shape[2], image.shape[1], tile, OVERLAP)
+    total = image.shape[0] * tile_steps(image.shape[2], image.shape[1], tile, _upscale.OVERLAP)
     done = [0]
 
     def step() -> None:
@@ -99,7 +106,7 @@ def ImageUpscaleWithModel(upscale_model: Annotated[Descriptor, UPSCALE_MODEL], i
 
     upscale_model.to(placement.device)
     try:
-        return upscale_image(upscale_model, image.float(), placement.device, tile, OVERLAP, step)
+        return upscale_image(upscale_model, image.float(), placement.device, tile, _upscale.OVERLAP, step)
     finally:
         upscale_model.to("cpu")  # ComfyUI moves it back too: it waits on the CPU between runs
 

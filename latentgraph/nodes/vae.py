@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
+from ..graph.lazy import lazy
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 from ..graph import IMAGE, LATENT, MASK, VAE, Int, node
-from ..models.latent import crop_to_multiple, decode_latent, encode_image
+crop_to_multiple = lazy("..models.latent", "crop_to_multiple")
+decode_latent = lazy("..models.latent", "decode_latent")
+encode_image = lazy("..models.latent", "encode_image")
 from .budget import check_tensor
 from .sd import VAEModel
 
-Tensor = torch.Tensor
+Tensor = lazy("torch", "Tensor")
 
 
 def _decode(vae: VAEModel, samples: Tensor, tiled: bool = False, tile: int = 64, overlap: int = 8) -> Tensor:
