@@ -1,0 +1,243 @@
+"""CPU memory of latentgraph (issue 17): peak and resident set, each figure from a fresh process.
+
+    python bench/memory.py [--checkpoint FILE] [--prompts 50] [--size 256] [--steps 4]
+
+Prints, in GiB of RSS (/proc/self/status VmRSS, peak VmHWM):
+  import      the post-import baseline (latentgraph, its nodes, torch, transformers)
+  load        load_checkpoint in fp32 the old way (every tensor read, then all converted while
+              the file's pages are mapped) and the new way (streamed, models/cast.py), with the
+              theoretical figures beside them; the load's seconds in a second process (page
+              cache warm) beside the 1.5 s goal
+  txt2img     one SIZE² STEPS-step euler prompt through the executor: its peak, then the RSS
+              after a /free (models and results dropped, release_memory) against the baseline
+              and against a warm baseline (after a tiny prompt and a /free)
+  alternate   PROMPTS prompts alternating two small checkpoints, each prompt loading its model
+              afresh (caches dropped between prompts, as an evicting cache would): RSS per prompt
+              and the growth from the second prompt to the last
+Figures, not assertions: the machine is shared, timings are noisy (take several runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentgraph-bench"
+FULL = CACHE / "sd15_full_seed0.safetensors"
+GIB = 1 << 30
+
+
+def status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> bool:
+    """Start VmHWM again from the current RSS (Linux >= 4.0), so a phase's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def figures(**extra) -> dict:
+    return {"rss": status_bytes("VmRSS"), "hwm": status_bytes("VmHWM"), **extra}
+
+
+# -- the children (each a fresh process) -------------------------------------------------------
+def _imports():
+    import torch  # noqa: F401
+
+    from latentgraph.graph import Environment, Executor  # noqa: F401
+    from latentgraph.models import checkpoint  # noqa: F401
+    from latentgraph.nodes import create_registry
+
+    return create_registry()
+
+
+def _old_strict_load(module, sd, what, source, dtype, file_key=str, linear_as_conv=False):
+    """strict_load as it was before streaming: every tensor converted at once, while the
+    caller's dict (views of the file's mapping) keeps the file's pages mapped."""
+    from latentgraph.models.checkpoint import check_shapes
+
+    check_shapes(module, sd, what, source, file_key, linear_as_conv)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    module.load_state_dict(sd, strict=False, assign=True)
+
+
+def child_import(args) -> dict:
+    _imports()
+    return figures()
+
+
+def child_load(args) -> dict:
+    import torch
+
+    _imports()
+    from latentgraph.models import checkpoint
+
+    if args.way == "old":
+        checkpoint.strict_load = _old_strict_load
+    base = status_bytes("VmRSS")
+    reset_peak()
+    start = time.perf_counter()
+    ck = checkpoint.load_checkpoint(args.checkpoint, dtypes={r: torch.float32 for r in ("unet", "vae", "text")})
+    seconds = time.perf_counter() - start
+    modules = [ck.unet, ck.vae, *ck.text.values()]
+    weights = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+    return figures(base=base, seconds=seconds, weights=weights, file=Path(args.checkpoint).stat().st_size)
+
+
+def _workflow(ckpt: str, size: int, steps: int, seed: int) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle on a blue field", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "bench"}},
+    }
+
+
+def _executor(registry, models: Path, out: Path):
+    from latentgraph.graph import Environment, Executor
+    from latentgraph.nodes import create_services
+
+    env = Environment(models_dir=models, output_dir=out, input_dir=out, temp_dir=out, device="cpu", dtype="fp32")
+    return Executor(registry, env, services=create_services(env))
+
+
+def _free(executor) -> None:
+    """What POST /free {"unload_models": true, "free_memory": true} does."""
+    executor.services["models"].clear()
+    executor.release()
+
+
+def child_txt2img(args) -> dict:
+    """The full prompt's peak; the RSS after /free against the post-import baseline and against
+    a warm one (after a tiny prompt and /free: what lazy imports and one-time set-ups cost)."""
+    registry = _imports()
+    base = status_bytes("VmRSS")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models" / "checkpoints"
+        models.mkdir(parents=True)
+        (models / "full.safetensors").symlink_to(Path(args.checkpoint).resolve())
+        _tiny(models, "tiny.safetensors", 0)
+        ex = _executor(registry, models.parent, Path(tmp) / "out")
+        ex.run(_workflow("tiny.safetensors", 64, 2, 1))
+        _free(ex)
+        warm = status_bytes("VmRSS")
+        reset_peak()
+        start = time.perf_counter()
+        ex.run(_workflow("full.safetensors", args.size, args.steps, 1))
+        seconds = time.perf_counter() - start
+        peak = status_bytes("VmHWM")
+        _free(ex)
+        return figures(base=base, warm=warm, peak=peak, seconds=seconds, after_free=status_bytes("VmRSS"))
+
+
+def _tiny(folder: Path, name: str, seed: int) -> None:
+    from latentgraph.models.make import make_checkpoint
+
+    make_checkpoint(folder / name, family="sd15", seed=seed, dtype="fp16")  # converted on load
+
+
+def child_alternate(args) -> dict:
+    registry = _imports()
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models" / "checkpoints"
+        models.mkdir(parents=True)
+        for i, name in enumerate(("a.safetensors", "b.safetensors")):
+            _tiny(models, name, i)
+        ex = _executor(registry, models.parent, Path(tmp) / "out")
+        base = status_bytes("VmRSS")
+        per_prompt = []
+        for i in range(args.prompts):
+            ex.run(_workflow(("a", "b")[i % 2] + ".safetensors", 64, 2, i))
+            _free(ex)  # the next prompt loads its checkpoint again: a switch every prompt
+            per_prompt.append(status_bytes("VmRSS"))
+        return figures(base=base, per_prompt=per_prompt)
+
+
+CHILDREN = {"import": child_import, "load": child_load, "txt2img": child_txt2img, "alternate": child_alternate}
+
+
+def spawn(what: str, args, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", what, "--checkpoint", str(args.checkpoint), "--size", str(args.size),
+           "--steps", str(args.steps), "--prompts", str(args.prompts), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        raise SystemExit(f"bench/memory.py: child {what} {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def report(args) -> None:
+    imp = spawn("import", args)
+    print(f"import baseline           RSS {gib(imp['rss'])} GiB (peak {gib(imp['hwm'])})")
+    loads = {way: spawn("load", args, "--way", way) for way in ("old", "new")}
+    second = spawn("load", args, "--way", "new")
+    w, f = loads["new"]["weights"], loads["new"]["file"]
+    print(f"load fp32 ({gib(f)} GiB file, {gib(w)} GiB of fp32 weights); peak above the pre-load RSS:")
+    for way, r in loads.items():
+        print(f"  {way:4s} way   peak {gib(r['hwm'])} GiB (+{gib(r['hwm'] - r['base'])}), after {gib(r['rss'])} GiB, "
+              f"{r['seconds']:.2f} s")
+    print(f"  theory: old = weights + file pages = +{gib(w + f)}; new = weights + one tensor = +{gib(w)}")
+    print(f"  ratio new/old peak above baseline: "
+          f"{(loads['new']['hwm'] - loads['new']['base']) / (loads['old']['hwm'] - loads['old']['base']):.2f}")
+    print(f"  second process load (page cache warm): {second['seconds']:.2f} s (goal <= 1.5 s)")
+    run = spawn("txt2img", args)
+    print(f"txt2img {args.size}² {args.steps} steps (fp32): peak {gib(run['peak'])} GiB (goal <= 4.8), "
+          f"{run['seconds']:.1f} s")
+    print(f"  after /free {gib(run['after_free'])} GiB = {run['after_free'] / run['base']:.2f}x the post-import "
+          f"{gib(run['base'])} GiB (goal <= 1.10x), {run['after_free'] / run['warm']:.2f}x the warm "
+          f"{gib(run['warm'])} GiB (after a tiny prompt and /free: lazy imports, kernels' one-time set-up)")
+    alt = spawn("alternate", args)
+    rss = alt["per_prompt"]
+    print(f"{args.prompts} prompts alternating two tiny checkpoints (reloaded each prompt), RSS in MiB after each:")
+    print("  " + " ".join(f"{r / (1 << 20):.0f}" for r in rss))
+    if len(rss) > 2:
+        print(f"  growth from prompt 2 to {len(rss)}: {(rss[-1] - rss[1]) / (1 << 20):+.1f} MiB "
+              f"({rss[-1] / rss[1]:.3f}x); post-import baseline {alt['base'] / (1 << 20):.0f} MiB")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=FULL, help="a full-size SD1.5 file (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=50)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--way", choices=("old", "new"), default="new", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args)))
+        return 0
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"bench/memory.py: {args.checkpoint}: no such file (bench/compare_comfyui.py makes it)")
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
