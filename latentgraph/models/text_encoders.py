@@ -1,4 +1,4 @@
-"""Text encoders: transformers CLIP text models, read the way Stable Diffusion reads them.
+"""Text encoders: CLIP text transformers, read the way Stable Diffusion reads them.
 
 The one place in latentgraph where checkpoint keys are mapped: SD1's CLIP-L is stored with
 transformers' names under ``cond_stage_model.transformer.text_model.``; SD2's ViT-H and SDXL's
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import JsonConfig
-from transformers import CLIPTextConfig, CLIPTextModel
 
 BOS, EOS = 49406, 49407
 
@@ -50,8 +50,11 @@ class TextEncoderConfig(JsonConfig):
     def vit_bigg(cls) -> "TextEncoderConfig":
         return cls(1280, 5120, 32, 20, act="gelu", projection_dim=1280)
 
+    def hf_config(self):
+        """The same shape as transformers' CLIPTextConfig (imports transformers: for random
+        initialisation and comparisons only)."""
+        from transformers import CLIPTextConfig
 
-    def hf_config(self) -> CLIPTextConfig:
         return CLIPTextConfig(
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
@@ -87,15 +90,109 @@ class EncoderRole:
         return cls(-2, False, 0, True)
 
 
+# -- the transformer: transformers' CLIPTextModel layout and arithmetic, without transformers --
+# Module and parameter names are transformers' (``embeddings.token_embedding``,
+# ``encoder.layers.N.self_attn.q_proj``, ...) so files map to them as before; each layer does
+# the same operations in the same order as transformers' sdpa path, so results are bit-identical
+# (tests/test_text_encoders.py compares them). Importing transformers cost 2.2 s per process.
+class _Embeddings(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        # given weights (left uninitialised: they come from a file or from transformers' init):
+        # nn.Embedding's own normal_() on the meta device would import torch._dynamo (1.2 s)
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                            _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size,
+                                               _weight=torch.empty(cfg.max_positions, cfg.hidden_size))
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.head_dim = d // cfg.num_heads
+        self.scale = self.head_dim ** -0.5
+        self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.q_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], -1, self.head_dim)  # (B, T, heads, dh)
+        q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, heads, T, dh)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=self.scale)
+        out = out.transpose(1, 2).contiguous()  # (B, T, heads, dh)
+        return self.out_proj(out.reshape(*x.shape[:-1], -1).contiguous())
+
+
+class _MLP(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        if cfg.act not in ("quick_gelu", "gelu"):
+            raise ValueError(f"text encoder activation {cfg.act!r} is not quick_gelu or gelu")
+        self.act = cfg.act
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        x = x * torch.sigmoid(1.702 * x) if self.act == "quick_gelu" else F.gelu(x)
+        return self.fc2(x)
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.self_attn = _Attention(cfg)
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=1e-5)
+        self.mlp = _MLP(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=1e-5)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_layers))
+
+
+class ClipTextTransformer(nn.Module):
+    """CLIP's text transformer: embeddings, pre-norm layers, final norm (weights only; the
+    forward pass is ClipTextEncoder's, which can stop at any layer)."""
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.embeddings = _Embeddings(cfg)
+        self.encoder = _Encoder(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-5)
+
+
+def _transformers_init(cfg: TextEncoderConfig) -> dict:
+    """The weights transformers' CLIPTextModel starts with under the current seed: random
+    checkpoints (make-checkpoint, train-demo) stay the files they were, draw for draw."""
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(cfg.hf_config()).state_dict()
+
+
 class ClipTextEncoder(nn.Module):
-    """A transformers CLIPTextModel plus an optional text_projection, run layer by layer so
-    any hidden state can be taken."""
+    """CLIP's text transformer plus an optional text_projection, run layer by layer so any
+    hidden state can be taken. Built on the meta device (as checkpoints load) it costs no
+    import of transformers; built for real, it takes transformers' default initial weights."""
 
     def __init__(self, config: TextEncoderConfig, role: EncoderRole = EncoderRole()):
         super().__init__()
         self.config = config
         self.role = role
-        self.transformer = CLIPTextModel(config.hf_config())
+        if torch.empty(0).is_meta:
+            self.transformer = ClipTextTransformer(config)
+        else:
+            with torch.device("meta"):  # shapes only: the weights come from transformers' init
+                self.transformer = ClipTextTransformer(config)
+            self.transformer.load_state_dict(_transformers_init(config), assign=True)
         self.text_projection = (nn.Linear(config.hidden_size, config.projection_dim, bias=False)
                                 if config.projection_dim else None)
 
