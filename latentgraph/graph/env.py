@@ -16,6 +16,7 @@ FOLDER_TYPES = ("input", "output", "temp")  # ComfyUI's file "type"s
 # Model files that ship inside the package (the demo model), searched after the user's folders.
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 DTYPES = ("auto", "fast", "fp32", "fp16", "bf16")  # fast: --precision fast (bf16 where the CPU has it)
+COMPILE_MODES = ("off", "regional", "full")  # --compile (models/compile.py)
 # ComfyUI's legacy folder names and the kinds they now mean
 FOLDER_ALIASES = {"clip": "text_encoders", "unet": "diffusion_models"}
 
@@ -34,6 +35,7 @@ class Environment:
     lowvram: bool = False  # keep weights on the CPU, move a model to the device only while it runs
     # GiB of device memory models may hold (a float), "auto" or None (auto on CUDA, none elsewhere)
     vram_budget: float | str | None = None
+    compile: str = "off"  # torch.compile of the UNet: off, regional or full (models/compile.py)
     model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -43,6 +45,8 @@ class Environment:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         if self.vram_budget is not None and self.vram_budget != "auto":
             self.vram_budget = _budget_gib(self.vram_budget)
 

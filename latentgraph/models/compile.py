@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..graph.env import COMPILE_MODES
 from .unet import BasicTransformerBlock, ResBlock
 
-COMPILE_MODES = ("off", "regional", "full")
 RECOMPILE_LIMIT = 64
 
 

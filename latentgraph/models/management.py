@@ -81,12 +81,13 @@ class Placement:
     dtypes: dict[str, torch.dtype] = field(default_factory=lambda: {r: torch.float32 for r in ROLES})
     offload: bool = False
     memory: "MemoryManager | None" = field(default=None, compare=False, repr=False)
+    compile: str = "off"  # --compile: how SDModel.apply_model compiles the UNet (models/compile.py)
 
     @classmethod
     def from_options(cls, device: str = "auto", dtype: str = "auto", lowvram: bool = False,
-                     vram_budget: float | str | None = None) -> "Placement":
+                     vram_budget: float | str | None = None, compile: str = "off") -> "Placement":
         dev = resolve_device(device)
-        placement = cls(dev, resolve_dtypes(dev, dtype), lowvram and dev.type != "cpu")
+        placement = cls(dev, resolve_dtypes(dev, dtype), lowvram and dev.type != "cpu", compile=compile)
         if lowvram and vram_budget is not None:
             raise ValueError("--lowvram and --vram-budget both say how to use device memory: give one of them "
                              "(--lowvram moves each model to the device only while it runs; --vram-budget keeps "
@@ -99,8 +100,9 @@ class Placement:
 
     @classmethod
     def from_env(cls, env) -> "Placement":
-        """From an Environment's device, dtype, lowvram and vram_budget."""
-        return cls.from_options(env.device, env.dtype, env.lowvram, getattr(env, "vram_budget", None))
+        """From an Environment's device, dtype, lowvram, vram_budget and compile."""
+        return cls.from_options(env.device, env.dtype, env.lowvram, getattr(env, "vram_budget", None),
+                                getattr(env, "compile", "off"))
 
     @property
     def home(self) -> torch.device:
