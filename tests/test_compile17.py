@@ -100,3 +100,28 @@ def test_inductor_regional_compile_of_a_tiny_unet():
         compile_unet(compiled, "regional")
         got = run_compiled(lambda: compiled(x, t, ctx), "regional")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_run_with_compile_gives_the_exact_picture(tmp_path, monkeypatch):
+    """`latentgraph run --compile` on the demo: the UNet is compiled once (regional), and the
+    picture is the uncompiled run's (aot_eager here: the same kernels, traced)."""
+    import numpy as np
+    from PIL import Image
+
+    from latentgraph import cli
+    from latentgraph.models import compile as compile_mod
+
+    monkeypatch.setattr(compile_mod, "BACKEND", "aot_eager")
+    seen = []
+    real = compile_mod.compile_unet
+    monkeypatch.setattr(compile_mod, "compile_unet", lambda unet, mode, device=None: seen.append(
+        (mode, real(unet, mode, device))))
+    pictures = []
+    for flags in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flags else "eager")
+        assert cli.main(["run", "workflows/txt2img.yaml", "--output-dir", str(out), "--device", "cpu", *flags]) == 0
+        pictures.append(np.asarray(Image.open(out / "txt2img_00001_.png")).astype(int))
+    assert seen[0][0] == "regional" and seen[0][1] > 0 and all(n == 0 for _, n in seen[1:])
+    assert len(seen) == 20 * 1  # one call per step (cfg batch in one), 20 euler steps
+    assert np.abs(pictures[0] - pictures[1]).max() <= 1

@@ -26,6 +26,7 @@ from ..graph.env import COMPILE_MODES
 from .unet import BasicTransformerBlock, ResBlock
 
 RECOMPILE_LIMIT = 64
+BACKEND = "inductor"  # torch.compile's backend (tests use "aot_eager": no C++ build)
 
 
 class CompileError(RuntimeError):
@@ -38,9 +39,10 @@ def _raise_limit() -> None:
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
 
 
-def compile_unet(unet: nn.Module, mode: str, device: torch.device | None = None, backend: str = "inductor") -> int:
+def compile_unet(unet: nn.Module, mode: str, device: torch.device | None = None, backend=None) -> int:
     """Compile ``unet`` in place for ``mode``; a second call with the same mode does nothing.
     Returns how many modules were compiled (0 when already done or ``off``)."""
+    backend = backend or BACKEND
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     done = getattr(unet, "_lg_compiled", "off")

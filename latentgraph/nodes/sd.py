@@ -16,6 +16,8 @@ Architecture = lazy("..models.families", "Architecture")
 sdxl_adm = lazy("..models.families", "sdxl_adm")
 sdxl_refiner_adm = lazy("..models.families", "sdxl_refiner_adm")
 Placement = lazy("..models.management", "Placement")
+compile_unet = lazy("..models.compile", "compile_unet")
+run_compiled = lazy("..models.compile", "run_compiled")
 from ..models.patcher import ModelPatcher, copy_options, new_model_options
 _unclip = lazy("..models.unclip")  # MERGE_REVISION and MERGE_UNCLIP, floats: read where used
 unclip_adm = lazy("..models.unclip", "unclip_adm")
@@ -89,8 +91,14 @@ class SDModel(ModelPatcher):
             xc = torch.cat([xc, c_concat.to(xc)], dim=1)
         device, dtype = xc.device, self.dtype
         t = s.timestep(sigma).float()
-        out = self.unet(xc.to(dtype), t, c_crossattn.to(device, dtype), None if y is None else y.to(device, dtype),
-                        control, transformer_options)
+        args = (xc.to(dtype), t, c_crossattn.to(device, dtype), None if y is None else y.to(device, dtype),
+                control, transformer_options)
+        mode = getattr(self.placement, "compile", "off")
+        if mode == "off":
+            out = self.unet(*args)
+        else:  # --compile: once per UNet (in place), once per shape
+            compile_unet(self.unet, mode, device)
+            out = run_compiled(lambda: self.unet(*args), mode)
         return s.calculate_denoised(sigma, out.float(), x)
 
 
