@@ -5,8 +5,10 @@
    dispatcher decides by and the choice it makes.
 2. A full-size SD1.5 UNet forward (random weights, built in memory) with the path on and off,
    alternating in one process, in fp32 (exact mode) and bf16 (fast mode).
+3. With --profile: torch.profiler's per-op table of one forward in each dtype (where the time
+   goes: convolution, GEMM, attention, norms, copies).
 
-    python bench/conv_kernels.py [--size 256] [--runs 3] [--dtypes fp32,bf16] [--shapes-only]
+    python bench/conv_kernels.py [--size 256] [--runs 3] [--dtypes fp32,bf16] [--shapes-only] [--profile]
 """
 
 from __future__ import annotations
@@ -96,12 +98,28 @@ def forward_ab(unet: UNetModel, size: int, dtype: torch.dtype, runs: int) -> Non
           f"GEMM path {new:.3f} s, ratio {new / base:.2f}x (medians of {runs}, alternating)")
 
 
+def profile_table(unet: UNetModel, size: int, dtype: torch.dtype, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    unet = unet.to(dtype)
+    side = size // 8
+    args = (torch.randn(2, 4, side, side, dtype=dtype), torch.tensor([500.0, 500.0]),
+            torch.randn(2, 77, 768, dtype=dtype))
+    with torch.inference_mode():
+        unet(*args)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            unet(*args)
+    print(f"\n== per-op time of one {size}x{size} batch-2 forward, {str(dtype)[6:]} ==")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--shapes-only", action="store_true", help="skip the full-size UNet forward")
+    parser.add_argument("--profile", action="store_true", help="print the per-op table of one forward per dtype")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
@@ -118,6 +136,9 @@ def main() -> None:
     print()
     for name in args.dtypes.split(","):
         forward_ab(unet, args.size, DTYPES[name], args.runs)
+    if args.profile:
+        for name in args.dtypes.split(","):
+            profile_table(unet, args.size, DTYPES[name])
 
 
 if __name__ == "__main__":
