@@ -125,3 +125,69 @@ def test_run_with_compile_gives_the_exact_picture(tmp_path, monkeypatch):
     assert seen[0][0] == "regional" and seen[0][1] > 0 and all(n == 0 for _, n in seen[1:])
     assert len(seen) == 20 * 1  # one call per step (cfg batch in one), 20 euler steps
     assert np.abs(pictures[0] - pictures[1]).max() <= 1
+
+
+def _demo_with(tmp_path, extra_nodes: str, model_ref: str, name: str):
+    """The demo txt2img (4 steps) with ``extra_nodes`` between the checkpoint and the sampler."""
+    import numpy as np
+    from PIL import Image
+
+    from latentgraph import cli
+
+    wf = tmp_path / f"{name}.yaml"
+    wf.write_text(f"""nodes:
+  ckpt:     {{type: CheckpointLoaderSimple, ckpt_name: latentgraph-shapes.safetensors}}
+{extra_nodes}
+  positive: {{type: CLIPTextEncode, clip: ckpt.CLIP, text: "a red circle on a blue background"}}
+  negative: {{type: CLIPTextEncode, clip: ckpt.CLIP, text: ""}}
+  latent:   {{type: EmptyLatentImage, width: 64, height: 64, batch_size: 1}}
+  sampler:  {{type: KSampler, model: {model_ref}, positive: positive, negative: negative, latent_image: latent,
+             seed: 42, steps: 4, cfg: 5.0, sampler_name: euler, scheduler: normal, denoise: 1.0}}
+  decode:   {{type: VAEDecode, samples: sampler, vae: ckpt.VAE}}
+  save:     {{type: SaveImage, images: decode, filename_prefix: {name}}}
+""")
+    code = cli.main(["run", str(wf), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    png = tmp_path / "out" / f"{name}_00001_.png"
+    return code, (np.asarray(Image.open(png)).astype(int) if png.exists() else None)
+
+
+def test_torch_compile_model_node(tmp_path, monkeypatch):
+    """ComfyUI's TorchCompileModel: the picture of the uncompiled model, the whole UNet
+    compiled once, apart from the module (no new state-dict keys)."""
+    import numpy as np
+
+    from latentgraph.models import compile as compile_mod
+
+    monkeypatch.setattr(compile_mod, "BACKEND", "aot_eager")
+    made = []
+    real = compile_mod.compiled_module
+    monkeypatch.setattr(compile_mod, "compiled_module", lambda unet, backend: made.append(
+        (backend, len(unet.state_dict()), "_lg_node_compiled" in unet.__dict__)) or real(unet, backend))
+    code, plain = _demo_with(tmp_path, "", "ckpt.MODEL", "plain")
+    assert code == 0 and made == []
+    code, compiled = _demo_with(tmp_path, "  tc: {type: TorchCompileModel, model: ckpt.MODEL, backend: inductor}",
+                                "tc", "compiled")
+    assert code == 0 and len(made) == 4  # one UNet call per step
+    assert made[0][0] == "inductor" and made[0][2] is False and all(m[2] for m in made[1:])
+    assert len({m[1] for m in made}) == 1  # the compiled wrapper adds no state-dict keys
+    assert np.abs(plain - compiled).max() <= 1
+
+
+def test_torch_compile_model_errors(tmp_path, monkeypatch, capsys):
+    from latentgraph.models import compile as compile_mod
+
+    code, _ = _demo_with(tmp_path, "  tc: {type: TorchCompileModel, model: ckpt.MODEL, backend: cudagraphs}",
+                         "tc", "graphs")
+    assert code == 1
+    assert "backend 'cudagraphs' needs a CUDA device; this model runs on cpu" in capsys.readouterr().err
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("the C++ compiler crashed")
+
+    monkeypatch.setattr(compile_mod, "BACKEND", broken_backend)
+    code, _ = _demo_with(tmp_path, "  tc: {type: TorchCompileModel, model: ckpt.MODEL, backend: inductor}",
+                         "tc", "broken")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert ("TorchCompileModel (backend inductor): torch.compile failed (RuntimeError: the C++ compiler crashed); "
+            "bypass the TorchCompileModel node") in err

@@ -27,6 +27,7 @@ from .unet import BasicTransformerBlock, ResBlock
 
 RECOMPILE_LIMIT = 64
 BACKEND = "inductor"  # torch.compile's backend (tests use "aot_eager": no C++ build)
+NODE_BACKENDS = ("inductor", "cudagraphs")  # ComfyUI's TorchCompileModel choices
 
 
 class CompileError(RuntimeError):
@@ -70,9 +71,23 @@ def compile_unet(unet: nn.Module, mode: str, device: torch.device | None = None,
     return count
 
 
-def run_compiled(call: Callable[[], torch.Tensor], mode: str) -> torch.Tensor:
+def compiled_module(unet: nn.Module, backend: str) -> nn.Module:
+    """TorchCompileModel's compile: the whole UNet through ``backend``, as a wrapper kept apart
+    from the UNet (the model the node was given runs uncompiled, as in ComfyUI), made once per
+    UNet and backend (stored outside the module's registered children: no state-dict keys)."""
+    if backend not in NODE_BACKENDS:
+        raise ValueError(f"unknown torch.compile backend {backend!r}; choose one of {', '.join(NODE_BACKENDS)}")
+    made = unet.__dict__.setdefault("_lg_node_compiled", {})
+    if backend not in made:
+        _raise_limit()
+        made[backend] = torch.compile(unet, backend=BACKEND if backend == "inductor" else backend)
+    return made[backend]
+
+
+def run_compiled(call: Callable[[], torch.Tensor], mode: str, label: str | None = None,
+                 advice: str = "run without --compile, or with --compile regional if this was full") -> torch.Tensor:
     """``call()``, with a failure of torch.compile turned into a CompileError that says what
-    failed and how to run without it."""
+    failed (``label``, default "--compile MODE") and how to run without it."""
     try:
         return call()
     except Exception as exc:
@@ -80,8 +95,8 @@ def run_compiled(call: Callable[[], torch.Tensor], mode: str) -> torch.Tensor:
             raise
         root = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
         first = str(root).strip().splitlines()[0] if str(root).strip() else ""
-        raise CompileError(f"--compile {mode}: torch.compile failed ({type(root).__name__}: {first}); run without "
-                           f"--compile, or with --compile regional if this was full") from None
+        raise CompileError(f"{label or '--compile ' + mode}: torch.compile failed ({type(root).__name__}: "
+                           f"{first}); {advice}") from None
 
 
 def _from_compiler(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from typing import Annotated, Callable
 from ..graph.lazy import lazy
 torch = lazy("torch")
 
-from ..graph import MODEL, Float, Output, node
+from ..graph import MODEL, Combo, Float, Output, node
 from .sd import SDModel
 
 log = logging.getLogger(__name__)
@@ -260,4 +260,19 @@ def DifferentialDiffusion(
     m = model.clone()
     m.set_model_denoise_mask_function(
         lambda sigma, denoise_mask, extra_options: differential_mask(sigma, denoise_mask, extra_options, strength))
+    return m
+
+
+# -- TorchCompileModel (ComfyUI's, experimental) ------------------------------------------------
+
+@node(category="_for_testing", outputs=[MODEL], experimental=True)
+def TorchCompileModel(model: Annotated[SDModel, MODEL],
+                      backend: Annotated[str, Combo(["inductor", "cudagraphs"])]) -> SDModel:
+    """The model with its whole UNet run through torch.compile at sampling time (compiled once
+    per backend and input shape); the input model stays uncompiled. ``cudagraphs`` needs a CUDA
+    device. For a whole run, ``latentgraph run --compile`` does the same per block."""
+    if backend == "cudagraphs" and model.placement.device.type != "cuda":
+        raise ValueError(f"backend 'cudagraphs' needs a CUDA device; this model runs on {model.placement.device}")
+    m = model.clone()
+    m.model_options["torch_compile"] = backend
     return m

@@ -18,6 +18,7 @@ sdxl_refiner_adm = lazy("..models.families", "sdxl_refiner_adm")
 Placement = lazy("..models.management", "Placement")
 compile_unet = lazy("..models.compile", "compile_unet")
 run_compiled = lazy("..models.compile", "run_compiled")
+compiled_module = lazy("..models.compile", "compiled_module")
 from ..models.patcher import ModelPatcher, copy_options, new_model_options
 _unclip = lazy("..models.unclip")  # MERGE_REVISION and MERGE_UNCLIP, floats: read where used
 unclip_adm = lazy("..models.unclip", "unclip_adm")
@@ -94,7 +95,11 @@ class SDModel(ModelPatcher):
         args = (xc.to(dtype), t, c_crossattn.to(device, dtype), None if y is None else y.to(device, dtype),
                 control, transformer_options)
         mode = getattr(self.placement, "compile", "off")
-        if mode == "off":
+        backend = self.model_options.get("torch_compile")
+        if backend is not None:  # TorchCompileModel: the whole UNet, compiled apart from it
+            out = run_compiled(lambda: compiled_module(self.unet, backend)(*args), "full",
+                               f"TorchCompileModel (backend {backend})", "bypass the TorchCompileModel node")
+        elif mode == "off":
             out = self.unet(*args)
         else:  # --compile: once per UNet (in place), once per shape
             compile_unet(self.unet, mode, device)
