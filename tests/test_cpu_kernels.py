@@ -90,3 +90,18 @@ def test_tiny_unet_forward_is_unchanged_by_the_path(monkeypatch):
         forced = unet(x, t, ctx)
     assert len(calls) == sum(isinstance(m, Conv2d) for m in unet.modules())
     torch.testing.assert_close(forced, default, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_cl,w_cl", [(True, False), (False, True), (True, True)])
+def test_gemm_convolution_in_channels_last(x_cl, w_cl):
+    """channels_last weights are read in place; a channels_last input gives a channels_last
+    output (no layout mixing downstream)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 16, 6, 5, generator=gen)
+    w, b = torch.randn(24, 16, 3, 3, generator=gen), torch.randn(24, generator=gen)
+    want = F.conv2d(x, w, b, padding=1)
+    cl = torch.channels_last
+    got = conv2d_gemm(x.contiguous(memory_format=cl) if x_cl else x, w.contiguous(memory_format=cl) if w_cl else w,
+                      b, (1, 1), (1, 1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert got.is_contiguous(memory_format=cl) == x_cl and got.is_contiguous() == (not x_cl)

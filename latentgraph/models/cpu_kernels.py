@@ -38,19 +38,33 @@ def gemm_pays(weight: torch.Tensor, batch: int, out_h: int, out_w: int) -> bool:
 def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
     """F.conv2d (groups 1, dilation 1, zero padding) as im2col and one GEMM over the whole
-    batch: (out, in*kh*kw) @ (in*kh*kw, batch*pixels)."""
+    batch, with no copy of the weight: (out, in*kh*kw) @ (in*kh*kw, batch*pixels), or its
+    transpose where x is channels_last (the output is then channels_last too). A channels_last
+    weight is read as (out, kh*kw*in), and the columns are ordered to match."""
     batch, channels = x.shape[:2]
     out_channels, _, kh, kw = weight.shape
     out_h = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     out_w = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
     if kh == kw == 1 and padding == (0, 0) and stride == (1, 1):
-        cols = x.reshape(batch, channels, -1)  # a 1x1 kernel needs no unfold
+        cols = x.reshape(batch, channels, 1, -1)  # a 1x1 kernel needs no unfold
+    else:  # (B, in*kh*kw, pixels), as (B, in, kh*kw, pixels)
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride).view(batch, channels, kh * kw, -1)
+    if _channels_last(weight):
+        w2d = weight.permute(0, 2, 3, 1).reshape(out_channels, -1)  # (out, kh*kw*in): a view
+        cols = cols.permute(2, 1, 0, 3)  # (kh*kw, in, B, pixels)
     else:
-        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (B, in*kh*kw, pixels)
-    cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (in*kh*kw, B*pixels)
-    w2d = weight.reshape(out_channels, -1)
-    out = torch.mm(w2d, cols) if bias is None else torch.addmm(bias.unsqueeze(1), w2d, cols)
+        w2d = weight.reshape(out_channels, -1)
+        cols = cols.permute(1, 2, 0, 3)  # (in, kh*kw, B, pixels)
+    cols = cols.reshape(w2d.shape[1], -1)  # (K, B*pixels): the one copy
+    if _channels_last(x):  # (B*pixels, out) is NHWC: BLAS reads both operands transposed
+        out = cols.t().mm(w2d.t()) if bias is None else torch.addmm(bias, cols.t(), w2d.t())
+        return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    out = w2d.mm(cols) if bias is None else torch.addmm(bias.unsqueeze(1), w2d, cols)
     return out.view(out_channels, batch, out_h, out_w).transpose(0, 1).contiguous()
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 class Conv2d(nn.Conv2d):
