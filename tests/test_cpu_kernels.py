@@ -105,3 +105,19 @@ def test_gemm_convolution_in_channels_last(x_cl, w_cl):
                       b, (1, 1), (1, 1))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert got.is_contiguous(memory_format=cl) == x_cl and got.is_contiguous() == (not x_cl)
+
+
+def test_bf16_needs_more_weight_per_pixel():
+    """oneDNN's bf16 convolution is the harder to beat: 1280 channels at 16x16 (28800 weight
+    elements per pixel) is GEMM in fp32 and oneDNN in bf16; at 8x8 both are GEMM."""
+    fp32 = torch.empty(1280, 1280, 3, 3, device="meta")
+    bf16 = torch.empty(1280, 1280, 3, 3, device="meta", dtype=torch.bfloat16)
+    assert gemm_pays(fp32, 2, 16, 16) and not gemm_pays(bf16, 2, 16, 16)
+    assert gemm_pays(fp32, 2, 8, 8) and gemm_pays(bf16, 2, 8, 8)
+
+
+def test_bf16_pointwise_convolutions_are_gemms():
+    wide = torch.empty(640, 320, 1, 1, device="meta", dtype=torch.bfloat16)
+    assert gemm_pays(wide, 2, 64, 64)
+    assert not gemm_pays(wide.float(), 2, 64, 64)  # fp32: oneDNN's 1x1 is as fast or faster there
+    assert not gemm_pays(torch.empty(64, 32, 1, 1, device="meta", dtype=torch.bfloat16), 2, 8, 8)  # tiny

@@ -8,7 +8,10 @@ reorder costs more than the arithmetic: on this project's 2-core AVX-512 machine
 an unfold (im2col) and one GEMM on the weight as it is stored, with no second copy of the weight.
 Where the pixels are many the GEMM loses (320 channels at 64x64: 34 ms vs 82 ms), so the choice
 is per call, by the ratio of weight elements to output pixels (``GEMM_RATIO``), measured by
-``bench/conv_kernels.py``.
+``bench/conv_kernels.py``. In bf16 (``--precision fast``) oneDNN's 3x3 kernels use the CPU's
+bf16 instructions and are harder to beat (a higher ratio), while its 1x1 ones lose to the plain
+GEMM at every SD shape measured. SD1.5 at 256², one CFG-batch forward: 1.64 -> 1.25 s in fp32,
+0.53 -> 0.43 s in bf16; at 512² 5.64 -> 5.31 s and 1.61 -> 1.57 s.
 
 The result is the same convolution summed in another order: fp32 results differ from oneDNN's
 in the last bits (relative 1e-6), the same size of difference as between two oneDNN builds.
@@ -23,16 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 
 # GEMM when weight elements per output pixel (batch x height x width) reach this, and the
-# weight is big enough that its reorder shows (bench/conv_kernels.py prints the crossover)
-GEMM_RATIO = 12_000
+# weight is big enough that its reorder shows (bench/conv_kernels.py prints the crossover).
+# bf16 has its own: oneDNN's bf16 convolution (AMX, AVX512-BF16) is the harder one to beat.
+GEMM_RATIO = 25_000
+GEMM_RATIO_BF16 = 50_000
 GEMM_MIN_WEIGHT = 1 << 21
+# a bf16 1x1 convolution is a plain GEMM, faster than oneDNN's at every SD shape measured
+GEMM_MIN_WEIGHT_BF16_1X1 = 1 << 16
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def gemm_pays(weight: torch.Tensor, batch: int, out_h: int, out_w: int) -> bool:
     """Whether a convolution of this weight over this output is faster as unfold + GEMM."""
     pixels = max(1, batch * out_h * out_w)
-    return weight.numel() >= GEMM_MIN_WEIGHT and weight.numel() >= GEMM_RATIO * pixels
+    if weight.dtype == torch.bfloat16 and weight.shape[-2:] == (1, 1):
+        return weight.numel() >= GEMM_MIN_WEIGHT_BF16_1X1
+    ratio = GEMM_RATIO_BF16 if weight.dtype == torch.bfloat16 else GEMM_RATIO
+    return weight.numel() >= GEMM_MIN_WEIGHT and weight.numel() >= ratio * pixels
 
 
 def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
