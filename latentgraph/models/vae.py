@@ -53,6 +53,24 @@ def Normalize(channels: int) -> nn.GroupNorm:
 
 
 # -- blocks ---------------------------------------------------------------------------------
+def _fresh(x: torch.Tensor) -> bool:
+    """Whether x, just made by the caller's previous op, may be overwritten: not when autograd
+    keeps it (training, or gradients through the VAE). In place, a 512² decode skips 30
+    allocations of up to 134 MB and their page faults (9.1 -> 8.7 s on this 2-core machine)."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _swish(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=_fresh(x))
+
+
+def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """channels_last on the CPU: oneDNN's convolutions over the VAE's wide, many-pixel maps run
+    faster in it (a 512² decode 8.7 -> 7.6 s on this 2-core machine; last-bit differences, 1e-6
+    relative). Every layer keeps the layout; the results are made contiguous again."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" and x.dim() == 4 else x
+
+
 class ResnetBlock(nn.Module):
     """norm-swish-conv twice, plus a skip (a 1x1 conv when the width changes)."""
 
@@ -65,9 +83,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        h = self.conv1(_swish(self.norm1(x)))  # (B, out, H, W)
+        h = self.conv2(_swish(self.norm2(h)))
+        return h.add_(self.nin_shortcut(x)) if _fresh(h) else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -183,7 +201,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)  # (B, ch*ch_mult[-1], H/f, W/f)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -206,7 +224,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))  # (B, ch*ch_mult[-1], h, w)
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_ch, h*f, w*f)
+        return self.conv_out(_swish(self.norm_out(h)))  # (B, out_ch, h*f, w*f)
 
 
 # -- the autoencoder ------------------------------------------------------------------------
@@ -235,13 +253,13 @@ class AutoencoderKL(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [-1, 1] -> posterior mean (B, embed_dim, H/f, W/f), unscaled.
         Sizes that are not multiples of f round down."""
-        moments = self.quant_conv(self.encoder(x.to(self.dtype)))  # (B, 2*embed, H/f, W/f)
+        moments = self.quant_conv(self.encoder(_cpu_layout(x.to(self.dtype)))).contiguous()  # (B, 2*embed, H/f, W/f)
         return moments[:, :self.config.embed_dim]  # the mean; ComfyUI returns the mode, not a sample
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (B, embed_dim, h, w), unscaled -> raw decoder output (B, 3, h*f, w*f), roughly
         [-1, 1] and not clamped."""
-        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
+        return self.decoder(_cpu_layout(self.post_quant_conv(z.to(self.dtype)))).contiguous()
 
     def encode_tiled(self, x: torch.Tensor, tile: int = 512, overlap: int = 64) -> torch.Tensor:
         """encode() over pixel tiles of at most tile x tile, one at a time; latents are blended
