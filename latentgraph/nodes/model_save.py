@@ -109,6 +109,8 @@ def _ui(subfolder: str, name: str) -> dict:
 
 def _sampling(model: SDModel, what: str) -> tuple[str, bool]:
     """The prediction and zero-SNR flag the model samples with: a file records eps or v only."""
+    from ..sampling.schedule import DiscreteSchedule  # the class itself: a lazy proxy is not `is` it
+
     s = model.schedule
     # LCM, continuous EDM/V and other schedules are subclasses or other classes: a file cannot say so
     kind = s.prediction if type(s) is DiscreteSchedule else type(s).__name__
