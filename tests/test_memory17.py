@@ -372,3 +372,24 @@ def test_post_free_drops_the_models_and_their_weights(tmp_path, files):
             await until(lambda: all(r() is None for r in refs), "free_memory left weights alive")
 
     asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_split_vae_and_text_encoder_files_can_be_held_too(files, tmp_path):
+    from latentgraph.models.families import VAE_PREFIX
+    from latentgraph.models.make_split import make_text_encoder
+    from latentgraph.models.split_files import load_clip_files, load_vae_any
+
+    sd, _ = read_state_dict(files["fp16"])
+    vae_file, text_file = tmp_path / "vae.safetensors", tmp_path / "clip_l.safetensors"
+    save_file({k[len(VAE_PREFIX):]: v.contiguous() for k, v in sd.items() if k.startswith(VAE_PREFIX)}, str(vae_file))
+    make_text_encoder(text_file, "sd15", seed=5, dtype="fp16")
+    plain, held = load_vae_any(vae_file, torch.float32), load_vae_any(vae_file, torch.float32, hold=True)
+    assert plain.decoder.conv_in.weight.dtype == torch.float32 and held.decoder.conv_in.weight.dtype == torch.float16
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(plain.decode(z), held.decode(z))
+    (_, plain_text), (_, held_text) = (load_clip_files([text_file], "stable_diffusion", torch.float32, hold=h)
+                                       for h in (False, True))
+    assert type(held_text["l"].transformer.final_layer_norm) is CastLayerNorm
+    ids = torch.randint(0, 49406, (1, 77), generator=torch.Generator().manual_seed(7))
+    for a, b in zip(plain_text["l"](ids), held_text["l"](ids)):
+        assert torch.equal(a, b)

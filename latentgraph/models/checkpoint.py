@@ -438,9 +438,10 @@ def _materialise_buffers(module: torch.nn.Module) -> None:
                 owner.register_buffer(attr, torch.zeros(buf.shape, dtype=buf.dtype), persistent=False)
 
 
-def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> AutoencoderKL:
+def load_vae_file(path: str | Path, dtype: torch.dtype | None = None, hold: bool = False) -> AutoencoderKL:
     """A standalone VAE file (``vae-ft-mse-840000-ema-pruned.safetensors``, ``sdxl_vae``):
-    keys with no prefix or under ``first_stage_model.``; EMA copies and loss weights are skipped."""
+    keys with no prefix or under ``first_stage_model.``; EMA copies and loss weights are skipped.
+    ``hold``: keep an fp16/bf16 file's weights and cast per layer (see HELD_ROLES)."""
     source = str(path)
     sd, _ = read_state_dict(path)
     prefix = ""
@@ -452,7 +453,9 @@ def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> Autoenc
     config = _vae_config(tensors, source, prefix)
     check_vae_layout(config, source)
     vae = _build("VAE", source, lambda: AutoencoderKL(config))
-    strict_load(vae, tensors, "VAE", source, dtype, lambda k: prefix + k, True)
+    held, layers = _hold(vae, "vae", tensors, {"vae": dtype}, HELD_ROLES if hold else ())
+    strict_load(vae, tensors, "VAE", source, dtype, lambda k: prefix + k, True, held)
+    hold_in_file_dtype(vae, layers, dtype)
     _materialise_buffers(vae)
     return vae.eval().requires_grad_(False)
 

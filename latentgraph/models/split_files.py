@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (_build, _describe, _materialise_buffers, _prediction, _unclip_family, _unet_config,
-                         _vae_config, check_unet_widths, read_state_dict, strict_load)
+from .cast import hold_in_file_dtype
+from .checkpoint import (HELD_ROLES, _build, _describe, _hold, _materialise_buffers, _prediction, _unclip_family,
+                         _unet_config, _vae_config, check_unet_widths, read_state_dict, strict_load)
 from .diffusers_layout import diffusers_unet_to_ldm, diffusers_vae_to_ldm, folder_parts, is_diffusers_unet
 from .errors import CheckpointError
 from .families import FAMILIES, METADATA_KEY, UNET_PREFIX, VAE_PREFIX, Architecture, full_architecture
@@ -174,16 +175,19 @@ def load_text_encoder_file(path: str | Path, dtype: torch.dtype | None = None
 
 
 def build_clip(family: str, parts: dict[str, tuple[TextEncoderConfig, dict, str]],
-               dtype: torch.dtype | None) -> tuple[Architecture, dict[str, ClipTextEncoder]]:
+               dtype: torch.dtype | None, hold: bool = False) -> tuple[Architecture, dict[str, ClipTextEncoder]]:
     """The text encoders of ``family`` from {name: (config, tensors, source)}, each in the role
-    its family reads it with, loaded strictly."""
+    its family reads it with, loaded strictly. ``hold``: keep an fp16/bf16 file's weights and
+    cast them per layer (checkpoint.HELD_ROLES)."""
     full = full_architecture(family)
     arch = replace(full, text={name: cfg for name, (cfg, _, _) in parts.items()})
     roles = {slot.name: slot.role for slot in arch.spec.text}
     encoders = {}
     for name, (cfg, tensors, source) in parts.items():
         enc = _build("text encoder", source, lambda cfg=cfg, name=name: ClipTextEncoder(cfg, roles[name]))
-        strict_load(enc, tensors, f"text encoder '{name}'", source, dtype)
+        held, layers = _hold(enc, "text", tensors, {"text": dtype}, HELD_ROLES if hold else ())
+        strict_load(enc, tensors, f"text encoder '{name}'", source, dtype, held=held)
+        hold_in_file_dtype(enc, layers, dtype)
         _materialise_buffers(enc)
         encoders[name] = enc.eval().requires_grad_(False)
     return arch, encoders
@@ -208,17 +212,17 @@ def clip_family(clip_type: str, names: list[tuple[str, str]]) -> str:
     return "sdxl"
 
 
-def load_clip_files(paths: list[str | Path], clip_type: str, dtype: torch.dtype | None = None
-                    ) -> tuple[Architecture, dict[str, ClipTextEncoder]]:
+def load_clip_files(paths: list[str | Path], clip_type: str, dtype: torch.dtype | None = None,
+                    hold: bool = False) -> tuple[Architecture, dict[str, ClipTextEncoder]]:
     """CLIPLoader / DualCLIPLoader: the text encoders of the files, identified and placed."""
     read = [(load_text_encoder_file(p), str(p)) for p in paths]
     family = clip_family(clip_type, [(name, source) for (name, _, _), source in read])
-    return build_clip(family, {name: (cfg, keys, source) for (name, cfg, keys), source in read}, dtype)
+    return build_clip(family, {name: (cfg, keys, source) for (name, cfg, keys), source in read}, dtype, hold)
 
 
 # -- a diffusers folder --------------------------------------------------------------------
-def load_vae_tensors(sd: dict, source: str, dtype: torch.dtype | None = None) -> AutoencoderKL:
-    """A VAE from LDM-named or diffusers-named tensors (no prefix)."""
+def load_vae_tensors(sd: dict, source: str, dtype: torch.dtype | None = None, hold: bool = False) -> AutoencoderKL:
+    """A VAE from LDM-named or diffusers-named tensors (no prefix); ``hold`` as load_vae_file's."""
     from .diffusers_layout import is_diffusers_vae
 
     tensors = diffusers_vae_to_ldm(sd, source) if is_diffusers_vae(sd) else vae_keys(sd)
@@ -227,12 +231,14 @@ def load_vae_tensors(sd: dict, source: str, dtype: torch.dtype | None = None) ->
     config = _vae_config(tensors, source, "")
     check_vae_layout(config, source)
     vae = _build("VAE", source, lambda: AutoencoderKL(config))
-    strict_load(vae, tensors, "VAE", source, dtype, linear_as_conv=True)
+    held, layers = _hold(vae, "vae", tensors, {"vae": dtype}, HELD_ROLES if hold else ())
+    strict_load(vae, tensors, "VAE", source, dtype, linear_as_conv=True, held=held)
+    hold_in_file_dtype(vae, layers, dtype)
     _materialise_buffers(vae)
     return vae.eval().requires_grad_(False)
 
 
-def load_vae_any(path: str | Path, dtype: torch.dtype | None = None) -> AutoencoderKL:
+def load_vae_any(path: str | Path, dtype: torch.dtype | None = None, hold: bool = False) -> AutoencoderKL:
     """VAELoader's file: a diffusers-layout VAE (``encoder.down_blocks.*``, as sdxl-vae-fp16-fix's
     diffusion_pytorch_model.safetensors) read here, any other through the checkpoint loader's
     load_vae_file."""
@@ -241,9 +247,9 @@ def load_vae_any(path: str | Path, dtype: torch.dtype | None = None) -> Autoenco
 
     sd, _ = read_state_dict(path)
     if is_diffusers_vae(sd):
-        return load_vae_tensors(sd, str(path), dtype)
+        return load_vae_tensors(sd, str(path), dtype, hold)
     del sd
-    return load_vae_file(path, dtype)
+    return load_vae_file(path, dtype, hold)
 
 
 def load_diffusers_folder(folder: str | Path, dtypes: dict[str, torch.dtype] | None = None
