@@ -67,7 +67,7 @@ def _imports():
     return create_registry()
 
 
-def _old_strict_load(module, sd, what, source, dtype, file_key=str, linear_as_conv=False):
+def _old_strict_load(module, sd, what, source, dtype, file_key=str, linear_as_conv=False, held=None):
     """strict_load as it was before streaming: every tensor converted at once, while the
     caller's dict (views of the file's mapping) keeps the file's pages mapped."""
     from latentgraph.models.checkpoint import check_shapes
@@ -91,10 +91,13 @@ def child_load(args) -> dict:
 
     if args.way == "old":
         checkpoint.strict_load = _old_strict_load
+    # "held": what load_placed does on the CPU (text encoders and VAE kept in the file's fp16)
+    hold = checkpoint.HELD_ROLES if args.way == "held" else ()
     base = status_bytes("VmRSS")
     reset_peak()
     start = time.perf_counter()
-    ck = checkpoint.load_checkpoint(args.checkpoint, dtypes={r: torch.float32 for r in ("unet", "vae", "text")})
+    ck = checkpoint.load_checkpoint(args.checkpoint, dtypes={r: torch.float32 for r in ("unet", "vae", "text")},
+                                    hold=hold)
     seconds = time.perf_counter() - start
     modules = [ck.unet, ck.vae, *ck.text.values()]
     weights = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
@@ -195,17 +198,18 @@ def gib(n: float) -> str:
 def report(args) -> None:
     imp = spawn("import", args)
     print(f"import baseline           RSS {gib(imp['rss'])} GiB (peak {gib(imp['hwm'])})")
-    loads = {way: spawn("load", args, "--way", way) for way in ("old", "new")}
-    second = spawn("load", args, "--way", "new")
+    loads = {way: spawn("load", args, "--way", way) for way in ("old", "new", "held")}
+    second = spawn("load", args, "--way", "held")
     w, f = loads["new"]["weights"], loads["new"]["file"]
     print(f"load fp32 ({gib(f)} GiB file, {gib(w)} GiB of fp32 weights); peak above the pre-load RSS:")
     for way, r in loads.items():
-        print(f"  {way:4s} way   peak {gib(r['hwm'])} GiB (+{gib(r['hwm'] - r['base'])}), after {gib(r['rss'])} GiB, "
+        print(f"  {way:5s} way  peak {gib(r['hwm'])} GiB (+{gib(r['hwm'] - r['base'])}), after {gib(r['rss'])} GiB, "
               f"{r['seconds']:.2f} s")
-    print(f"  theory: old = weights + file pages = +{gib(w + f)}; new = weights + one tensor = +{gib(w)}")
-    print(f"  ratio new/old peak above baseline: "
-          f"{(loads['new']['hwm'] - loads['new']['base']) / (loads['old']['hwm'] - loads['old']['base']):.2f}")
-    print(f"  second process load (page cache warm): {second['seconds']:.2f} s (goal <= 1.5 s)")
+    print(f"  theory: old = weights + file pages = +{gib(w + f)}; new = weights + one tensor = +{gib(w)}; "
+          f"held = the same less half the text encoders' and VAE's layers = +{gib(loads['held']['weights'])}")
+    print(f"  ratio new/old, held/old peak above baseline: "
+          + ", ".join(f"{(loads[w]['hwm'] - loads[w]['base']) / (loads['old']['hwm'] - loads['old']['base']):.2f}" for w in ("new", "held")))
+    print(f"  second process load, held (page cache warm): {second['seconds']:.2f} s (goal <= 1.5 s)")
     run = spawn("txt2img", args)
     print(f"txt2img {args.size}² {args.steps} steps (fp32): peak {gib(run['peak'])} GiB (goal <= 4.8), "
           f"{run['seconds']:.1f} s")
@@ -228,7 +232,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    p.add_argument("--way", choices=("old", "new"), default="new", help=argparse.SUPPRESS)
+    p.add_argument("--way", choices=("old", "new", "held"), default="new", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)))
