@@ -63,10 +63,10 @@ def _folders(p: argparse.ArgumentParser) -> None:
                         "with bf16 instructions (AVX512-BF16/AMX), fp32 without them; as auto on a GPU")
     p.add_argument("--lowvram", action="store_true",
                    help="keep weights on the CPU and move each model to the device only while it runs")
-    p.add_argument("--vram-budget", default=None, metavar="GB",
+    p.add_argument("--vram-budget", default="auto", metavar="GB",
                    help="GiB of GPU memory models may hold: kept there while they fit, the least recently "
-                        "used sent back to RAM, a model too big loaded in part (default on CUDA: auto, "
-                        "from free memory); on the CPU it simulates a GPU of that size")
+                        "used sent back to RAM, a model too big loaded in part (default: auto, from free "
+                        "memory on CUDA); on the CPU a number simulates a GPU of that size")
     p.add_argument("--compile", nargs="?", const="regional", default="off", choices=("off", "regional", "full"),
                    help="torch.compile the UNet on first use, once per image size: regional (the default of a "
                         "bare --compile: each block; quick to compile, keeps patches working) or full (the whole "
@@ -264,7 +264,7 @@ def _env(args) -> Environment:
                            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
                            device=getattr(args, "device", "auto"), dtype=_dtype(args),
                            lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args),
-                           vram_budget=getattr(args, "vram_budget", None), compile=getattr(args, "compile", "off"))
+                           vram_budget=getattr(args, "vram_budget", "auto"), compile=getattr(args, "compile", "off"))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
 

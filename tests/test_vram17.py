@@ -53,12 +53,12 @@ def test_lru_evicts_the_least_recently_used_first():
     assert module_bytes(a) == 2 * LAYER == 2176
     m = manager(5000, A=a, B=b, C=c)  # two of the three fit
     run(m, a, X), run(m, b, X)
-    assert m.resident() == [("A", 2176), ("B", 2176)] and m.evicted == []
+    assert m.resident() == [("A", 2176), ("B", 2176)] and list(m.evicted) == []
     run(m, c, X)
-    assert m.evicted == ["A"] and m.resident() == [("B", 2176), ("C", 2176)]
+    assert list(m.evicted) == ["A"] and m.resident() == [("B", 2176), ("C", 2176)]
     run(m, b, X)  # B is now the most recent: A comes back in place of C
     run(m, a, X)
-    assert m.evicted == ["A", "C"] and m.resident() == [("B", 2176), ("A", 2176)]
+    assert list(m.evicted) == ["A", "C"] and m.resident() == [("B", 2176), ("A", 2176)]
     assert m.device.allocated == 4352 and m.device.peak == 4352
 
 
@@ -78,7 +78,7 @@ def test_the_working_reserve_comes_out_of_the_budget():
     run(m, a, X)
     assert m.device.peak == 2176 + 1000  # the weights and the reserve, booked while A ran
     run(m, b, X)
-    assert m.evicted == ["A"] and m.resident() == [("B", 2176)]
+    assert list(m.evicted) == ["A"] and m.resident() == [("B", 2176)]
     assert m.device.allocated == 2176  # the working memory was given back
 
 
@@ -89,7 +89,7 @@ def test_a_running_module_is_never_evicted():
     m = manager(5000, A=a, B=b)
     with m.use(a):  # B must fit beside A: 5000 - 2176 = 2824 left, less a streamed layer: 1736
         out = run(m, b, X)
-        assert m.entry(a).state == "resident" and m.evicted == []
+        assert m.entry(a).state == "resident" and list(m.evicted) == []
         e = m.entry(b)
         assert (e.state, e.layers_resident, e.layers_streamed) == ("partial", 1, 2)
     assert torch.equal(out, expected)
@@ -267,6 +267,7 @@ def test_the_vram_budget_flag_reaches_the_manager():
         assert memory.reserve == int(0.15 * memory.budget) and services["node_guard"] == memory.run_node
     plain = create_services(_env(build_parser().parse_args(["run", "flow.yaml", "--device", "cpu"])))
     assert plain["placement"].memory is None and "node_guard" not in plain  # the CPU as before
+    assert Environment().vram_budget == "auto"  # on CUDA: a manager from free memory; on the CPU: none
 
 
 def test_bad_budgets_are_refused_with_the_flag_named():
@@ -281,12 +282,14 @@ def test_bad_budgets_are_refused_with_the_flag_named():
     assert str(err.value).startswith("--lowvram and --vram-budget both say how to use device memory: give one")
     assert Environment(vram_budget="auto").vram_budget == "auto"
     assert Placement.from_options("cpu", vram_budget="auto").memory is None  # no free-memory figure on the CPU
+    assert Placement.from_options("cpu", lowvram=True, vram_budget="auto").memory is None  # --lowvram as before
 
 
 def test_the_automatic_budget_is_free_memory_less_a_reserve(monkeypatch):
     free = {"bytes": 10 * GiB}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 24 * GiB))
-    m = manager_for(torch.device("cuda"), None)
+    assert manager_for(torch.device("cuda"), None) is None  # Placement.from_options' default: no manager
+    m = manager_for(torch.device("cuda"), "auto")  # the front doors' default
     assert isinstance(m.device, TorchDevice) and m.budget == 10 * GiB and m.reserve == int(1.5 * GiB)
     free["bytes"] = 4 * GiB
     m = manager_for(torch.device("cuda"), "auto")
@@ -309,7 +312,7 @@ def test_the_demo_under_a_budget_that_splits_its_unet_gives_the_same_image(tmp_p
     parts = {e.name: e for e in memory._entries.values()}
     assert parts["UNetModel"].partial_loads == 1
     assert parts["ClipTextEncoder"].partial_loads == parts["AutoencoderKL"].partial_loads == 0
-    assert memory.evicted == ["ClipTextEncoder", "UNetModel"]
+    assert list(memory.evicted) == ["ClipTextEncoder", "UNetModel"]
     assert memory.device.peak <= memory.budget
 
 
@@ -362,9 +365,9 @@ def test_sdxl_base_refiner_and_a_controlnet_plan_under_12_gib():
         step(name)
     for _ in range(3):  # base sampling steps, the ControlNet brought in inside each
         step("base", "controlnet")
-    assert m.evicted == []  # text encoders, base and ControlNet: 9.92 GiB, under 12 less the reserve
+    assert list(m.evicted) == []  # text encoders, base and ControlNet: 9.92 GiB, under 12 less the reserve
     step("refiner")
-    assert m.evicted == ["clip_l", "clip_g", "refiner_clip_g", "base"]  # the least recently used first
+    assert list(m.evicted) == ["clip_l", "clip_g", "refiner_clip_g", "base"]  # the least recently used first
     step("vae")
     assert m.device.peak <= 12 * GiB
     assert m.device.peak == sizes["clip_l"] + sizes["clip_g"] + sizes["refiner_clip_g"] + sizes["base"] + \

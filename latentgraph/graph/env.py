@@ -33,8 +33,9 @@ class Environment:
     device: str = "auto"
     dtype: str = "auto"  # auto, fast, fp32, fp16 or bf16: how nodes that load models place them
     lowvram: bool = False  # keep weights on the CPU, move a model to the device only while it runs
-    # GiB of device memory models may hold (a float), "auto" or None (auto on CUDA, none elsewhere)
-    vram_budget: float | str | None = None
+    # GiB of device memory models may hold (a float); "auto": from free memory on CUDA, no budget
+    # elsewhere; None: no manager (models stay on the device they were loaded to)
+    vram_budget: float | str | None = "auto"
     compile: str = "off"  # torch.compile of the UNet: off, regional or full (models/compile.py)
     model_dirs: dict[str, list[Path]] = field(default_factory=dict)
 

@@ -88,7 +88,7 @@ class Placement:
                      vram_budget: float | str | None = None, compile: str = "off") -> "Placement":
         dev = resolve_device(device)
         placement = cls(dev, resolve_dtypes(dev, dtype), lowvram and dev.type != "cpu", compile=compile)
-        if lowvram and vram_budget is not None:
+        if lowvram and vram_budget not in (None, "auto"):
             raise ValueError("--lowvram and --vram-budget both say how to use device memory: give one of them "
                              "(--lowvram moves each model to the device only while it runs; --vram-budget keeps "
                              "models there while they fit)")

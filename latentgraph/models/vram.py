@@ -23,6 +23,7 @@ import itertools
 import logging
 import threading
 import weakref
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -251,7 +252,8 @@ class MemoryManager:
         self.budget = int(budget)
         self.reserve = int(budget * RESERVE_FRACTION) if reserve is None else int(reserve)
         self.level = 0  # index into TRIES: how hard run_node is trying
-        self.evicted: list[str] = []  # names sent home to make room, in order (newest last)
+        # names sent home to make room, in order (newest last; the last 256 of a long-lived server)
+        self.evicted: deque[str] = deque(maxlen=256)
         self.last_needed: tuple[str, int] | None = None
         self._entries: weakref.WeakKeyDictionary[nn.Module, Entry] = weakref.WeakKeyDictionary()
         self._clock = itertools.count(1)
@@ -285,12 +287,10 @@ class MemoryManager:
         with self._lock:
             entry = self.ensure(module, working_bytes)
             entry.pins += 1
-        booked = 0
+        booked = max(working_bytes, self.reserve)
         try:
-            booked = max(working_bytes, self.reserve)
-            self.device.book(booked, f"working memory of {entry.name}")
+            self.device.book(booked, f"working memory of {entry.name}")  # the fake device's; real ones: no-op
         except BaseException:
-            booked = 0
             self._unpin(module, entry)
             raise
         try:
@@ -465,12 +465,10 @@ def parse_budget(spec: object) -> float | str | None:
 
 
 def manager_for(device: torch.device, spec: object) -> MemoryManager | None:
-    """The manager a front door's placement holds: on CUDA always (``auto`` when no budget is
-    given: free memory at start, less a reserve); elsewhere only for an explicit budget; on the
-    CPU that budget runs on a FakeDevice (a dry run of the plan, weights stay in RAM)."""
+    """The manager a placement holds for ``spec``: None (no manager: weights stay where they
+    were put), ``auto`` (on CUDA: free memory at start, less a reserve; elsewhere none) or
+    GiB (on the CPU it runs on a FakeDevice: a dry run of the plan, weights stay in RAM)."""
     spec = parse_budget(spec)
-    if spec is None:
-        spec = "auto" if device.type == "cuda" else None
     if spec is None:
         return None
     if spec == "auto":
