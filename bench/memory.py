@@ -207,8 +207,8 @@ def report(args) -> None:
               f"{r['seconds']:.2f} s")
     print(f"  theory: old = weights + file pages = +{gib(w + f)}; new = weights + one tensor = +{gib(w)}; "
           f"held = the same less half the text encoders' and VAE's layers = +{gib(loads['held']['weights'])}")
-    print(f"  ratio new/old, held/old peak above baseline: "
-          + ", ".join(f"{(loads[w]['hwm'] - loads[w]['base']) / (loads['old']['hwm'] - loads['old']['base']):.2f}" for w in ("new", "held")))
+    grew = {way: r["hwm"] - r["base"] for way, r in loads.items()}
+    print(f"  peak above baseline, new/old {grew['new'] / grew['old']:.2f}, held/old {grew['held'] / grew['old']:.2f}")
     print(f"  second process load, held (page cache warm): {second['seconds']:.2f} s (goal <= 1.5 s)")
     run = spawn("txt2img", args)
     print(f"txt2img {args.size}² {args.steps} steps (fp32): peak {gib(run['peak'])} GiB (goal <= 4.8), "

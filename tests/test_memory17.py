@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from latentgraph.graph import Environment, Executor
 from latentgraph.graph.cache import release_memory

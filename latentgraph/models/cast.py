@@ -21,7 +21,6 @@ import sys
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # -- giving file pages back ------------------------------------------------------------------
