@@ -25,6 +25,8 @@ PATCH_NAMES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output
                "input_block_patch", "input_block_patch_after_skip", "output_block_patch", "emb_patch")
 REPLACE_NAMES = ("attn1", "attn2")
 BLOCK_NAMES = ("input", "middle", "output")
+# ComfyUI's WrappersMP names for the wrapper points we have (docs/model-options.md, "Wrappers")
+WRAPPER_TYPES = ("outer_sample", "predict_noise", "diffusion_model")
 
 
 def new_model_options() -> dict:
@@ -141,12 +143,36 @@ class ModelPatcher:
     def set_model_denoise_mask_function(self, fn: Callable) -> None:
         self.model_options["denoise_mask_function"] = fn
 
+    def add_wrapper_with_key(self, wrapper_type: str, key: str, fn: Callable) -> None:
+        """Wrap a whole sampling run, a guided prediction or a UNet call (ComfyUI's name; the
+        executor is a plain callable here, see docs/model-options.md)."""
+        if wrapper_type not in WRAPPER_TYPES:
+            raise ValueError(f"wrapper type {wrapper_type!r}: expected one of {', '.join(WRAPPER_TYPES)}")
+        if not callable(fn):
+            raise TypeError(f"wrapper {wrapper_type}/{key}: the function must be callable, got {type(fn).__name__}")
+        to = self.model_options.setdefault("transformer_options", {})
+        to.setdefault("wrappers", {}).setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
+
     def _append(self, key: str, fn: Callable, disable_cfg1_optimization: bool) -> None:
         if not callable(fn):
             raise TypeError(f"{key}: the function must be callable, got {type(fn).__name__}")
         self.model_options[key] = self.model_options.get(key, []) + [fn]
         if disable_cfg1_optimization:
             self.model_options["disable_cfg1_optimization"] = True
+
+
+def call_wrapped(transformer_options: dict | None, wrapper_type: str, inner: Callable, *args) -> Any:
+    """``inner(*args)`` through the wrappers of ``wrapper_type``: each is called as
+    ``f(executor, *args)`` and ``executor(*args)`` runs the next one (the first added is the
+    outermost, as ComfyUI orders them); with none set it is just ``inner(*args)``."""
+    by_key = (transformer_options or {}).get("wrappers", {}).get(wrapper_type)
+    if not by_key:
+        return inner(*args)
+    fns = [f for group in by_key.values() for f in group]
+    call = inner
+    for f in reversed(fns):
+        call = (lambda f, nxt: lambda *a: f(nxt, *a))(f, call)
+    return call(*args)
 
 
 def _positional_count(fn: Callable) -> int:

@@ -19,7 +19,7 @@ Placement = lazy("..models.management", "Placement")
 compile_unet = lazy("..models.compile", "compile_unet")
 run_compiled = lazy("..models.compile", "run_compiled")
 compiled_module = lazy("..models.compile", "compiled_module")
-from ..models.patcher import ModelPatcher, copy_options, new_model_options
+from ..models.patcher import ModelPatcher, call_wrapped, copy_options, new_model_options
 _unclip = lazy("..models.unclip")  # MERGE_REVISION and MERGE_UNCLIP, floats: read where used
 unclip_adm = lazy("..models.unclip", "unclip_adm")
 UNetModel = lazy("..models.unet", "UNetModel")
@@ -94,6 +94,11 @@ class SDModel(ModelPatcher):
         t = s.timestep(sigma).float()
         args = (xc.to(dtype), t, c_crossattn.to(device, dtype), None if y is None else y.to(device, dtype),
                 control, transformer_options)
+        # "diffusion_model" wrappers (EasyCache) see the UNet's own inputs and output, as ComfyUI's
+        out = call_wrapped(transformer_options, "diffusion_model", self._run_unet, *args)
+        return s.calculate_denoised(sigma, out.float(), x)
+
+    def _run_unet(self, *args) -> torch.Tensor:
         mode = getattr(self.placement, "compile", "off")
         backend = self.model_options.get("torch_compile")
         if backend is not None:  # TorchCompileModel: the whole UNet, compiled apart from it
@@ -102,9 +107,9 @@ class SDModel(ModelPatcher):
         elif mode == "off":
             out = self.unet(*args)
         else:  # --compile: once per UNet (in place), once per shape
-            compile_unet(self.unet, mode, device)
+            compile_unet(self.unet, mode, args[0].device)
             out = run_compiled(lambda: self.unet(*args), mode)
-        return s.calculate_denoised(sigma, out.float(), x)
+        return out
 
 
 @dataclass

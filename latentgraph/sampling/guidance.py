@@ -64,6 +64,7 @@ class _Run:
     which: int  # 0 = positive, 1 = negative
     control: object | None = None
     gligen: tuple | None = None
+    uuid: int = 0  # the entry's identity for this run (ComfyUI's per-cond uuid; EasyCache keys on it)
 
 
 def _repeat_to(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ def _prepare(c: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run 
         if area is not None:
             concat = concat[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
         concat = _repeat_to(concat, B)
-    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which, c.control, c.gligen)
+    return _Run(crop, mult, _repeat_to(c.context, B), y, concat, area, which, c.control, c.gligen, id(c))
 
 
 def _compatible(a: _Run, b: _Run) -> bool:
@@ -156,6 +157,7 @@ def _model_call(apply_model: ApplyModel, runs: list[_Run], sigma: torch.Tensor, 
     # a fresh dict per call: the UNet writes the block ids into it as it goes
     to = dict(model_options.get("transformer_options", {}))
     to["cond_or_uncond"], to["sigmas"] = cond_or_uncond[:], sigma
+    to["uuids"] = [r.uuid for r in runs]
     c["transformer_options"] = to
     if runs[0].gligen is not None:  # the boxes' middle_patch, after the model's own (ComfyUI's order)
         gligen, boxes = runs[0].gligen

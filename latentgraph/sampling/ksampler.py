@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..models.patcher import call_wrapped
 from .guidance import ApplyModel, CFGDenoiser, Cond, add_opposite_areas
 from .samplers import sample as run_named_sampler
 from .schedule import LatentFormat, as_latent_format
@@ -87,6 +88,19 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     options = dict(model_options or {})
     # the run's whole schedule, for patches that act on a part of it (ComfyUI's sample_sigmas)
     options["transformer_options"] = {**options.get("transformer_options", {}), "sample_sigmas": sigmas}
+    info = {"sigmas": sigmas, "model_sampling": schedule, "seed": seed, "noise_shape": tuple(noise.shape)}
+
+    def run_sampling(options: dict, info: dict) -> torch.Tensor:
+        return _sample_run(apply_model, schedule, sampler_name, sampler_function, sampler_options, sigmas, noise,
+                           latent_in, positive, negative, cfg, seed, fmt, denoise_mask, callback, options, model,
+                           guide)
+    # "outer_sample" wrappers (EasyCache's per-run state) see and may replace the run's options
+    return call_wrapped(options["transformer_options"], "outer_sample", run_sampling, options, info)
+
+
+def _sample_run(apply_model, schedule, sampler_name, sampler_function, sampler_options, sigmas, noise, latent_in,
+                positive, negative, cfg, seed, fmt, denoise_mask, callback, options, model, guide) -> torch.Tensor:
+    """The run itself, once the options are final: guided denoiser, noising, sampler, scaling out."""
     if guide is None:
         guided = CFGDenoiser(apply_model, positive, negative, cfg, options, model)
     else:
@@ -102,7 +116,10 @@ def sample(apply_model: ApplyModel, schedule, sampler_name: "str | SamplerChoice
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None, **_) -> torch.Tensor:
         # a sampler's own options for this call (the cfg_pp samplers' copy), as ComfyUI's extra_args
         own = model_options is not None and model_options is not options
-        guide_call = (lambda *a: guided(*a, model_options=model_options)) if own else guided
+        plain = (lambda *a: guided(*a, model_options=model_options)) if own else guided
+        # "predict_noise" wrappers (LazyCache) get ComfyUI's (x, sigma, model_options, seed)
+        to = options["transformer_options"]
+        guide_call = lambda x, s: call_wrapped(to, "predict_noise", lambda x, s, *_: plain(x, s), x, s, options, seed)
         if mask is None:
             return guide_call(x, sigma)
         step_mask = mask
