@@ -28,6 +28,7 @@ from . import hypernetwork
 from . import model_sampling, ip2p
 from . import core_extras
 from . import guidance_patches
+from . import speed_patches
 
 BUILTIN_MODULES = (loaders, conditioning, sampling, latent, vae, image, mask, primitives)
 BUILTIN_MODULES += (attention_patches,)
@@ -53,6 +54,7 @@ BUILTIN_MODULES += (hypernetwork,)
 BUILTIN_MODULES += (model_sampling, ip2p)
 BUILTIN_MODULES += (core_extras,)
 BUILTIN_MODULES += (guidance_patches,)
+BUILTIN_MODULES += (speed_patches,)
 
 
 def register_builtins(registry: NodeRegistry) -> NodeRegistry:
