@@ -392,3 +392,14 @@ def test_split_vae_and_text_encoder_files_can_be_held_too(files, tmp_path):
     ids = torch.randint(0, 49406, (1, 77), generator=torch.Generator().manual_seed(7))
     for a, b in zip(plain_text["l"](ids), held_text["l"](ids)):
         assert torch.equal(a, b)
+
+
+def test_the_end_of_a_local_batch_releases_models_and_results(sd_executor):
+    from latentgraph.batch import LocalRunner
+
+    ex, models = sd_executor, sd_executor.services["models"]
+    ex.run(_txt2img("fp16.safetensors", 1))
+    refs = _weights(models)
+    assert len(models) == 1 and len(ex.cache) > 0 and refs
+    LocalRunner(ex).close()
+    assert len(models) == 0 and len(ex.cache) == 0 and all(r() is None for r in refs)

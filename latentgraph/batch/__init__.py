@@ -368,7 +368,11 @@ class LocalRunner:
             on_done(record)
 
     def close(self) -> None:
-        pass
+        # the end of a batch: models and cached results go, and their memory back to the system
+        models = self.executor.services.get("models")
+        if models is not None and hasattr(models, "clear"):
+            models.clear()
+        self.executor.release()
 
 
 def run_batch(jobs: list[Job], runner, output_dir: str | Path, *, progress: bool | None = None) -> BatchResult:
