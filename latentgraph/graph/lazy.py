@@ -21,6 +21,7 @@ AttributeError before it is resolved, without importing anything.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -106,12 +107,28 @@ class Lazy:
     def __len__(self) -> int:
         return len(self._lz_resolve())
 
+    # copied or pickled (a proxy kept inside a value), it is the real object: what
+    # ``from module import attr`` would have bound
+    def __reduce_ex__(self, protocol: int):
+        return _import, (object.__getattribute__(self, "_lz_module"), object.__getattribute__(self, "_lz_attr"))
+
+    def __copy__(self) -> Any:
+        return self._lz_resolve()
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return copy.deepcopy(self._lz_resolve(), memo)
+
     def __repr__(self) -> str:
         value = object.__getattribute__(self, "_lz_value")
         if value is not _UNSET:
             return repr(value)
         attr = object.__getattribute__(self, "_lz_attr")
         return f"<lazy {object.__getattribute__(self, '_lz_module')}{'.' + attr if attr else ''}>"
+
+
+def _import(module: str, attr: str | None) -> Any:
+    value = importlib.import_module(module)
+    return getattr(value, attr) if attr is not None else value
 
 
 def lazy(module: str, attr: str | None = None) -> Any:

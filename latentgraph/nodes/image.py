@@ -7,8 +7,8 @@ import math
 import secrets
 from typing import Annotated
 
-import numpy as np
 from ..graph.lazy import lazy
+np = lazy("numpy")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
 from PIL import Image, UnidentifiedImageError

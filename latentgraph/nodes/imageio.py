@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 from ..graph.lazy import lazy
+np = lazy("numpy")
 torch = lazy("torch")
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo

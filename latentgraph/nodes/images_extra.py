@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import numpy as np
 from ..graph.lazy import lazy
+np = lazy("numpy")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
 from PIL import Image

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from ..graph.lazy import lazy
+np = lazy("numpy")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
 from PIL import Image, ImageOps, UnidentifiedImageError

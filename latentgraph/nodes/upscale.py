@@ -20,7 +20,6 @@ from ..graph import IMAGE, Combo, NodeContext, Socket, node
 from ..graph.budgets import limit
 file_key = lazy("..models.checkpoint", "file_key")
 _upscale = lazy("..models.upscale")  # OVERLAP, an int: read where used
-TILE = lazy("..models.upscale", "TILE")
 load_upscale_model_file = lazy("..models.upscale", "load_upscale_model_file")
 pick_tile = lazy("..models.upscale", "pick_tile")
 tile_bytes = lazy("..models.upscale", "tile_bytes")
@@ -112,3 +111,11 @@ def ImageUpscaleWithModel(upscale_model: Annotated[Descriptor, UPSCALE_MODEL], i
 
 
 __all__ = ["UpscaleModelLoader", "ImageUpscaleWithModel", "UPSCALE_MODEL", "TILE"]
+
+
+def __getattr__(name: str):
+    # TILE (an int) is re-exported from models/upscale.py, read when asked so that importing this
+    # module imports no torch, and never handed out as a lazy proxy (which is not an int)
+    if name == "TILE":
+        return _upscale.TILE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
