@@ -431,8 +431,9 @@ class MemoryManager:
                     raise
                 if first is None:
                     first = (self.resident(), str(exc).split("\n", 1)[0])
-                log.warning("node %s (%s) ran out of device memory (%s); trying again with %s", node_id,
-                            class_type, TRIES[level], TRIES[level + 1] if level + 1 < len(TRIES) else "nothing")
+                if level + 1 < len(TRIES):  # the last failure is told by the error itself
+                    log.warning("node %s (%s) ran out of device memory (%s); trying again with %s", node_id,
+                                class_type, TRIES[level], TRIES[level + 1])
                 self.free_all()
                 last = exc
             finally:
