@@ -197,3 +197,26 @@ def test_tome_acts_only_at_full_resolution_and_not_at_ratio_0():
     mq, k, v = patch.attn1_patch(q, q, q, {"original_shape": [1, 4, 8, 8]})
     assert mq.shape == (1, 32, 8) and k is q and v is q
     assert patch.attn1_output_patch(mq, {}).shape == (1, 64, 8)
+
+
+def test_tome_generator_continues_comfyuis_global_stream():
+    """ComfyUI: torch.manual_seed(seed), the noise drawn, then ToMe's randint from the global
+    generator. The outer_sample wrapper's generator gives the same draws (with the global one
+    left alone)."""
+    from latentgraph.models.speed_tome import tome_run_wrapper
+
+    with torch.random.fork_rng():
+        torch.manual_seed(42)
+        torch.randn((1, 4, 16, 16))
+        expected = torch.randint(4, size=(8, 8, 1))
+        state = torch.random.get_rng_state()
+        seen = {}
+
+        def executor(options, info):
+            seen["draw"] = torch.randint(4, size=(8, 8, 1), generator=options["transformer_options"]["tome_generator"])
+            return "samples"
+
+        info = {"seed": 42, "noise_shape": (1, 4, 16, 16)}
+        assert tome_run_wrapper(executor, {"transformer_options": {}}, info) == "samples"
+        assert torch.equal(seen["draw"], expected)
+        assert torch.equal(torch.random.get_rng_state(), state)
