@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from latentgraph.cli import _env, build_parser
-from latentgraph.graph import Environment, Executor, NodeExecutionError
+from latentgraph.graph import Environment, Executor, Int, NodeExecutionError, NodeRegistry, Workflow, node
 from latentgraph.models.latent import decode_latent
 from latentgraph.models.management import Placement
 from latentgraph.models.vram import (GiB, FakeDevice, FakeOutOfMemory, GPUOutOfMemory, MemoryManager, TorchDevice,
@@ -222,6 +223,33 @@ def test_three_failures_give_a_clear_error():
         "16.2 KiB, 648 B free. Try a smaller image or batch; if other programs hold GPU memory, free it or give a "
         "--vram-budget that fits what is free.")
     assert m.level == 0 and m.device.allocated == 0
+
+
+def test_the_executor_runs_a_node_again_after_an_oom(env):
+    """Through the executor's node guard: a node whose module does not fit beside what an
+    earlier node left on the device runs again, alone, and its value flows on."""
+    a, c = chain(4, 1), chain(2, 3)
+    with torch.no_grad():
+        expected = int(c(X).sum() * 1000)
+    m = manager(5000, 10000, A=a, C=c)  # only 5000 of the budget's 10000 bytes are really free
+    tries = []
+
+    @node(category="test", outputs=["INT"])
+    def Apply(which: Annotated[int, Int(0, min=0, max=1)]) -> int:
+        module = (a, c)[which]
+        tries.append((which, m.level))
+        with torch.no_grad(), m.use(module):
+            return int(module(X).sum() * 1000)
+
+    registry = NodeRegistry()
+    registry.register(Apply, source="tests")
+    wf = Workflow()
+    wf.add("first", "Apply", which=0)
+    wf.add("second", "Apply", which=1)
+    result = Executor(registry, env, services={"node_guard": m.run_node}).run(wf, targets=["first", "second"])
+    assert result.get("second") == expected
+    assert tries == [(0, 0), (1, 0), (1, 1)]  # A stayed resident; C failed beside it, then ran alone
+    assert result.executed == ["first", "second"] and m.resident() == [] and m.device.allocated == 0
 
 
 def test_other_errors_are_not_retried():
