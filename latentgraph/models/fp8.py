@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import Conv2d as GemmConv2d
+
 # UNETLoader's choices -> the dtype the weights are kept in (None: as loaded)
 WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
     "default": None,
@@ -49,7 +51,9 @@ class CastLayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, _cast(self.weight, x), _cast(self.bias, x), self.eps)
 
 
-CAST_CLASSES = {nn.Linear: CastLinear, nn.Conv2d: CastConv2d, nn.GroupNorm: CastGroupNorm,
+# the UNet's convolutions are cpu_kernels.Conv2d: cast, they run as plain convolutions (the
+# GEMM path is for weights already in the compute dtype)
+CAST_CLASSES = {nn.Linear: CastLinear, nn.Conv2d: CastConv2d, GemmConv2d: CastConv2d, nn.GroupNorm: CastGroupNorm,
                 nn.LayerNorm: CastLayerNorm}
 
 
