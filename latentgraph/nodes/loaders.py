@@ -100,7 +100,8 @@ def VAELoader(vae_name: Annotated[str, Combo(model_files("vae"))], ctx: NodeCont
     path = ctx.env.find_model("vae", vae_name)
 
     def load():
-        return load_vae_any(path, placement.dtypes["vae"]).to(placement.home)
+        # on the CPU an fp16/bf16 file stays in its dtype, cast per layer as it runs (bit-identical)
+        return load_vae_any(path, placement.dtypes["vae"], hold=placement.device.type == "cpu").to(placement.home)
 
     vae = cache.get_or_load(("vae", *file_key(path), placement.key()), load)
     return VAEModel(vae, placement)

@@ -80,7 +80,8 @@ def _clip(ctx: NodeContext, names: list[str], clip_type: str, device: str) -> Te
     paths = [ctx.env.find_model("text_encoders", name) for name in names]
 
     def load():
-        arch, encoders = load_clip_files(paths, clip_type, placement.dtypes["text"])
+        arch, encoders = load_clip_files(paths, clip_type, placement.dtypes["text"],
+                                         hold=placement.device.type == "cpu")  # as checkpoints: cast per layer
         return arch, {name: enc.to(placement.home) for name, enc in encoders.items()}
 
     key = ("clip", tuple(file_key(p) for p in paths), clip_type, placement.key())
