@@ -37,8 +37,8 @@ def run_case(env, name: str, caplog) -> tuple[torch.Tensor, list[str]]:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="latentgraph.sampling.step_cache"):
         run = executor.run(ours)
-    lines = [r.getMessage() for r in caplog.records if " - skipped " in r.getMessage()]
-    return saved_latents(env, run, ours)[name], lines
+    messages = [r.getMessage() for r in caplog.records if r.name == "latentgraph.sampling.step_cache"]
+    return saved_latents(env, run, ours)[name], messages
 
 
 def assert_parity(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -64,19 +64,22 @@ def test_declarations_are_comfyuis():
 
 @pytest.mark.parametrize("name", ["easycache_64", "easycache_cfg1_64", "lazycache_64", "lazycache_t05_64"])
 def test_step_caches_match_comfyui_and_skip_as_many_calls(env, caplog, name):
-    out, lines = run_case(env, name, caplog)
+    out, messages = run_case(env, name, caplog)
     assert_parity(out, REFS[name])
     cache = "EasyCache" if name.startswith("easy") else "LazyCache"
     n = SKIPPED[name]
-    assert lines == [f"{cache} - skipped {n}/12 steps ({12 / (12 - n):.2f}x speedup)."]
+    assert [m for m in messages if " - skipped " in m] == [f"{cache} - skipped {n}/12 steps ({12 / (12 - n):.2f}x speedup)."]
+    # verbose: one line per decision to skip, as in ComfyUI's log
+    assert sum(m.startswith(f"{cache} [verbose] - skipping step; cumulative_change_rate: ") for m in messages) == n
+    assert messages[0].startswith(f"{cache} enabled - threshold: 0.")
     # and it really is an approximation: the run without the node differs
     assert (REFS[name] - REFS["plain_64"]).abs().max() > 1e-3
 
 
 def test_plain_run_matches_so_the_comparison_means_something(env, caplog):
-    out, lines = run_case(env, "plain_64", caplog)
+    out, messages = run_case(env, "plain_64", caplog)
     assert_parity(out, REFS["plain_64"])
-    assert lines == []
+    assert messages == []
 
 
 def test_tome_matches_comfyui_with_its_seeded_destinations(env, caplog):

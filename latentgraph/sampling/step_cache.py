@@ -150,8 +150,9 @@ class EasyCacheState(StepCache):
 def easycache_unet_wrapper(executor, x, t, context, y, control, to):
     """The "diffusion_model" wrapper of EasyCache: x (B, C, h, w) is the UNet's scaled input."""
     cache: EasyCacheState = to["easycache"]
-    sigma, uuids = to.get("sigmas"), to["uuids"]
-    if sigma is not None and cache.past_end(sigma):
+    sigma, uuids = to.get("sigmas"), to.get("uuids")
+    # a call from outside a guided prediction (no entries, no step) is not the cache's to judge
+    if sigma is None or not uuids or cache.past_end(sigma):
         return executor(x, t, context, y, control, to)
     has_first = cache.first_uuid in uuids
     input_change = None
