@@ -54,8 +54,8 @@ def test_known_nodes_get_their_reasons(ours):
     assert by_name["ModelSamplingSD3"].why == "DiT model sampling"
     assert by_name["ModelMergeFlux1"].why == "DiT model merging"
     assert (by_name["OpenAIDalle3"].reason, by_name["OpenAIDalle3"].why) == (API, "cloud service openai")
-    assert (by_name["TomePatchModel"].reason, by_name["TomePatchModel"].why) == (TODO, "")
-    assert by_name["TomePatchModel"].module == "comfy_extras.nodes_tomesd"
+    assert (by_name["PhotoMakerLoader"].reason, by_name["PhotoMakerLoader"].why) == (TODO, "")
+    assert by_name["PhotoMakerLoader"].module == "comfy_extras.nodes_photomaker"
 
 
 def test_rules_in_order():
@@ -73,10 +73,10 @@ def test_rules_in_order():
 
 def test_having_a_node_removes_it_from_the_list(ours):
     before = report(ours)
-    after = report(ours | {"TomePatchModel", "NotAComfyNode"})
+    after = report(ours | {"PhotoMakerLoader", "NotAComfyNode"})
     assert after["have"] == before["have"] + 1
     assert after["missing"][TODO] == before["missing"][TODO] - 1
-    assert "TomePatchModel" not in {n["name"] for n in after["nodes"]}
+    assert "PhotoMakerLoader" not in {n["name"] for n in after["nodes"]}
 
 
 def test_report_on_a_small_core_list():
