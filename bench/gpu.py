@@ -33,9 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from latentgraph.graph import Environment, Executor  # noqa: E402
 from latentgraph.models.vram import fmt_bytes  # noqa: E402
+from compare_comfyui import workflow as txt2img  # noqa: E402  (bench/ is not a package)
 from latentgraph.nodes import create_registry, create_services  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentgraph-bench"
@@ -44,19 +46,11 @@ SIZES = {"sd15": 512, "sdxl": 1024}
 
 
 def workflow(ckpt: str, size: int, steps: int, seed: int = 7) -> dict:
-    """ComfyUI's default txt2img graph, API format; node "5" is the KSampler."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle on a blue field", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
-    }
+    """compare_comfyui's txt2img graph (ComfyUI's default, euler, cfg 7) with a PreviewImage
+    at the end; node "5" is the KSampler."""
+    wf = txt2img(ckpt, size, steps, 7.0, "euler", seed)
+    wf["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
+    return wf
 
 
 def checkpoint(family: str) -> Path:
