@@ -87,7 +87,8 @@ def test_run_of_the_demo_imports_torch_but_not_transformers(work):
 def test_declarations_without_torch_equal_those_with_everything_imported(work):
     code = ("import json, sys\nfrom pathlib import Path\nfrom latentgraph.nodes import create_registry\n"
             "from latentgraph.graph import Environment\n"
-            "env = Environment(models_dir=Path('models'), input_dir=Path('input'))\n"
+            "env = Environment(models_dir=Path('models'), input_dir=Path('input'), output_dir=Path('output'),"
+            " temp_dir=Path('temp'))\n"
             "info = create_registry().object_info(env)\n"
             "print(json.dumps({'torch': 'torch' in sys.modules, 'info': info}, default=repr))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
@@ -101,7 +102,10 @@ def test_declarations_without_torch_equal_those_with_everything_imported(work):
         for value in list(vars(module).values()):
             if type(value) is Lazy:
                 unwrap(value)
-    env = Environment(models_dir=work / "models", input_dir=work / "input")
+    # every folder in the work dir on both sides: LoadImageOutput lists output/ (a `make demo`
+    # in the checkout must not show up on one side only)
+    env = Environment(models_dir=work / "models", input_dir=work / "input", output_dir=work / "output",
+                      temp_dir=work / "temp")
     warm = json.loads(json.dumps(nodes.create_registry().object_info(env), default=repr))
     assert cold["info"] == warm
     assert len(warm) > 200
