@@ -59,21 +59,22 @@ def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         cols = x.reshape(batch, channels, 1, -1)  # a 1x1 kernel needs no unfold
     else:  # (B, in*kh*kw, pixels), as (B, in, kh*kw, pixels)
         cols = F.unfold(x, (kh, kw), padding=padding, stride=stride).view(batch, channels, kh * kw, -1)
-    if _channels_last(weight):
+    if is_channels_last(weight):
         w2d = weight.permute(0, 2, 3, 1).reshape(out_channels, -1)  # (out, kh*kw*in): a view
         cols = cols.permute(2, 1, 0, 3)  # (kh*kw, in, B, pixels)
     else:
         w2d = weight.reshape(out_channels, -1)
         cols = cols.permute(1, 2, 0, 3)  # (in, kh*kw, B, pixels)
     cols = cols.reshape(w2d.shape[1], -1)  # (K, B*pixels): the one copy
-    if _channels_last(x):  # (B*pixels, out) is NHWC: BLAS reads both operands transposed
+    if is_channels_last(x):  # (B*pixels, out) is NHWC: BLAS reads both operands transposed
         out = cols.t().mm(w2d.t()) if bias is None else torch.addmm(bias, cols.t(), w2d.t())
         return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
     out = w2d.mm(cols) if bias is None else torch.addmm(bias.unsqueeze(1), w2d, cols)
     return out.view(out_channels, batch, out_h, out_w).transpose(0, 1).contiguous()
 
 
-def _channels_last(t: torch.Tensor) -> bool:
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D tensor laid out NHWC (and not also NCHW, as a 1x1 map is)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 

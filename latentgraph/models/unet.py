@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JsonConfig
-from .cpu_kernels import Conv2d
+from .cpu_kernels import Conv2d, is_channels_last
 from .patcher import is_patched
 
 _PER_LEVEL = ("channel_mult", "num_res_blocks", "transformer_depth")
@@ -302,7 +302,7 @@ class SpatialTransformer(nn.Module):
         h = h.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C, H, W), strided as channels_last
         if not self.linear:
             # back to x's layout before the conv: mixing layouts makes every later op transpose
-            channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            channels_last = is_channels_last(x)
             h = self.proj_out(h.contiguous(memory_format=torch.channels_last if channels_last else
                                            torch.contiguous_format))
         return x + h
