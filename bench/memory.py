@@ -130,14 +130,12 @@ def child_txt2img(args) -> dict:
     """The full prompt's peak; the RSS after /free against the post-import baseline and against
     a warm one (after a tiny prompt and /free: what lazy imports and one-time set-ups cost)."""
     registry = _imports()
-    base = status_bytes("VmRSS")
+    base, anon_base = status_bytes("VmRSS"), status_bytes("RssAnon")
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models" / "checkpoints"
-        models.mkdir(parents=True)
-        (models / "full.safetensors").symlink_to(Path(args.checkpoint).resolve())
-        _tiny(models, "tiny.safetensors", 0)
-        ex = _executor(registry, models.parent, Path(tmp) / "out")
-        ex.run(_workflow("tiny.safetensors", 64, 2, 1))
+        models = _models(Path(tmp), args)
+        (models / "checkpoints" / "full.safetensors").symlink_to(Path(args.checkpoint).resolve())
+        ex = _executor(registry, models, Path(tmp) / "out")
+        ex.run(_workflow("a.safetensors", 64, 2, 1))
         _free(ex)
         warm = status_bytes("VmRSS")
         reset_peak()
@@ -146,38 +144,52 @@ def child_txt2img(args) -> dict:
         seconds = time.perf_counter() - start
         peak = status_bytes("VmHWM")
         _free(ex)
-        return figures(base=base, warm=warm, peak=peak, seconds=seconds, after_free=status_bytes("VmRSS"))
+        return figures(base=base, warm=warm, peak=peak, seconds=seconds, after_free=status_bytes("VmRSS"),
+                       anon_base=anon_base, anon_after=status_bytes("RssAnon"))
 
 
-def _tiny(folder: Path, name: str, seed: int) -> None:
+def _models(tmp: Path, args) -> Path:
+    """A models folder in ``tmp`` whose checkpoints/ links to the tiny files of ``args.tiny``."""
+    models = tmp / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    for name in TINY:
+        (models / "checkpoints" / name).symlink_to(Path(args.tiny, name).resolve())
+    return models
+
+
+TINY = ("a.safetensors", "b.safetensors")
+
+
+def child_make(args) -> dict:
+    """Write the tiny checkpoints into ``args.tiny``. A process of its own: building random
+    networks imports transformers (their reference initialisation), which a prompt never does,
+    so the measuring children only read the files."""
     from latentgraph.models.make import make_checkpoint
 
-    make_checkpoint(folder / name, family="sd15", seed=seed, dtype="fp16")  # converted on load
+    for seed, name in enumerate(TINY):
+        make_checkpoint(Path(args.tiny, name), family="sd15", seed=seed, dtype="fp16")  # converted on load
+    return {}
 
 
 def child_alternate(args) -> dict:
     registry = _imports()
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models" / "checkpoints"
-        models.mkdir(parents=True)
-        for i, name in enumerate(("a.safetensors", "b.safetensors")):
-            _tiny(models, name, i)
-        ex = _executor(registry, models.parent, Path(tmp) / "out")
+        ex = _executor(registry, _models(Path(tmp), args), Path(tmp) / "out")
         base = status_bytes("VmRSS")
         per_prompt = []
         for i in range(args.prompts):
-            ex.run(_workflow(("a", "b")[i % 2] + ".safetensors", 64, 2, i))
+            ex.run(_workflow(TINY[i % 2], 64, 2, i))
             _free(ex)  # the next prompt loads its checkpoint again: a switch every prompt
             per_prompt.append(status_bytes("VmRSS"))
         return figures(base=base, per_prompt=per_prompt)
 
 
-CHILDREN = {"import": child_import, "load": child_load, "txt2img": child_txt2img, "alternate": child_alternate}
+CHILDREN = {"make": child_make, "import": child_import, "load": child_load, "txt2img": child_txt2img, "alternate": child_alternate}
 
 
 def spawn(what: str, args, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--child", what, "--checkpoint", str(args.checkpoint), "--size", str(args.size),
-           "--steps", str(args.steps), "--prompts", str(args.prompts), *extra]
+           "--steps", str(args.steps), "--prompts", str(args.prompts), "--tiny", str(args.tiny), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         raise SystemExit(f"bench/memory.py: child {what} {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
@@ -209,6 +221,9 @@ def report(args) -> None:
     print(f"  after /free {gib(run['after_free'])} GiB = {run['after_free'] / run['base']:.2f}x the post-import "
           f"{gib(run['base'])} GiB (goal <= 1.10x), {run['after_free'] / run['warm']:.2f}x the warm "
           f"{gib(run['warm'])} GiB (after a tiny prompt and /free: lazy imports, kernels' one-time set-up)")
+    print(f"  of which private (RssAnon): {gib(run['anon_after'])} GiB = {run['anon_after'] / run['anon_base']:.2f}x "
+          f"the post-import {gib(run['anon_base'])} GiB; the rest is shared library code paged in by running "
+          f"(libtorch_cpu's kernels)")
     alt = spawn("alternate", args)
     rss = alt["per_prompt"]
     print(f"{args.prompts} prompts alternating two tiny checkpoints (reloaded each prompt), RSS in MiB after each:")
@@ -225,6 +240,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--tiny", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--way", choices=("old", "new", "held"), default="new", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -232,7 +248,10 @@ def main() -> int:
         return 0
     if not args.checkpoint.is_file():
         raise SystemExit(f"bench/memory.py: {args.checkpoint}: no such file (bench/compare_comfyui.py makes it)")
-    report(args)
+    with tempfile.TemporaryDirectory() as tiny:
+        args.tiny = Path(tiny)
+        spawn("make", args)
+        report(args)
     return 0
 
 
