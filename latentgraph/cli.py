@@ -545,6 +545,8 @@ def cmd_nodes(args) -> int:
 
 
 def _print_plugins(registry, as_json: bool) -> int:
+    from urllib.parse import quote
+
     packs = registry.plugins
     if as_json:
         print(json.dumps([p.to_json() for p in packs], indent=2))
@@ -556,6 +558,8 @@ def _print_plugins(registry, as_json: bool) -> int:
         status = p.status if p.status == "loaded" else f"{p.status}: {p.error}"
         print(f"{p.name}  [{p.kind or '?'}]  {status}  ({p.import_seconds * 1000:.1f} ms)")
         print(f"  source: {p.source}")
+        if p.web_dir and p.status == "loaded":
+            print(f"  web: /extensions/{quote(p.name)}/ serves {p.web_dir}")
         if p.nodes:
             print(f"  nodes: {', '.join(p.nodes)}")
         for note in p.notes:

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 
 from ..graph.errors import DeclarationError, LatentgraphError
 from ..graph.registry import NodeRegistry
+from .web import web_folder
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"
 MODULE_PREFIX = "latentgraph_custom_nodes"
@@ -63,11 +64,12 @@ class PluginInfo:
     nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     import_seconds: float = 0.0
+    web_dir: str | None = None  # its web extension's folder, served at /extensions/<name>/ (see plugins/web.py)
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "kind": self.kind, "status": self.status,
                 "error": self.error, "needs": self.needs, "nodes": list(self.nodes), "notes": list(self.notes),
-                "import_ms": round(self.import_seconds * 1000, 2)}
+                "import_ms": round(self.import_seconds * 1000, 2), "web_dir": self.web_dir}
 
 
 class PluginError(LatentgraphError):
@@ -165,6 +167,7 @@ def _load_one(cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None
                                        f"that takes the registry")
             info.kind = "latentgraph"
             target(staging)
+            info.web_dir = web_folder(sys.modules.get(cand.entry_point.module), None, info.notes)
         else:
             module = _import_path(cand)
             _register_module(module, cand, info, staging)
@@ -226,8 +229,7 @@ def _register_module(module: types.ModuleType, cand: _Candidate, info: PluginInf
                 problems.append(str(exc))
         if problems:
             raise DeclarationError("; ".join(problems))
-        if getattr(module, "WEB_DIRECTORY", None):
-            info.notes.append("its web extension (WEB_DIRECTORY) is not served")
+        info.web_dir = web_folder(module, cand.path, info.notes)
         return
     info.kind = "latentgraph"
     register = getattr(module, "register", None)
@@ -235,6 +237,7 @@ def _register_module(module: types.ModuleType, cand: _Candidate, info: PluginInf
         register(staging)
     else:
         staging.register_module(module, python_module=f"custom_nodes.{cand.name}", source=cand.source)
+    info.web_dir = web_folder(module, cand.path, info.notes)
 
 
 def _describe(exc: BaseException, cand: _Candidate) -> str:

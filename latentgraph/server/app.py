@@ -27,6 +27,7 @@ from ..graph.cache import release_memory
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from ..graph.validate import validate
 from . import jobs
+from .extensions import ExtensionRoutes
 from .files import FileRoutes
 from .frontend import FrontendRoutes, find_frontend
 from .journal import JOURNAL_FILE, Journal
@@ -474,10 +475,6 @@ async def get_models_folder(request: web.Request) -> web.Response:
     return web.json_response(_server(request).env.list_models(folder))
 
 
-async def get_extensions(request: web.Request) -> web.Response:
-    return web.json_response(request.app[FRONTEND].extension_scripts())
-
-
 async def get_features(request: web.Request) -> web.Response:
     return web.json_response(_server(request).features())
 
@@ -506,7 +503,7 @@ ROUTES = [
     ("GET", "/plugins", get_plugins),
     ("GET", "/system_stats", get_system_stats), ("GET", "/embeddings", get_embeddings),
     ("GET", "/models", get_models), ("GET", "/models/{folder}", get_models_folder),
-    ("GET", "/extensions", get_extensions), ("GET", "/features", get_features), ("POST", "/free", post_free),
+    ("GET", "/features", get_features), ("POST", "/free", post_free),
     ("GET", "/ws", websocket),
 ]
 
@@ -537,7 +534,8 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     app[SERVER] = srv
     files = FileRoutes(lambda: srv.env)
     front = app[FRONTEND] = FrontendRoutes(user_dir, find_frontend(frontend))
-    routes = ROUTES + files.routes() + jobs.JobRoutes(srv).routes() + front.routes()
+    packs = ExtensionRoutes(getattr(registry, "plugins", []), front.extension_scripts, front.web_root)
+    routes = ROUTES + files.routes() + jobs.JobRoutes(srv).routes() + front.routes() + packs.routes()
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
