@@ -376,10 +376,14 @@ def cmd_run(args) -> int:
 
 def _node_warnings(result, plan) -> None:
     """Print the warnings nodes returned as UI output ({"warnings": [...]}, e.g. LoraLoader's
-    keys that applied nowhere), naming the node."""
+    keys that applied nowhere), naming the node, and those of the run itself (an execution
+    blocker's message)."""
     for node_id, ui in result.outputs.items():
+        pnode = plan.nodes.get(node_id)  # a node an expansion added is not in the plan
         for text in ui.get("warnings", ()) if isinstance(ui, dict) else ():
-            _err(f"warning: {plan.nodes[node_id].ndef.name} (node {node_id}): {text}")
+            _err(f"warning: {pnode.ndef.name if pnode else 'expanded node'} (node {node_id}): {text}")
+    for w in result.warnings[len(plan.warnings):]:
+        _err(f"warning: {w.where()}: {w.message}")
 
 
 def cmd_batch(args) -> int:

@@ -135,6 +135,8 @@ class NodeDef:
     fingerprint: Callable | None = None
     fingerprint_inputs: tuple = ()
     fingerprint_env: bool = False  # the hook takes env=
+    # ComfyUI's IS_CHANGED: called even when inputs it takes are linked (they get None) or hidden
+    fingerprint_linked: bool = False
     validate: Callable | None = None
     validate_inputs: tuple = ()
     validate_env: bool = False
@@ -148,8 +150,14 @@ class NodeDef:
     python_module: str = "nodes"
     context_param: str | None = None
     source: str = "builtin"
+    # lazy inputs (``extra={"lazy": True}``) are computed only when this hook, called with
+    # what is known (a lazy input not computed yet is None), names them (ComfyUI's
+    # check_lazy_status); without the hook every input is computed
+    lazy_check: Callable | None = None
 
     def __post_init__(self):
+        self.lazy_inputs = frozenset(n for n, s in self.inputs.items()
+                                     if s.extra.get("lazy") is True and self.lazy_check is not None)
         self.required = tuple(n for n, s in self.inputs.items() if not s.optional)
         self.optional = tuple(n for n, s in self.inputs.items() if s.optional)
         self.output_types = tuple(o.type for o in self.outputs)

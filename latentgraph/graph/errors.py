@@ -95,6 +95,11 @@ class NodeExecutionError(LatentgraphError):
         return head + "\n" + "".join(self.traceback).rstrip()
 
 
+class ExpansionError(LatentgraphError):
+    """A node's expansion or lazy-input request cannot be carried out (a bad graph, duplicate
+    ids, an input that does not exist); raised from the node, so the run reports it there."""
+
+
 class Interrupted(LatentgraphError):
     """The run was interrupted (between nodes or at a progress tick)."""
 

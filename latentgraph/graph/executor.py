@@ -3,6 +3,7 @@ topological order, and tell listeners what happens (ComfyUI's event names and fi
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -12,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import CacheEntry, ResultCache, make_key, release_memory
+from .cache import ResultCache, make_key, release_memory
+from .calls import Call, brief, call_inputs, call_node, merge_calls
 from .context import NodeContext
-from .declare import NodeDef, Result
 from .env import Environment
-from .errors import Interrupted, NodeExecutionError, Problem
-from .validate import Plan, PlanNode, validate
+from .errors import ExpansionError, Interrupted, NodeExecutionError, Problem
+from .expansion import Blocker, Expansion, is_link
+from .validate import Plan, PlanNode, check_expansion, validate
 from .workflow import Workflow
 
 log = logging.getLogger("latentgraph.executor")
@@ -118,7 +120,15 @@ def _as_workflow(wf: Any) -> Workflow:
 
 
 class _Run:
-    """The state of one run; discarded when it ends, whatever the outcome."""
+    """The state of one run; discarded when it ends, whatever the outcome.
+
+    Scheduling is by demand. The targets are demanded; a demanded node whose result is cached
+    is done at once, any other waits for the sources of its strong inputs: every linked input
+    but the lazy ones its check has not asked for. Ready nodes run in plan order (a heap keyed
+    by position; the nodes an expansion adds sort right after the node that made them), which
+    for a plan without lazy inputs or expansions is exactly the plan's topological order. A
+    value is kept while a node that has yet to run holds a reference to it (targets' always).
+    """
 
     def __init__(self, ex: Executor, plan: Plan, prompt_id: str, extra_data: dict, listeners: list):
         self.ex, self.plan, self.prompt_id = ex, plan, prompt_id
@@ -129,6 +139,20 @@ class _Run:
         self.volatile: set[str] = set()
         self.values: dict[str, tuple] = {}  # key -> outputs, while someone still needs them
         self._prompt_api: dict | None = None
+        self.nodes: dict[str, PlanNode] = dict(plan.nodes)  # the plan's, then expanded ones
+        self.position: dict[str, tuple] = {n: (i,) for i, n in enumerate(plan.nodes)}
+        self.display: dict[str, str] = {}  # expanded node -> the node id clients are shown
+        self.wf: Workflow | None = None  # the run's copy of the workflow, made by the first expansion
+        self.state: dict[str, str] = {}  # "waiting", "ready" or "done"
+        self.waiting: dict[str, set[str]] = {}
+        self.dependents: dict[str, set[str]] = {}
+        self.requested: dict[str, set[str]] = {}  # lazy inputs a node's check asked for
+        self.pending: dict[str, list[Call]] = {}  # an expanding node's calls, until its graph ran
+        self.held: dict[str, list[str]] = {}  # node -> keys of the values it will read
+        self.refs: dict[str, int] = {}
+        self.by_key: dict[str, list[str]] = {}
+        self.heap: list[tuple[tuple, str]] = []
+        self.keep: set[str] = set()
 
     def emit(self, kind: str, data: dict) -> None:
         for listener in self.listeners:
@@ -151,35 +175,18 @@ class _Run:
             for current in plan.nodes.values():
                 self._key(current)
             current = None
-            to_run, hits = self._schedule()
             # As ComfyUI: every node whose result is in the cache counts as cached, needed or not.
-            res.cached = [n for n in plan.nodes if n in hits or (
-                n not in to_run and n not in self.volatile and self.keys[n] in self.ex.cache)]
+            res.cached = [n for n in plan.nodes if n not in self.volatile and self.keys[n] in self.ex.cache]
             self.emit("execution_cached", self.stamp({"nodes": list(res.cached), "prompt_id": self.prompt_id}))
-            refs = self._refcounts(to_run)
-            keep = {self.keys[t] for t in plan.targets}
-            for node_id, entry in hits.items():
-                self.values[self.keys[node_id]] = entry.outputs
-                if entry.ui:
-                    self._show(node_id, entry.ui)
-            for node_id, pnode in plan.nodes.items():
-                if node_id not in to_run:
-                    continue
-                current = pnode
+            self.keep = {self.keys[t] for t in plan.targets}
+            self._demand(list(reversed(plan.targets)))
+            while self.heap:
+                current = self.nodes[heapq.heappop(self.heap)[1]]
                 if self.ex._stop.is_set():
-                    raise Interrupted(node_id, pnode.ndef.name)
-                key = self.keys[node_id]
-                if key in self.values:  # an identical node ran earlier in this run
-                    res.cached.append(node_id)
-                    self.emit("execution_cached", self.stamp({"nodes": [node_id], "prompt_id": self.prompt_id}))
-                else:
-                    self._execute_node(pnode, key)
-                for src, _ in pnode.links.values():
-                    skey = self.keys[src]
-                    refs[skey] -= 1
-                    if refs[skey] == 0 and skey not in keep:
-                        self.values.pop(skey, None)
+                    raise Interrupted(current.id, current.ndef.name)
+                self._step(current)
             current = None
+            self._check_stuck()
         except Interrupted as exc:
             node_id = exc.node_id or (current.id if current else None)
             class_type = exc.class_type or (current.ndef.name if current else None)
@@ -211,6 +218,7 @@ class _Run:
         self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
         return res
 
+    # -- keys ------------------------------------------------------------------------------
     def _key(self, pnode: PlanNode) -> None:
         ndef = pnode.ndef
         upstream = tuple(sorted((name, self.keys[src], idx) for name, (src, idx) in pnode.links.items()))
@@ -219,8 +227,8 @@ class _Run:
         if not ndef.cacheable:
             extra = ("run", self.prompt_id, pnode.id)
         elif ndef.fingerprint is not None:
-            if all(n in pnode.consts for n in ndef.fingerprint_inputs):
-                kwargs = {n: pnode.consts[n] for n in ndef.fingerprint_inputs}
+            if ndef.fingerprint_linked or all(n in pnode.consts for n in ndef.fingerprint_inputs):
+                kwargs = self._fingerprint_kwargs(pnode)
                 if ndef.fingerprint_env:
                     kwargs["env"] = self.ex.env
                 try:
@@ -231,72 +239,296 @@ class _Run:
                 volatile, extra = True, ("run", self.prompt_id, pnode.id)
         if volatile:
             self.volatile.add(pnode.id)
-        self.keys[pnode.id] = make_key(ndef.name, ndef.version, pnode.consts, upstream, extra)
+        key = self.keys[pnode.id] = make_key(ndef.name, ndef.version, pnode.consts, upstream, extra)
+        self.by_key.setdefault(key, []).append(pnode.id)
 
-    def _schedule(self) -> tuple[set[str], dict[str, CacheEntry]]:
-        """Walk back from the targets: a node runs if its result is not cached and something
-        that runs (or a target) needs it."""
-        needed = set(self.plan.targets)
-        to_run: set[str] = set()
-        hits: dict[str, CacheEntry] = {}
-        cache = self.ex.cache
-        for node_id in reversed(self.plan.nodes):
-            if node_id not in needed:
+    def _fingerprint_kwargs(self, pnode: PlanNode) -> dict:
+        """The fingerprint hook's arguments: constants; with fingerprint_linked (ComfyUI's
+        IS_CHANGED) also linked inputs as None and hidden ones, inputs the prompt leaves out
+        not given at all."""
+        kwargs = {}
+        for name in pnode.ndef.fingerprint_inputs:
+            if name in pnode.consts:
+                kwargs[name] = pnode.consts[name]
+            elif name in pnode.links:
+                kwargs[name] = None
+            elif name in pnode.ndef.hidden:
+                kwargs[name] = self._hidden(pnode.ndef.hidden[name].kind, pnode.id)
+        return kwargs
+
+    # -- scheduling --------------------------------------------------------------------------
+    def _demand(self, stack: list[str]) -> None:
+        """Make the nodes on ``stack`` (and what they need) run, or take them from the cache."""
+        while stack:
+            node_id = stack.pop()
+            if self.state.get(node_id) is not None:  # waiting, ready or done already
                 continue
-            entry = None if node_id in self.volatile else cache.get(self.keys[node_id])
-            if entry is not None:
-                hits[node_id] = entry
+            if self._take_cached(node_id):
+                self._finish(node_id)
                 continue
-            to_run.add(node_id)
-            needed.update(src for src, _ in self.plan.nodes[node_id].links.values())
-        return to_run, hits
+            pnode = self.nodes[node_id]
+            lazy = pnode.ndef.lazy_inputs
+            asked = self.requested.get(node_id, ())
+            self._wait(node_id, [src for name, (src, _) in pnode.links.items()
+                                 if name not in lazy or name in asked], stack)
 
-    def _refcounts(self, to_run: set[str]) -> dict[str, int]:
-        refs: dict[str, int] = {}
-        for node_id in to_run:
-            for src, _ in self.plan.nodes[node_id].links.values():
-                key = self.keys[src]
-                refs[key] = refs.get(key, 0) + 1
-        return refs
+    def _wait(self, node_id: str, sources: list[str], stack: list[str]) -> None:
+        """``node_id`` reads the values of ``sources``: hold them, and wait for those not done."""
+        pending = set()
+        held = self.held.setdefault(node_id, [])
+        for src in sources:
+            key = self.keys[src]
+            self.refs[key] = self.refs.get(key, 0) + 1
+            held.append(key)
+            if self.state.get(src) != "done":
+                pending.add(src)
+                self.dependents.setdefault(src, set()).add(node_id)
+                stack.append(src)
+        if pending:
+            self.state[node_id] = "waiting"
+            self.waiting[node_id] = pending
+        else:
+            self._ready(node_id)
 
-    def _show(self, node_id: str, ui: dict) -> None:
-        self.result.outputs[node_id] = ui
-        self.emit("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": self.prompt_id})
+    def _ready(self, node_id: str) -> None:
+        self.state[node_id] = "ready"
+        heapq.heappush(self.heap, (self.position[node_id], node_id))
 
-    def _execute_node(self, pnode: PlanNode, key: str) -> None:
-        ndef, node_id = pnode.ndef, pnode.id
-        self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+    def _finish(self, node_id: str) -> None:
+        self.state[node_id] = "done"
+        for waiter in sorted(self.dependents.pop(node_id, ())):
+            left = self.waiting.get(waiter)
+            if left is None:
+                continue
+            left.discard(node_id)
+            if not left:
+                del self.waiting[waiter]
+                self._ready(waiter)
+
+    def _release(self, node_id: str) -> None:
+        """``node_id`` has read its inputs: drop the values nobody else still needs."""
+        for key in self.held.pop(node_id, ()):
+            self.refs[key] -= 1
+            if self.refs[key] == 0 and key not in self.keep and self.values.pop(key, None) is not None:
+                for other in self.by_key.get(key, ()):
+                    if self.state.get(other) == "done":  # asked for again, it comes from the cache or runs
+                        del self.state[other]
+
+    def _take_cached(self, node_id: str) -> bool:
+        key = self.keys[node_id]
+        if key in self.values:  # an identical node ran earlier in this run
+            if node_id not in self.result.cached:
+                self.result.cached.append(node_id)
+                self.emit("execution_cached", self.stamp({"nodes": [node_id], "prompt_id": self.prompt_id}))
+            return True
+        entry = None if node_id in self.volatile else self.ex.cache.get(key)
+        if entry is None:
+            return False
+        self.values[key] = entry.outputs
+        if entry.ui:
+            self._show(node_id, entry.ui)
+        return True
+
+    def _check_stuck(self) -> None:
+        if not self.waiting:
+            return
+        stuck = sorted(self.waiting, key=lambda n: self.position[n])
+        names = ", ".join(f"{n} ({self.nodes[n].ndef.name})" for n in stuck[:6])
+        exc = ExpansionError(f"nodes wait on one another and none can run (a dependency cycle made by an "
+                             f"expansion): {names}")
+        raise self._failure(self.nodes[stuck[0]], exc, {})
+
+    # -- running a node ----------------------------------------------------------------------
+    def _step(self, pnode: PlanNode) -> None:
+        node_id, key = pnode.id, self.keys[pnode.id]
+        if node_id in self.pending:
+            self._resolve(pnode, key)
+        elif key in self.values:  # an identical node ran earlier in this run
+            self.result.cached.append(node_id)
+            self.emit("execution_cached", self.stamp({"nodes": [node_id], "prompt_id": self.prompt_id}))
+        elif pnode.ndef.lazy_inputs and self._ask_lazy(pnode):
+            return  # it waits for the inputs its check asked for, then is asked again
+        else:
+            calls = self._execute_node(pnode, key)
+            if calls is not None:
+                self._expand(pnode, calls)
+                return
+        self._release(node_id)
+        self._finish(node_id)
+
+    def _inputs(self, pnode: PlanNode) -> tuple[dict[str, list], set[str]]:
+        """The node's input lists; a lazy input not computed (yet) is [None], named in the set."""
         inputs: dict[str, list] = {name: [v] for name, v in pnode.consts.items()}
+        missing = set()
         for name, (src, idx) in pnode.links.items():
-            inputs[name] = self.values[self.keys[src]][idx]
-        for name, hidden in ndef.hidden.items():
-            inputs[name] = [self._hidden(hidden.kind, node_id)]
-        ctx = NodeContext(node_id, ndef.name, self.prompt_id, self.ex.env, self.ex.services,
-                          self.emit, self.ex._stop) if ndef.context_param else None
+            found = self.values.get(self.keys[src])
+            if found is None and src not in self.volatile:
+                # a lazy input not asked for is still given when its value is in the cache (ComfyUI)
+                entry = self.ex.cache.get(self.keys[src])
+                found = None if entry is None else self.values.setdefault(self.keys[src], entry.outputs)
+            if found is None:
+                inputs[name] = [None]
+                missing.add(name)
+            else:
+                inputs[name] = found[idx]
+        for name, hidden in pnode.ndef.hidden.items():
+            inputs[name] = [self._hidden(hidden.kind, pnode.id)]
+        return inputs, missing
+
+    def _context(self, pnode: PlanNode) -> NodeContext | None:
+        ndef = pnode.ndef
+        return NodeContext(pnode.id, ndef.name, self.prompt_id, self.ex.env, self.ex.services,
+                           self.emit, self.ex._stop) if ndef.context_param else None
+
+    def _ask_lazy(self, pnode: PlanNode) -> bool:
+        """Call the node's lazy check; True when it asked for inputs not computed yet (the node
+        then waits for them)."""
+        ndef, node_id = pnode.ndef, pnode.id
+        inputs, missing = self._inputs(pnode)
+        ctx = self._context(pnode)
+        asked: set = set()
+        try:
+            for kwargs in call_inputs(ndef, inputs):
+                if ctx is not None:
+                    kwargs[ndef.context_param] = ctx
+                answer = ndef.lazy_check(**kwargs)
+                asked.update(x for x in (answer if isinstance(answer, (list, tuple)) else ()) if isinstance(x, str))
+            wanted = sorted(x for x in asked if x not in inputs or x in missing)
+            for name in wanted:
+                if name not in pnode.links:
+                    raise ExpansionError(f"{ndef.name} asked for its input '{name}', but nothing is connected to it")
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise self._failure(pnode, exc, inputs) from exc
+        if not wanted:
+            return False
+        self.requested.setdefault(node_id, set()).update(wanted)
+        stack: list[str] = []
+        self._wait(node_id, [pnode.links[name][0] for name in wanted], stack)
+        self._demand(stack)
+        return True
+
+    def _execute_node(self, pnode: PlanNode, key: str) -> list[Call] | None:
+        """Run the node; its calls when one of them expanded (resolved later), else None."""
+        ndef, node_id = pnode.ndef, pnode.id
+        self.emit("executing", {"node": node_id, "display_node": self.display.get(node_id, node_id),
+                                "prompt_id": self.prompt_id})
+        inputs, _ = self._inputs(pnode)
+        ctx = self._context(pnode)
         start = time.perf_counter()
         # a front door's guard (the VRAM manager's) may run the node again, e.g. after freeing memory
         guard = self.ex.services.get("node_guard")
+
+        def run() -> list[Call]:
+            return call_node(ndef, inputs, ctx, node_id, lambda b: self._blocked(pnode, b))
         try:
-            if guard is not None:
-                outputs, ui = guard(node_id, ndef.name, lambda: _map_over_lists(ndef, inputs, ctx))
-            else:
-                outputs, ui = _map_over_lists(ndef, inputs, ctx)
+            calls = guard(node_id, ndef.name, run) if guard is not None else run()
+            expanded = any(c.expansion is not None for c in calls)
+            outputs, ui = (None, None) if expanded else merge_calls(ndef, calls)
         except (Interrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
             raise self._failure(pnode, exc, inputs) from exc
         self.result.timings[node_id] = time.perf_counter() - start
         self.result.executed.append(node_id)
+        if expanded:
+            return calls
+        self._store(pnode, key, outputs, ui)
+        return None
+
+    def _store(self, pnode: PlanNode, key: str, outputs: tuple, ui: dict | None, show: bool = True) -> None:
         self.values[key] = outputs
-        if node_id not in self.volatile and ndef.cacheable:
+        if pnode.id not in self.volatile and pnode.ndef.cacheable:
             self.ex.cache.put(key, outputs, ui)
-        if ui:
-            self._show(node_id, ui)
+        if ui and show:
+            self._show(pnode.id, ui)
+
+    def _blocked(self, pnode: PlanNode, blocker: Blocker) -> None:
+        """A Blocker with a message reached ``pnode``: said once, as ComfyUI's error message to
+        the client (event "execution_blocked"; the server sends it as execution_error), and
+        kept as a warning of the run; the run goes on."""
+        message = f"Execution Blocked: {blocker.message}"
+        self.result.warnings.append(Problem(message, node=pnode.id))
+        self.emit("execution_blocked", self.stamp({
+            "prompt_id": self.prompt_id, "node_id": pnode.id, "node_type": pnode.ndef.name,
+            "executed": list(self.result.executed), "exception_message": message,
+            "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": [], "current_outputs": []}))
+
+    # -- expansions --------------------------------------------------------------------------
+    def _expand(self, pnode: PlanNode, calls: list[Call]) -> None:
+        """Add the graphs the node's calls returned; it runs again (to resolve its outputs) once
+        the nodes its results link to have run. The graphs' output nodes run too."""
+        node_id = pnode.id
+        if self.wf is None:
+            self.wf = Workflow(dict(self.plan.workflow.nodes), self.plan.workflow.source)
+        try:
+            added: dict[str, PlanNode] = {}
+            for call in calls:
+                if call.expansion is not None:
+                    added.update(check_expansion(self.wf, call.expansion.graph, self.ex.registry, self.ex.env, node_id))
+            order = _expansion_order(added, node_id)
+            needs = [r[0] for call in calls if call.expansion is not None
+                     for r in call.expansion.result if is_link(r)]
+            for src in needs:
+                if src not in added and src not in self.nodes:
+                    raise ExpansionError(f"{pnode.ndef.name}'s result links to node '{src}', which is neither in "
+                                         f"its expansion nor in the run")
+        except ExpansionError as exc:
+            raise self._failure(pnode, exc, {}) from exc
+        shown = self.display.get(node_id, node_id)
+        for i, new_id in enumerate(order):
+            new = added[new_id]
+            self.nodes[new_id] = new
+            self.position[new_id] = self.position[node_id] + (i,)
+            override = self.wf.nodes[new_id].meta.get("override_display_id")
+            self.display[new_id] = str(override) if override is not None else shown
+            self._key(new)
+        self.pending[node_id] = calls
+        stack = [n for n in reversed(order) if added[n].ndef.output_node]
+        self._wait(node_id, needs, stack)
+        self._demand(stack)
+
+    def _resolve(self, pnode: PlanNode, key: str) -> None:
+        """The expanded graph ran: the node's outputs are the values its results link to."""
+        ndef = pnode.ndef
+
+        def resolve(expansion: Expansion) -> tuple:
+            values = []
+            for j, (ref, out) in enumerate(zip(expansion.result, ndef.outputs)):
+                if not is_link(ref):
+                    values.append(ref)
+                    continue
+                found = self.values.get(self.keys[ref[0]])
+                index = int(ref[1])
+                if found is None or not 0 <= index < len(found):
+                    raise ExpansionError(f"{ndef.name}'s output {j} links to output {index} of node '{ref[0]}', "
+                                         f"which has no such output")
+                items = found[index]
+                if out.is_list:
+                    values.append(list(items))
+                elif len(items) == 1:
+                    values.append(items[0])
+                else:
+                    raise ExpansionError(f"{ndef.name}'s output {j} ({out.name}) is one value, but it links to "
+                                         f"node '{ref[0]}' output {index}, which holds {len(items)}")
+            return tuple(values)
+        try:
+            outputs, ui = merge_calls(ndef, self.pending.pop(pnode.id), resolve)
+        except Exception as exc:
+            raise self._failure(pnode, exc, {}) from exc
+        self._store(pnode, key, outputs, ui, show=False)  # its UI was shown when it expanded
+
+    # -- events and errors -------------------------------------------------------------------
+    def _show(self, node_id: str, ui: dict) -> None:
+        self.result.outputs[node_id] = ui
+        self.emit("executed", {"node": node_id, "display_node": self.display.get(node_id, node_id), "output": ui,
+                               "prompt_id": self.prompt_id})
 
     def _failure(self, pnode: PlanNode, exc: BaseException, inputs: dict) -> NodeExecutionError:
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
         err = NodeExecutionError(pnode.id, pnode.ndef.name, exc, lines, self.plan.workflow.source)
-        err.current_inputs = {k: [_brief(v) for v in vals] for k, vals in inputs.items()}
+        err.current_inputs = {k: [brief(v) for v in vals] for k, vals in inputs.items()}
         return err
 
     def _hidden(self, kind: str, node_id: str) -> Any:
@@ -309,90 +541,33 @@ class _Run:
         return self._prompt_api
 
 
+def _expansion_order(added: dict[str, PlanNode], parent: str) -> list[str]:
+    """The added nodes in a topological order (links among them first); a cycle is an error."""
+    order: list[str] = []
+    mark: dict[str, int] = {}
+    for start in added:
+        stack = [(start, iter(src for src, _ in added[start].links.values()))]
+        if mark.get(start):
+            continue
+        mark[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next((s for s in it if s in added and mark.get(s) != 2), None)
+            if nxt is None:
+                stack.pop()
+                mark[node] = 2
+                order.append(node)
+            elif mark.get(nxt) == 1:
+                raise ExpansionError(f"node '{parent}' expanded into a graph with a cycle through node '{nxt}'")
+            else:
+                mark[nxt] = 1
+                stack.append((nxt, iter(src for src, _ in added[nxt].links.values())))
+    return order
+
+
 def ui_files(ui: dict) -> list[dict]:
     """The file entries ({filename, subfolder, type}) a node's UI output names, under any key
     (images, gifs, audio, ...)."""
     return [item for items in (ui.values() if isinstance(ui, dict) else ())
             for item in (items if isinstance(items, list) else ())
             if isinstance(item, dict) and "filename" in item]
-
-
-def _map_over_lists(ndef: NodeDef, inputs: dict[str, list], ctx) -> tuple[tuple, dict | None]:
-    """Call the node once (input_is_list, or every input a single value) or once per index
-    of the longest input list, shorter lists repeating their last item (ComfyUI's rule)."""
-    if ndef.input_is_list:
-        calls = [inputs]
-    else:
-        sizes = [len(v) for v in inputs.values()]
-        n = max(sizes, default=1)
-        if n == 1:
-            calls = [{k: v[0] for k, v in inputs.items()}]
-        elif 0 in sizes:
-            calls = []
-        else:
-            calls = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(n)]
-    outputs: tuple = tuple([] for _ in ndef.outputs)
-    ui: dict | None = None
-    for kwargs in calls:
-        if ctx is not None:
-            kwargs[ndef.context_param] = ctx
-        values, part_ui = _normalise(ndef, ndef.fn(**kwargs))
-        for j, out in enumerate(ndef.outputs):
-            if out.is_list:
-                outputs[j].extend(values[j])
-            else:
-                outputs[j].append(values[j])
-        if part_ui:
-            ui = _merge_ui(ui or {}, part_ui, ndef.name)
-    return outputs, ui
-
-
-def _merge_ui(ui: dict, part: Any, name: str) -> dict:
-    """Add one call's UI output to the node's: as ComfyUI, each key's items are concatenated
-    over the calls of a per-item run, whatever sequence held them (a tuple such as
-    ``"animated": (True,)`` is as good as a list). A value that is no sequence counts as one
-    item rather than being split up (a string) or overwritten by the next call."""
-    if not isinstance(part, dict):
-        raise TypeError(f"{name} returned a ui of type {type(part).__name__}; "
-                        f"it must be a dict of lists such as {{'images': [...]}}")
-    for key, value in part.items():
-        items = ui.setdefault(key, [])
-        if isinstance(value, (list, tuple)):
-            items.extend(value)
-        else:
-            items.append(value)
-    return ui
-
-
-def _normalise(ndef: NodeDef, ret: Any) -> tuple[tuple, dict | None]:
-    n = len(ndef.outputs)
-    ui = None
-    if isinstance(ret, Result):
-        values, ui = ret.values, ret.ui
-    elif n == 0:
-        if ret is not None:
-            raise TypeError(f"{ndef.name} declares no outputs but returned {type(ret).__name__}; "
-                            f"return Result(ui=...) or None")
-        values = ()
-    elif n == 1:
-        values = (ret,)
-    elif isinstance(ret, (tuple, list)):
-        values = tuple(ret)
-    else:
-        raise TypeError(f"{ndef.name} declares {n} outputs but returned one {type(ret).__name__}")
-    if len(values) != n:
-        raise TypeError(f"{ndef.name} returned {len(values)} values but declares {n} outputs")
-    for j, out in enumerate(ndef.outputs):
-        if out.is_list and not isinstance(values[j], list):
-            raise TypeError(f"{ndef.name}: output {j} ({out.name}) is a list output; return a list")
-    return values, ui
-
-
-def _brief(value: Any) -> str:
-    if isinstance(value, (int, float, bool, str)) or value is None:
-        text = repr(value)
-    elif hasattr(value, "shape"):
-        text = f"{type(value).__name__}{tuple(value.shape)}"
-    else:
-        text = type(value).__name__
-    return text if len(text) < 200 else text[:197] + "..."

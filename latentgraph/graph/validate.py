@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .declare import NodeDef
-from .errors import Problem, ValidationError
+from .errors import ExpansionError, Problem, ValidationError, WorkflowError
 from .types import MISSING, CoercionError, types_compatible
 from .lazy import lazy
 from .workflow import Link, Workflow, classify_input, resolve_output
@@ -144,6 +144,40 @@ def validate(wf: Workflow, registry, env=None, targets: list[str] | None = None,
         order = list(nx.topological_sort(graph))
     nodes = {i: checker.plan_nodes[i] for i in order}
     return Plan(wf, nodes, targets, warnings, graph, skipped)
+
+
+def check_expansion(wf: Workflow, graph: dict, registry, env, parent: str) -> dict[str, PlanNode]:
+    """The nodes a running node asked to add (node expansion), checked as a prompt's nodes
+    are and added to ``wf`` (the run's own copy): their links may point at one another or at
+    any node already in ``wf``. Returns their PlanNodes in the graph's order; raises
+    ExpansionError listing every problem (ComfyUI does not check them; an expansion here is
+    held to the same rules as a prompt, so a wrong one fails at its parent with a message
+    rather than somewhere inside)."""
+    try:
+        added = Workflow.from_api(graph, source=f"the expansion of node '{parent}'")
+    except WorkflowError as exc:
+        raise ExpansionError(str(exc)) from None
+    clashes = sorted(n for n in added.nodes if n in wf.nodes)
+    if clashes:
+        raise ExpansionError(f"node '{parent}' added node ids that already exist: {', '.join(clashes[:5])} "
+                             f"(ids must be unique and the same from run to run: use GraphBuilder)")
+    wf.nodes.update(added.nodes)
+    node_errors: dict[str, list[dict]] = {}
+    checker = _Checker(wf, registry, env, node_errors, [])
+    for node_id, spec in added.nodes.items():
+        ndef = registry.get(spec.class_type)
+        if ndef is None:
+            node_errors[node_id] = [_err("missing_node_type", f"Node type '{spec.class_type}' is not registered", "")]
+            continue
+        checker.check_node(node_id, ndef)
+    if node_errors:
+        lines = [f"node '{n}' ({added.nodes[n].class_type}): {_describe(e)}"
+                 + (f" [input '{e['extra_info']['input_name']}']" if e["extra_info"].get("input_name") else "")
+                 for n, errs in node_errors.items() for e in errs]
+        for n in added.nodes:
+            wf.nodes.pop(n, None)
+        raise ExpansionError(f"node '{parent}' expanded into an invalid graph: " + "; ".join(lines))
+    return {n: checker.plan_nodes[n] for n in added.nodes}
 
 
 def _graph(nodes: list[str], edges: list, memo: dict | None) -> tuple[nx.DiGraph, list[str] | None]:

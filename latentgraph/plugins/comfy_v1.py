@@ -9,25 +9,30 @@ list or ``("COMBO", {"options": [...]})``, any other type as a socket, with thei
 ``EXPERIMENTAL``, ``IS_CHANGED`` (its value joins the cache key; NaN means "always run"),
 ``VALIDATE_INPUTS`` (as in ComfyUI: the inputs it takes skip the built-in checks, linked ones
 are given as None, hidden ones too, ``input_types`` when it asks; anything but True fails, once
-per input it was given), and return values as tuples or ``{"ui": ..., "result": (...)}`` (a
-per-item run's ui lists are concatenated). As in ComfyUI one instance of the class is
-made per node id and kept. Not carried over: lazy inputs (``lazy`` and ``check_lazy_status``:
-every input is computed), node expansion (``{"expand": ...}``), V3 ``comfy_api`` nodes (they
-import ComfyUI).
+per input it was given), lazy inputs (``"lazy": True`` and ``check_lazy_status``), node
+expansion (``{"expand": graph, "result": (...)}``), ``ExecutionBlocker`` results, and return
+values as tuples or ``{"ui": ..., "result": (...)}`` (a per-item run's ui lists are
+concatenated). As in ComfyUI one instance of the class is made per node id and kept.
+``IS_CHANGED`` is called with the inputs it takes that the prompt sets, linked ones as None
+(ComfyUI's rule); if it raises, the node runs every time, with a warning. V3 ``comfy_api``
+nodes are read by :mod:`latentgraph.plugins.comfy_v3`.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import uuid
 from typing import Any
 
 from ..graph.declare import NodeDef, Result
+from ..graph.expansion import Blocker, Expansion
 from ..graph.errors import DeclarationError
 from ..graph.types import HIDDEN_KINDS, Boolean, Combo, Float, Hidden, InputSpec, Int, Output, Socket, String
 
 CONTEXT = "__latentgraph_ctx__"
+log = logging.getLogger("latentgraph.plugins")
 _NUMBER_KEYS = ("min", "max", "step", "display")
 
 
@@ -174,22 +179,37 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
 
     instances: dict[str, Any] = {}
 
-    def call(**kwargs):
-        ctx = kwargs.pop(CONTEXT)
-        for hname in unknown_hidden:
-            kwargs.setdefault(hname, None)
+    def instance(ctx) -> Any:
         obj = instances.get(ctx.node_id)
         if obj is None:
             obj = instances[ctx.node_id] = cls()
+        return obj
+
+    def call(**kwargs):
+        obj = instance(kwargs.pop(CONTEXT))
+        for hname in unknown_hidden:
+            kwargs.setdefault(hname, None)
         return _result(name, getattr(obj, function)(**kwargs), len(outputs))
+
+    lazy_check = None
+    if callable(getattr(cls, "check_lazy_status", None)):
+        def lazy_check(**kwargs):
+            obj = instance(kwargs.pop(CONTEXT))
+            for hname in unknown_hidden:
+                kwargs.setdefault(hname, None)
+            return obj.check_lazy_status(**kwargs)
 
     fingerprint = fp_inputs = None
     changed = getattr(cls, "IS_CHANGED", None)
     if callable(changed):
-        fp_inputs, _, _ = _hook_inputs(changed, inputs)
+        fp_inputs, _ = _validate_inputs(changed, inputs, hidden)  # the same rule as VALIDATE_INPUTS
 
         def fingerprint(**kwargs):
-            value = changed(**kwargs)
+            try:
+                value = changed(**kwargs)
+            except Exception as exc:  # ComfyUI: a failing IS_CHANGED means "changed", every time
+                log.warning("%s: IS_CHANGED raised %s: %s; the node runs every time", name, type(exc).__name__, exc)
+                return ("always", uuid.uuid4().hex)
             if isinstance(value, float) and math.isnan(value):
                 return ("always", uuid.uuid4().hex)  # ComfyUI: NaN is never equal, so the node always runs
             return repr(value)
@@ -206,21 +226,28 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         name=name, fn=call, inputs=inputs, outputs=tuple(outputs), hidden=hidden,
         category=str(getattr(cls, "CATEGORY", "") or "custom"),
         display_name=str(display_name or name), description=str(doc) if doc else "",
-        output_node=output_node, fingerprint=fingerprint, fingerprint_inputs=fp_inputs or (),
+        output_node=output_node, fingerprint=fingerprint, fingerprint_inputs=fp_inputs or (), fingerprint_linked=True,
         validate=validate, validate_inputs=v_inputs or (), validate_linked=True, validate_types=wants_types,
         input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
         deprecated=bool(getattr(cls, "DEPRECATED", False)), experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
-        python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source)
+        python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source, lazy_check=lazy_check)
 
 
-def _result(name: str, ret: Any, n: int) -> Result:
-    """A V1 return value (a tuple, or {"ui", "result"}) as a Result."""
+def _result(name: str, ret: Any, n: int) -> Result | Expansion | Blocker:
+    """A V1 return value (a tuple, ``{"ui", "result"}``, ``{"expand", "result"}``, or an
+    ExecutionBlocker standing for every output) as what the executor reads."""
     ui = None
+    if isinstance(ret, Blocker):
+        return ret
     if isinstance(ret, dict):
-        if "expand" in ret:
-            raise TypeError(f"{name} returned a node expansion ({{'expand': ...}}), which latentgraph does not run")
         ui = ret.get("ui")
+        if "expand" in ret:
+            result = ret.get("result")
+            result = (result,) * n if isinstance(result, Blocker) else tuple(result or ())
+            return Expansion(ret["expand"], result, ui)
         ret = ret.get("result", ())
+        if isinstance(ret, Blocker):
+            ret = (ret,) * n
     if ret is None:
         ret = ()
     if not isinstance(ret, (tuple, list)):
