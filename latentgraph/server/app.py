@@ -159,6 +159,9 @@ class Server(SocketHub):
         ended: dict = {}
 
         def listener(kind: str, data: dict) -> None:
+            if kind == "execution_blocked":  # ComfyUI tells the client with an error message, and
+                self.send("execution_error", data, client)  # the run goes on (not in the history)
+                return
             preview = data.pop("preview", None) if kind == "progress" else None
             if kind == "executing":
                 if data.get("node") is None:
