@@ -211,3 +211,103 @@ def test_web_directories_that_cannot_be_served_are_notes(tmp_path):
             assert r.status == 404 and (await r.text()).startswith(f"no web extension named '{pack}'")
 
     serve(registry, tmp_path, scenario)
+
+
+def test_two_packs_quoted_names_and_a_pack_named_like_the_frontends_folder(tmp_path):
+    folder = nodes_folder(
+        tmp_path,
+        ("other pack/__init__.py", BAD_PACK.format(name="OtherPack", web="'web'")),
+        ("other pack/web/a b.js", "export const spaced = 1;\n"),
+        ("other pack/web/100%.js", "export const percent = 1;\n"),
+        ("core/__init__.py", BAD_PACK.format(name="CorePack", web="'js'")),
+        ("core/js/a.js", "export const pack = 'core';\n"))
+    web_root = frontend_root(tmp_path)
+    (web_root / "extensions" / "core" / "b.js").write_text("export const b = 1;\n")
+    (web_root / "extensions" / "mine.js").write_text("export const mine = 1;\n")
+    registry, infos = loaded(folder)
+    assert [p.name for p in infos.values()] == ["core", "other pack", "web_widget_pack"]
+
+    async def scenario(client, port):
+        listed = await (await client.get("/extensions")).json()
+        # the pack named core wins over the frontend's extensions/core/ (as in ComfyUI): the
+        # frontend's scripts there are not listed, its own top-level ones are
+        assert listed == ["/extensions/mine.js", "/extensions/core/a.js", "/extensions/other%20pack/100%25.js",
+                          "/extensions/other%20pack/a%20b.js", "/extensions/web_widget_pack/lib/util.js",
+                          "/extensions/web_widget_pack/widget.js"]
+        for url, text in [("/extensions/other%20pack/a%20b.js", "export const spaced = 1;\n"),
+                          ("/extensions/other%20pack/100%25.js", "export const percent = 1;\n"),
+                          ("/extensions/core/a.js", "export const pack = 'core';\n"),
+                          ("/extensions/mine.js", "export const mine = 1;\n")]:
+            status, body = await raw_get(port, url)
+            assert (status, body.decode()) == (200, text), url
+        r = await client.get("/extensions/core/b.js")
+        assert (r.status, await r.text()) == (404, "no file 'b.js' in the web folder of 'core'")
+
+    serve(registry, tmp_path, scenario, frontend=web_root)
+
+
+def test_a_huge_web_folder_is_listed_within_the_budget(tmp_path, monkeypatch, caplog):
+    folder = nodes_folder(tmp_path, *[(f"web_widget_pack/js/many/f{i:02d}.js", "") for i in range(30)])
+    registry, infos = loaded(folder)
+    root = Path(infos["web_widget_pack"].web_dir)
+    assert extensions.js_files(root) == (["lib/util.js"] + [f"many/f{i:02d}.js" for i in range(30)] + ["widget.js"],
+                                         False)
+    monkeypatch.setattr(extensions, "MAX_WALKED_ENTRIES", 10)
+    # the walk is sorted and depth first: lib, many, style.css, widget.js (4 entries), then many/
+    # (the last folder seen is entered first): f00..f05, and the 11th entry stops it
+    assert extensions.js_files(root) == ([f"many/f{i:02d}.js" for i in range(6)] + ["widget.js"], True)
+    monkeypatch.setattr(extensions, "MAX_WALKED_ENTRIES", 20_000)
+    monkeypatch.setattr(extensions, "MAX_LISTED_FILES", 3)
+    assert extensions.js_files(root) == (["many/f00.js", "many/f01.js", "widget.js"], True)
+
+    async def scenario(client, port):
+        with caplog.at_level(logging.WARNING, logger="latentgraph.server"):
+            for _ in range(2):  # warned once
+                listed = await (await client.get("/extensions")).json()
+                assert listed == ["/extensions/web_widget_pack/many/f00.js", "/extensions/web_widget_pack/many/f01.js",
+                                  "/extensions/web_widget_pack/widget.js"]
+        warnings = [r.getMessage() for r in caplog.records if "too big to list" in r.getMessage()]
+        assert warnings == [f"pack web_widget_pack: its web folder {root} is too big to list whole "
+                            f"(MAX_WALKED_ENTRIES=20000, MAX_LISTED_FILES=3); /extensions lists 3 of its scripts"]
+
+    serve(registry, tmp_path, scenario)
+
+
+def test_an_entry_point_packs_web_directory(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "ep_web_pack" / "web").mkdir(parents=True)
+    (site / "ep_web_pack" / "web" / "ep.js").write_text("export const ep = 1;\n")
+    (site / "ep_web_pack" / "__init__.py").write_text(
+        "from typing import Annotated\nfrom latentgraph.graph import String, node\n\nWEB_DIRECTORY = 'web'\n\n"
+        "@node(outputs=['STRING'])\ndef EpEcho(text: Annotated[str, String('x')]) -> str:\n    return text\n\n"
+        "def register(registry):\n    import sys\n    registry.register_module(sys.modules[__name__])\n")
+    monkeypatch.syspath_prepend(str(site))
+    real = importlib.metadata.entry_points
+    ep = importlib.metadata.EntryPoint("ep_web", "ep_web_pack:register", "latentgraph.nodes")
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [ep] if kw.get("group") == "latentgraph.nodes" else real(**kw))
+    registry = create_registry()
+    (info,) = load_plugins(registry, [], entry_points=True)
+    assert (info.name, info.status, info.nodes) == ("ep_web", "loaded", ["EpEcho"])
+    assert info.web_dir == str((site / "ep_web_pack" / "web").resolve()) and info.notes == []
+
+    async def scenario(client, port):
+        assert await (await client.get("/api/extensions")).json() == ["/extensions/ep_web/ep.js"]
+        r = await client.get("/extensions/ep_web/ep.js")
+        assert await r.text() == "export const ep = 1;\n" and r.headers["Content-Type"] == JS
+
+    serve(registry, tmp_path, scenario)
+
+
+def test_the_cli_shows_each_packs_web_folder(tmp_path, capsys):
+    folder = nodes_folder(tmp_path, ("missing_web/__init__.py", BAD_PACK.format(name="MissingWeb", web="'gone'")))
+    assert main(["nodes", "--plugins", "--custom-nodes", str(folder)]) == 0
+    out = capsys.readouterr().out
+    js = (folder / "web_widget_pack" / "js").resolve()
+    assert f"  source: {folder / 'web_widget_pack'}\n  web: /extensions/web_widget_pack/ serves {js}\n" in out
+    assert (f"  note: its web extension is not served: WEB_DIRECTORY 'gone' is not a folder "
+            f"({folder / 'missing_web' / 'gone'})\n") in out
+    assert out.count("  web: ") == 1
+    assert main(["nodes", "--plugins", "--json", "--custom-nodes", str(folder)]) == 0
+    listed = {p["name"]: p["web_dir"] for p in json.loads(capsys.readouterr().out)}
+    assert listed == {"missing_web": None, "web_widget_pack": str(js)}
