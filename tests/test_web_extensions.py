@@ -311,3 +311,69 @@ def test_the_cli_shows_each_packs_web_folder(tmp_path, capsys):
     assert main(["nodes", "--plugins", "--json", "--custom-nodes", str(folder)]) == 0
     listed = {p["name"]: p["web_dir"] for p in json.loads(capsys.readouterr().out)}
     assert listed == {"missing_web": None, "web_widget_pack": str(js)}
+
+
+@pytest.fixture
+def served_with_pack(tmp_path):
+    """`latentgraph serve` with ComfyUI's frontend and the fixture pack, on a free loopback port."""
+    pytest.importorskip("comfyui_frontend_package", reason="pip install 'latentgraph[frontend]'")
+    folder = nodes_folder(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "user" / "default").mkdir(parents=True)  # a returning user: no first-run templates dialog
+    (tmp_path / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    log = open(tmp_path / "serve.log", "w")
+    env = {k: v for k, v in os.environ.items() if k != "LATENTGRAPH_CONFIG"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # no user config file adds packs
+    proc = subprocess.Popen([sys.executable, "-m", "latentgraph", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--frontend", "auto", "--custom-nodes", str(folder),
+                             "--output-dir", str(tmp_path / "output"), "--user-dir", str(tmp_path / "user"),
+                             "--models-dir", str(tmp_path / "models"), "--input-dir", str(tmp_path / "input"),
+                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        from latentgraph.server import wait_until_listening
+
+        try:
+            wait_until_listening(port, process=proc)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.mark.browser
+def test_the_frontend_runs_the_packs_javascript(served_with_pack):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    url = served_with_pack
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            console: list[str] = []
+            fetched: dict[str, int] = {}
+            page.on("console", lambda msg: console.append(msg.text))
+            page.on("response", lambda r: fetched.__setitem__(r.url[len(url):], r.status)
+                    if "/extensions/web_widget_pack/" in r.url else None)
+            page.goto(url + "/", wait_until="domcontentloaded", timeout=120_000)
+            page.wait_for_function("() => window.app && window.app.graph && window.lgWebWidgetLoaded === true",
+                                   timeout=120_000)
+            widgets = page.evaluate("""() => {
+                const node = window.LiteGraph.createNode("WebWidgetText");
+                window.app.graph.add(node);
+                const added = window.app.graph.getNodeById(node.id);
+                return added.widgets.map(w => [w.name, w.value]);
+            }""")
+            assert widgets == [["text", "hello"], ["lg_web_widget", "from WebWidgetText"]]
+            assert "lg_web_widget: extension registered" in console
+            assert fetched == {"/extensions/web_widget_pack/widget.js": 200,
+                               "/extensions/web_widget_pack/lib/util.js": 200}
+        finally:
+            browser.close()
