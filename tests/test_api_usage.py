@@ -210,6 +210,15 @@ def test_file_that_does_not_parse_is_counted_and_skipped(tmp_path):
     assert dict(usage.names) == {"folder_paths": 1, "folder_paths.get_output_directory": 1}
 
 
+def test_a_file_too_deep_to_walk_counts_nothing(tmp_path):
+    # parses, but its 600-deep expression is deeper than the walk may recurse
+    deep = "import server\nx = " + " + ".join(["server.PromptServer.instance.client_id"] * 600) + "\n"
+    pack = write_pack(tmp_path / "p", {"deep.py": deep, "ok.py": "import server\n"})
+    usage = scan(pack)
+    assert usage.unparsed == ["deep.py: RecursionError: nested too deeply to walk"]
+    assert dict(usage.names) == {"server": 1}
+
+
 def test_size_budgets_are_checked_before_any_file_is_read(tmp_path, monkeypatch):
     pack = write_pack(tmp_path / "p", {"a.py": "x = 1\n" * 10, "big.py": "y = 2\n" * 40})
     read = []

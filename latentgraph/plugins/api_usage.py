@@ -149,16 +149,27 @@ def scan(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_pack_b
         rel = path.relative_to(root).as_posix()
         try:
             tree = ast.parse(path.read_bytes(), filename=rel)
-        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        except (OSError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             # Python 2 files, templates, broken vendored code: counted, never fatal.
             usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0][:200])
             continue
+        part = Usage(pack=usage.pack)  # a file counts whole or not at all
         try:
-            _FileScan(usage, own, required).run(tree)
+            _FileScan(part, own, required).run(tree)
         except RecursionError:
             usage.unparsed.append(f"{rel}: RecursionError: nested too deeply to walk")
+            continue
+        _absorb(usage, part)
     usage.optional -= required
     return usage
+
+
+def _absorb(usage: Usage, part: Usage) -> None:
+    for key in ("names", "methods", "features", "node_api", "third_party"):
+        getattr(usage, key).update(getattr(part, key))
+    usage.optional |= part.optional
+    usage.mapping_keys |= part.mapping_keys
+    usage.mappings_partial |= part.mappings_partial
 
 
 def _python_files(root: Path, max_files: int) -> list[tuple[Path, int]]:
