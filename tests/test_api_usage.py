@@ -222,8 +222,8 @@ def test_a_file_too_deep_to_walk_counts_nothing(tmp_path):
 def test_size_budgets_are_checked_before_any_file_is_read(tmp_path, monkeypatch):
     pack = write_pack(tmp_path / "p", {"a.py": "x = 1\n" * 10, "big.py": "y = 2\n" * 40})
     read = []
-    original = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or original(self))
+    original = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: read.append(self) or original(self, *a, **k))
     with pytest.raises(ScanError) as exc:
         scan(pack, max_file_bytes=100)
     assert str(exc.value) == f"{pack / 'big.py'}: 240 bytes is over the budget of 100 bytes for one file"
@@ -234,6 +234,7 @@ def test_size_budgets_are_checked_before_any_file_is_read(tmp_path, monkeypatch)
         scan(pack, max_files=1)
     assert read == []
     assert scan(pack, max_file_bytes=240, max_pack_bytes=300).bytes == 300
+    assert sorted(p.name for p in read) == ["a.py", "big.py"]  # the monkeypatch does see reads
     with pytest.raises(ScanError, match="not a folder"):
         scan(pack / "a.py")
 

@@ -112,7 +112,7 @@ class Usage:
     features: Counter = field(default_factory=Counter)  # one of FEATURES: count
     node_api: Counter = field(default_factory=Counter)  # NODE_ATTRS and HIDDEN_INPUTS: count
     third_party: Counter = field(default_factory=Counter)  # "cv2": 5
-    mapping_keys: set = field(default_factory=set)  # literal keys of NODE_CLASS_MAPPINGS
+    mapping_keys: set = field(default_factory=set)  # literal keys of NODE_CLASS_MAPPINGS (and *_CLASS_MAPPINGS)
     mappings_partial: bool = False  # some entries were added from expressions we cannot read
 
     @property
@@ -146,22 +146,35 @@ def scan(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_pack_b
     own = _own_modules(root, [p for p, _ in files])
     required: set[str] = set()  # names imported at least once outside try/except ImportError
     for path, _ in files:
-        rel = path.relative_to(root).as_posix()
-        try:
-            tree = ast.parse(path.read_bytes(), filename=rel)
-        except (OSError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-            # Python 2 files, templates, broken vendored code: counted, never fatal.
-            usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0][:200])
-            continue
-        part = Usage(pack=usage.pack)  # a file counts whole or not at all
-        try:
-            _FileScan(part, own, required).run(tree)
-        except RecursionError:
-            usage.unparsed.append(f"{rel}: RecursionError: nested too deeply to walk")
-            continue
-        _absorb(usage, part)
+        _scan_file(usage, root, path, own, required, max_file_bytes)
     usage.optional -= required
     return usage
+
+
+def _scan_file(usage: Usage, root: Path, path: Path, own: frozenset[str], required: set[str],
+               max_file_bytes: int) -> None:
+    rel = path.relative_to(root).as_posix()
+    try:
+        with path.open("rb") as handle:
+            source = handle.read(max_file_bytes + 1)  # the file may have grown since it was measured
+    except OSError as exc:
+        usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc.strerror}")
+        return
+    if len(source) > max_file_bytes:
+        raise ScanError(f"{path}: over the budget of {max_file_bytes} bytes for one file")
+    try:
+        tree = ast.parse(source, filename=rel)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        # Python 2 files, templates, broken vendored code: counted, never fatal.
+        usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0][:200])
+        return
+    part = Usage(pack=usage.pack)  # a file counts whole or not at all
+    try:
+        _FileScan(part, own, required).run(tree)
+    except RecursionError:
+        usage.unparsed.append(f"{rel}: RecursionError: nested too deeply to walk")
+        return
+    _absorb(usage, part)
 
 
 def _absorb(usage: Usage, part: Usage) -> None:
