@@ -373,10 +373,18 @@ def test_tool_writes_markdown_and_json(tmp_path):
     out_md, out_json = tmp_path / "usage.md", tmp_path / "usage.json"
     assert tool.main([str(packs), "--packs", str(listing), "--markdown", str(out_md), "--json", str(out_json)]) == 0
     text = out_md.read_text()
-    assert "| someone/pack-one | utility | `aaaaaaaaaaaa` | 1 | 0 | 0 | 0 | 0 |" in text
+    assert "| someone/pack-one | utility | `aaaaaaaaaaaa` | 1 | 0 | 0 | 0 | 0 | 4 |" in text
+    assert "| pack_two | ? | `?` | 1 | 0 | 0 | 0 | 0 | 2 |" in text  # not in the pack list
     assert "| `folder_paths.get_filename_list` | 2 | 2 |  |" in text
     assert "## `folder_paths` (used by 2 packs)" in text and "## `comfy` (used by 1 packs)" in text
     assert "| `MODEL.clone` | 1 | 1 |" in text
+    assert "| 0 | 0 |  |\n| 4 | 2 | pack-one, pack_two |" in text  # K = every name: all covered
+    usages = [scan(packs / "pack-one"), scan(packs / "pack_two")]
+    ranked = merge(usages)["names"]
+    assert list(ranked) == ["folder_paths", "folder_paths.get_filename_list", "comfy.model_management",
+                            "comfy.model_management.get_torch_device"]
+    assert tool.coverage(usages, ranked, steps=(1, 2, 3)) == [
+        (1, 0, []), (2, 1, ["pack_two"]), (3, 1, []), (4, 2, ["pack-one"])]
     doc = json.loads(out_json.read_text())
     assert [p["pack"] for p in doc["packs"]] == ["pack-one", "pack_two"]
     assert doc["packs"][0]["commit"] == "a" * 40 and doc["packs"][1]["commit"] is None

@@ -97,8 +97,9 @@ def markdown(usages: list[Usage], failures: list[str], packs: dict[str, dict], t
         "",
         "## Packs scanned",
         "",
-        "| pack | kind | commit | .py files | KiB | not parsed | NODE_CLASS_MAPPINGS entries | V3 nodes |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| pack | kind | commit | .py files | KiB | not parsed | NODE_CLASS_MAPPINGS entries | V3 nodes "
+        "| ComfyUI names |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = {name: i for i, name in enumerate(packs)}  # tools/packs.json's order, then the others
     for u in sorted(usages, key=lambda u: (order.get(u.pack, len(order)), u.pack.lower())):
@@ -107,12 +108,20 @@ def markdown(usages: list[Usage], failures: list[str], packs: dict[str, dict], t
         commit = entry.get("commit", "?")[:12]
         mapped = f"{u.node_mappings}{'+' if u.mappings_partial else ''}"
         lines.append(f"| {repo} | {entry.get('kind', '?')} | `{commit}` | {u.files} | {u.bytes // 1024} | "
-                     f"{len(u.unparsed)} | {mapped} | {u.features['v3_nodes']} |")
+                     f"{len(u.unparsed)} | {mapped} | {u.features['v3_nodes']} | {len(u.names)} |")
     lines += ["", "`+`: some entries are added by code (loops, calls), so the count is a lower bound."]
     if failures:
         lines += ["", "Not scanned:", ""] + [f"- {f}" for f in failures]
     names = totals["names"]
     lines += ["", f"## The {top} most used names", ""] + _table(names, "name", top, optional=True)
+    lines += ["", "## Packs covered by the first K names", "",
+              "A pack is covered when every name it needs (all but those only imported under "
+              "`try: ... except ImportError`) is among the first K of the list above, in its order: how many packs "
+              "a compatibility layer that provides exactly those names could load, as far as ComfyUI's names go "
+              "(MODEL/CLIP/VAE methods and the packs' own dependencies aside).", "",
+              "| K | packs covered | newly covered |", "|---:|---:|---|"]
+    for k, covered, new in coverage(usages, names):
+        lines.append(f"| {k} | {covered} | {', '.join(new)} |")
     for module in sorted({_top_module(n) for n in names}, key=lambda m: (-_packs_of(usages, m), m)):
         rows = {n: r for n, r in names.items() if _top_module(n) == module}
         lines += ["", f"## `{module}` (used by {_packs_of(usages, module)} packs)", ""]
@@ -135,6 +144,20 @@ def markdown(usages: list[Usage], failures: list[str], packs: dict[str, dict], t
               "(module names, not distribution names: `cv2` is opencv-python, `PIL` is pillow).", ""]
     lines += _table(totals["third_party"], "module")
     return "\n".join(lines) + "\n"
+
+
+def coverage(usages: list[Usage], names: dict, steps=(0, 10, 20, 40, 80, 160, 320, 640)) -> list[tuple]:
+    """(K, packs whose needed names are all among the first K, the packs that K adds)."""
+    rank = {name: i for i, name in enumerate(names)}
+    need = {u.pack: max((rank[n] + 1 for n in u.names if n not in u.optional), default=0) for u in usages}
+    rows, seen = [], set()
+    for k in sorted({*steps, len(names)}):
+        if k > len(names):
+            continue
+        now = sorted((p for p, n in need.items() if n <= k), key=str.lower)
+        rows.append((k, len(now), [p for p in now if p not in seen]))
+        seen.update(now)
+    return rows
 
 
 def _packs_of(usages: list[Usage], module: str) -> int:
