@@ -198,6 +198,39 @@ def test_relative_imports_own_modules_and_third_party(tmp_path):
     assert usage.files == 5
 
 
+def test_star_imports_of_the_packs_own_files_bring_their_aliases(tmp_path):
+    pack = write_pack(tmp_path / "p", {
+        "tsc_utils.py": """
+            import folder_paths
+            import comfy.model_management as mm
+            from .deeper import *
+            _private = folder_paths
+            """,
+        "deeper.py": """
+            from comfy.utils import ProgressBar
+            from .tsc_utils import *   # a cycle: followed once
+            """,
+        "nodes.py": "import folder_paths as fp\n",  # the pack's own nodes.py: `from nodes import *` is ComfyUI's
+        "sub/config.py": "from nodes import *\nfrom ..tsc_utils import *\n",
+        "sub/loaders.py": """
+            from ..tsc_utils import *
+            from .config import *
+
+            def inputs():
+                pbar = ProgressBar(2)
+                return folder_paths.get_filename_list("checkpoints"), mm.get_torch_device(), _private, fp
+            """,
+        "main.py": "from tsc_utils import *\nx = folder_paths.get_output_directory()\n",
+        "modules/pkg/a.py": "from pkg.b import *\nfolder_paths.get_input_directory()\n",  # modules/ on sys.path
+        "modules/pkg/b.py": "import folder_paths\n"})
+    usage = scan(pack)
+    assert dict(usage.names) == {
+        # three imports and `_private = folder_paths`; `_private` and `fp` do not travel through a star
+        "folder_paths": 4, "comfy.model_management": 1, "comfy.utils.ProgressBar": 2, "nodes": 1,
+        "folder_paths.get_filename_list": 1, "comfy.model_management.get_torch_device": 1,
+        "folder_paths.get_output_directory": 1, "folder_paths.get_input_directory": 1}
+
+
 def test_file_that_does_not_parse_is_counted_and_skipped(tmp_path):
     pack = write_pack(tmp_path / "p", {
         "good.py": "import folder_paths\nfolder_paths.get_output_directory()\n",

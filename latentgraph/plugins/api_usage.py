@@ -144,37 +144,74 @@ def scan(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_pack_b
                         "for one pack")
     usage = Usage(pack=root.name, files=len(files), bytes=total)
     own = _own_modules(root, [p for p, _ in files])
+    trees = {path: tree for path, _ in files if (tree := _parse(usage, root, path, max_file_bytes)) is not None}
+    stars = _StarExports(root, trees, own)
     required: set[str] = set()  # names imported at least once outside try/except ImportError
-    for path, _ in files:
-        _scan_file(usage, root, path, own, required, max_file_bytes)
+    for path, tree in trees.items():
+        part = Usage(pack=usage.pack)  # a file counts whole or not at all
+        try:
+            _FileScan(part, own, required, stars.resolver(path)).run(tree)
+        except RecursionError:
+            usage.unparsed.append(f"{path.relative_to(root).as_posix()}: RecursionError: nested too deeply to walk")
+            continue
+        _absorb(usage, part)
     usage.optional -= required
     return usage
 
 
-def _scan_file(usage: Usage, root: Path, path: Path, own: frozenset[str], required: set[str],
-               max_file_bytes: int) -> None:
+def _parse(usage: Usage, root: Path, path: Path, max_file_bytes: int) -> ast.Module | None:
     rel = path.relative_to(root).as_posix()
     try:
         with path.open("rb") as handle:
             source = handle.read(max_file_bytes + 1)  # the file may have grown since it was measured
     except OSError as exc:
         usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc.strerror}")
-        return
+        return None
     if len(source) > max_file_bytes:
         raise ScanError(f"{path}: over the budget of {max_file_bytes} bytes for one file")
     try:
-        tree = ast.parse(source, filename=rel)
+        return ast.parse(source, filename=rel)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         # Python 2 files, templates, broken vendored code: counted, never fatal.
         usage.unparsed.append(f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0][:200])
-        return
-    part = Usage(pack=usage.pack)  # a file counts whole or not at all
-    try:
-        _FileScan(part, own, required).run(tree)
-    except RecursionError:
-        usage.unparsed.append(f"{rel}: RecursionError: nested too deeply to walk")
-        return
-    _absorb(usage, part)
+        return None
+
+
+class _StarExports:
+    """The ComfyUI aliases a pack file defines at module level, for ``from .config import *`` (and
+    ``from tsc_utils import *`` with the pack's folder on sys.path) in its other files."""
+
+    def __init__(self, root: Path, trees: dict[Path, ast.Module], own: frozenset[str]):
+        self.root, self.trees, self.own = root, trees, own
+        self.done: dict[Path, dict] = {}
+        self.busy: set[Path] = set()
+
+    def resolver(self, path: Path):
+        return lambda module, level: self.exports(self._target(path, module, level))
+
+    def _target(self, path: Path, module: str | None, level: int) -> Path | None:
+        parts = module.split(".") if module else []
+        if level:
+            bases = [path.parents[level - 1]] if level <= len(path.relative_to(self.root).parts) else []
+        else:  # packs put their folders on sys.path: try each folder from the file's up to the pack's
+            bases = list(path.parents)[: len(path.relative_to(self.root).parts)]
+        for base in bases:
+            for candidate in (base.joinpath(*parts).with_suffix(".py") if parts else None,
+                              base.joinpath(*parts, "__init__.py")):
+                if candidate in self.trees:
+                    return candidate
+        return None
+
+    def exports(self, target: Path | None) -> dict:
+        if target is None or target in self.busy:
+            return {}  # not the pack's file, or an import cycle
+        if target not in self.done:
+            self.busy.add(target)
+            scratch = _FileScan(Usage(pack=""), self.own, set(), self.resolver(target))
+            scope = scratch._bindings(self.trees[target].body)
+            self.busy.discard(target)
+            self.done[target] = {k: v for k, v in scope.items() if not k.startswith("_")}
+        return self.done[target]
 
 
 def _absorb(usage: Usage, part: Usage) -> None:
@@ -217,9 +254,10 @@ def _own_modules(root: Path, files: list[Path]) -> frozenset[str]:
 class _FileScan:
     """One file's walk. Aliases live in scopes: the module's, then one per enclosing function."""
 
-    def __init__(self, usage: Usage, own: frozenset[str], required: set[str]):
+    def __init__(self, usage: Usage, own: frozenset[str], required: set[str], star=None):
         self.usage = usage
         self.own = own
+        self.star = star or (lambda module, level: {})  # (module, level) -> a pack file's exported aliases
         self.scopes: list[dict[str, tuple[str, bool]]] = []  # local name -> (qualified name, optional)
         self.required = required
 
@@ -242,6 +280,10 @@ class _FileScan:
                         self._bind(scope, alias.asname, alias.name, optional)
                     else:  # `import comfy.sd` binds `comfy`
                         self._bind(scope, alias.name.split(".")[0], alias.name.split(".")[0], optional)
+            elif isinstance(stmt, ast.ImportFrom) and stmt.names[0].name == "*" and (
+                    stmt.level or (stmt.module and stmt.module.split(".")[0] in self.own - COMFY_MODULES)):
+                for local, binding in self.star(stmt.module, stmt.level).items():
+                    scope.setdefault(local, binding)  # names the star brings in, as that file bound them
             elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
                 for alias in stmt.names:
                     if alias.name == "*":
