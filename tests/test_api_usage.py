@@ -222,13 +222,15 @@ def test_star_imports_of_the_packs_own_files_bring_their_aliases(tmp_path):
             """,
         "main.py": "from tsc_utils import *\nx = folder_paths.get_output_directory()\n",
         "modules/pkg/a.py": "from pkg.b import *\nfolder_paths.get_input_directory()\n",  # modules/ on sys.path
-        "modules/pkg/b.py": "import folder_paths\n"})
+        "modules/pkg/b.py": "import folder_paths\nimport comfy.sd as sd\n",
+        "modules/pkg/c.py": "from .b import sd as comfy_sd, folder_paths\ncomfy_sd.load_lora_for_models()\n"})
     usage = scan(pack)
     assert dict(usage.names) == {
         # three imports and `_private = folder_paths`; `_private` and `fp` do not travel through a star
         "folder_paths": 4, "comfy.model_management": 1, "comfy.utils.ProgressBar": 2, "nodes": 1,
         "folder_paths.get_filename_list": 1, "comfy.model_management.get_torch_device": 1,
-        "folder_paths.get_output_directory": 1, "folder_paths.get_input_directory": 1}
+        "folder_paths.get_output_directory": 1, "folder_paths.get_input_directory": 1,
+        "comfy.sd": 1, "comfy.sd.load_lora_for_models": 1}  # a name imported from the pack's own file
 
 
 def test_file_that_does_not_parse_is_counted_and_skipped(tmp_path):

@@ -280,10 +280,15 @@ class _FileScan:
                         self._bind(scope, alias.asname, alias.name, optional)
                     else:  # `import comfy.sd` binds `comfy`
                         self._bind(scope, alias.name.split(".")[0], alias.name.split(".")[0], optional)
-            elif isinstance(stmt, ast.ImportFrom) and stmt.names[0].name == "*" and (
+            elif isinstance(stmt, ast.ImportFrom) and (
                     stmt.level or (stmt.module and stmt.module.split(".")[0] in self.own - COMFY_MODULES)):
-                for local, binding in self.star(stmt.module, stmt.level).items():
-                    scope.setdefault(local, binding)  # names the star brings in, as that file bound them
+                exported = self.star(stmt.module, stmt.level)  # the pack's own file: its ComfyUI aliases
+                for alias in stmt.names:
+                    if alias.name == "*":
+                        for local, binding in exported.items():
+                            scope.setdefault(local, binding)
+                    elif alias.name in exported:  # from .utils import comfy_paths
+                        scope.setdefault(alias.asname or alias.name, exported[alias.name])
             elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
                 for alias in stmt.names:
                     if alias.name == "*":
