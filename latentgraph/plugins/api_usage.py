@@ -8,7 +8,9 @@ This is the measurement the ComfyUI compatibility layer is built from: :func:`sc
   ``comfy.model_management.get_torch_device``; ``from server import PromptServer`` then
   ``PromptServer.instance.send_sync(...)`` is ``server.PromptServer.instance.send_sync``.
   An import is itself a use (a missing name fails the import). Names imported inside
-  ``try: ... except ImportError`` are marked optional;
+  ``try: ... except ImportError`` are marked optional. ``from .config import *`` and
+  ``from .utils import comfy_paths`` bring the aliases the pack's own file bound; a value stored
+  in an object (``self.mm = mm``) or passed around is not followed;
 - uses of ModelPatcher / CLIP / VAE methods and attributes on values whose type cannot be known
   statically (``MODEL.clone``, ``CLIP.encode_from_tokens``, ``VAE.decode``). These are by-name
   heuristics: a distinctive name counts on any expression, a generic one (``clone``, ``encode``)
@@ -17,6 +19,8 @@ This is the measurement the ComfyUI compatibility layer is built from: :func:`sc
   inputs, ``check_lazy_status``, node expansion, ``ExecutionBlocker``, ``VALIDATE_INPUTS``,
   ``IS_CHANGED``, and the V1 class attributes and hidden inputs the node adapter must honour;
 - third-party imports: top-level modules that are not stdlib, not ComfyUI and not the pack's own.
+
+Folders named ``tests``/``test``, hidden ones and symbolic links are skipped.
 
 :func:`merge` counts over packs: for each name, the packs using it and the total uses.
 """
