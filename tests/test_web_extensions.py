@@ -108,6 +108,9 @@ def test_the_packs_web_folder_is_listed_and_served(tmp_path):
                 assert r.status == 200, rel
                 assert await r.read() == (js / rel).read_bytes()
                 assert r.headers["Content-Type"] == kind
+        r = await client.head("/extensions/web_widget_pack/widget.js")
+        assert r.status == 200 and r.headers["Content-Length"] == str((js / "widget.js").stat().st_size)
+        assert r.headers["Content-Type"] == JS and await r.read() == b""
         # the frontend's own extension scripts are still served
         r = await client.get("/extensions/core/a.js")
         assert r.status == 200 and await r.read() == b"export const core = 1;\n"

@@ -64,7 +64,8 @@ def js_files(root: Path) -> tuple[list[str], bool]:
             path = f"{rel}/{entry.name}" if rel else entry.name
             if entry.is_dir(follow_symlinks=False):
                 pending.append(path)
-            elif entry.name.endswith(".js") and entry.is_file() and _stays_inside(root, path):
+            elif entry.name.endswith(".js") and entry.is_file() and (not entry.is_symlink()
+                                                                       or _stays_inside(root, path)):
                 found.append(path)
     return sorted(found), False
 
@@ -87,7 +88,8 @@ class ExtensionRoutes:
         self._warned: set[str] = set()
 
     def routes(self) -> list:
-        return [("GET", "/extensions", self.get_list), ("GET", "/extensions/{pack}/{path:.+}", self.get_file)]
+        return [("GET", "/extensions", self.get_list), ("GET", "/extensions/{pack}/{path:.+}", self.get_file),
+                ("HEAD", "/extensions/{pack}/{path:.+}", self.get_file)]  # as a static route answers HEAD
 
     def scripts(self) -> list[str]:
         own = [url for url in self.frontend_scripts() if self._frontend_pack(url) not in self.packs]
