@@ -259,14 +259,20 @@ def _dtype(args) -> str:
 
 
 def _env(args) -> Environment:
+    """The command's Environment (made once: plugins loading and the run share it)."""
+    made = getattr(args, "_environment", None)
+    if made is not None:
+        return made
     try:
-        return Environment(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
-                           temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
-                           device=getattr(args, "device", "auto"), dtype=_dtype(args),
-                           lowvram=getattr(args, "lowvram", False), model_dirs=_extra_dirs(args),
-                           vram_budget=getattr(args, "vram_budget", "auto"), compile=getattr(args, "compile", "off"))
+        args._environment = Environment(
+            output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
+            temp_dir=Path(getattr(args, "temp_dir", "temp")), models_dir=Path(args.models_dir),
+            device=getattr(args, "device", "auto"), dtype=_dtype(args), lowvram=getattr(args, "lowvram", False),
+            model_dirs=_extra_dirs(args), vram_budget=getattr(args, "vram_budget", "auto"),
+            compile=getattr(args, "compile", "off"))
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
+    return args._environment
 
 
 def _registry(args):
@@ -277,7 +283,9 @@ def _registry(args):
     registry = create_registry()
     if getattr(args, "no_plugins", False):
         return registry
-    load_plugins(registry, _plugin_folders(args))
+    folders = _plugin_folders(args)
+    # ComfyUI packs read the model folders through folder_paths at import: the run's Environment
+    load_plugins(registry, folders, env=_env(args) if all(hasattr(args, a) for a in ("models_dir", "output_dir", "input_dir")) else None)
     return registry
 
 
@@ -552,8 +560,9 @@ def _print_plugins(registry, as_json: bool) -> int:
     from urllib.parse import quote
 
     packs = registry.plugins
+    names = {p.name: _comfy_names(p) for p in packs}
     if as_json:
-        print(json.dumps([p.to_json() for p in packs], indent=2))
+        print(json.dumps([dict(p.to_json(), comfyui_names=names[p.name]) for p in packs], indent=2))
         return 0
     if not packs:
         print("no plugins (install a package with a 'latentgraph.nodes' entry point, or use --custom-nodes DIR)")
@@ -566,12 +575,34 @@ def _print_plugins(registry, as_json: bool) -> int:
             print(f"  web: /extensions/{quote(p.name)}/ serves {p.web_dir}")
         if p.nodes:
             print(f"  nodes: {', '.join(p.nodes)}")
+        if names[p.name] is not None:
+            found = names[p.name]
+            print(f"  ComfyUI names: {len(found['provided'])} provided by latentgraph's compatibility layer"
+                  + (f"; missing: {', '.join(found['missing'])}" if found["missing"] else "; none missing"))
         for note in p.notes:
             print(f"  note: {note}")
     loaded = sum(p.status == "loaded" for p in packs)
     print(f"{len(packs)} plugin pack{'s' if len(packs) != 1 else ''}: {loaded} loaded, "
           f"{len(packs) - loaded} not; {sum(len(p.nodes) for p in packs)} plugin nodes")
     return 0
+
+
+def _comfy_names(pack) -> dict | None:
+    """For a ComfyUI pack from a folder: the ComfyUI names its source uses, those the
+    compatibility layer provides and those it lacks (with the ones it asked for at run time)."""
+    from .plugins.api_usage import ScanError, layer_report
+
+    path = Path(pack.source)
+    if pack.kind == "latentgraph" or pack.source.startswith("entry point") or not path.exists():
+        return None
+    try:
+        found = layer_report(path)
+    except (ScanError, OSError) as exc:
+        return {"provided": [], "missing": [], "error": str(exc)}
+    found["missing"] = sorted(set(found["missing"]) | set(pack.missing) | ({pack.needs} if pack.needs else set()))
+    if not found["provided"] and not found["missing"]:
+        return None
+    return found
 
 
 def cmd_train_demo(args) -> int:

@@ -270,8 +270,12 @@ def test_size_budgets_are_checked_before_any_file_is_read(tmp_path, monkeypatch)
     assert read == []
     assert scan(pack, max_file_bytes=240, max_pack_bytes=300).bytes == 300
     assert sorted(p.name for p in read) == ["a.py", "big.py"]  # the monkeypatch does see reads
-    with pytest.raises(ScanError, match="not a folder"):
-        scan(pack / "a.py")
+    with pytest.raises(ScanError, match="not a folder or a .py file"):
+        scan(pack / "absent")
+    one = scan(pack / "a.py", max_file_bytes=240)  # a single-module pack
+    assert (one.pack, one.files, one.bytes) == ("a", 1, (pack / "a.py").stat().st_size)
+    with pytest.raises(ScanError, match="over the budget of 10 bytes for one file"):
+        scan(pack / "a.py", max_file_bytes=10)
 
 
 def test_tests_hidden_folders_and_links_are_not_scanned(tmp_path):

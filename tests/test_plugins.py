@@ -44,7 +44,7 @@ def test_every_pack_is_reported_and_the_good_ones_load(loaded):
     assert packs["missing_dependency"].error == "missing dependency: No module named 'latentgraph_no_such_dependency'"
     assert packs["raises"].error == "RuntimeError: this pack cannot start: no GPU named 'imaginary' (at raises.py:5)"
     assert packs["bad_declaration"].error.startswith("bad declaration: NoFunction (class NoFunction): FUNCTION must")
-    assert packs["needs_comfyui"].needs == "folder_paths"
+    assert packs["needs_comfyui"].needs == "comfy_api_nodes"  # folder_paths and comfy.utils it got
     assert packs["comfy_pack"].kind == "comfyui" and packs["tint"].kind == "latentgraph"
     assert packs["comfy_pack"].nodes == ["SolidColor", "SplitBatch", "CountImages", "Counter", "FileStamp", "ShowText"]
     assert packs["registers"].nodes == ["Checkerboard"]
@@ -151,11 +151,17 @@ def test_plugin_nodes_from_a_yaml_workflow_on_the_cli(tmp_path, capsys):
     # the CLI lists the packs
     assert main(["nodes", "--plugins", "--custom-nodes", str(MIXED)]) == 0
     out = capsys.readouterr().out
-    assert "needs_comfyui  [?]  needs ComfyUI: imports folder_paths, which is part of ComfyUI" in out
+    assert ("needs_comfyui  [?]  needs ComfyUI: needs comfy_api_nodes, which latentgraph's ComfyUI "
+            "compatibility layer does not provide") in out
     assert "9 plugin packs: 4 loaded, 5 not; 11 plugin nodes" in out
+    # which ComfyUI names a pack uses, read from its source, and which the layer lacks
+    assert ("  ComfyUI names: 2 provided by latentgraph's compatibility layer; missing: comfy_api_nodes, "
+            "comfy_api_nodes.apinode_utils.upload_images_to_comfyapi") in out
     assert main(["nodes", "--plugins", "--json", "--custom-nodes", str(MIXED)]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert listed["tint"]["nodes"] == ["Tint", "tint/Posterize"] and listed["tint"]["import_ms"] > 0
+    assert listed["needs_comfyui"]["comfyui_names"]["provided"] == ["comfy.utils", "folder_paths"]
+    assert listed["tint"]["comfyui_names"] is None  # a latentgraph pack
 
 
 def test_config_file_and_folder_errors(tmp_path, capsys):
@@ -179,22 +185,33 @@ def test_config_file_and_folder_errors(tmp_path, capsys):
     assert "latentgraph.yaml: unknown key 'custom_node' (known: custom_nodes)" in capsys.readouterr().err
 
 
-def test_comfyui_modules_are_refused_even_if_something_has_their_name(tmp_path, monkeypatch):
+def test_packs_get_the_compatibility_layer_even_if_something_has_its_name(tmp_path, monkeypatch):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "folder_paths.py").write_text("X = 1\n")  # an unrelated module that happens to be importable
     monkeypatch.syspath_prepend(str(shadow))
     packs = tmp_path / "packs"
     packs.mkdir()
-    (packs / "uses_comfy.py").write_text("import folder_paths\nNODE_CLASS_MAPPINGS = {}\n")
+    (packs / "uses_comfy.py").write_text(
+        "import folder_paths\nMODELS = folder_paths.models_dir\nNODE_CLASS_MAPPINGS = {}\n")
+    (packs / "uses_missing.py").write_text("import comfy.ldm_no_such_part\nNODE_CLASS_MAPPINGS = {}\n")
     (packs / "optional_comfy.py").write_text(
-        "try:\n    import comfy.model_management\nexcept ImportError:\n    comfy = None\n"
+        "try:\n    import comfy_api_nodes.apis\nexcept ImportError:\n    comfy_api_nodes = None\n"
         "from typing import Annotated\nfrom latentgraph.graph import Int, node\n\n"
         "@node(outputs=['INT'])\ndef Twice(x: Annotated[int, Int(1)]) -> int:\n    return 2 * x\n")
     registry = create_registry()
     infos = {p.name: p for p in load_plugins(registry, [packs], entry_points=False)}
-    assert infos["uses_comfy"].status == "needs ComfyUI" and infos["uses_comfy"].needs == "folder_paths"
+    assert infos["uses_comfy"].status == "loaded"
+    module = sys.modules["latentgraph_custom_nodes.uses_comfy"]
+    assert not hasattr(module.folder_paths, "X") and isinstance(module.MODELS, str)  # the layer's, not the shadow
+    assert infos["uses_missing"].status == "needs ComfyUI" and infos["uses_missing"].needs == "comfy.ldm_no_such_part"
     assert infos["optional_comfy"].status == "loaded" and "Twice" in registry  # it handled the ImportError
+    # latentgraph's own code (and any library) importing folder_paths still gets the unrelated module
+    import importlib
+
+    sys.modules.pop("folder_paths", None)
+    assert importlib.import_module("folder_paths").X == 1
+    sys.modules.pop("folder_paths", None)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,11 @@ A pack is found two ways:
 
 Each pack loads alone: it registers into a registry of its own, and only when all of it worked
 are its nodes added. A pack that fails (syntax error, missing dependency, exception at import,
-a bad declaration) is reported with its name and error and nothing of it is added; one that
-imports ComfyUI itself (``comfy.*``, ``folder_paths``, ``server``, ...) is reported as needing
-ComfyUI, with the module it asked for. The others load.
+a bad declaration) is reported with its name and error and nothing of it is added. ComfyUI
+packs import ComfyUI's modules (``folder_paths``, ``comfy.*``, ``server``, ``nodes``, ...):
+they get latentgraph's compatibility layer (:mod:`latentgraph.comfy_compat`), and one that
+needs a module or name the layer lacks is reported as needing ComfyUI, with that name. The
+others load.
 
 Names. A bare node name belongs to exactly one provider. Built-in names are never replaced: a
 pack's node with a built-in name is registered as ``pack/Name``. When two packs define the same
@@ -25,7 +27,6 @@ asking for the bare name is told which ones exist. Every renaming is in the pack
 from __future__ import annotations
 
 import dataclasses
-import importlib.abc
 import importlib.metadata
 import importlib.util
 import re
@@ -40,14 +41,11 @@ from typing import Any, Iterable
 from ..graph.errors import DeclarationError, LatentgraphError
 from ..graph.registry import NodeRegistry
 from .web import web_folder
+from .. import comfy_compat
+from ..comfy_compat import COMFY_MODULES  # noqa: F401 - ComfyUI's top-level modules (api_usage uses them)
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"
 MODULE_PREFIX = "latentgraph_custom_nodes"
-# Top-level modules of a ComfyUI install that packs import; none of them exists here.
-COMFY_MODULES = frozenset({
-    "comfy", "comfy_extras", "comfy_execution", "comfy_api", "comfy_api_nodes", "comfy_config", "folder_paths",
-    "server", "nodes", "execution", "node_helpers", "latent_preview", "comfyui_version", "cuda_malloc", "app",
-    "model_management"})
 LOADED, FAILED, NEEDS_COMFYUI = "loaded", "failed", "needs ComfyUI"
 
 
@@ -60,7 +58,8 @@ class PluginInfo:
     kind: str | None = None  # "latentgraph" or "comfyui" (NODE_CLASS_MAPPINGS); None if it never got that far
     status: str = LOADED
     error: str | None = None
-    needs: str | None = None  # the ComfyUI module it imported
+    needs: str | None = None  # the ComfyUI module or name it needed that the compatibility layer lacks
+    missing: list[str] = field(default_factory=list)  # ComfyUI names it asked for and did not get
     nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     import_seconds: float = 0.0
@@ -68,27 +67,12 @@ class PluginInfo:
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "kind": self.kind, "status": self.status,
-                "error": self.error, "needs": self.needs, "nodes": list(self.nodes), "notes": list(self.notes),
+                "error": self.error, "needs": self.needs, "missing": list(self.missing), "nodes": list(self.nodes), "notes": list(self.notes),
                 "import_ms": round(self.import_seconds * 1000, 2), "web_dir": self.web_dir}
 
 
 class PluginError(LatentgraphError):
     """A custom-node folder or config file cannot be used."""
-
-
-class NeedsComfyUI(ModuleNotFoundError):
-    """A pack imported one of ComfyUI's own modules."""
-
-
-class _ComfyGuard(importlib.abc.MetaPathFinder):
-    """While a pack imports, ComfyUI's module names fail with NeedsComfyUI (even when a
-    same-named unrelated module happens to be installed)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        top = fullname.partition(".")[0]
-        if top in COMFY_MODULES:
-            raise NeedsComfyUI(f"No module named '{fullname}' (it is part of ComfyUI)", name=fullname)
-        return None
 
 
 @dataclass
@@ -129,8 +113,12 @@ def discover(folders: Iterable[str | Path] = (), entry_points: bool = True) -> l
 
 
 def load_plugins(registry: NodeRegistry, folders: Iterable[str | Path] = (), *, entry_points: bool = True,
-                 ) -> list[PluginInfo]:
-    """Load every pack found into ``registry``; return (and append to ``registry.plugins``) the reports."""
+                 env=None) -> list[PluginInfo]:
+    """Load every pack found into ``registry``; return (and append to ``registry.plugins``) the
+    reports. ``env`` is the Environment ComfyUI packs see through ``folder_paths`` (bound for
+    the process: latentgraph.comfy_compat.bind)."""
+    if env is not None:
+        comfy_compat.bind(env=env)
     staged: list[tuple[PluginInfo, NodeRegistry]] = []
     infos: list[PluginInfo] = []
     seen: dict[str, str] = {p.name: p.source for p in registry.plugins}
@@ -156,37 +144,54 @@ def load_plugins(registry: NodeRegistry, folders: Iterable[str | Path] = (), *, 
 
 
 def _load_one(cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None:
-    guard = _ComfyGuard()
-    sys.meta_path.insert(0, guard)
+    if cand.path is not None:
+        comfy_compat.install(cand.path)
     added_before = set(sys.modules)
     try:
-        if cand.entry_point is not None:
-            target = cand.entry_point.load()
-            if not callable(target):
-                raise DeclarationError(f"the entry point names {type(target).__name__}, not a function "
-                                       f"that takes the registry")
-            info.kind = "latentgraph"
-            target(staging)
-            info.web_dir = web_folder(sys.modules.get(cand.entry_point.module), None, info.notes)
-        else:
-            module = _import_path(cand)
-            _register_module(module, cand, info, staging)
+        with comfy_compat.runtime.loading(cand.name):
+            if cand.entry_point is not None:
+                target = cand.entry_point.load()
+                if not callable(target):
+                    raise DeclarationError(f"the entry point names {type(target).__name__}, not a function "
+                                           f"that takes the registry")
+                info.kind = "latentgraph"
+                target(staging)
+                info.web_dir = web_folder(sys.modules.get(cand.entry_point.module), None, info.notes)
+            else:
+                module = _import_path(cand)
+                _register_module(module, cand, info, staging)
         if not len(staging):
             info.notes.append("no nodes found (define @node functions, a register(registry) function, or "
                               "NODE_CLASS_MAPPINGS)")
-    except NeedsComfyUI as exc:
-        info.status, info.needs = NEEDS_COMFYUI, exc.name
-        info.error = f"imports {exc.name}, which is part of ComfyUI"
     except (KeyboardInterrupt, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - a pack may raise anything, SystemExit included
-        info.status, info.error = FAILED, _describe(exc, cand)
-    finally:
-        sys.meta_path.remove(guard)
+        needed = _comfy_name(exc)
+        if needed is not None:
+            info.status, info.needs = NEEDS_COMFYUI, needed
+            info.error = f"needs {needed}, which latentgraph's ComfyUI compatibility layer does not provide"
+        else:
+            info.status, info.error = FAILED, _describe(exc, cand)
+    info.missing = comfy_compat.missing_names(cand.name)
     if info.status != LOADED and cand.entry_point is None:
         for name in set(sys.modules) - added_before:  # a failed pack leaves no half-imported modules
             if name.startswith(f"{MODULE_PREFIX}.{_safe(cand.name)}"):
                 sys.modules.pop(name, None)
+
+
+def _comfy_name(exc: BaseException) -> str | None:
+    """The ComfyUI module or name a pack's import failed on, if that is why it failed: a module
+    the layer lacks, ``from comfy.x import name`` of a name it lacks, or an attribute of one
+    of its modules."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in COMFY_MODULES:
+        return exc.name
+    if isinstance(exc, ImportError) and exc.name and exc.name.split(".")[0] in COMFY_MODULES:
+        found = re.match(r"cannot import name '([^']+)'", str(exc))
+        return f"{exc.name}.{found.group(1)}" if found else exc.name
+    if isinstance(exc, AttributeError) and "compatibility layer does not provide it" in str(exc):
+        found = re.match(r"module '([^']+)' has no attribute '([^']+)'", str(exc))
+        return f"{found.group(1)}.{found.group(2)}" if found else None
+    return None
 
 
 def _safe(name: str) -> str:

@@ -133,11 +133,16 @@ class Usage:
 
 def scan(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_pack_bytes: int = MAX_PACK_BYTES,
          max_files: int = MAX_PACK_FILES) -> Usage:
-    """Scan every ``.py`` file under ``folder`` (a pack) without importing any of it."""
+    """Scan every ``.py`` file under ``folder`` (a pack; or one ``.py`` file, a single-module
+    pack) without importing any of it."""
     root = Path(folder)
-    if not root.is_dir():
-        raise ScanError(f"{root}: not a folder")
-    files = _python_files(root, max_files)
+    name = root.name
+    if root.suffix == ".py" and root.is_file() and not root.is_symlink():
+        files, root, name = [(root, root.stat().st_size)], root.parent, root.stem
+    elif not root.is_dir():
+        raise ScanError(f"{root}: not a folder or a .py file")
+    else:
+        files = _python_files(root, max_files)
     total = 0
     for path, size in files:  # every budget is checked before the first file is read
         if size > max_file_bytes:
@@ -146,7 +151,7 @@ def scan(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_pack_b
     if total > max_pack_bytes:
         raise ScanError(f"{root}: its .py files hold {total} bytes, over the budget of {max_pack_bytes} bytes "
                         "for one pack")
-    usage = Usage(pack=root.name, files=len(files), bytes=total)
+    usage = Usage(pack=name, files=len(files), bytes=total)
     own = _own_modules(root, [p for p, _ in files])
     trees = {path: tree for path, _ in files if (tree := _parse(usage, root, path, max_file_bytes)) is not None}
     stars = _StarExports(root, trees, own)
@@ -591,3 +596,20 @@ def merge(usages: Iterable[Usage]) -> dict:
         out[key] = dict(sorted(table.items(), key=lambda kv: (-kv[1]["packs"], -kv[1]["uses"], kv[0])))
     out["packs"] = len(usages)
     return out
+
+
+def layer_report(folder: str | Path) -> dict[str, list[str]]:
+    """For ``latentgraph nodes --plugins``: the ComfyUI names a pack's source uses, split into
+    those latentgraph's compatibility layer provides and those it lacks (what would fail when
+    the pack imports or runs them). Names only imported under ``try/except ImportError`` count
+    as used but never as missing: the pack copes without them."""
+    from ..comfy_compat import provides
+
+    usage = scan(folder)
+    used, missing = [], []
+    for name in sorted(usage.names):
+        if provides(name):
+            used.append(name)
+        elif name not in usage.optional:
+            missing.append(name)
+    return {"provided": used, "missing": missing}

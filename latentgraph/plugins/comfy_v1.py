@@ -26,6 +26,7 @@ import math
 import uuid
 from typing import Any
 
+from ..comfy_compat.runtime import node_call
 from ..graph.declare import NodeDef, Result
 from ..graph.expansion import Blocker, Expansion
 from ..graph.errors import DeclarationError
@@ -186,33 +187,38 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         return obj
 
     def call(**kwargs):
-        obj = instance(kwargs.pop(CONTEXT))
+        ctx = kwargs.pop(CONTEXT)
+        obj = instance(ctx)
         for hname in unknown_hidden:
             kwargs.setdefault(hname, None)
-        return _result(name, getattr(obj, function)(**kwargs), len(outputs))
+        with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
+            ret = getattr(obj, function)(**kwargs)
+        return _result(name, ret, len(outputs))
 
-    lazy_check = None
-    if callable(getattr(cls, "check_lazy_status", None)):
-        def lazy_check(**kwargs):
-            obj = instance(kwargs.pop(CONTEXT))
-            for hname in unknown_hidden:
-                kwargs.setdefault(hname, None)
+    def check_lazy(**kwargs):
+        ctx = kwargs.pop(CONTEXT)
+        obj = instance(ctx)
+        for hname in unknown_hidden:
+            kwargs.setdefault(hname, None)
+        with node_call(ctx):
             return obj.check_lazy_status(**kwargs)
 
-    fingerprint = fp_inputs = None
-    changed = getattr(cls, "IS_CHANGED", None)
-    if callable(changed):
-        fp_inputs, _ = _validate_inputs(changed, inputs, hidden)  # the same rule as VALIDATE_INPUTS
+    lazy_check = check_lazy if callable(getattr(cls, "check_lazy_status", None)) else None
 
-        def fingerprint(**kwargs):
-            try:
-                value = changed(**kwargs)
-            except Exception as exc:  # ComfyUI: a failing IS_CHANGED means "changed", every time
-                log.warning("%s: IS_CHANGED raised %s: %s; the node runs every time", name, type(exc).__name__, exc)
-                return ("always", uuid.uuid4().hex)
-            if isinstance(value, float) and math.isnan(value):
-                return ("always", uuid.uuid4().hex)  # ComfyUI: NaN is never equal, so the node always runs
-            return repr(value)
+    changed = getattr(cls, "IS_CHANGED", None)
+    fp_inputs = _validate_inputs(changed, inputs, hidden)[0] if callable(changed) else None  # VALIDATE_INPUTS' rule
+
+    def changed_value(**kwargs):
+        try:
+            value = changed(**kwargs)
+        except Exception as exc:  # ComfyUI: a failing IS_CHANGED means "changed", every time
+            log.warning("%s: IS_CHANGED raised %s: %s; the node runs every time", name, type(exc).__name__, exc)
+            return ("always", uuid.uuid4().hex)
+        if isinstance(value, float) and math.isnan(value):
+            return ("always", uuid.uuid4().hex)  # ComfyUI: NaN is never equal, so the node always runs
+        return repr(value)
+
+    fingerprint = changed_value if callable(changed) else None
 
     validate = v_inputs = None
     wants_types = False

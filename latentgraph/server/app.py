@@ -26,6 +26,7 @@ from ..graph import Environment, Executor, Workflow
 from ..graph.cache import release_memory
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from ..graph.validate import validate
+from .. import comfy_compat
 from . import jobs
 from .extensions import ExtensionRoutes
 from .files import FileRoutes
@@ -305,7 +306,7 @@ def _prompt_fields(body: dict) -> dict:
 
 async def post_prompt(request: web.Request) -> web.Response:
     srv = _server(request)
-    fields = _prompt_fields(await _json_body(request))
+    fields = _prompt_fields(comfy_compat.on_prompt(await _json_body(request)))
     try:
         wf = Workflow.from_api(fields["prompt"], source="prompt")
     except WorkflowError as exc:
@@ -535,6 +536,8 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
         raise ValueError(str(exc)) from None
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
     app[SERVER] = srv
+    comfy_compat.bind(env=env, server=srv)  # what ComfyUI packs reach through folder_paths and PromptServer
+    srv.app = app
     files = FileRoutes(lambda: srv.env)
     front = app[FRONTEND] = FrontendRoutes(user_dir, find_frontend(frontend))
     packs = ExtensionRoutes(getattr(registry, "plugins", []), front.extension_scripts, front.web_root)
@@ -543,9 +546,26 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
+    _add_pack_routes(app, {(m, p) for m, p, _ in routes})
     front.install_static(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def _add_pack_routes(app: web.Application, taken: set) -> None:
+    """The routes ComfyUI packs added with ``PromptServer.instance.routes`` (at their path and
+    under /api, as ComfyUI); one that would replace a route of ours is skipped with a warning."""
+    for method, path, handler in comfy_compat.pack_routes():
+        for where in (path, "/api" + path):
+            if (method, where) in taken or (method == "GET" and ("HEAD", where) in taken):
+                log.warning("a custom-node pack's route %s %s is not served: latentgraph serves that path", method, where)
+                continue
+            try:
+                app.router.add_route(method, where, handler)
+            except (RuntimeError, ValueError) as exc:  # a duplicate or a malformed path
+                log.warning("a custom-node pack's route %s %s is not served: %s", method, where, exc)
+                continue
+            taken.add((method, where))
 
 
 async def _lifecycle(app: web.Application):

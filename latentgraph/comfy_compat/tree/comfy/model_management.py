@@ -1,0 +1,265 @@
+"""ComfyUI's ``comfy.model_management``: devices, dtypes, memory and interrupts, answered from
+the running node's Environment and latentgraph's model placement. Loading and unloading are
+latentgraph's own business (models/management.py, models/vram.py): the functions that ask for
+them are accepted and do what is needed here (a model is moved when a node runs it)."""
+
+from __future__ import annotations
+
+import torch
+
+from latentgraph.comfy_compat import runtime
+from latentgraph.graph.errors import Interrupted
+
+InterruptProcessingException = Interrupted  # what a pack catches or raises to stop a run
+OOM_EXCEPTION = torch.cuda.OutOfMemoryError
+XFORMERS_IS_AVAILABLE = False
+XFORMERS_ENABLED_VAE = False
+
+
+class VRAMState:
+    DISABLED, NO_VRAM, LOW_VRAM, NORMAL_VRAM, HIGH_VRAM, SHARED = range(6)
+
+
+class CPUState:
+    GPU, CPU, MPS = range(3)
+
+
+def __getattr__(name: str):
+    if name == "vram_state":
+        return VRAMState.LOW_VRAM if runtime.current_env().lowvram else VRAMState.NORMAL_VRAM
+    if name == "cpu_state":
+        return CPUState.CPU if get_torch_device().type == "cpu" else CPUState.GPU
+    raise runtime.missing(__name__, name)
+
+
+def get_torch_device() -> torch.device:
+    from latentgraph.models.management import resolve_device
+
+    return resolve_device(runtime.current_env().device)
+
+
+def intermediate_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def unet_offload_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def text_encoder_offload_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def vae_offload_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def unet_inital_load_device(parameters=0, dtype=None) -> torch.device:
+    return get_torch_device()
+
+
+def text_encoder_device() -> torch.device:
+    return get_torch_device()
+
+
+def vae_device() -> torch.device:
+    return get_torch_device()
+
+
+def is_device_cpu(device) -> bool:
+    return torch.device(device).type == "cpu"
+
+
+def is_device_mps(device) -> bool:
+    return torch.device(device).type == "mps"
+
+
+def is_device_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def cpu_mode() -> bool:
+    return get_torch_device().type == "cpu"
+
+
+def mps_mode() -> bool:
+    return get_torch_device().type == "mps"
+
+
+def is_nvidia() -> bool:
+    return get_torch_device().type == "cuda" and torch.version.cuda is not None
+
+
+def xformers_enabled() -> bool:
+    return False
+
+
+def xformers_enabled_vae() -> bool:
+    return False
+
+
+def pytorch_attention_enabled() -> bool:
+    return True
+
+
+def sage_attention_enabled() -> bool:
+    return False
+
+
+def flash_attention_enabled() -> bool:
+    return False
+
+
+def _run_dtype(device) -> torch.dtype:
+    """The dtype latentgraph places UNets in for the bound Environment and device."""
+    from latentgraph.models.management import resolve_dtypes
+
+    return resolve_dtypes(torch.device(device or get_torch_device()), runtime.current_env().dtype)["unet"]
+
+
+def unet_dtype(device=None, model_params=0, supported_dtypes=None, weight_dtype=None) -> torch.dtype:
+    return _run_dtype(device)
+
+
+def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=None):
+    return None
+
+
+def text_encoder_dtype(device=None) -> torch.dtype:
+    return _run_dtype(device)
+
+
+def vae_dtype(device=None, allowed_dtypes=None) -> torch.dtype:
+    return torch.float32
+
+
+def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False) -> bool:
+    return _run_dtype(device) == torch.float16
+
+
+def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False) -> bool:
+    return _run_dtype(device) == torch.bfloat16
+
+
+def supports_dtype(device, dtype) -> bool:
+    return dtype in (torch.float32, torch.float16, torch.bfloat16) or torch.device(device).type != "cpu"
+
+
+def device_supports_non_blocking(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def get_autocast_device(dev) -> str:
+    return getattr(dev, "type", "cuda")
+
+
+def cast_to_device(tensor: torch.Tensor, device, dtype, copy: bool = False) -> torch.Tensor:
+    out = tensor.to(device=device, dtype=dtype)
+    return out.clone() if copy and out is tensor else out
+
+
+def get_free_memory(dev=None, torch_free_too: bool = False):
+    dev = torch.device(dev) if dev is not None else get_torch_device()
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return (free, free) if torch_free_too else free
+    free = _ram("MemAvailable", "SC_AVPHYS_PAGES")
+    return (free, free) if torch_free_too else free
+
+
+def get_total_memory(dev=None, torch_total_too: bool = False):
+    dev = torch.device(dev) if dev is not None else get_torch_device()
+    if dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev).total_memory
+    else:
+        total = _ram("MemTotal", "SC_PHYS_PAGES")
+    return (total, total) if torch_total_too else total
+
+
+def _ram(field: str, sysconf: str) -> int:
+    """Bytes of RAM from /proc/meminfo (Linux), else from sysconf."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf(sysconf)
+
+
+def soft_empty_cache(force: bool = False) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def free_memory(memory_required, device, keep_loaded=()) -> list:
+    """Accepted: latentgraph frees device memory itself when a model needs room (models/vram.py)."""
+    return []
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False) -> None:
+    """Accepted: a MODEL value moves to the device when a node runs it (models/management.py)."""
+
+
+def load_model_gpu(model) -> None:
+    load_models_gpu([model])
+
+
+def unload_all_models() -> None:
+    soft_empty_cache()
+
+
+def cleanup_models(keep_clone_weights_loaded=False) -> None:
+    """Accepted: unused models leave the cache on its own rules (and /free)."""
+
+
+def cleanup_models_gc() -> None:
+    import gc
+
+    gc.collect()
+
+
+def loaded_models(only_currently_used=False) -> list:
+    return []
+
+
+def module_size(module: torch.nn.Module) -> int:
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
+def interrupt_current_processing(value: bool = True) -> None:
+    """Ask the running node's run to stop (its next progress tick or node boundary raises)."""
+    ctx = runtime.current_node()
+    if ctx is not None and value:
+        ctx._stop.set()
+
+
+def processing_interrupted() -> bool:
+    ctx = runtime.current_node()
+    return bool(ctx is not None and ctx._stop.is_set())
+
+
+def throw_exception_if_processing_interrupted() -> None:
+    ctx = runtime.current_node()
+    if ctx is not None:
+        ctx.check_interrupt()
+
+
+def maximum_vram_for_weights(device=None) -> int:
+    return get_total_memory(device) * 88 // 100
+
+
+def total_vram_mib() -> float:
+    return get_total_memory() / (1024 * 1024)
+
+
+def extra_reserved_memory() -> int:
+    return 400 * 1024 * 1024
+
+
+def minimum_inference_memory() -> int:
+    return 800 * 1024 * 1024 + extra_reserved_memory()

@@ -1,0 +1,114 @@
+"""ComfyUI's ``nodes`` module: MAX_RESOLUTION, and latentgraph's built-in nodes as V1 classes
+(``NODE_CLASS_MAPPINGS["KSampler"]().sample(...)``, as packs reuse ComfyUI's core nodes).
+
+Each class is made from the node's declaration: ``INPUT_TYPES`` is its /object_info entry,
+``RETURN_TYPES``/``RETURN_NAMES``/``CATEGORY``/``OUTPUT_NODE`` as ComfyUI shows them. The method
+has ComfyUI's name and parameter order (``VAEEncode().encode(vae, pixels)``,
+``KSampler().sample(model, seed, ...)``: recorded from ComfyUI's source in node_methods.json by
+tools/comfy_node_methods.py; a node ComfyUI lacks gets ``run`` and its input order). It runs
+latentgraph's node within the running node's context (its folders, models and progress) and
+returns a tuple, or ``{"ui", "result"}`` when the node shows something. Parameters ComfyUI's
+method takes that latentgraph's node does not model are accepted and ignored; any other name is
+a TypeError naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from latentgraph.comfy_compat import runtime
+
+MAX_RESOLUTION = 16384
+
+
+def __getattr__(name: str):
+    if name in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"):
+        classes = _classes()
+        if name == "NODE_CLASS_MAPPINGS":
+            return classes
+        return {n: getattr(c, "_display_name", n) for n, c in classes.items()}
+    classes = _classes()
+    if name in classes:  # nodes.KSampler, nodes.CheckpointLoaderSimple, ...
+        return classes[name]
+    raise runtime.missing(__name__, name)
+
+
+@functools.lru_cache(maxsize=1)
+def _classes() -> dict[str, type]:
+    from latentgraph.nodes import create_registry
+
+    registry = create_registry()
+    return {name: v1_class(registry[name]) for name in registry.names()}
+
+
+FUNCTION_NAME = "run"  # for a node ComfyUI has no method name for
+
+
+@functools.lru_cache(maxsize=1)
+def comfy_methods() -> dict[str, dict]:
+    """ComfyUI's method name and parameter order per core node (node_methods.json)."""
+    return json.loads((Path(__file__).with_name("node_methods.json")).read_text(encoding="utf-8"))["nodes"]
+
+
+def v1_class(ndef) -> type:
+    """A V1 class running ``ndef``."""
+    info = ndef.object_info()
+    recorded = comfy_methods().get(ndef.name, {})
+    function = recorded.get("function", FUNCTION_NAME)
+    params = list(recorded.get("params") or [*ndef.inputs, *ndef.hidden])
+    ours = set(ndef.inputs) | set(ndef.hidden)
+
+    def input_types(cls) -> dict:
+        return ndef.object_info(runtime.current_env())["input"]
+
+    def method(self, *args, **kwargs) -> Any:
+        if len(args) > len(params):
+            raise TypeError(f"{ndef.name}.{function}() takes {len(params)} arguments ({', '.join(params)}), "
+                            f"{len(args)} were given")
+        for name, value in zip(params, args):
+            if name in kwargs:
+                raise TypeError(f"{ndef.name}.{function}() got two values for '{name}'")
+            kwargs[name] = value
+        unknown = [k for k in kwargs if k not in ours and k not in params]
+        if unknown:
+            raise TypeError(f"{ndef.name}.{function}() has no parameter {', '.join(map(repr, unknown))} "
+                            f"(it takes {', '.join(params)})")
+        return call_builtin(ndef, {k: v for k, v in kwargs.items() if k in ours})
+
+    method.__name__ = function
+    attrs = {"INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": tuple(info["output"]),
+             "RETURN_NAMES": tuple(info["output_name"]), "OUTPUT_IS_LIST": tuple(info["output_is_list"]),
+             "FUNCTION": function, "CATEGORY": info["category"], "OUTPUT_NODE": info["output_node"],
+             "DESCRIPTION": info["description"], "_display_name": info["display_name"], function: method,
+             "__doc__": ndef.description or None, "_latentgraph_node": ndef}
+    return type(ndef.name, (), attrs)
+
+
+def call_builtin(ndef, kwargs: dict) -> Any:
+    """Run a built-in node from a pack's code: declared defaults fill what is not given."""
+    from latentgraph.graph.calls import read_return
+    from latentgraph.graph.context import NodeContext
+    from latentgraph.graph.types import MISSING
+
+    args = {n: s.default for n, s in ndef.inputs.items() if n not in kwargs and s.default is not MISSING
+            and not s.optional}
+    args.update(kwargs)
+    for name in ndef.hidden:  # a hidden input the caller did not give (prompt, extra_pnginfo) is None
+        args.setdefault(name, None)
+    if ndef.context_param:
+        ctx = runtime.current_node()
+        if ctx is None:  # called outside a run (a script): a context of its own
+            import threading
+
+            from latentgraph.nodes import create_services
+
+            env = runtime.current_env()
+            ctx = NodeContext("?", ndef.name, "?", env, create_services(env), lambda kind, data: None,
+                              threading.Event())
+        args[ndef.context_param] = ctx
+    call = read_return(ndef, ndef.fn(**args))
+    values = call.values if call.values is not None else ()
+    return {"ui": call.ui, "result": values} if call.ui else values

@@ -1,0 +1,353 @@
+"""ComfyUI's module API for packs (latentgraph.comfy_compat), used the way real packs use it:
+packs written here as files in a custom-nodes folder import ``folder_paths``, ``comfy.utils``,
+``comfy.model_management``, ``server``, ``nodes``, ``node_helpers`` and
+``comfy_execution.graph_utils`` and run through the executor and the server; what they read
+and send is checked by value."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+
+from latentgraph import comfy_compat
+from latentgraph.graph import Environment, Executor, Workflow
+from latentgraph.graph.errors import Interrupted
+from latentgraph.graph.expansion import Blocker
+from latentgraph.nodes import create_registry
+from latentgraph.plugins import load_plugins
+from latentgraph.server import create_app
+
+PACK = '''
+import os
+
+import torch
+from aiohttp import web
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import node_helpers
+import nodes
+from comfy_execution.graph import ExecutionBlocker
+from comfy_execution.graph_utils import GraphBuilder
+from server import PromptServer
+
+# as IPAdapter_plus does at import: a model folder of its own under models/
+folder_paths.folder_names_and_paths["ipadapter"] = (
+    [os.path.join(folder_paths.models_dir, "ipadapter")], folder_paths.supported_pt_extensions)
+SEEN_AT_IMPORT = folder_paths.get_filename_list("checkpoints")
+
+
+@PromptServer.instance.routes.get("/compat_pack/models")
+async def list_models(request):
+    return web.json_response({"ipadapter": folder_paths.get_filename_list("ipadapter")})
+
+
+class PickLora:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": (folder_paths.get_filename_list("loras"),)}}
+
+    RETURN_TYPES = ("STRING", "STRING")
+    FUNCTION = "pick"
+    CATEGORY = "compat"
+
+    def pick(self, lora_name):
+        return (folder_paths.get_full_path("loras", lora_name), str(comfy.model_management.get_torch_device()))
+
+
+class CountSteps:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 3, "min": 1, "max": 100})},
+                "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "count"
+    CATEGORY = "compat"
+    OUTPUT_NODE = True
+
+    def count(self, steps, unique_id):
+        bar = comfy.utils.ProgressBar(steps)
+        for i in range(steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            bar.update(1)
+        PromptServer.instance.send_sync("compat_pack.counted", {"node": unique_id, "steps": steps,
+                                                               "client": PromptServer.instance.client_id})
+        PromptServer.instance.send_progress_text(f"counted {steps}", unique_id)
+        return (steps,)
+
+
+class BlankLatent:
+    """Reuses ComfyUI's core node as packs do: nodes.EmptyLatentImage().generate(w, h, batch)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 64, "min": 8, "max": nodes.MAX_RESOLUTION})}}
+
+    RETURN_TYPES = ("LATENT", "INT")
+    FUNCTION = "make"
+
+    def make(self, size):
+        latent = nodes.NODE_CLASS_MAPPINGS["EmptyLatentImage"]().generate(size, size, 2)[0]
+        scaled = comfy.utils.common_upscale(latent["samples"], size // 4, size // 4, "nearest-exact", "disabled")
+        return ({"samples": scaled}, nodes.MAX_RESOLUTION)
+
+
+class AddOne:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": -10000, "max": 10000})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "add"
+
+    def add(self, value):
+        return (value + 1,)
+
+
+class AddTimes:
+    """Expands into a chain of AddOne nodes made with GraphBuilder (the way loop packs do)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": -10000, "max": 10000}),
+                             "times": ("INT", {"default": 3, "min": 0, "max": 50})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "expand"
+
+    def expand(self, value, times):
+        if times == 0:
+            return (value,)
+        graph = GraphBuilder()
+        current = value
+        for _ in range(times):
+            current = graph.node("CompatAddOne", value=current).out(0)
+        return {"result": (current,), "expand": graph.finalize()}
+
+
+class Gate:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0}), "open": ("BOOLEAN", {"default": True})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "gate"
+
+    def gate(self, value, open):
+        return (value if open else ExecutionBlocker(None),)
+
+
+class Strength:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",), "strength": ("FLOAT", {"default": 1.0})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "set"
+
+    def set(self, conditioning, strength):
+        return (node_helpers.conditioning_set_values(conditioning, {"strength": strength}),)
+
+
+NODE_CLASS_MAPPINGS = {"CompatPickLora": PickLora, "CompatCountSteps": CountSteps, "CompatBlank": BlankLatent,
+                       "CompatAddOne": AddOne, "CompatAddTimes": AddTimes, "CompatGate": Gate,
+                       "CompatStrength": Strength}
+'''
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A models folder, a pack folder, and the registry with the pack loaded against them."""
+    root = tmp_path_factory.mktemp("compat")
+    models = root / "models"
+    for name in ("checkpoints/base.safetensors", "loras/b.safetensors", "loras/sub/a.ckpt", "loras/notes.txt",
+                 "ipadapter/plus.safetensors", "ipadapter/.git/x.safetensors"):
+        _touch(models / name)
+    (root / "custom_nodes" / "compat_pack").mkdir(parents=True)
+    (root / "custom_nodes" / "compat_pack" / "__init__.py").write_text(PACK)
+    env = Environment(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
+                      models_dir=models, device="cpu")
+    registry = create_registry()
+    (info,) = load_plugins(registry, [root / "custom_nodes"], entry_points=False, env=env)
+    assert (info.status, info.error) == ("loaded", None)
+    return root, env, registry, info
+
+
+def _run(executor, prompt, events=None, targets=None):
+    listener = events if callable(events) else (lambda kind, data: events.append((kind, data))) \
+        if events is not None else None
+    return executor.run(Workflow.from_api(prompt), listener=listener, targets=targets or list(prompt))
+
+
+def test_the_pack_loads_against_the_layer_and_sees_the_model_folders(site):
+    root, env, registry, info = site
+    assert info.kind == "comfyui" and info.missing == []
+    assert info.nodes == ["CompatPickLora", "CompatCountSteps", "CompatBlank", "CompatAddOne", "CompatAddTimes",
+                          "CompatGate", "CompatStrength"]
+    pack = sys.modules["latentgraph_custom_nodes.compat_pack"]
+    assert pack.SEEN_AT_IMPORT == ["base.safetensors", "latentgraph-shapes.safetensors"]  # + the shipped demo
+    # ComfyUI's rules: sorted relative POSIX paths, recursive, filtered by extension
+    choices = registry["CompatPickLora"].object_info()["input"]["required"]["lora_name"][0]
+    assert choices == ["b.safetensors", "sub/a.ckpt"]
+    result = _run(Executor(registry, env), {"p": {"class_type": "CompatPickLora", "inputs": {"lora_name": "sub/a.ckpt"}}})
+    assert (result.get("p", 0), result.get("p", 1)) == (str(root / "models" / "loras" / "sub" / "a.ckpt"), "cpu")
+    folder_paths = sys.modules["folder_paths"]
+    assert folder_paths.get_full_path("loras", "../../b.safetensors") == str(root / "models" / "loras" / "b.safetensors")
+    assert folder_paths.get_full_path("loras", "absent.safetensors") is None
+    assert folder_paths.get_full_path("no_such_folder", "x") is None
+    with pytest.raises(KeyError):
+        folder_paths.get_filename_list("no_such_folder")  # as ComfyUI
+    assert folder_paths.get_filename_list("ipadapter") == ["plus.safetensors"]  # .git is skipped
+    assert folder_paths.get_annotated_filepath("x.png [output]") == str(root / "output" / "x.png")
+    assert folder_paths.get_annotated_filepath("x.png") == str(root / "input" / "x.png")
+
+
+def test_progress_bar_messages_interrupts_and_progress_text(site):
+    root, env, registry, info = site
+    executor = Executor(registry, env)
+    events = []
+    result = _run(executor, {"c": {"class_type": "CompatCountSteps", "inputs": {"steps": 4}}}, events)
+    assert result.get("c") == 4
+    progress = [(d["value"], d["max"], d["node"]) for kind, d in events if kind == "progress"]
+    assert progress == [(1, 4, "c"), (2, 4, "c"), (3, 4, "c"), (4, 4, "c")]
+
+    # an interrupt asked for during the run stops the node at its next check
+    def stop_at_two(kind, data):
+        if kind == "progress" and data["value"] == 2:
+            executor.interrupt()
+
+    with pytest.raises(Interrupted):
+        _run(executor, {"c": {"class_type": "CompatCountSteps", "inputs": {"steps": 9}}}, stop_at_two)
+
+
+def test_core_nodes_reused_by_comfyuis_method_names(site):
+    root, env, registry, info = site
+    result = _run(Executor(registry, env), {"b": {"class_type": "CompatBlank", "inputs": {"size": 64}}})
+    latent, biggest = result.get("b", 0), result.get("b", 1)
+    assert latent["samples"].shape == (2, 4, 16, 16) and bool((latent["samples"] == 0).all())
+    assert biggest == 16384
+    nodes = comfy_compat.import_module("nodes")
+    assert nodes.VAEEncode.FUNCTION == "encode" and nodes.KSampler.FUNCTION == "sample"
+    assert nodes.VAEEncode.RETURN_TYPES == ("LATENT",)
+    (image,) = nodes.ImageScale().upscale(torch.ones(1, 4, 4, 3), "nearest-exact", 8, 2, "disabled")
+    assert image.shape == (1, 2, 8, 3) and bool((image == 1).all())
+    with pytest.raises(TypeError, match=r"VAEEncode.encode\(\) takes 2 arguments \(vae, pixels\), 3 were given"):
+        nodes.VAEEncode().encode(1, 2, 3)
+    with pytest.raises(TypeError, match="has no parameter 'colour'"):
+        nodes.EmptyImage().generate(8, 8, 1, colour=3)
+
+
+def test_graph_builder_expansion_and_execution_blocker(site):
+    root, env, registry, info = site
+    executor = Executor(registry, env)
+    result = _run(executor, {"t": {"class_type": "CompatAddTimes", "inputs": {"value": 10, "times": 4}}})
+    assert result.get("t") == 14
+    assert sum(1 for n in result.executed if n != "t") == 4  # the four expanded AddOne nodes
+    blocked = _run(executor, {"g": {"class_type": "CompatGate", "inputs": {"value": 1, "open": False}},
+                              "t": {"class_type": "CompatAddTimes", "inputs": {"value": ["g", 0], "times": 2}}},
+                   targets=["t"])
+    # ComfyUI's ExecutionBlocker (the layer's name for latentgraph's Blocker): "t" never expanded
+    assert isinstance(blocked.get("t"), Blocker) and blocked.executed == ["g", "t"]
+
+
+def test_node_helpers_conditioning_set_values():
+    cond = [[torch.zeros(1, 2, 4), {"pooled_output": None}], [torch.ones(1, 2, 4), {"strength": 0.5}]]
+    helpers = comfy_compat.import_module("node_helpers")
+    out = helpers.conditioning_set_values(cond, {"strength": 0.25})
+    assert [o[1] for o in out] == [{"pooled_output": None, "strength": 0.25}, {"strength": 0.25}]
+    assert cond[1][1] == {"strength": 0.5} and out[0][0] is cond[0][0]  # copies the options, shares the tensors
+    appended = helpers.conditioning_set_values([[cond[0][0], {"area": [1]}]], {"area": [2]}, append=True)
+    assert appended[0][1] == {"area": [1, 2]}
+
+
+def test_send_sync_reaches_the_websocket_and_pack_routes_are_served(site):
+    root, env, registry, info = site
+
+    async def go():
+        app = create_app(registry, env, user_dir=root / "user", frontend="none")
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            for path in ("/compat_pack/models", "/api/compat_pack/models"):
+                r = await client.get(path)
+                assert r.status == 200 and await r.json() == {"ipadapter": ["plus.safetensors"]}
+            ws = await client.ws_connect("/ws?clientId=me")
+            await ws.receive_json(timeout=10)
+            r = await client.post("/prompt", json={"prompt": {"c": {"class_type": "CompatCountSteps",
+                                                                   "inputs": {"steps": 2}}}, "client_id": "me"})
+            assert r.status == 200, await r.text()
+            pid = (await r.json())["prompt_id"]
+            texts, frames = [], []
+            while True:
+                msg = await ws.receive(timeout=60)
+                if msg.type == WSMsgType.BINARY:
+                    frames.append(msg.data)
+                    continue
+                data = json.loads(msg.data)
+                texts.append(data)
+                if data["type"] == "executing" and data["data"]["node"] is None and data["data"]["prompt_id"] == pid:
+                    break
+            await ws.close()
+            return texts, frames
+
+    texts, frames = asyncio.run(asyncio.wait_for(go(), 120))
+    sent = [t["data"] for t in texts if t["type"] == "compat_pack.counted"]
+    assert sent == [{"node": "c", "steps": 2, "client": "me"}]
+    assert [(t["data"]["value"], t["data"]["max"]) for t in texts if t["type"] == "progress"] == [(1, 2), (2, 2)]
+    # ComfyUI's progress-text frame: event 3, then the node id's length, the node id, the text
+    text_frames = [f for f in frames if f[:4] == (3).to_bytes(4, "big")]
+    assert text_frames == [(3).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"c" + b"counted 2"]
+
+
+def test_layer_names_and_the_boundary():
+    assert comfy_compat.provides("comfy.utils.ProgressBar")
+    assert comfy_compat.provides("server.PromptServer.instance.send_sync")
+    assert comfy_compat.provides("folder_paths.get_filename_list")
+    assert not comfy_compat.provides("comfy.utils.no_such_function")
+    assert not comfy_compat.provides("comfy_api_nodes.apis")
+    assert comfy_compat.missing_names("\0probe") == []  # probing records nothing
+    # nothing in latentgraph's core imports the layer
+    core = Path(comfy_compat.__file__).parents[1]
+    for part in ("graph", "nodes", "models", "sampling"):
+        for path in (core / part).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert "comfy_compat" not in text, path
+
+
+def test_a_missing_name_is_reported_for_the_pack(tmp_path):
+    pack = tmp_path / "nodes_dir" / "asks_too_much"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        import comfy.utils
+        HOOK = comfy.utils.no_such_helper
+        NODE_CLASS_MAPPINGS = {}
+    """))
+    registry = create_registry()
+    (info,) = load_plugins(registry, [tmp_path / "nodes_dir"], entry_points=False)
+    assert info.status == "needs ComfyUI" and info.needs == "comfy.utils.no_such_helper"
+    assert info.missing == ["comfy.utils.no_such_helper"]
+    assert info.error == "needs comfy.utils.no_such_helper, which latentgraph's ComfyUI compatibility layer does not provide"
+
+
+def test_a_real_comfyui_beside_us_is_never_shadowed(tmp_path, monkeypatch):
+    real = tmp_path / "ComfyUI"
+    (real / "comfy").mkdir(parents=True)
+    (real / "comfy" / "__init__.py").write_text("")
+    (real / "folder_paths.py").write_text("REAL = True\n")
+    (real / "execution.py").write_text("")
+    monkeypatch.syspath_prepend(str(real))
+    assert comfy_compat.real_comfyui() == real
+    assert comfy_compat.install() is False
