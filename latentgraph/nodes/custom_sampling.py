@@ -28,7 +28,6 @@ perp_neg = lazy("..sampling.multi_guidance", "perp_neg")
 sample_euler_pp = lazy("..sampling.euler_pp", "sample_euler_pp")
 sample_lcm_upscale = lazy("..sampling.lcm_upscale", "sample_lcm_upscale")
 SamplerChoice = lazy("..sampling.ksampler", "SamplerChoice")
-StepCallback = lazy("..sampling.ksampler", "StepCallback")
 sample = lazy("..sampling.ksampler", "sample")
 beta_scheduler = lazy("..sampling.schedulers", "beta_scheduler")
 exponential_sigmas = lazy("..sampling.schedulers", "exponential_sigmas")
@@ -102,11 +101,13 @@ class Guider:
         return CFGDenoiser(model.apply_model, pos, neg, self.cfg, options, model)
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler: Any, sigmas: torch.Tensor,
-               denoise_mask: torch.Tensor | None = None, callback: StepCallback | None = None,
+               denoise_mask: torch.Tensor | None = None, callback: Callable | None = None,
                disable_pbar: bool = False, seed: int | None = None) -> torch.Tensor:
         """Sample ``latent_image`` (B, C, h, w) from ``noise`` down ``sigmas``; returns the
-        output samples on the CPU. ``callback(step, total, denoised, x)`` after each step."""
+        output samples on the CPU. ``callback(step, denoised, x, total_steps)`` after each step:
+        ComfyUI's order, because packs call a GUIDER's sample with their own callbacks."""
         model = self.model_patcher
+        step = None if callback is None else (lambda i, total, denoised, x: callback(i, denoised, x, total))
         device = model.placement.device
         seed = 0 if seed is None else seed
         latent_dev = latent_image.to(device, torch.float32)
@@ -116,7 +117,7 @@ class Guider:
                  for key, value in self.conds.items()}
         with model.placement.use(model.unet):
             out = sample(model.apply_model, model.schedule, sampler, sigmas, noise.to(device), latent_dev, [], [],
-                         self.cfg, seed, model.latent_format, denoise_mask, callback, model.model_options, model,
+                         self.cfg, seed, model.latent_format, denoise_mask, step, model.model_options, model,
                          guide=lambda options: self.denoiser(conds, options))
         return out.cpu()
 
@@ -287,7 +288,7 @@ def SamplerCustomAdvanced(
     preview = preview_factory(model.latent_format.name or model.arch.family)
     last = {}
 
-    def step(i: int, total: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
+    def step(i: int, denoised: torch.Tensor, x: torch.Tensor, total: int) -> None:  # a GUIDER's callback
         last["denoised"] = denoised
         ctx.progress(i + 1, total, preview=lambda: preview(denoised))
 
