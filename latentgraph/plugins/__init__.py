@@ -219,17 +219,23 @@ def _import_path(cand: _Candidate) -> types.ModuleType:
 
 def _register_module(module: types.ModuleType, cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None:
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
-    if mappings is not None:
-        from .comfy_v1 import node_def
+    entrypoint = getattr(module, "comfy_entrypoint", None)
+    if mappings is not None or entrypoint is not None:
+        from .comfy_v1 import node_def  # it hands V3 classes to comfy_v3
+        from .comfy_v3 import extension_nodes, node_def as v3_node_def
 
         info.kind = "comfyui"
-        if not isinstance(mappings, dict):
+        if mappings is None:  # a V3 pack; as ComfyUI, NODE_CLASS_MAPPINGS wins when a pack has both
+            found = [(None, cls, None, v3_node_def) for cls in extension_nodes(entrypoint)]
+        elif not isinstance(mappings, dict):
             raise DeclarationError(f"NODE_CLASS_MAPPINGS must be a dict, got {type(mappings).__name__}")
-        display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+        else:
+            display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+            found = [(str(name), cls, display.get(name), node_def) for name, cls in mappings.items()]
         problems = []
-        for name, cls in mappings.items():
+        for name, cls, shown, reader in found:
             try:
-                staging.register(node_def(str(name), cls, display.get(name), pack=cand.name, source=cand.source))
+                staging.register(reader(name, cls, shown, pack=cand.name, source=cand.source))
             except DeclarationError as exc:
                 problems.append(str(exc))
         if problems:

@@ -139,8 +139,10 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
     where = f"{name} (class {getattr(cls, '__qualname__', cls)!s})"
     if not inspect.isclass(cls):
         raise DeclarationError(f"{where}: NODE_CLASS_MAPPINGS must map names to classes, got {type(cls).__name__}")
-    if hasattr(cls, "define_schema") or hasattr(cls, "execute") and not hasattr(cls, "INPUT_TYPES"):
-        raise DeclarationError(f"{where}: a V3 node (comfy_api io.ComfyNode) needs ComfyUI")
+    if hasattr(cls, "define_schema"):  # a V3 node (comfy_api io.ComfyNode) in NODE_CLASS_MAPPINGS
+        from .comfy_v3 import node_def as v3_node_def
+
+        return v3_node_def(name, cls, display_name, pack=pack, source=source)
     try:
         declared = cls.INPUT_TYPES()
     except Exception as exc:
