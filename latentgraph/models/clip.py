@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .comfy_faces import ClipFace
 from .families import Architecture
 from .management import Placement
 from .text_encoders import EOS, ClipTextEncoder
@@ -19,7 +20,7 @@ _EMBEDDING_KEYS = {"l": "clip_l", "g": "clip_g", "h": "clip_h"}
 
 
 @dataclass
-class TextModel:
+class TextModel(ClipFace):
     """Tokenize and encode prompts for one checkpoint. ``layer_idx`` is the clip skip
     (None: the family's default); ``with_clip_skip`` returns a copy sharing the weights."""
 
@@ -46,8 +47,9 @@ class TextModel:
         twin = replace(self, layer_idx=layer_idx)
         return twin
 
-    def tokenize(self, text: str) -> dict[str, list[list[tuple]]]:
-        return {name: tok.tokenize_with_weights(text) for name, tok in self.tokenizers.items()}
+    def tokenize(self, text: str, return_word_ids: bool = False) -> dict[str, list[list[tuple]]]:
+        """{encoder: chunks of 77 (token, weight) or, with return_word_ids, (token, weight, word id)}."""
+        return {name: tok.tokenize_with_weights(text, return_word_ids) for name, tok in self.tokenizers.items()}
 
     @torch.no_grad()
     def encode_tokens(self, tokens: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:

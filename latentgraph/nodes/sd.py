@@ -19,6 +19,7 @@ Placement = lazy("..models.management", "Placement")
 compile_unet = lazy("..models.compile", "compile_unet")
 run_compiled = lazy("..models.compile", "run_compiled")
 compiled_module = lazy("..models.compile", "compiled_module")
+from ..models.comfy_faces import ModelFace, VAEFace
 from ..models.patcher import ModelPatcher, call_wrapped, copy_options, new_model_options
 _unclip = lazy("..models.unclip")  # MERGE_REVISION and MERGE_UNCLIP, floats: read where used
 unclip_adm = lazy("..models.unclip", "unclip_adm")
@@ -34,7 +35,7 @@ from .budget import check_tensor
 
 
 @dataclass
-class SDModel(ModelPatcher):
+class SDModel(ModelPatcher, ModelFace):
     """A UNet ready to sample: its architecture, noise schedule, placement and ComfyUI-shaped
     ``model_options`` (models/patcher.py). LoRA nodes return a new SDModel whose UNet shares
     every unpatched tensor with this one; patch nodes ``clone()`` and call ``set_model_*``."""
@@ -45,6 +46,8 @@ class SDModel(ModelPatcher):
     placement: Placement
     patches: tuple = field(default=())  # (lora name, strength) applied, for display
     model_options: dict = field(default_factory=new_model_options)
+    # ComfyUI's record of add_object_patch (models/comfy_faces.py); replaced, never changed in place
+    object_patches: dict = field(default_factory=dict, repr=False)
 
     def clone(self, **changes) -> "SDModel":
         """A new MODEL value sharing the UNet and every tensor, with its own copy of the
@@ -113,8 +116,8 @@ class SDModel(ModelPatcher):
 
 
 @dataclass
-class VAEModel:
-    """What flows on a VAE socket."""
+class VAEModel(VAEFace):
+    """What flows on a VAE socket (with ComfyUI's VAE names: models/comfy_faces.py)."""
 
     vae: AutoencoderKL
     placement: Placement
