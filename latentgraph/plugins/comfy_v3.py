@@ -170,6 +170,7 @@ class _Hidden:
         self.cls = cls
         self.kinds = [str(getattr(h, "value", h)) for h in schema.hidden or ()]
         self.keys = {_hidden_key(k): k for k in self.kinds if k in HIDDEN_KINDS}
+        self.internal: set[str] = set()  # keys the wrappers use themselves (the node id of not_idempotent)
         module = inspect.getmodule(type(schema))
         self.holder_type = getattr(module, "HiddenHolder", None)
 
@@ -178,6 +179,8 @@ class _Hidden:
         values = {kind: None for kind in self.kinds}
         for key, kind in self.keys.items():
             values[kind] = kwargs.pop(key, None)
+        for key in self.internal:
+            kwargs.pop(key, None)
         holder = self.holder_type.from_dict(values) if self.holder_type is not None else None
         return type(self.cls.__name__, (self.cls,), {"hidden": holder, "__module__": self.cls.__module__,
                                                      "__qualname__": self.cls.__qualname__})
@@ -280,6 +283,7 @@ def node_def(name: str | None, cls: Any, display_name: str | None, *, pack: str,
     fp_inputs: tuple = _validate_inputs(fp_hook, inputs, {})[0] if fp_hook is not None else ()
     if schema.not_idempotent:
         declared.setdefault(uid, Hidden("UNIQUE_ID"))
+        hidden.internal.add(uid)
         fp_inputs += (uid,)
 
     def fingerprint(**kwargs):
