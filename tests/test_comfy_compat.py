@@ -80,8 +80,10 @@ class CountSteps:
         for i in range(steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
             bar.update(1)
-        PromptServer.instance.send_sync("compat_pack.counted", {"node": unique_id, "steps": steps,
-                                                               "client": PromptServer.instance.client_id})
+        running = PromptServer.instance.prompt_queue.currently_running  # ComfyUI's 6-element entries
+        PromptServer.instance.send_sync("compat_pack.counted", {
+            "node": unique_id, "steps": steps, "client": PromptServer.instance.client_id,
+            "running": [[entry[1], sorted(entry[2]), entry[4]] for entry in running.values()]})
         PromptServer.instance.send_progress_text(f"counted {steps}", unique_id)
         return (steps,)
 
@@ -305,7 +307,8 @@ def test_send_sync_reaches_the_websocket_and_pack_routes_are_served(site):
 
     texts, frames = asyncio.run(asyncio.wait_for(go(), 120))
     sent = [t["data"] for t in texts if t["type"] == "compat_pack.counted"]
-    assert sent == [{"node": "c", "steps": 2, "client": "me"}]
+    pid = next(t["data"]["prompt_id"] for t in texts if t["type"] == "execution_start")
+    assert sent == [{"node": "c", "steps": 2, "client": "me", "running": [[pid, ["c"], ["c"]]]}]
     assert [(t["data"]["value"], t["data"]["max"]) for t in texts if t["type"] == "progress"] == [(1, 2), (2, 2)]
     # ComfyUI's progress-text frame: event 3, then the node id's length, the node id, the text
     text_frames = [f for f in frames if f[:4] == (3).to_bytes(4, "big")]
@@ -351,3 +354,70 @@ def test_a_real_comfyui_beside_us_is_never_shadowed(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(real))
     assert comfy_compat.real_comfyui() == real
     assert comfy_compat.install() is False
+
+
+def test_a_pack_that_catches_a_missing_import_and_then_fails_is_told_what_it_needed(tmp_path):
+    pack = tmp_path / "nodes_dir" / "catches"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        try:
+            from comfy.clip_vision_not_here import load
+            LOADED = True
+        except ImportError:
+            print("could not load the vision part")
+        NODE_CLASS_MAPPINGS = {"Uses": Uses}  # NameError: the class lived in the part that failed
+    """))
+    (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
+    assert info.status == "needs ComfyUI" and info.needs == "comfy.clip_vision_not_here"
+    assert info.error == ("needs comfy.clip_vision_not_here, which latentgraph's ComfyUI compatibility layer does "
+                          "not provide (then NameError: name 'Uses' is not defined (at __init__.py:7))")
+
+
+def test_comfy_types_execution_extras_and_the_prompt_queue():
+    io_types = comfy_compat.import_module("comfy.comfy_types.node_typing").IO
+    # ComfyUI's link rule: "*" matches anything, unions match a member, else names must be equal
+    assert not (io_types.ANY != "LATENT") and not (io_types.NUMBER != "INT") and not (io_types.PRIMITIVE != "STRING")
+    assert io_types.IMAGE != "MASK" and io_types.IMAGE == "IMAGE" and str(io_types.IMAGE) == "IMAGE"
+    assert {io_types.INT: 1}["INT"] == 1  # hashes as the string
+    lazy = comfy_compat.import_module("comfy.comfy_types").CheckLazyMixin()
+    assert lazy.check_lazy_status(a=None, b=1, c=(None,)) == ["a", "c"]
+    execution = comfy_compat.import_module("execution")
+    assert execution.full_type_name(ValueError) == "ValueError"
+    assert execution.full_type_name(Blocker) == "latentgraph.graph.expansion.Blocker"
+    with pytest.raises(AttributeError, match="does not provide it"):
+        execution.PromptExecutor
+    upscale = comfy_compat.import_module("comfy_extras.nodes_upscale_model")
+    # V3 in ComfyUI 0.3.64; packs written for earlier versions call the V1 name
+    assert upscale.ImageUpscaleWithModel.FUNCTION == "upscale"
+    mask = comfy_compat.import_module("comfy_extras.nodes_mask")
+    (grown,) = mask.GrowMask().expand_mask(torch.zeros(1, 5, 5).index_put_((torch.tensor([0]), torch.tensor([2]),
+                                                                           torch.tensor([2])), torch.tensor(1.0)),
+                                           1, False)
+    assert int(grown.sum()) == 9  # the one pixel grown by one in every direction
+    with pytest.raises(ModuleNotFoundError, match="comfy_extras.nodes_no_such_module"):
+        comfy_compat.import_module("comfy_extras.nodes_no_such_module")
+    queue = comfy_compat.import_module("server").PromptServer.instance.prompt_queue
+    with pytest.raises(AttributeError, match="prompt_queue' has no attribute 'wipe_history'"):
+        queue.wipe_history
+
+
+def test_extra_returned_values_are_dropped_as_comfyui_does(tmp_path):
+    pack = tmp_path / "nodes_dir" / "extra_values"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        class Both:
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {"x": ("INT", {"default": 2})}}
+            RETURN_TYPES = ("INT",)
+            FUNCTION = "run"
+            def run(self, x):
+                return (x * 3, "an extra value nothing can link to")
+        NODE_CLASS_MAPPINGS = {"ExtraValues": Both}
+    """))
+    registry = create_registry()
+    (info,) = load_plugins(registry, [tmp_path / "nodes_dir"], entry_points=False)
+    assert info.status == "loaded"
+    result = _run(Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o")),
+                  {"n": {"class_type": "ExtraValues", "inputs": {"x": 5}}})
+    assert result.values["n"] == ([15],)

@@ -4,11 +4,17 @@ imported or copied. Packs call core nodes by those names and often positionally
 (``nodes.VAEEncode().encode(vae, pixels)``), so the compatibility layer's ``nodes`` classes
 need them. Writes ``latentgraph/comfy_compat/tree/node_methods.json``.
 
-    python tools/comfy_node_methods.py /path/to/ComfyUI
+Nodes ComfyUI has since converted to its V3 API (``execute`` classmethods) are taken from an
+older checkout given with ``--older`` (0.3.39, before the conversions), since packs written
+against those versions still call the V1 names (``ImageUpscaleWithModel().upscale(...)``);
+such entries are marked ``"read_from"`` with the older version.
+
+    python tools/comfy_node_methods.py /path/to/ComfyUI [--older /path/to/ComfyUI-0.3.39]
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import sys
@@ -54,9 +60,9 @@ def _method(classes: dict[str, ast.ClassDef], name: str) -> tuple[str, list[str]
     return None
 
 
-def main(root: str) -> int:
-    root_path = Path(root)
-    files = [root_path / "nodes.py"] + sorted((root_path / "comfy_extras").glob("nodes_*.py"))
+def read_methods(root: Path) -> tuple[str, dict]:
+    """(ComfyUI's version, node name -> {function, params}) of the V1 classes under ``root``."""
+    files = [root / "nodes.py"] + sorted((root / "comfy_extras").glob("nodes_*.py"))
     table = {}
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -65,11 +71,28 @@ def main(root: str) -> int:
             found = _method(classes, cls)
             if found is not None:
                 table[node] = {"function": found[0], "params": found[1]}
-    version = (root_path / "comfyui_version.py").read_text().split('"')[1]
-    OUT.write_text(json.dumps({"comfyui": version, "nodes": dict(sorted(table.items()))}, indent=1) + "\n")
+    version = (root / "comfyui_version.py").read_text().split('__version__ = "')[1].split('"')[0]
+    return version, table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comfyui", type=Path)
+    parser.add_argument("--older", type=Path, help="an older ComfyUI whose V1 methods fill in converted nodes")
+    args = parser.parse_args(argv)
+    version, table = read_methods(args.comfyui)
+    doc = {"comfyui": version}
+    if args.older is not None:
+        old_version, old = read_methods(args.older)
+        doc["older"] = old_version
+        for node, entry in old.items():
+            if node not in table:
+                table[node] = dict(entry, read_from=old_version)
+    doc["nodes"] = dict(sorted(table.items()))
+    OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{len(table)} node classes of ComfyUI {version} -> {OUT}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main())

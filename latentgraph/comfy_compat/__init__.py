@@ -22,8 +22,11 @@ AttributeError that names it, and the loader reports it as what the pack needed 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.abc
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -59,11 +62,19 @@ class _Finder(importlib.abc.MetaPathFinder):
                 self.roots.append(root)
 
     def find_spec(self, fullname, path=None, target=None):
-        if "." in fullname or fullname not in COMFY_MODULES or not self._from_a_pack():
+        top = fullname.partition(".")[0]
+        if top not in COMFY_MODULES:
+            return None
+        if "." in fullname:  # a submodule: the tree's package finds its own; name the ones it lacks
+            if _loaded(top) is None or _in_tree(fullname):
+                return None
+            if fullname in _extras_modules():
+                return importlib.util.spec_from_loader(fullname, _ExtrasLoader())
+            raise runtime.missing_module(fullname)
+        if not self._from_a_pack():
             return None
         if fullname not in TOP_LEVEL:  # a ComfyUI module the tree lacks: never an unrelated namesake
-            raise ModuleNotFoundError(f"No module named '{fullname}' (latentgraph's ComfyUI compatibility "
-                                      f"layer does not provide it)", name=fullname)
+            raise runtime.missing_module(fullname)
         return spec_for(fullname)
 
     def _from_a_pack(self) -> bool:
@@ -77,6 +88,46 @@ class _Finder(importlib.abc.MetaPathFinder):
                 return runtime.allowed() or any(name.startswith(r) or name == r for r in self.roots)
             frame = frame.f_back
         return runtime.allowed()
+
+
+@functools.lru_cache(maxsize=1)
+def _extras_modules() -> dict[str, list[str]]:
+    """ComfyUI's ``comfy_extras.nodes_*`` modules -> the core node names each defines."""
+    listed = json.loads((Path(__file__).resolve().parents[1] / "data" / "comfy_core_nodes.json").read_text())
+    found: dict[str, list[str]] = {}
+    for entry in listed["nodes"]:
+        if entry["module"].startswith("comfy_extras."):
+            found.setdefault(entry["module"], []).append(entry["name"])
+    return found
+
+
+class _ExtrasLoader(importlib.abc.Loader):
+    """Makes ``comfy_extras.nodes_x``: a module whose names are latentgraph's V1 classes of the
+    nodes ComfyUI defines there; a node latentgraph lacks is a missing name."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        name = module.__name__
+        defined = set(_extras_modules()[name])
+
+        def attribute(attr: str):
+            if attr in defined:
+                with runtime.allow_imports():
+                    classes = importlib.import_module("nodes").NODE_CLASS_MAPPINGS
+                if attr in classes:
+                    return classes[attr]
+            raise runtime.missing(name, attr)
+
+        module.__getattr__ = attribute
+        module.__doc__ = f"ComfyUI's {name}: latentgraph's nodes of that module as V1 classes."
+
+
+def _in_tree(fullname: str) -> bool:
+    parts = fullname.split(".")
+    base = TREE.joinpath(*parts)
+    return (base / "__init__.py").is_file() or base.with_suffix(".py").is_file()
 
 
 def spec_for(fullname: str):

@@ -93,14 +93,26 @@ def missing(module: str, name: str) -> AttributeError:
     ``__wrapped__``: the import system and inspect probe them) are never recorded."""
     if name.startswith("__") and name.endswith("__"):
         return AttributeError(f"module '{module}' has no attribute '{name}'")
+    _record(f"{module}.{name}")
+    return AttributeError(f"module '{module}' has no attribute '{name}' (latentgraph's ComfyUI compatibility "
+                          f"layer does not provide it)")
+
+
+def missing_module(fullname: str) -> ModuleNotFoundError:
+    """Record that the loading pack imported ``fullname``, a ComfyUI module the tree lacks; the
+    ModuleNotFoundError to raise, naming it."""
+    _record(fullname)
+    return ModuleNotFoundError(f"No module named '{fullname}' (latentgraph's ComfyUI compatibility layer does "
+                               f"not provide it)", name=fullname)
+
+
+def _record(qualified: str) -> None:
     pack = _pack.get()
     if pack is None:
         ctx = _node.get()
         pack = getattr(ctx, "class_type", None) and f"node {ctx.class_type}"
     with _lock:
-        _missing.setdefault(pack or "?", set()).add(f"{module}.{name}")
-    return AttributeError(f"module '{module}' has no attribute '{name}' (latentgraph's ComfyUI compatibility "
-                          f"layer does not provide it)")
+        _missing.setdefault(pack or "?", set()).add(qualified)
 
 
 def missing_names(pack: str) -> list[str]:

@@ -167,12 +167,17 @@ def _load_one(cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None
         raise
     except BaseException as exc:  # noqa: BLE001 - a pack may raise anything, SystemExit included
         needed = _comfy_name(exc)
+        asked = comfy_compat.missing_names(cand.name)
         if needed is not None:
             info.status, info.needs = NEEDS_COMFYUI, needed
             info.error = f"needs {needed}, which latentgraph's ComfyUI compatibility layer does not provide"
+        elif asked:  # the pack caught the ImportError of a missing name, then failed for want of it
+            info.status, info.needs = NEEDS_COMFYUI, asked[0]
+            info.error = (f"needs {', '.join(asked)}, which latentgraph's ComfyUI compatibility layer does not "
+                          f"provide (then {_describe(exc, cand)})")
         else:
             info.status, info.error = FAILED, _describe(exc, cand)
-    info.missing = comfy_compat.missing_names(cand.name)
+    info.missing = sorted(set(comfy_compat.missing_names(cand.name)) | ({info.needs} if info.needs else set()))
     if info.status != LOADED and cand.entry_point is None:
         for name in set(sys.modules) - added_before:  # a failed pack leaves no half-imported modules
             if name.startswith(f"{MODULE_PREFIX}.{_safe(cand.name)}"):

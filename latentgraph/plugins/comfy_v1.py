@@ -260,7 +260,7 @@ def _result(name: str, ret: Any, n: int) -> Result | Expansion | Blocker:
         ret = ()
     if not isinstance(ret, (tuple, list)):
         raise TypeError(f"{name} returned a {type(ret).__name__}; a ComfyUI node returns a tuple (value,)")
-    values = tuple(ret)
+    values = tuple(ret)[:n]  # ComfyUI keeps extra values nothing can link to (real packs return them)
     if len(values) < n and ui is not None:
         values += (None,) * (n - len(values))
     return Result(*values, ui=ui)

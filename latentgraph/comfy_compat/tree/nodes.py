@@ -5,7 +5,9 @@ Each class is made from the node's declaration: ``INPUT_TYPES`` is its /object_i
 ``RETURN_TYPES``/``RETURN_NAMES``/``CATEGORY``/``OUTPUT_NODE`` as ComfyUI shows them. The method
 has ComfyUI's name and parameter order (``VAEEncode().encode(vae, pixels)``,
 ``KSampler().sample(model, seed, ...)``: recorded from ComfyUI's source in node_methods.json by
-tools/comfy_node_methods.py; a node ComfyUI lacks gets ``run`` and its input order). It runs
+tools/comfy_node_methods.py; a node ComfyUI lacks gets ``run`` and its input order). A node
+ComfyUI has since made a V3 node keeps its older V1 name (``ImageUpscaleWithModel().upscale``)
+and also answers V3's ``Class.execute(...)``. It runs
 latentgraph's node within the running node's context (its folders, models and progress) and
 returns a tuple, or ``{"ui", "result"}`` when the node shows something. Parameters ComfyUI's
 method takes that latentgraph's node does not model are accepted and ignored; any other name is
@@ -79,7 +81,12 @@ def v1_class(ndef) -> type:
         return call_builtin(ndef, {k: v for k, v in kwargs.items() if k in ours})
 
     method.__name__ = function
-    attrs = {"INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": tuple(info["output"]),
+    extra = {}
+    if recorded.get("read_from") or not recorded:
+        # ComfyUI made it a V3 node (or has no V1 record): packs for newer versions call
+        # Class.execute(...) and index the NodeOutput; the tuple answers [0] the same way
+        extra["execute"] = classmethod(lambda cls, *args, **kwargs: method(None, *args, **kwargs))
+    attrs = {**extra, "INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": tuple(info["output"]),
              "RETURN_NAMES": tuple(info["output_name"]), "OUTPUT_IS_LIST": tuple(info["output_is_list"]),
              "FUNCTION": function, "CATEGORY": info["category"], "OUTPUT_NODE": info["output_node"],
              "DESCRIPTION": info["description"], "_display_name": info["display_name"], function: method,
@@ -112,3 +119,31 @@ def call_builtin(ndef, kwargs: dict) -> Any:
     call = read_return(ndef, ndef.fn(**args))
     values = call.values if call.values is not None else ()
     return {"ui": call.ui, "result": values} if call.ui else values
+
+
+def common_ksampler(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: list,
+                    negative: list, latent: dict, denoise: float = 1.0, disable_noise: bool = False,
+                    start_step: int | None = None, last_step: int | None = None,
+                    force_full_denoise: bool = False) -> tuple[dict]:
+    """KSampler and KSamplerAdvanced's shared body: sample a LATENT dict (its batch_index and
+    noise_mask read) with the running node's progress; ``(latent,)``."""
+    import torch
+
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if disable_noise:
+        noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
+    else:
+        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                  denoise=denoise, disable_noise=disable_noise, start_step=start_step,
+                                  last_step=last_step, force_full_denoise=force_full_denoise,
+                                  noise_mask=latent.get("noise_mask"), callback=callback,
+                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples
+    return (out,)

@@ -30,6 +30,53 @@ def __getattr__(name: str):
     raise runtime.missing(__name__, name)
 
 
+class PromptQueue:
+    """``PromptServer.instance.prompt_queue`` over latentgraph's queue: what runs now (ComfyUI's
+    6-element entries), what waits, and ``put`` for packs that queue a prompt again (Video
+    Helper Suite's batch manager). Without ``latentgraph serve`` there is no queue: empty, and
+    ``put`` is refused."""
+
+    @property
+    def _server(self):
+        return runtime.current_server()
+
+    @property
+    def currently_running(self) -> dict:
+        server = self._server
+        active = list(getattr(server, "active", {}).values()) if server is not None else []
+        return {i: _entry(item) for i, (item, _node) in enumerate(active)}
+
+    def get_current_queue(self) -> tuple[list, list]:
+        server = self._server
+        if server is None:
+            return [], []
+        return [_entry(i) for i in server.queue.running()], [_entry(i) for i in server.queue.pending()]
+
+    def get_current_queue_volatile(self) -> tuple[list, list]:
+        return self.get_current_queue()
+
+    def get_tasks_remaining(self) -> int:
+        server = self._server
+        return server.queue.remaining() if server is not None else 0
+
+    def put(self, item) -> None:
+        """Queue ``(number, prompt_id, prompt, extra_data, outputs_to_execute[, sensitive])``."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("there is no prompt queue outside 'latentgraph serve'")
+        number, prompt_id, prompt, extra_data, outputs = tuple(item)[:5]
+        server.queue.put(number, prompt_id, prompt, extra_data, list(outputs))
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise runtime.missing("server.PromptServer.instance.prompt_queue", name)
+
+
+def _entry(item) -> tuple:
+    return (*item.as_list(), dict(item.sensitive))
+
+
 class PromptServer:
     """The one instance packs talk to (``PromptServer.instance``)."""
 
@@ -40,6 +87,12 @@ class PromptServer:
         self.supports = ["custom_nodes_from_web"]
         self.on_prompt_handlers: list[Callable] = []
         self.number = 0
+        self.prompt_queue = PromptQueue()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise runtime.missing("server.PromptServer.instance", name)
 
     # -- what the bound latentgraph server knows -------------------------------------------
     @property

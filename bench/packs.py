@@ -1,0 +1,244 @@
+"""Real ComfyUI custom-node packs on latentgraph: which load, and how many of their nodes run.
+
+    .venv/bin/python bench/packs.py PACKS_DIR [--top 20] [--json out.json] [--timeout 300]
+
+PACKS_DIR holds packs checked out as tools/fetch_packs.md says (one folder per repository,
+named as the repository). Packs are taken in the order of tools/packs.json (most installed
+first); each is loaded alone in a child process of its own (so one pack's imports, globals and
+crashes never reach another) against latentgraph's compatibility layer, then every node it
+registered is run once on sample inputs:
+
+- widgets get their defaults (a combo its first choice); an input that must be linked
+  (``forceInput``) or takes anything (``*``) gets a primitive node's value (a string for ``*``);
+- IMAGE, MASK and LATENT sockets get a 64 x 64 picture, a mask and an empty latent;
+  MODEL, CLIP, VAE and CONDITIONING come from the shipped demo model (latentgraph-shapes);
+- a required socket of any other type (a pack's own pipe types, UPSCALE_MODEL, ...) makes the
+  node "skipped": it cannot run without a graph of that pack's own nodes.
+
+Per pack it prints loaded / partly loaded / failed (with the reason), the nodes registered, and
+the nodes that ran, failed (with the first error) or were skipped. "Partly loaded": the pack
+imported, but names it asked for were missing (it caught the ImportError and went on) or fewer
+nodes were registered than its source declares. The outputs of the nodes that ran are kept, as
+digests, in --json (for comparing with ComfyUI on the same inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+DEMO = "latentgraph-shapes.safetensors"
+SOURCES = {  # socket type -> (source node, output index)
+    "IMAGE": ({"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
+                                                       "color": 0x3080C0}}, 0),
+    "MASK": ({"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE, "height": SIZE}}, 0),
+    "LATENT": ({"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}, 0),
+    "MODEL": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 0),
+    "CLIP": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 1),
+    "VAE": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 2),
+}
+
+
+def sample_prompt(name: str, info: dict) -> tuple[dict | None, str | None]:
+    """A prompt running node ``name`` (its /object_info entry ``info``) on sample inputs, or
+    (None, why) when a required input has a type we cannot make."""
+    prompt: dict = {}
+    inputs: dict = {}
+    for section in ("required", "optional"):
+        for iname, entry in (info["input"].get(section) or {}).items():
+            kind = entry[0]
+            opts = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+            value = _widget(kind, opts)
+            if value is not _NONE:
+                inputs[iname] = value
+            elif isinstance(kind, str) and (kind in SOURCES or kind == "CONDITIONING"):
+                inputs[iname] = _link(prompt, kind)
+            elif isinstance(kind, str) and kind in PRIMITIVES and section == "required":  # forceInput, "*"
+                node, value = PRIMITIVES[kind]
+                prompt[f"prim_{iname}"] = {"class_type": node, "inputs": {"value": value}}
+                inputs[iname] = [f"prim_{iname}", 0]
+            elif section == "required":
+                return None, f"needs a {kind if isinstance(kind, str) else 'combo with no choices'} input"
+    prompt["node"] = {"class_type": name, "inputs": inputs}
+    return prompt, None
+
+
+_NONE = object()
+
+
+PRIMITIVES = {"STRING": ("PrimitiveString", "a red circle"), "INT": ("PrimitiveInt", 1),
+              "FLOAT": ("PrimitiveFloat", 0.5), "BOOLEAN": ("PrimitiveBoolean", True), "*": ("PrimitiveString", "a red circle")}
+
+
+def _widget(kind, opts: dict):
+    if isinstance(kind, list):
+        return kind[0] if kind else _NONE
+    if kind == "COMBO":
+        options = opts.get("options") or []
+        return opts.get("default", options[0] if options else _NONE)
+    if opts.get("forceInput"):
+        return _NONE
+    if kind == "INT":
+        return int(opts.get("default", opts.get("min", 0)))
+    if kind == "FLOAT":
+        return float(opts.get("default", opts.get("min", 0.0)))
+    if kind == "STRING":
+        return str(opts.get("default", ""))
+    if kind == "BOOLEAN":
+        return bool(opts.get("default", False))
+    return _NONE
+
+
+def _link(prompt: dict, kind: str) -> list:
+    if kind == "CONDITIONING":
+        _link(prompt, "CLIP")
+        prompt["cond"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}}
+        return ["cond", 0]
+    node, index = SOURCES[kind]
+    key = "ckpt" if node["class_type"] == "CheckpointLoaderSimple" else kind.lower()
+    prompt[key] = json.loads(json.dumps(node))
+    return [key, index]
+
+
+def digest(value) -> object:
+    """A short, comparable summary of an output value."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        data = value.detach().float().cpu().contiguous()
+        return {"tensor": list(data.shape), "sum": round(float(data.sum()), 3),
+                "sha": hashlib.sha256(data.numpy().round(4).tobytes()).hexdigest()[:12]}
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): digest(v) for k, v in list(value.items())[:8]}
+    if isinstance(value, (list, tuple)):
+        return [digest(v) for v in value[:8]]
+    return type(value).__name__
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def run_one(pack: Path, node_timeout: int) -> dict:
+    """In the child: load ``pack`` alone and run each of its nodes on sample inputs."""
+    from latentgraph.graph import Environment, Executor, Workflow
+    from latentgraph.nodes import create_registry
+    from latentgraph.plugins import load_plugins
+    from latentgraph.plugins.api_usage import ScanError, scan
+
+    work = Path(tempfile.mkdtemp(prefix="lg-packs-"))
+    (work / "custom_nodes").mkdir()
+    (work / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
+    env = Environment(output_dir=work / "output", input_dir=work / "input", temp_dir=work / "temp",
+                      models_dir=work / "models", device="cpu")
+    registry = create_registry()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # packs print banners at import
+        (info,) = load_plugins(registry, [work / "custom_nodes"], entry_points=False, env=env)
+    report = {"pack": pack.name, "load_seconds": round(time.perf_counter() - start, 2), "status": info.status,
+              "error": info.error, "missing": info.missing, "nodes": len(info.nodes), "ran": [], "failed": {},
+              "skipped": {}, "outputs": {}}
+    try:
+        declared = scan(pack).node_mappings
+    except ScanError:
+        declared = 0
+    if info.status == "loaded" and (info.missing or len(info.nodes) < declared):
+        report["status"] = "partly loaded"
+        report["declared"] = declared
+    executor = Executor(registry, env)
+    signal.signal(signal.SIGALRM, _alarm)
+    for name in info.nodes:
+        prompt, why = sample_prompt(name, registry[name].object_info())
+        if prompt is None:
+            report["skipped"][name] = why
+            continue
+        signal.alarm(node_timeout)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = executor.run(Workflow.from_api(prompt), targets=["node"])
+            report["ran"].append(name)
+            report["outputs"][name] = digest(result.values.get("node"))
+        except _Timeout:
+            report["failed"][name] = f"timed out after {node_timeout} s"
+        except Exception as exc:  # noqa: BLE001 - a pack's node may raise anything; record it
+            report["failed"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        finally:
+            signal.alarm(0)
+    return report
+
+
+def _packs(folder: Path, top: int) -> list[Path]:
+    listed = json.loads((ROOT / "tools" / "packs.json").read_text())
+    found = [folder / e["repo"].split("/")[1] for e in listed]
+    return [p for p in found if p.is_dir()][:top]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("packs", type=Path, help="folder of packs (tools/fetch_packs.md)")
+    parser.add_argument("--top", type=int, default=20, help="how many packs of tools/packs.json (default 20)")
+    parser.add_argument("--json", type=Path, help="write every report here")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds for one pack (default 600)")
+    parser.add_argument("--node-timeout", type=int, default=60, help="seconds for one node (default 60)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child's mode
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.packs, args.node_timeout)))
+        return 0
+    reports = []
+    for pack in _packs(args.packs, args.top):
+        cmd = [sys.executable, __file__, str(pack), "--one", "--node-timeout", str(args.node_timeout)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            report = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+                "pack": pack.name, "status": "failed", "error": f"the child process exited {proc.returncode}: "
+                + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        except subprocess.TimeoutExpired:
+            report = {"pack": pack.name, "status": "failed", "error": f"timed out after {args.timeout} s"}
+        reports.append(report)
+        _print(report)
+    loaded = sum(r["status"] == "loaded" for r in reports)
+    partly = sum(r["status"] == "partly loaded" for r in reports)
+    print(f"\n{len(reports)} packs: {loaded} loaded whole, {partly} partly, {len(reports) - loaded - partly} failed; "
+          f"nodes ran {sum(len(r.get('ran', [])) for r in reports)} of "
+          f"{sum(r.get('nodes', 0) for r in reports)} registered "
+          f"({sum(len(r.get('skipped', {})) for r in reports)} skipped: inputs of the pack's own types)")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=1) + "\n")
+    return 0
+
+
+def _print(r: dict) -> None:
+    line = f"{r['pack']:40s} {r['status']:14s}"
+    if "nodes" in r:
+        line += (f" nodes {r['nodes']:4d}  ran {len(r['ran']):4d}  failed {len(r['failed']):3d}  "
+                 f"skipped {len(r['skipped']):3d}  ({r.get('load_seconds', 0):.1f} s to load)")
+    print(line, flush=True)
+    if r.get("error"):
+        print(f"    {r['error']}")
+    if r.get("missing"):
+        print(f"    missing: {', '.join(r['missing'][:8])}")
+    for name, why in list(r.get("failed", {}).items())[:3]:
+        print(f"    {name}: {why}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""ComfyUI's ``execution`` module: packs import it (rgthree does at load) but latentgraph's
+executor is its own, so only what has a meaning here is provided; the rest (PromptExecutor,
+validate_prompt) is reported as missing when a pack reaches for it."""
+
+from __future__ import annotations
+
+from latentgraph.comfy_compat import runtime
+
+
+def __getattr__(name: str):
+    raise runtime.missing(__name__, name)
+
+
+def full_type_name(klass) -> str:
+    """``module.QualName`` of a class, without ``builtins.`` (as ComfyUI writes error types)."""
+    module = klass.__module__
+    return klass.__qualname__ if module == "builtins" else f"{module}.{klass.__qualname__}"
