@@ -229,7 +229,24 @@ class Gate(io.ComfyNode):
         return io.NodeOutput(value) if open else io.NodeOutput(block_execution="the gate is closed")
 
 
-NODES = [Brighten, Show, Make, AddOne, Switch, Repeat, NoExpand, Range, Total, Even, Stamp, Ticket, Gate]
+class Mix(io.ComfyNode):
+    """A widget that also takes an INT link (MultiType over a FLOAT widget), and a pack's own type."""
+
+    THING = io.Custom("V3_THING")
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="V3Mix", category="v3/types",
+                         inputs=[io.MultiType.Input(io.Float.Input("value", default=1.5, min=0.0), types=[io.Int]),
+                                 cls.THING.Input("thing", optional=True)],
+                         outputs=[cls.THING.Output("made"), io.Float.Output(display_name="doubled")])
+
+    @classmethod
+    def execute(cls, value, thing=None):
+        return io.NodeOutput({"value": value, "before": thing}, float(value) * 2)
+
+
+NODES = [Mix, Brighten, Show, Make, AddOne, Switch, Repeat, NoExpand, Range, Total, Even, Stamp, Ticket, Gate]
 '''
 
 MAPPED = '''
@@ -334,6 +351,15 @@ SHOW_INFO = {
     "name": "V3Show", "display_name": None, "description": "", "python_module": "custom_nodes.v3_pack",
     "category": "v3/image", "output_node": True, "deprecated": False, "experimental": False, "api_node": False}
 
+MIX_INFO = {
+    "input": {"required": {"value": ["FLOAT,INT", {"default": 1.5, "widgetType": "FLOAT", "min": 0.0}]},
+              "optional": {"thing": ["V3_THING", {}]}},
+    "input_order": {"required": ["value"], "optional": ["thing"]},
+    "output": ["V3_THING", "FLOAT"], "output_is_list": [False, False], "output_name": ["V3_THING", "doubled"],
+    "output_tooltips": [None, None], "name": "V3Mix", "display_name": None, "description": "",
+    "python_module": "custom_nodes.v3_pack", "category": "v3/types", "output_node": False, "deprecated": False,
+    "experimental": False, "api_node": False}
+
 RANGE_TOTAL_OUTPUTS = ({"output": ["INT"], "output_is_list": [True], "output_name": ["INT"]},
                        {"output": ["INT", "STRING"], "output_is_list": [False, False], "output_name": ["sum", "text"]})
 
@@ -349,7 +375,7 @@ DOUBLE_INFO = {
 def test_packs_load_from_comfy_entrypoint_and_mappings(site):
     root, env, registry, infos, nodes = site
     assert infos["v3_pack"].kind == "comfyui"
-    assert infos["v3_pack"].nodes == ["V3Brighten", "V3Show", "V3Make", "V3AddOne", "V3Switch", "V3Repeat",
+    assert infos["v3_pack"].nodes == ["V3Mix", "V3Brighten", "V3Show", "V3Make", "V3AddOne", "V3Switch", "V3Repeat",
                                       "V3NoExpand", "V3Range", "V3Total", "V3Even", "V3Stamp", "V3Ticket", "V3Gate"]
     assert nodes.EVENTS[:1] == ["on_load"] and nodes.EVENTS.count("on_load") == 1
     assert infos["v3_mapped"].nodes == ["MappedDouble", "MappedLegacy"]  # comfy_entrypoint never called
@@ -365,6 +391,7 @@ def test_object_info_is_comfyuis_v1_form_of_the_schema(site):
     assert info["V3Switch"] == SWITCH_INFO
     assert info["V3Show"] == SHOW_INFO
     assert info["MappedDouble"] == DOUBLE_INFO
+    assert info["V3Mix"] == MIX_INFO
     for name, expected in zip(("V3Range", "V3Total"), RANGE_TOTAL_OUTPUTS):
         assert {k: info[name][k] for k in expected} == expected
     assert info["MappedLegacy"]["output"] == ["INT"]  # the V1 class beside it is read as V1
@@ -403,6 +430,19 @@ def test_preview_image_writes_pngs_with_the_prompt(site):
     with Image.open(root / "temp" / entry_a["filename"]) as png:
         assert png.size == (3, 2) and png.getpixel((0, 0)) == (255, 0, 0)
         assert json.loads(png.text["prompt"])["s"]["class_type"] == "V3Show"
+
+
+def test_multitype_widget_and_a_packs_own_type(site):
+    root, env, registry, infos, nodes = site
+    prompt = {"four": {"class_type": "V3Make", "inputs": {"value": 4}},
+              "a": {"class_type": "V3Mix", "inputs": {"value": 2.5}},
+              "b": {"class_type": "V3Mix", "inputs": {"value": ["four", 0], "thing": ["a", 0]}}}
+    result = _run(Executor(registry, env), prompt, targets=["a", "b"])
+    assert result.get("a", 0) == {"value": 2.5, "before": None} and result.get("a", 1) == 5.0
+    assert result.get("b", 0) == {"value": 4, "before": {"value": 2.5, "before": None}} and result.get("b", 1) == 8.0
+    with pytest.raises(ValidationError, match="Return type mismatch"):  # a V3_THING is no FLOAT
+        validate(Workflow.from_api({**prompt, "b": {"class_type": "V3Mix", "inputs": {"value": ["a", 0]}}}),
+                 registry, env, targets=["b"])
 
 
 def test_lazy_switch_computes_only_the_chosen_input(site):
@@ -537,6 +577,17 @@ def test_bad_v3_packs_are_reported(tmp_path, source, error):
     registry = create_registry()
     (info,) = load_plugins(registry, [tmp_path / "nodes_dir"], entry_points=False)
     assert info.status == "failed" and error in info.error and "Twice" not in registry and "Bare" not in registry
+
+
+def test_the_layer_provides_the_v3_names():
+    from latentgraph import comfy_compat
+
+    for name in ("comfy_api.latest.io.ComfyNode", "comfy_api.latest.io.Schema", "comfy_api.latest.io.NodeOutput",
+                 "comfy_api.latest.io.Custom", "comfy_api.latest.io.Hidden.unique_id", "comfy_api.latest.ComfyExtension",
+                 "comfy_api.latest.ui.PreviewImage", "comfy_api.latest.ui.PreviewText", "comfy_api.v0_0_2.io.Int"):
+        assert comfy_compat.provides(name), name
+    for name in ("comfy_api.latest.io.MatchType", "comfy_api.latest.ui.PreviewAudio", "comfy_api.feature_flags"):
+        assert not comfy_compat.provides(name), name
 
 
 def test_a_v3_name_the_layer_lacks_is_reported(tmp_path):

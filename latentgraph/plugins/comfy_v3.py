@@ -163,16 +163,18 @@ def _await(value: Any) -> Any:
         return pool.submit(context.run, asyncio.run, wait()).result()
 
 
-class _Hidden:
-    """Which hidden values a node asked for, and the ``cls.hidden`` holder made from them."""
+class _Runner:
+    """The hooks the executor calls. Each takes the hidden values out of its keywords and calls
+    the node's classmethod on a subclass whose ``hidden`` holds them (ComfyUI calls a clone of
+    the class the same way)."""
 
-    def __init__(self, cls: type, schema):
-        self.cls = cls
+    def __init__(self, cls: type, schema, name: str, n_outputs: int):
+        self.cls, self.name, self.n = cls, name, n_outputs
+        self.expandable, self.not_idempotent = bool(schema.enable_expand), bool(schema.not_idempotent)
         self.kinds = [str(getattr(h, "value", h)) for h in schema.hidden or ()]
         self.keys = {_hidden_key(k): k for k in self.kinds if k in HIDDEN_KINDS}
-        self.internal: set[str] = set()  # keys the wrappers use themselves (the node id of not_idempotent)
-        module = inspect.getmodule(type(schema))
-        self.holder_type = getattr(module, "HiddenHolder", None)
+        self.internal: set[str] = set()  # keys the hooks use themselves (the node id of not_idempotent)
+        self.holder_type = getattr(inspect.getmodule(type(schema)), "HiddenHolder", None)
 
     def clone(self, kwargs: dict) -> type:
         """Take the hidden values out of ``kwargs``; the class to call, holding them."""
@@ -184,6 +186,31 @@ class _Hidden:
         holder = self.holder_type.from_dict(values) if self.holder_type is not None else None
         return type(self.cls.__name__, (self.cls,), {"hidden": holder, "__module__": self.cls.__module__,
                                                      "__qualname__": self.cls.__qualname__})
+
+    def call(self, **kwargs):
+        ctx = kwargs.pop(CONTEXT)
+        clone = self.clone(kwargs)
+        with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
+            ret = _await(clone.execute(**kwargs))
+        return _node_output(self.name, ret, self.n, self.expandable)
+
+    def check_lazy(self, **kwargs):
+        ctx = kwargs.pop(CONTEXT)
+        clone = self.clone(kwargs)
+        with node_call(ctx):
+            return _await(clone.check_lazy_status(**kwargs))
+
+    def fingerprint(self, **kwargs):
+        """(the node id when not_idempotent, fingerprint_inputs' value): the cache key's part."""
+        node = kwargs.pop(_hidden_key("UNIQUE_ID"), None) if self.not_idempotent else None
+        if _own(self.cls, "fingerprint_inputs") is None:
+            return (node, None)
+        return (node, _changed(self.name, self.clone({}), kwargs))  # ComfyUI gives it no hidden values
+
+    def validate(self, **kwargs):
+        clone = self.clone(kwargs)
+        given = [k for k in kwargs if k != "input_types"]
+        return _report(_await(clone.validate_inputs(**kwargs)), given)
 
 
 def _node_output(name: str, ret: Any, n: int, expandable: bool) -> Any:
@@ -245,6 +272,25 @@ def _report(result: Any, given: list[str]) -> dict | None:
     return {n: message for n in given}
 
 
+def _read_inputs(cls: type, where: str, schema) -> dict[str, InputSpec]:
+    inputs: dict[str, InputSpec] = {}
+    for item in schema.inputs or ():
+        spec = _input_spec(where, item)
+        if isinstance(spec, Combo):
+            spec = dataclasses.replace(spec, choices=_fresh_choices(cls, item.id, list(spec.resolve(None))))
+        inputs[item.id] = spec
+    return inputs
+
+
+def _read_outputs(schema) -> tuple[Output, ...]:
+    """The outputs; a combo output (its type is its list of choices) is a COMBO, as in V1."""
+    outputs = []
+    for out in schema.outputs or ():
+        kind = "COMBO" if isinstance(out.io_type, list) else str(out.io_type)
+        outputs.append(Output(kind, str(out.display_name or kind), bool(out.is_output_list), out.tooltip or None))
+    return tuple(outputs)
+
+
 def node_def(name: str | None, cls: Any, display_name: str | None, *, pack: str, source: str) -> V3NodeDef:
     """The NodeDef of V3 node class ``cls``, registered as ``name`` (None: the schema's node_id)."""
     where = f"{name or getattr(cls, '__name__', cls)} (class {getattr(cls, '__qualname__', cls)!s})"
@@ -253,65 +299,31 @@ def node_def(name: str | None, cls: Any, display_name: str | None, *, pack: str,
     schema = read_schema(cls, where)
     name = name or schema.node_id
     cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{pack}"  # as ComfyUI sets it on the classes it loads
-    inputs: dict[str, InputSpec] = {}
-    for item in schema.inputs or ():
-        spec = _input_spec(where, item)
-        if isinstance(spec, Combo):
-            spec = dataclasses.replace(spec, choices=_fresh_choices(cls, item.id, list(spec.resolve(None))))
-        inputs[item.id] = spec
-    outputs = tuple(Output("COMBO" if isinstance(o.io_type, list) else str(o.io_type),
-                           str(o.display_name or ("COMBO" if isinstance(o.io_type, list) else o.io_type)),
-                           bool(o.is_output_list), o.tooltip or None) for o in schema.outputs or ())
-    hidden = _Hidden(cls, schema)
-    declared = {key: Hidden(kind) for key, kind in hidden.keys.items()}
-    n, expandable = len(outputs), bool(schema.enable_expand)
-
-    def call(**kwargs):
-        ctx = kwargs.pop(CONTEXT)
-        clone = hidden.clone(kwargs)
-        with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
-            ret = _await(clone.execute(**kwargs))
-        return _node_output(name, ret, n, expandable)
-
-    def check_lazy(**kwargs):
-        ctx = kwargs.pop(CONTEXT)
-        clone = hidden.clone(kwargs)
-        with node_call(ctx):
-            return _await(clone.check_lazy_status(**kwargs))
-
-    fp_hook, uid = _own(cls, "fingerprint_inputs"), _hidden_key("UNIQUE_ID")
+    inputs, outputs = _read_inputs(cls, where, schema), _read_outputs(schema)
+    runner = _Runner(cls, schema, name, len(outputs))
+    hidden = {key: Hidden(kind) for key, kind in runner.keys.items()}
+    fp_hook, v_hook = _own(cls, "fingerprint_inputs"), _own(cls, "validate_inputs")
     fp_inputs: tuple = _validate_inputs(fp_hook, inputs, {})[0] if fp_hook is not None else ()
-    if schema.not_idempotent:
-        declared.setdefault(uid, Hidden("UNIQUE_ID"))
-        hidden.internal.add(uid)
+    if schema.not_idempotent:  # the node id joins the cache key through the fingerprint
+        uid = _hidden_key("UNIQUE_ID")
+        hidden.setdefault(uid, Hidden("UNIQUE_ID"))
+        runner.internal.add(uid)
         fp_inputs += (uid,)
-
-    def fingerprint(**kwargs):
-        node = kwargs.pop(uid, None) if schema.not_idempotent else None
-        clone = hidden.clone({})  # ComfyUI gives fingerprint_inputs no hidden values
-        return (node, _changed(name, clone, kwargs) if fp_hook is not None else None)
-
-    v_inputs, wants_types = (), False
-    v_hook = _own(cls, "validate_inputs")
+    v_inputs, wants_types = _validate_inputs(v_hook, inputs, {}) if v_hook is not None else ((), False)
     if v_hook is not None:
-        v_inputs, wants_types = _validate_inputs(v_hook, inputs, {})
-        v_inputs += tuple(hidden.keys)  # cls.hidden holds the node id (and an empty prompt) meanwhile
-
-    def validate(**kwargs):
-        clone = hidden.clone(kwargs)
-        given = [k for k in kwargs if k != "input_types"]
-        return _report(_await(clone.validate_inputs(**kwargs)), given)
-
+        v_inputs += tuple(runner.keys)  # cls.hidden holds the node id (and an empty prompt) meanwhile
     return V3NodeDef(
-        name=name, fn=call, inputs=inputs, outputs=outputs, hidden=declared,
+        name=name, fn=runner.call, inputs=inputs, outputs=outputs, hidden=hidden,
         category=str(schema.category or ""), display_name=str(schema.display_name or display_name or name),
         description=str(schema.description or ""), output_node=bool(schema.is_output_node),
-        fingerprint=fingerprint if fp_hook is not None or schema.not_idempotent else None,
+        fingerprint=runner.fingerprint if fp_hook is not None or schema.not_idempotent else None,
         fingerprint_inputs=fp_inputs, fingerprint_linked=True,
-        validate=validate if v_hook is not None else None, validate_inputs=v_inputs, validate_linked=True, validate_types=wants_types,
-        input_is_list=bool(schema.is_input_list), deprecated=bool(schema.is_deprecated),
-        experimental=bool(schema.is_experimental), python_module=f"custom_nodes.{pack}", context_param=CONTEXT,
-        source=source, lazy_check=check_lazy if _own(cls, "check_lazy_status") is not None else None, v3_class=cls, node_id=schema.node_id, info_at_load=v1_info(cls, schema))
+        validate=runner.validate if v_hook is not None else None, validate_inputs=v_inputs, validate_linked=True,
+        validate_types=wants_types, input_is_list=bool(schema.is_input_list),
+        deprecated=bool(schema.is_deprecated), experimental=bool(schema.is_experimental),
+        python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source,
+        lazy_check=runner.check_lazy if _own(cls, "check_lazy_status") is not None else None,
+        v3_class=cls, node_id=schema.node_id, info_at_load=v1_info(cls, schema))
 
 
 def extension_nodes(entrypoint: Any) -> list:
