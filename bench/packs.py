@@ -18,15 +18,20 @@ registered is run once on sample inputs:
 Per pack it prints loaded / partly loaded / failed (with the reason), the nodes registered, and
 the nodes that ran, failed (with the first error) or were skipped. "Partly loaded": the pack
 imported, but names it asked for were missing (it caught the ImportError and went on) or fewer
-nodes were registered than its source declares. The outputs of the nodes that ran are kept, as
-digests, in --json (for comparing with ComfyUI on the same inputs).
+nodes were registered than its source declares. Each output of a node that ran is summarised
+by ``LgDigest`` (bench/pack_digest: shapes, sums, first values), kept in --json.
+
+``--compare URL`` also sends every prompt that ran to a ComfyUI server at URL that has the same
+packs and bench/pack_digest in its custom_nodes (and latentgraph-shapes.safetensors in its
+checkpoints) and compares its summaries with ours: same (shapes and strings equal, numbers
+within 1e-3 relative), different (the first difference), or failed on ComfyUI. The ComfyUI
+side is driven over HTTP only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import signal
@@ -37,6 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DIGEST = Path(__file__).resolve().parent / "pack_digest"
 SIZE = 64
 DEMO = "latentgraph-shapes.safetensors"
 SOURCES = {  # socket type -> (source node, output index)
@@ -111,23 +117,6 @@ def _link(prompt: dict, kind: str) -> list:
     return [key, index]
 
 
-def digest(value) -> object:
-    """A short, comparable summary of an output value."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        data = value.detach().float().cpu().contiguous()
-        return {"tensor": list(data.shape), "sum": round(float(data.sum()), 3),
-                "sha": hashlib.sha256(data.numpy().round(4).tobytes()).hexdigest()[:12]}
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): digest(v) for k, v in list(value.items())[:8]}
-    if isinstance(value, (list, tuple)):
-        return [digest(v) for v in value[:8]]
-    return type(value).__name__
-
-
 class _Timeout(Exception):
     pass
 
@@ -146,15 +135,18 @@ def run_one(pack: Path, node_timeout: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lg-packs-"))
     (work / "custom_nodes").mkdir()
     (work / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
+    (work / "digest").mkdir()
+    (work / "digest" / "pack_digest").symlink_to(DIGEST, target_is_directory=True)
     env = Environment(output_dir=work / "output", input_dir=work / "input", temp_dir=work / "temp",
                       models_dir=work / "models", device="cpu")
     registry = create_registry()
+    load_plugins(registry, [work / "digest"], entry_points=False, env=env)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # packs print banners at import
         (info,) = load_plugins(registry, [work / "custom_nodes"], entry_points=False, env=env)
     report = {"pack": pack.name, "load_seconds": round(time.perf_counter() - start, 2), "status": info.status,
               "error": info.error, "missing": info.missing, "nodes": len(info.nodes), "ran": [], "failed": {},
-              "skipped": {}, "outputs": {}}
+              "skipped": {}, "outputs": {}, "prompts": {}}
     try:
         declared = scan(pack).node_mappings
     except ScanError:
@@ -169,12 +161,17 @@ def run_one(pack: Path, node_timeout: int) -> dict:
         if prompt is None:
             report["skipped"][name] = why
             continue
+        outputs = len(registry[name].outputs)
+        for i in range(outputs):  # LgDigest shows each output's summary as UI text
+            prompt[f"digest{i}"] = {"class_type": "LgDigest", "inputs": {"value": ["node", i]}}
         signal.alarm(node_timeout)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                result = executor.run(Workflow.from_api(prompt), targets=["node"])
+                result = executor.run(Workflow.from_api(prompt), targets=["node"] + [f"digest{i}"
+                                                                                     for i in range(outputs)])
             report["ran"].append(name)
-            report["outputs"][name] = digest(result.values.get("node"))
+            report["prompts"][name] = prompt
+            report["outputs"][name] = [json.loads(result.outputs[f"digest{i}"]["text"][0]) for i in range(outputs)]
         except _Timeout:
             report["failed"][name] = f"timed out after {node_timeout} s"
         except Exception as exc:  # noqa: BLE001 - a pack's node may raise anything; record it
@@ -182,6 +179,60 @@ def run_one(pack: Path, node_timeout: int) -> dict:
         finally:
             signal.alarm(0)
     return report
+
+
+def comfy_run(url: str, prompt: dict, timeout: float = 300) -> dict:
+    """Queue ``prompt`` on the ComfyUI server at ``url``; its history entry once done."""
+    import urllib.request
+
+    body = json.dumps({"prompt": prompt, "client_id": "latentgraph-bench"}).encode()
+    request = urllib.request.Request(f"{url}/prompt", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            pid = json.load(r)["prompt_id"]
+    except urllib.error.HTTPError as exc:
+        return {"refused": exc.read().decode("utf-8", "replace")[:300]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/history/{pid}", timeout=60) as r:
+            entry = json.load(r).get(pid)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            if entry["status"].get("status_str") == "success" or entry.get("outputs"):
+                return entry
+            return {"failed": entry.get("status", {})}
+        time.sleep(0.2)
+    return {"failed": f"no answer in {timeout} s"}
+
+
+def same(ours, theirs, path: str = "") -> str | None:
+    """None when two summaries agree (numbers within 1e-3 relative), else where they differ."""
+    if isinstance(ours, float) or isinstance(theirs, float):
+        if not isinstance(ours, (int, float)) or not isinstance(theirs, (int, float)):
+            return f"{path}: {ours!r} vs {theirs!r}"
+        return None if abs(ours - theirs) <= 1e-3 * max(1.0, abs(ours), abs(theirs)) else f"{path}: {ours} vs {theirs}"
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        if sorted(ours) != sorted(theirs):
+            return f"{path}: keys {sorted(ours)} vs {sorted(theirs)}"
+        return next((d for k in ours if (d := same(ours[k], theirs[k], f"{path}.{k}"))), None)
+    if isinstance(ours, list) and isinstance(theirs, list):
+        if len(ours) != len(theirs):
+            return f"{path}: {len(ours)} items vs {len(theirs)}"
+        return next((d for i, (a, b) in enumerate(zip(ours, theirs)) if (d := same(a, b, f"{path}[{i}]"))), None)
+    return None if ours == theirs else f"{path}: {ours!r} vs {theirs!r}"
+
+
+def compare(report: dict, url: str) -> None:
+    """Run each prompt that ran here on ComfyUI; record same / different / failed per node."""
+    report["comfyui"] = {}
+    for name, prompt in report.get("prompts", {}).items():
+        entry = comfy_run(url, prompt)
+        if "outputs" not in entry:
+            report["comfyui"][name] = f"failed on ComfyUI: {str(entry.get('refused') or entry.get('failed'))[:200]}"
+            continue
+        theirs = [json.loads(entry["outputs"].get(f"digest{i}", {}).get("text", ["null"])[0])
+                  for i in range(len(report["outputs"][name]))]
+        diff = same(report["outputs"][name], theirs)
+        report["comfyui"][name] = "same" if diff is None else f"different at output{diff}"
 
 
 def _packs(folder: Path, top: int) -> list[Path]:
@@ -197,6 +248,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write every report here")
     parser.add_argument("--timeout", type=int, default=600, help="seconds for one pack (default 600)")
     parser.add_argument("--node-timeout", type=int, default=60, help="seconds for one node (default 60)")
+    parser.add_argument("--compare", metavar="URL", help="a ComfyUI server to run the same prompts on")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args(argv)
     if args.one:
@@ -213,6 +265,8 @@ def main(argv=None) -> int:
                 + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
         except subprocess.TimeoutExpired:
             report = {"pack": pack.name, "status": "failed", "error": f"timed out after {args.timeout} s"}
+        if args.compare and report.get("prompts"):
+            compare(report, args.compare.rstrip("/"))
         reports.append(report)
         _print(report)
     loaded = sum(r["status"] == "loaded" for r in reports)
@@ -221,6 +275,9 @@ def main(argv=None) -> int:
           f"nodes ran {sum(len(r.get('ran', [])) for r in reports)} of "
           f"{sum(r.get('nodes', 0) for r in reports)} registered "
           f"({sum(len(r.get('skipped', {})) for r in reports)} skipped: inputs of the pack's own types)")
+    if args.compare:
+        verdicts = [v for r in reports for v in r.get("comfyui", {}).values()]
+        print(f"same outputs as ComfyUI: {verdicts.count('same')} of {len(verdicts)} nodes compared")
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1) + "\n")
     return 0
@@ -238,6 +295,11 @@ def _print(r: dict) -> None:
         print(f"    missing: {', '.join(r['missing'][:8])}")
     for name, why in list(r.get("failed", {}).items())[:3]:
         print(f"    {name}: {why}")
+    if "comfyui" in r:
+        verdicts = list(r["comfyui"].values())
+        print(f"    same outputs as ComfyUI: {verdicts.count('same')} of {len(verdicts)} nodes that ran")
+        for name, verdict in [(n, v) for n, v in r["comfyui"].items() if v != "same"][:3]:
+            print(f"    {name}: {verdict}")
 
 
 if __name__ == "__main__":
