@@ -268,6 +268,17 @@ class Double(io.ComfyNode):
         return (value * factor,)  # a tuple, as some packs return
 
 
+class Remote(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="MappedRemote", category="mapped", outputs=[io.String.Output()],
+                         inputs=[io.Combo.Input("pick", remote=io.RemoteOptions("/mapped/choices", True))])
+
+    @classmethod
+    def execute(cls, pick):
+        return io.NodeOutput(f"picked {pick}")
+
+
 class Legacy:
     @classmethod
     def INPUT_TYPES(cls):
@@ -280,7 +291,7 @@ class Legacy:
         return (value - 1,)
 
 
-NODE_CLASS_MAPPINGS = {"MappedDouble": Double, "MappedLegacy": Legacy}
+NODE_CLASS_MAPPINGS = {"MappedDouble": Double, "MappedLegacy": Legacy, "MappedRemote": Remote}
 NODE_DISPLAY_NAME_MAPPINGS = {"MappedDouble": "Double (mapped)"}
 
 
@@ -378,7 +389,7 @@ def test_packs_load_from_comfy_entrypoint_and_mappings(site):
     assert infos["v3_pack"].nodes == ["V3Mix", "V3Brighten", "V3Show", "V3Make", "V3AddOne", "V3Switch", "V3Repeat",
                                       "V3NoExpand", "V3Range", "V3Total", "V3Even", "V3Stamp", "V3Ticket", "V3Gate"]
     assert nodes.EVENTS[:1] == ["on_load"] and nodes.EVENTS.count("on_load") == 1
-    assert infos["v3_mapped"].nodes == ["MappedDouble", "MappedLegacy"]  # comfy_entrypoint never called
+    assert infos["v3_mapped"].nodes == ["MappedDouble", "MappedLegacy", "MappedRemote"]  # comfy_entrypoint never called
     assert registry["V3Brighten"].display_name == "Brighten (V3)"
     assert registry["MappedDouble"].display_name == "Double (mapped)"  # the mapping's, as the node list shows
     assert registry["V3Switch"].display_name == "V3Switch"
@@ -535,6 +546,49 @@ def test_async_execute_combo_of_numbers_and_v1_beside_it(site):
     with pytest.raises(ValidationError, match="value_not_in_list|not in"):
         validate(Workflow.from_api({"d": {"class_type": "MappedDouble", "inputs": {"factor": 4, "value": 1}}}),
                  registry, env, targets=["d"])
+
+
+REMOTE_INPUT = {"required": {"pick": ["COMBO", {"multiselect": False, "remote": {
+    "route": "/mapped/choices", "refresh_button": True, "control_after_refresh": "first"}}]}}
+
+
+def test_a_remote_combo_takes_what_the_frontend_fetched(site):
+    root, env, registry, infos, nodes = site
+    assert _json(registry["MappedRemote"].object_info(env)["input"]) == REMOTE_INPUT
+    result = _run(Executor(registry, env), {"r": {"class_type": "MappedRemote", "inputs": {"pick": "chosen"}}})
+    assert result.get("r") == "picked chosen"
+
+
+def test_async_execute_inside_a_running_event_loop(site):
+    """A front door that runs a prompt from a coroutine: the async node runs on a loop of its own."""
+    import asyncio
+
+    root, env, registry, infos, nodes = site
+
+    async def go():
+        return _run(Executor(registry, env), {"d": {"class_type": "MappedDouble", "inputs": {"factor": 2,
+                                                                                         "value": 5}}})
+    assert asyncio.run(go()).get("d") == 10
+
+
+def test_ui_helpers_write_into_the_bound_environment(site):
+    from latentgraph import comfy_compat
+
+    root, env, registry, infos, nodes = site
+    comfy_compat.bind(env=env)
+    ui = comfy_compat.import_module("comfy_api.latest").ui
+    mask = torch.tensor([[[0.0, 1.0, 0.5]]])  # (1, 1, 3)
+    shown = ui.PreviewMask(mask).as_dict()
+    (entry,) = shown["images"]
+    assert shown["animated"] == (False,) and entry["type"] == "temp"
+    with Image.open(root / "temp" / entry["filename"]) as png:
+        assert [png.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (255, 255, 255), (127, 127, 127)]
+    saved = ui.ImageSaveHelper.get_save_images_ui(torch.zeros(2, 2, 3, 3), "sub/img_%width%", None).as_dict()
+    assert [dict(r) for r in saved["images"]] == [
+        {"filename": "img_3_00001_.png", "subfolder": "sub", "type": "output"},
+        {"filename": "img_3_00002_.png", "subfolder": "sub", "type": "output"}]
+    assert (root / "output" / "sub" / "img_3_00002_.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ui.PreviewText("hi").as_dict() == {"text": ("hi",)}
 
 
 @pytest.mark.parametrize("source, error", [

@@ -118,11 +118,14 @@ class V3NodeDef(NodeDef):
 
 def _input_spec(where: str, item) -> InputSpec:
     """One schema input through its V1 entry; a MultiType over a widget stays that widget,
-    typed with the whole union."""
+    typed with the whole union; a combo without a list of choices (the frontend fetches them
+    from a route) takes any value, unchecked here."""
     options = item.as_dict()
     optional = bool(options.pop("optional", False))
     io_type = item.get_io_type()
     override = getattr(item, "input_override", None)
+    if io_type == "COMBO" and options.get("options") is None:  # choices the frontend fetches (remote)
+        return dataclasses.replace(_spec(where, item.id, ("STRING", options), optional), type="COMBO")
     if override is not None and getattr(override, "widget_type", None):
         spec = _spec(where, item.id, (override.widget_type, options), optional)
         return dataclasses.replace(spec, type=str(io_type))
