@@ -344,6 +344,9 @@ def test_calculate_sigmas_equals_basic_scheduler(site):
         full = samplers.calculate_sigmas(model.schedule, name, 5)
         assert torch.equal(full[-6:], result.get(f"s_{name}", 0)), name
         assert torch.equal(samplers.calculate_sigmas(schedule, name, 5), full), name
+    # what packs pass: the MODEL's model_sampling (its noise schedule)
+    assert torch.equal(samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 5),
+                       result.get("s_karras", 0))
     karras = samplers.calculate_sigmas(schedule, "karras", 4)
     assert karras.shape == (5,) and float(karras[-1]) == 0.0
     assert math.isclose(float(karras[0]), float(schedule.sigma_max), rel_tol=1e-5)
@@ -462,3 +465,22 @@ def test_missing_sampling_names_are_reported(tmp_path):
     assert comfy_compat.provides("comfy.k_diffusion.sampling.sample_dpmpp_2m_sde_gpu")
     assert comfy_compat.provides("nodes.common_ksampler")
     assert not comfy_compat.provides("comfy.k_diffusion.sampling.sample_euler_ancestral_RF")
+
+
+def test_folder_of_images(tmp_path):
+    from PIL import Image
+
+    utils = comfy_compat.import_module("comfy.k_diffusion.utils")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (3, 2), (10, 20, 30)).save(tmp_path / "b.png")
+    Image.new("L", (2, 2), 200).save(tmp_path / "sub" / "a.JPG", quality=100)
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = utils.FolderOfImages(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in folder.paths] == ["b.png", "sub/a.JPG"] and len(folder) == 2
+    (image,) = folder[0]
+    assert image.mode == "RGB" and image.size == (3, 2) and image.getpixel((0, 0)) == (10, 20, 30)
+    assert utils.FolderOfImages(tmp_path, transform=lambda im: im.size)[1] == ((2, 2),)
+    assert ".webp" in utils.FolderOfImages.IMG_EXTENSIONS and ".gif" not in utils.FolderOfImages.IMG_EXTENSIONS
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        utils.FolderOfImages(tmp_path / "absent")
+    assert torch.equal(utils.append_dims(torch.ones(2), 4), torch.ones(2, 1, 1, 1))
