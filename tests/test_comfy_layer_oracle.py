@@ -110,6 +110,9 @@ KNOWN: dict[str, str] = {
                                                           "(shape [1, 2, 2, 4, 6]); the layer raises ValueError",
     "utils:get_tiled_scale_steps": _LACKS.format("utils", "get_tiled_scale_steps", "[1, 2, 12, 81]"),
     "utils:tiled_scale(x2 function)": _LACKS.format("utils", "tiled_scale", "the tiled result, here the image x2"),
+    "sampling:prediction(CONST)": "the layer lacks comfy.model_sampling.CONST and ModelSamplingDiscreteFlow (flow "
+                                  "matching, as SD3 and Flux use; ComfyUI: calculate_denoised = x - out * sigma, "
+                                  "noise_scaling = sigma * noise + (1 - sigma) * latent)",
 }
 
 

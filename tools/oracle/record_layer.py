@@ -64,6 +64,7 @@ PROMPT = {
     "helpers": {"class_type": "LayerProbeHelpers", "inputs": {}},
     "mm": {"class_type": "LayerProbeModelManagement", "inputs": {}},
     "constants": {"class_type": "LayerProbeConstants", "inputs": {}},
+    "sampling": {"class_type": "LayerProbeSampling", "inputs": {}},
     "server": {"class_type": "LayerProbeServer", "inputs": {}},
     "onprompt": {"class_type": "LayerProbeOnPrompt", "inputs": {"seen": "as queued"}},
     "graph": {"class_type": "LayerProbeGraph", "inputs": {}},
