@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -114,6 +115,25 @@ class DampedEuler:
         return (comfy.samplers.KSAMPLER(damped_euler, extra_options={"damping": damping}),)
 
 
+def scaled_sigma_sampler(model, x, sigmas, *, inner, scale, **kwargs):
+    """Runs another SAMPLER with the model asked at sigma * scale (the Detail Daemon pattern)."""
+    def model_wrapper(x, sigma, **extra_args):
+        return model(x, sigma * scale, **extra_args)
+    return inner.sampler_function(model_wrapper, x, sigmas, **kwargs, **inner.extra_options)
+
+
+class WrapSampler:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sampler": ("SAMPLER",), "scale": ("FLOAT", {"default": 1.0})}}
+
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get"
+
+    def get(self, sampler, scale):
+        return (comfy.samplers.KSAMPLER(scaled_sigma_sampler, extra_options={"inner": sampler, "scale": scale}),)
+
+
 class CustomSample:
     """comfy.sample.sample_custom with a named sampler object and the KSampler's sigmas."""
 
@@ -168,7 +188,8 @@ class MakeGuider:
 
 
 NODE_CLASS_MAPPINGS = {"PackNoiseThenSample": NoiseThenSample, "PackAdvanced": Advanced,
-                       "PackDampedEuler": DampedEuler, "PackCustomSample": CustomSample, "PackGuider": MakeGuider}
+                       "PackDampedEuler": DampedEuler, "PackCustomSample": CustomSample, "PackGuider": MakeGuider,
+                       "PackWrapSampler": WrapSampler}
 '''
 
 
@@ -278,12 +299,15 @@ def test_a_ksampler_over_a_k_diffusion_function_runs_in_sampler_custom(site):
     prompt = _prompt(sched=("BasicScheduler", {"model": ["ckpt", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}),
                      euler=("KSamplerSelect", {"sampler_name": "euler"}),
                      plain=("PackDampedEuler", {"damping": 1.0}), damped=("PackDampedEuler", {"damping": 0.5}),
+                     wrap=("PackWrapSampler", {"sampler": ["plain", 0], "scale": 1.0}),
                      ours=("SamplerCustom", {**custom, "sampler": ["euler", 0]}),
                      theirs=("SamplerCustom", {**custom, "sampler": ["plain", 0]}),
-                     damp=("SamplerCustom", {**custom, "sampler": ["damped", 0]}))
-    result = _run(executor, prompt, ["ours", "theirs", "damp"])
+                     damp=("SamplerCustom", {**custom, "sampler": ["damped", 0]}),
+                     wrapped=("SamplerCustom", {**custom, "sampler": ["wrap", 0]}))
+    result = _run(executor, prompt, ["ours", "theirs", "damp", "wrapped"])
     ours, theirs, damp = (result.get(n, 0)["samples"] for n in ("ours", "theirs", "damp"))
     assert torch.equal(ours, theirs)  # the pack's Euler is latentgraph's, step for step
+    assert torch.equal(ours, result.get("wrapped", 0)["samples"])  # a KSAMPLER wrapping another one
     assert torch.equal(result.get("ours", 1)["samples"], result.get("theirs", 1)["samples"])  # denoised output too
     assert (ours - damp).abs().max() > 1e-2  # the extra option reached the function
     assert torch.isfinite(damp).all()
@@ -395,6 +419,9 @@ def test_sampler_objects_and_latentgraph_sampler_values():
     assert as_k(SamplerChoice("ddim")).sampler_name == "ddim" and as_k(euler) is euler
     with pytest.raises(TypeError, match="callable"):
         samplers.KSAMPLER("euler")
+    wrap = SimpleNamespace(inner_model=SimpleNamespace(model_sampling=DiscreteSchedule()))
+    full = samplers.calculate_sigmas(wrap.inner_model.model_sampling, "normal", 3)
+    assert euler.max_denoise(wrap, full) and not euler.max_denoise(wrap, full[1:])
     with pytest.raises(AttributeError, match="KSAMPLER.sample"):
         euler.sample(None, None, None, None, None)
 

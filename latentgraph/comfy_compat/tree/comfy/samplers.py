@@ -66,7 +66,8 @@ class Sampler:
         """Whether sigmas start at (or above) the model's largest sigma: the noise then replaces
         the latent rather than being added to it."""
         inner = model_wrap.inner_model
-        schedule = getattr(inner, "model_sampling", None) or getattr(inner, "schedule")
+        schedule = getattr(inner, "model_sampling", None)
+        schedule = inner.schedule if schedule is None else schedule
         max_sigma, sigma = float(schedule.sigma_max), float(sigmas[0])
         return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
 
