@@ -1,0 +1,473 @@
+"""ComfyUI's MODEL/CLIP/VAE faces (models/comfy_faces.py) and the tree's comfy.model_patcher,
+model_base, model_sampling, latent_formats and sd, used as packs use them: a pack written here
+clones the shipped demo model and patches a weight, replaces its model_sampling, reads its
+schedule, encodes through tokenize + encode_from_tokens, decodes through vae.decode, merges by
+get_key_patches, loads a checkpoint and a LoRA through comfy.sd; every result is compared by
+value with latentgraph's own nodes or with numbers from ComfyUI's formulas."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from latentgraph import comfy_compat
+from latentgraph.graph import Environment, Executor, Workflow
+from latentgraph.models.checkpoint import load_placed
+from latentgraph.models.lora_make import make_lora, save_lora
+from latentgraph.models.management import Placement
+from latentgraph.models.weight_patches import PatchError
+from latentgraph.nodes import create_registry, create_services
+from latentgraph.plugins import load_plugins
+
+CKPT = "latentgraph-shapes.safetensors"
+BIAS = "diffusion_model.out.2.bias"  # the UNet's last conv: a diff here shifts eps by the diff
+NORM = "clip_l.transformer.text_model.final_layer_norm.bias"  # SD1 reads the final norm: cond shifts by it
+
+PACK = '''
+import json
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.sd
+import comfy.utils
+import folder_paths
+
+
+def _types(**inputs):
+    return {"required": {k: (v,) if isinstance(v, str) else v for k, v in inputs.items()}}
+
+
+class PatchOutBias:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(model="MODEL", strength=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
+
+    RETURN_TYPES = ("MODEL", "STRING")
+    FUNCTION = "patch"
+
+    def patch(self, model, strength):
+        m = model.clone()
+        w = m.get_model_object("diffusion_model.out.2.bias")
+        applied = m.add_patches({"diffusion_model.out.2.bias": (torch.full_like(w, 0.25),),
+                                 "diffusion_model.no_such_layer.weight": (w,)}, strength)
+        return (m, json.dumps(applied))
+
+
+class ReadSampling:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(model="MODEL")
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "read"
+
+    def read(self, model):
+        base = model.model
+        ms = model.get_model_object("model_sampling")
+        return (json.dumps({
+            "sigma_max": float(base.model_sampling.sigma_max), "sigma_min": float(ms.sigma_min),
+            "p": [ms.percent_to_sigma(p) for p in (0.0, 0.5, 0.75, 1.0)],
+            "timestep_of_max": float(ms.timestep(ms.sigma_max)), "sigma_999": float(ms.sigma(torch.tensor(999.0))),
+            "model_type": base.model_type.name, "scale_factor": base.latent_format.scale_factor,
+            "latent_channels": base.latent_format.latent_channels,
+            "patcher": isinstance(model, comfy.model_patcher.ModelPatcher),
+            "base": isinstance(base, comfy.model_base.BaseModel), "sdxl": isinstance(base, comfy.model_base.SDXL),
+            "eps": isinstance(ms, comfy.model_sampling.EPS), "v": isinstance(ms, comfy.model_sampling.V_PREDICTION),
+            "discrete": isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete),
+            "sd15": isinstance(base.latent_format, comfy.latent_formats.SD15),
+            "eps_type": base.model_type == comfy.model_base.ModelType.EPS,
+            "unet": type(model.get_model_object("diffusion_model")).__name__,
+            "in_channels": base.model_config.unet_config["in_channels"],
+            "load_device": str(model.load_device), "dtype": str(model.model_dtype())}),)
+
+
+class ZsnrSampling:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(model="MODEL")
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    def patch(self, model):
+        class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+            pass
+
+        m = model.clone()
+        m.add_object_patch("model_sampling", ModelSamplingAdvanced(model.model.model_config, zsnr=True))
+        return (m,)
+
+
+class ZeroOutConv:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(model="MODEL")
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    def patch(self, model):
+        conv = model.get_model_object("diffusion_model.out.2")
+        zero = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
+        torch.nn.init.zeros_(zero.weight)
+        torch.nn.init.zeros_(zero.bias)
+        m = model.clone()
+        m.add_object_patch("diffusion_model.out.2", zero)
+        return (m,)
+
+
+class EncodeTokens:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(clip="CLIP", text=("STRING", {"default": ""}))
+
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    FUNCTION = "encode"
+
+    def encode(self, clip, text):
+        tokens = clip.tokenize(text)
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        out = clip.encode_from_tokens(tokens, return_dict=True)
+        cond_only = out.pop("cond")
+        return ([[cond, {"pooled_output": pooled}]], [[cond_only, out]])
+
+
+class PatchClipNorm:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(clip="CLIP", strength=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
+
+    RETURN_TYPES = ("CLIP", "STRING")
+    FUNCTION = "patch"
+
+    def patch(self, clip, strength):
+        c = clip.clone()
+        key = "clip_l.transformer.text_model.final_layer_norm.bias"
+        (weight, _), = c.get_key_patches()[key]
+        applied = c.add_patches({key: ("diff", (torch.full_like(weight, 0.5),))}, strength)
+        return (c, json.dumps(applied))
+
+
+class DecodeEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(vae="VAE", samples="LATENT")
+
+    RETURN_TYPES = ("IMAGE", "LATENT", "STRING")
+    FUNCTION = "run"
+
+    def run(self, vae, samples):
+        image = vae.decode(samples["samples"])
+        latent = vae.encode(image[:, :, :, :3])
+        info = {"down": vae.downscale_ratio, "up": vae.upscale_ratio, "channels": vae.latent_channels,
+                "is_vae": isinstance(vae, comfy.sd.VAE), "module": type(vae.first_stage_model).__name__}
+        return (image, {"samples": latent}, json.dumps(info))
+
+
+class MergeByKeyPatches:
+    """ComfyUI's ModelMergeSimple, as packs copy it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(model1="MODEL", model2="MODEL", ratio=("FLOAT", {"default": 1.0, "min": 0, "max": 1}))
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "merge"
+
+    def merge(self, model1, model2, ratio):
+        m = model1.clone()
+        kp = model2.get_key_patches("diffusion_model.")
+        for k in kp:
+            m.add_patches({k: kp[k]}, 1.0 - ratio, ratio)
+        return (m,)
+
+
+class LoadByComfy:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _types(ckpt_name=(folder_paths.get_filename_list("checkpoints"),),
+                      lora_name=(folder_paths.get_filename_list("loras"),),
+                      strength_model=("FLOAT", {"default": 1.0, "min": -10, "max": 10}),
+                      strength_clip=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+
+    def load(self, ckpt_name, lora_name, strength_model, strength_clip):
+        path = folder_paths.get_full_path("checkpoints", ckpt_name)
+        model, clip, vae, clipvision = comfy.sd.load_checkpoint_guess_config(
+            path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        assert clipvision is None
+        lora = comfy.utils.load_torch_file(folder_paths.get_full_path("loras", lora_name), safe_load=True)
+        model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+        return (model, clip, vae)
+
+
+NODE_CLASS_MAPPINGS = {"FacePatchOutBias": PatchOutBias, "FaceReadSampling": ReadSampling,
+                       "FaceZsnr": ZsnrSampling, "FaceZeroOut": ZeroOutConv, "FaceEncode": EncodeTokens,
+                       "FaceClipNorm": PatchClipNorm, "FaceDecodeEncode": DecodeEncode,
+                       "FaceMerge": MergeByKeyPatches, "FaceLoad": LoadByComfy}
+'''
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    (root / "custom_nodes" / "face_pack").mkdir(parents=True)
+    (root / "custom_nodes" / "face_pack" / "__init__.py").write_text(PACK)
+    env = Environment(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
+                      models_dir=root / "models", device="cpu")
+    ck = load_placed(env.find_model("checkpoints", CKPT), Placement())
+    save_lora(make_lora(ck.unet, [ck.text["l"]], "lora", seed=3), root / "models" / "loras" / "demo.safetensors",
+              "lora")
+    registry = create_registry()
+    (info,) = load_plugins(registry, [root / "custom_nodes"], entry_points=False, env=env)
+    assert (info.status, info.error, info.missing) == ("loaded", None, [])
+    return env, registry, Executor(registry, env, services=create_services(env))
+
+
+def _run(site, nodes: dict, fresh: bool = False):
+    """Run ``nodes`` on the module's executor (its model cache and results shared between
+    tests), or on a new one."""
+    env, registry, executor = site
+    if fresh:
+        executor = Executor(registry, env, services=create_services(env))
+    wf = Workflow.from_api({nid: {"class_type": c, "inputs": i} for nid, (c, i) in nodes.items()})
+    return executor.run(wf, targets=list(nodes))
+
+
+LOADER = {"ck": ("CheckpointLoaderSimple", {"ckpt_name": CKPT})}
+
+
+def _ksampler(model, steps=3):
+    return ("KSampler", {"model": model, "seed": 7, "steps": steps, "cfg": 4.0, "sampler_name": "euler",
+                         "scheduler": "normal", "positive": ["pos", 0], "negative": ["pos", 0],
+                         "latent_image": ["lat", 0], "denoise": 1.0})
+
+
+SAMPLE = {"pos": ("CLIPTextEncode", {"clip": ["ck", 1], "text": "a red circle"}),
+          "lat": ("EmptyLatentImage", {"width": 64, "height": 64, "batch_size": 1})}
+
+
+def test_add_patches_changes_the_weights_sampling_uses_and_never_the_input(site):
+    result = _run(site, {**LOADER, **SAMPLE, "p": ("FacePatchOutBias", {"model": ["ck", 0], "strength": 2.0}),
+                         "k_patched": _ksampler(["p", 0]), "k_plain": _ksampler(["ck", 0])})
+    base, patched = result.get("ck", 0), result.get("p", 0)
+    assert json.loads(result.get("p", 1)) == [BIAS]  # the unknown key is ignored, as in ComfyUI
+    old, new = base.unet.get_parameter("out.2.bias"), patched.unet.get_parameter("out.2.bias")
+    assert torch.equal(new, old + 0.5) and patched.unet is not base.unet
+    # copy-on-write: every other tensor is the base's own, and the base is as loaded
+    shared = [n for n, p in patched.unet.named_parameters() if p is base.unet.get_parameter(n)]
+    assert len(shared) == len(list(base.unet.parameters())) - 1
+    fresh = load_placed(site[0].find_model("checkpoints", CKPT), Placement())
+    assert torch.equal(old, fresh.unet.get_parameter("out.2.bias"))
+    # eps + 0.5 gives denoised - 0.5 * sigma, through ComfyUI's model.model.apply_model
+    x, sigma = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([2.0])
+    cond = result.get("pos")[0][0]
+    d_old = base.model.apply_model(x, sigma, c_crossattn=cond)
+    d_new = patched.model.apply_model(x, sigma, c_crossattn=cond)
+    assert torch.allclose(d_new - d_old, torch.full_like(x, -1.0), atol=1e-5)
+    a, b = result.get("k_patched")["samples"], result.get("k_plain")["samples"]
+    assert a.shape == b.shape == (1, 4, 8, 8) and (a - b).abs().mean() > 0.1
+    alone = _run(site, {**LOADER, **SAMPLE, "k": _ksampler(["ck", 0])}, fresh=True).get("k")["samples"]
+    assert torch.equal(alone, b)
+
+
+def test_model_sampling_and_model_base_read_as_in_comfyui(site):
+    got = json.loads(_run(site, {**LOADER, "r": ("FaceReadSampling", {"model": ["ck", 0]})}).get("r"))
+    # SD1.5's discrete schedule: ComfyUI's ModelSamplingDiscrete gives these (linear betas 0.00085..0.012)
+    assert got["sigma_max"] == pytest.approx(14.614641189575195, rel=1e-7)
+    assert got["sigma_min"] == pytest.approx(0.029167158529162407, rel=1e-6)
+    assert got["p"] == [999999999.9, pytest.approx(1.6155803203582764, rel=1e-6),
+                        pytest.approx(0.6951495409011841, rel=1e-6), 0.0]
+    assert got["timestep_of_max"] == 999.0 and got["sigma_999"] == pytest.approx(14.614641189575195, rel=1e-7)
+    assert {k: got[k] for k in ("model_type", "scale_factor", "latent_channels", "unet", "in_channels",
+                                "load_device", "dtype")} == {
+        "model_type": "EPS", "scale_factor": 0.18215, "latent_channels": 4, "unet": "UNetModel", "in_channels": 4,
+        "load_device": "cpu", "dtype": "torch.float32"}
+    assert {k: got[k] for k in ("patcher", "base", "sdxl", "eps", "v", "discrete", "sd15", "eps_type")} == {
+        "patcher": True, "base": True, "sdxl": False, "eps": True, "v": False, "discrete": True, "sd15": True,
+        "eps_type": True}
+
+
+def test_a_replaced_model_sampling_changes_the_sigmas_sampling_uses(site):
+    sched = {"scheduler": "normal", "steps": 4, "denoise": 1.0}
+    result = _run(site, {**LOADER, **SAMPLE, "z": ("FaceZsnr", {"model": ["ck", 0]}),
+                         "s_z": ("BasicScheduler", {"model": ["z", 0], **sched}),
+                         "s": ("BasicScheduler", {"model": ["ck", 0], **sched}),
+                         "k_z": _ksampler(["z", 0]), "k": _ksampler(["ck", 0])})
+    # zero terminal SNR pins the last alpha_bar to 4.8973451890853435e-08: sigma_max ~ 4518.85
+    assert float(result.get("s_z")[0]) == pytest.approx(((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08) ** 0.5,
+                                                        rel=1e-5)
+    assert float(result.get("s")[0]) == pytest.approx(14.614641189575195, rel=1e-6)
+    assert type(result.get("z", 0).schedule).__name__ == "ModelSamplingAdvanced"
+    assert "model_sampling" in result.get("z", 0).object_patches and not result.get("ck", 0).object_patches
+    z, plain = result.get("k_z")["samples"], result.get("k")["samples"]
+    assert bool(torch.isfinite(z).all()) and (z - plain).abs().mean() > 0.05
+
+
+def test_an_object_patch_inside_diffusion_model(site):
+    result = _run(site, {**LOADER, **SAMPLE, "zero": ("FaceZeroOut", {"model": ["ck", 0]})})
+    base, zeroed = result.get("ck", 0), result.get("zero", 0)
+    x, cond = torch.randn(2, 4, 8, 8), result.get("pos")[0][0]
+    # eps is 0 everywhere: the denoised latent is the input itself
+    assert torch.equal(zeroed.model.apply_model(x, torch.tensor([3.0, 1.0]), c_crossattn=cond), x)
+    assert not torch.equal(base.model.apply_model(x, torch.tensor([3.0, 1.0]), c_crossattn=cond), x)
+    assert type(base.unet.out[2]).__name__ == "Conv2d" and float(base.unet.out[2].weight.abs().sum()) > 0
+    assert zeroed.unet.input_blocks is base.unet.input_blocks  # only the path to the change is new
+
+
+def test_tokenize_and_encode_from_tokens_equal_clip_text_encode(site):
+    result = _run(site, {**LOADER, "e": ("FaceEncode", {"clip": ["ck", 1], "text": "a (blue:1.2) square"}),
+                         "c": ("CLIPTextEncode", {"clip": ["ck", 1], "text": "a (blue:1.2) square"})})
+    (ours,), (mine,), (as_dict,) = result.get("c"), result.get("e", 0), result.get("e", 1)
+    assert torch.equal(mine[0], ours[0]) and torch.equal(mine[1]["pooled_output"], ours[1]["pooled_output"])
+    assert torch.equal(as_dict[0], ours[0]) and list(as_dict[1]) == ["pooled_output"]
+    clip = result.get("ck", 1)
+    assert torch.equal(clip.encode_from_tokens(clip.tokenize("a (blue:1.2) square")), ours[0])
+    words = clip.tokenize("red (circle:1.1)", return_word_ids=True)["l"][0]
+    # ComfyUI's word ids: 0 for start/end/padding, then one per weighted segment
+    assert [w[1:] for w in words[:4]] == [(1.0, 0), (1.0, 1), (1.1, 2), (1.0, 0)]
+
+
+def test_clip_add_patches_changes_encoding_and_not_the_input(site):
+    result = _run(site, {**LOADER, "n": ("FaceClipNorm", {"clip": ["ck", 1], "strength": 0.5}),
+                         "c_new": ("CLIPTextEncode", {"clip": ["n", 0], "text": "a green star"}),
+                         "c_old": ("CLIPTextEncode", {"clip": ["ck", 1], "text": "a green star"})})
+    assert json.loads(result.get("n", 1)) == [NORM]
+    new, old = result.get("c_new")[0][0], result.get("c_old")[0][0]
+    assert torch.allclose(new - old, torch.full_like(old, 0.25), atol=1e-5)  # 0.5 diff at strength 0.5
+    assert result.get("ck", 1).encoders["l"] is not result.get("n", 0).encoders["l"]
+    fresh = load_placed(site[0].find_model("checkpoints", CKPT), Placement())
+    assert torch.equal(result.get("ck", 1).encoders["l"].transformer.final_layer_norm.bias,
+                       fresh.text["l"].transformer.final_layer_norm.bias)
+
+
+def test_vae_decode_and_encode_equal_the_nodes(site):
+    result = _run(site, {**LOADER, **SAMPLE, "k": _ksampler(["ck", 0], steps=2),
+                         "de": ("FaceDecodeEncode", {"vae": ["ck", 2], "samples": ["k", 0]}),
+                         "d": ("VAEDecode", {"samples": ["k", 0], "vae": ["ck", 2]}),
+                         "e": ("VAEEncode", {"pixels": ["d", 0], "vae": ["ck", 2]}),
+                         "up": ("LatentUpscale", {"samples": ["k", 0], "upscale_method": "nearest-exact",
+                                                  "width": 128, "height": 128, "crop": "disabled"}),
+                         "dt": ("VAEDecodeTiled", {"samples": ["up", 0], "vae": ["ck", 2], "tile_size": 64,
+                                                   "overlap": 16, "temporal_size": 64, "temporal_overlap": 8})})
+    assert torch.equal(result.get("de", 0), result.get("d")) and result.get("d").shape == (1, 64, 64, 3)
+    assert torch.equal(result.get("de", 1)["samples"], result.get("e")["samples"])
+    assert json.loads(result.get("de", 2)) == {"down": 8, "up": 8, "channels": 4, "is_vae": True,
+                                               "module": "AutoencoderKL"}
+    vae = result.get("ck", 2)
+    latent = result.get("k")["samples"]
+    assert torch.equal(vae.decode_tiled(latent, tile_x=8, tile_y=8, overlap=2), result.get("d"))  # one tile
+    big = result.get("up")["samples"]  # (1, 4, 16, 16): four tiles of 8 with ComfyUI's units (latent pixels)
+    tiled = vae.decode_tiled(big, tile_x=8, overlap=2)
+    assert torch.equal(tiled, result.get("dt")) and not torch.equal(tiled, vae.decode(big))
+    # comfy.sd.VAE(sd=...) builds the same VAE from its tensors
+    sd_module = comfy_compat.import_module("comfy.sd")
+    rebuilt = sd_module.VAE(sd=vae.get_sd())
+    assert torch.equal(rebuilt.decode(latent), result.get("d"))
+
+
+def test_merge_by_get_key_patches_equals_model_merge_simple(site):
+    result = _run(site, {**LOADER, "p": ("FacePatchOutBias", {"model": ["ck", 0], "strength": 1.0}),
+                         "m": ("FaceMerge", {"model1": ["ck", 0], "model2": ["p", 0], "ratio": 0.25}),
+                         "ours": ("ModelMergeSimple", {"model1": ["ck", 0], "model2": ["p", 0], "ratio": 0.25})})
+    merged, ours, base = result.get("m"), result.get("ours"), result.get("ck", 0)
+    mine = dict(merged.unet.named_parameters())
+    for name, p in ours.unet.named_parameters():
+        assert torch.allclose(mine[name], p, atol=1e-6), name
+    # 0.25 * w + 0.75 * (w + 0.25)
+    assert torch.allclose(mine["out.2.bias"], base.unet.get_parameter("out.2.bias") + 0.1875, atol=1e-6)
+
+
+def test_checkpoint_and_lora_through_comfy_sd_equal_the_loader_nodes(site):
+    strengths = {"strength_model": 0.8, "strength_clip": 0.6}
+    result = _run(site, {"l": ("FaceLoad", {"ckpt_name": CKPT, "lora_name": "demo.safetensors", **strengths}),
+                         **LOADER, "ours": ("LoraLoader", {"model": ["ck", 0], "clip": ["ck", 1],
+                                                          "lora_name": "demo.safetensors", **strengths})})
+    model, clip, vae = (result.get("l", i) for i in range(3))
+    assert all(torch.equal(a, b) for a, b in zip(model.unet.parameters(), result.get("ours", 0).unet.parameters()))
+    mine, ours = clip.encoders["l"], result.get("ours", 1).encoders["l"]
+    assert all(torch.equal(a, b) for a, b in zip(mine.parameters(), ours.parameters()))
+    assert not torch.equal(model.unet.get_parameter("input_blocks.1.1.proj_in.weight"),
+                           result.get("ck", 0).unet.get_parameter("input_blocks.1.1.proj_in.weight"))
+    assert vae.vae is result.get("ck", 2).vae  # one read of the file: the process's model cache
+
+
+def test_bad_input_names_what_is_wrong(site):
+    base = _run(site, LOADER).get("ck", 0)
+    m = base.clone()
+    with pytest.raises(PatchError, match=r"diffusion_model.out.2.bias: the diff patch has shape \(3,\), the weight \(4,\)"):
+        m.add_patches({BIAS: (torch.zeros(3),)})
+    with pytest.raises(PatchError, match="'lora' patch is not one latentgraph applies"):
+        m.add_patches({BIAS: ("lora", (torch.zeros(4),))})
+    with pytest.raises(ValueError, match="object patches to model_sampling, diffusion_model"):
+        m.add_object_patch("latent_format", object())
+    with pytest.raises(TypeError, match="it has no sigmas, sigma_min"):
+        m.add_object_patch("model_sampling", object())
+    with pytest.raises(AttributeError, match="model.model has no 'diffusion_model.no_such'"):
+        m.get_model_object("diffusion_model.no_such.weight")
+    assert m.unet is base.unet and m.schedule is base.schedule  # nothing half-applied
+    clip, vae = _run(site, LOADER).get("ck", 1), _run(site, LOADER).get("ck", 2)
+    with pytest.raises(ValueError, match=r"expected the tokens of this CLIP's encoders \['l'\]"):
+        clip.encode_from_tokens({"g": []})
+    with pytest.raises(ValueError, match=r"decodes latents \(B, 4, h, w\), got \(1, 3, 8, 8\)"):
+        vae.decode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="tiles are square"):
+        vae.decode_tiled(torch.zeros(1, 4, 8, 8), tile_x=4, tile_y=8)
+
+
+def test_latent_formats_model_base_and_model_sampling_modules():
+    lf = comfy_compat.import_module("comfy.latent_formats")
+    mb = comfy_compat.import_module("comfy.model_base")
+    ms = comfy_compat.import_module("comfy.model_sampling")
+    from latentgraph.nodes.preview import _RGB
+    from latentgraph.sampling.schedule import PLAYGROUND_V25, DiscreteSchedule
+
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(lf.SD15().process_in(x), x * 0.18215) and lf.SDXL().scale_factor == 0.13025
+    assert torch.allclose(lf.SDXL_Playground_2_5().process_in(x), PLAYGROUND_V25.process_in(x))
+    assert [tuple(r) for r in lf.SD15().latent_rgb_factors] == list(_RGB["sd"][0])
+    assert tuple(lf.SDXL().latent_rgb_factors_bias) == _RGB["sdxl"][1]
+    assert [m.value for m in mb.ModelType][:3] == [1, 2, 3] and mb.ModelType.FLOW.value == 6
+    v = mb.model_sampling(None, mb.ModelType.V_PREDICTION)
+    ours = DiscreteSchedule("v")
+    sigma, out = torch.tensor([5.0]), torch.randn(1, 4, 3, 3)
+    assert torch.equal(v.sigmas, ours.sigmas) and isinstance(v, ms.V_PREDICTION)
+    assert torch.allclose(v.calculate_denoised(sigma, out, x[:1]), ours.calculate_denoised(sigma, out, x[:1]))
+    assert isinstance(ours, ms.V_PREDICTION) and not isinstance(DiscreteSchedule("eps"), ms.V_PREDICTION)
+    assert not isinstance(ours, type("Mine", (ms.ModelSamplingDiscrete, ms.EPS), {}))  # a pack's class: its own only
+    assert ms.time_snr_shift(3.0, 0.5) == 0.75 and ms.time_snr_shift(1.0, 0.3) == 0.3
+    mp = comfy_compat.import_module("comfy.model_patcher")
+    net = torch.nn.Linear(2, 2)
+    p = mp.ModelPatcher(net, torch.device("cpu"), torch.device("cpu"))
+    q = p.clone()
+    assert q.add_patches({"bias": ("set", (torch.tensor([1.0, 2.0]),))}) == ["bias"]
+    assert torch.equal(q.model.bias, torch.tensor([1.0, 2.0])) and p.model is net and q.model.weight is net.weight
+    assert isinstance(p, mp.ModelPatcher) and q.is_clone(p) is False and p.clone().is_clone(p)
+
+
+def test_names_left_out_are_reported_missing(tmp_path):
+    assert comfy_compat.provides("comfy.sd.load_checkpoint_guess_config")
+    assert comfy_compat.provides("comfy.model_patcher.ModelPatcher")
+    assert not comfy_compat.provides("comfy.model_sampling.CONST")  # flow models: not loaded here
+    assert not comfy_compat.provides("comfy.sd.load_unet")
+    pack = tmp_path / "nodes_dir" / "wants_flow"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        import comfy.model_sampling
+        class Flow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+            pass
+        NODE_CLASS_MAPPINGS = {}
+    """))
+    (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
+    assert info.status == "needs ComfyUI" and info.needs == "comfy.model_sampling.ModelSamplingDiscreteFlow"
+    assert "face_pack" not in sys.modules  # this test's pack is a separate one
