@@ -511,3 +511,41 @@ def test_folder_of_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         utils.FolderOfImages(tmp_path / "absent")
     assert torch.equal(utils.append_dims(torch.ones(2), 4), torch.ones(2, 1, 1, 1))
+
+
+def test_bad_values_get_errors_naming_them(site):
+    executor, registry, pack = site
+    result = _run(executor, _prompt(), ["ckpt", "pos"])
+    model, positive = result.get("ckpt", 0), result.get("pos", 0)
+    samplers = comfy_compat.import_module("comfy.samplers")
+    sample = comfy_compat.import_module("comfy.sample")
+    # an empty latent is widened or cut to the model's 4 channels; one with content is left alone
+    assert sample.fix_empty_latent_channels(model, torch.zeros(1, 16, 8, 8)).shape == (1, 4, 8, 8)
+    assert sample.fix_empty_latent_channels(model, torch.zeros(2, 1, 8, 8)).shape == (2, 4, 8, 8)
+    assert sample.fix_empty_latent_channels(model, torch.ones(1, 16, 8, 8)).shape == (1, 16, 8, 8)
+    noise = sample.prepare_noise(torch.zeros(3, 4, 8, 8), 5, [2, 0, 2])
+    single = sample.prepare_noise(torch.zeros(3, 4, 8, 8)[:1], 5)
+    assert torch.equal(noise[1], single[0]) and torch.equal(noise[0], noise[2]) and noise.dtype == torch.float32
+    # past the last step the latent comes back untouched, without running the model
+    latent = torch.full((1, 4, 8, 8), 0.5)
+    out = sample.sample(model, torch.zeros_like(latent), 3, 5.0, "euler", "normal", positive, positive, latent,
+                        start_step=3)
+    assert out is latent
+    with pytest.raises(TypeError, match="expected a MODEL value"):
+        samplers.KSampler("model", 3, "cpu")
+    with pytest.raises(TypeError, match="expected a MODEL value"):
+        samplers.CFGGuider(None)
+    with pytest.raises(ValueError, match="unknown scheduler 'karas'"):
+        samplers.KSampler(model, 3, "cpu", "euler", "karas")
+    with pytest.raises(TypeError, match="ComfyUI's processed dicts"):
+        samplers.calc_cond_batch(model, [[{"model_conds": {}}], None], latent, torch.ones(1), {})
+
+    class OwnSampler(samplers.Sampler):  # a pack's Sampler subclass samples through ComfyUI's internals
+        pass
+
+    with pytest.raises(AttributeError, match="Sampler.sample"):
+        samplers.sample(model, latent, positive, positive, 5.0, "cpu", OwnSampler(), torch.tensor([1.0, 0.0]),
+                        latent_image=latent)
+    with pytest.raises(ValueError, match="latent_image is None"):
+        samplers.sample(model, latent, positive, positive, 5.0, "cpu", samplers.sampler_object("euler"),
+                        torch.tensor([1.0, 0.0]))
