@@ -549,3 +549,28 @@ def test_bad_values_get_errors_naming_them(site):
     with pytest.raises(ValueError, match="latent_image is None"):
         samplers.sample(model, latent, positive, positive, 5.0, "cpu", samplers.sampler_object("euler"),
                         torch.tensor([1.0, 0.0]))
+
+
+def test_a_pack_replacing_a_function_is_followed_through_the_layer_and_told(site, monkeypatch, caplog):
+    executor, registry, pack = site
+    sample = comfy_compat.import_module("comfy.sample")
+    kd = comfy_compat.import_module("comfy.k_diffusion.sampling")
+    samplers = comfy_compat.import_module("comfy.samplers")
+    original, calls = sample.prepare_noise, []
+
+    def noise_source(latent_image, seed, noise_inds=None):  # as efficiency-nodes swaps in its noise source
+        calls.append((tuple(latent_image.shape), seed, noise_inds))
+        return original(latent_image, seed, noise_inds)
+
+    with caplog.at_level("WARNING", logger="latentgraph.comfy_compat"):
+        monkeypatch.setattr(sample, "prepare_noise", noise_source)
+        monkeypatch.setattr(kd, "sample_euler", pack.damped_euler)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"a pack replaced {name}: calls through ComfyUI's modules use the replacement; latentgraph's own sampler "
+        f"nodes (KSampler, SamplerCustom, ...) keep theirs"
+        for name in ("comfy.sample.prepare_noise", "comfy.k_diffusion.sampling.sample_euler")]
+    assert samplers.sampler_object("euler").sampler_function is pack.damped_euler
+    settings = {"seed": 123, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", **COMMON,
+                "start": 0, "end": 10000, "add_noise": True, "leftover": False}
+    _run(executor, _prompt(pack=("PackAdvanced", settings)), ["pack"])
+    assert calls == [((1, 4, 8, 8), 123, None)]  # nodes.common_ksampler looked it up in comfy.sample

@@ -5,6 +5,7 @@ ComfyUI's intermediate device."""
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import numpy as np  # packs reach numpy as comfy.sample.np, as through ComfyUI's module
@@ -12,6 +13,7 @@ import torch
 
 import comfy.samplers
 import comfy.utils
+from comfy.k_diffusion.sampling import _ReplacementNotice
 from latentgraph.comfy_compat import runtime
 from latentgraph.sampling.noise import prepare_noise as _prepare_noise
 
@@ -21,6 +23,9 @@ __all__ = ["cleanup_additional_models", "fix_empty_latent_channels", "np", "prep
 
 def __getattr__(name: str):
     raise runtime.missing(__name__, name)
+
+
+sys.modules[__name__].__class__ = _ReplacementNotice  # a pack replacing a function here is told what follows it
 
 
 def prepare_noise(latent_image: torch.Tensor, seed: int, noise_inds: list[int] | None = None) -> torch.Tensor:

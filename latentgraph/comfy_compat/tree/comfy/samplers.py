@@ -18,6 +18,7 @@ keys does not find them.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 import torch
@@ -35,6 +36,7 @@ from latentgraph.sampling.schedulers import compute_sigmas, scheduler_sigmas
 from latentgraph.sampling.uni_pc import sample_uni_pc, sample_uni_pc_bh2
 
 from .k_diffusion import sampling as k_diffusion_sampling
+from .k_diffusion.sampling import _ReplacementNotice
 
 # ComfyUI's lists (its order), as lists of the layer's own: packs extend them without reaching
 # latentgraph's combos
@@ -46,6 +48,9 @@ SCHEDULER_NAMES = list(_SCHEDULER_NAMES)
 
 def __getattr__(name: str):
     raise runtime.missing(__name__, name)
+
+
+sys.modules[__name__].__class__ = _ReplacementNotice  # a pack replacing a function here is told what follows it
 
 
 def _check_model(model: Any, where: str) -> None:

@@ -10,13 +10,16 @@ gives. ``disable`` (k-diffusion's progress-bar switch) is accepted and has no ef
 Noise is drawn as latentgraph draws it: ``default_noise_sampler`` from a CPU generator seeded
 once (ComfyUI's draws on the latent's device: the same numbers on the CPU, other ones on a GPU).
 Replacing a function of this module (``sampling.default_noise_sampler = mine``) changes what
-packs that call it get, not how latentgraph's samplers draw their noise: they do not look their
-helpers up here.
+packs that call it get (and ``comfy.samplers.ksampler`` looks ``sample_<name>`` up here), not how
+latentgraph's samplers draw their noise: they do not look their helpers up here (a warning says so).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import types
 
 import torch
 from tqdm.auto import tqdm, trange
@@ -49,6 +52,22 @@ __all__ += sorted(f"sample_{name}" for name in _SAMPLERS if name not in _ELSEWHE
 
 def __getattr__(name: str):
     raise runtime.missing(__name__, name)
+
+
+class _ReplacementNotice(types.ModuleType):
+    """A tree module that says so when a pack replaces one of its functions: the calls made
+    through the layer see the replacement, latentgraph's own nodes do not (they never look
+    their functions up in ComfyUI's modules)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_") and name in self.__dict__ and self.__dict__[name] is not value:
+            logging.getLogger("latentgraph.comfy_compat").warning(
+                "a pack replaced %s.%s: calls through ComfyUI's modules use the replacement; latentgraph's own "
+                "sampler nodes (KSampler, SamplerCustom, ...) keep theirs", self.__name__, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ReplacementNotice
 
 
 def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback=None, disable=None, eta=0.0,
