@@ -453,6 +453,17 @@ def test_latent_formats_model_base_and_model_sampling_modules():
     assert q.add_patches({"bias": ("set", (torch.tensor([1.0, 2.0]),))}) == ["bias"]
     assert torch.equal(q.model.bias, torch.tensor([1.0, 2.0])) and p.model is net and q.model.weight is net.weight
     assert isinstance(p, mp.ModelPatcher) and q.is_clone(p) is False and p.clone().is_clone(p)
+    # a slice of a weight, with a function, strength and strength_model (ComfyUI's entry order)
+    r = p.clone()
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    key = ("weight", (1, 1, 1), lambda t: t * 2)
+    assert r.add_patches({key: (torch.ones(2, 1),)}, strength_patch=0.5, strength_model=3.0) == [key]
+    assert torch.equal(r.model.weight, torch.tensor([[1.0, 7.0], [3.0, 13.0]]))  # column 1: 3w + 2 * 0.5
+    entries = [(1.0, ("diff", (torch.ones(2, 2),)), 0.5, None, None)]
+    assert torch.equal(mp.calculate_weight(entries, net.weight, "weight"), torch.tensor([[1.5, 2.0], [2.5, 3.0]]))
+    with pytest.raises(PatchError, match=r"offset must be \(dim, start, length\)"):
+        r.add_patches({("weight", 3): (torch.ones(1),)})
 
 
 def test_names_left_out_are_reported_missing(tmp_path):
