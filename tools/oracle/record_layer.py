@@ -65,6 +65,7 @@ PROMPT = {
     "mm": {"class_type": "LayerProbeModelManagement", "inputs": {}},
     "constants": {"class_type": "LayerProbeConstants", "inputs": {}},
     "sampling": {"class_type": "LayerProbeSampling", "inputs": {}},
+    "core": {"class_type": "LayerProbeCoreNodes", "inputs": {}},
     "server": {"class_type": "LayerProbeServer", "inputs": {}},
     "onprompt": {"class_type": "LayerProbeOnPrompt", "inputs": {"seen": "as queued"}},
     "graph": {"class_type": "LayerProbeGraph", "inputs": {}},
