@@ -349,6 +349,18 @@ def test_clip_add_patches_changes_encoding_and_not_the_input(site):
     fresh = load_placed(site[0].find_model("checkpoints", CKPT), Placement())
     assert torch.equal(result.get("ck", 1).encoders["l"].transformer.final_layer_norm.bias,
                        fresh.text["l"].transformer.final_layer_norm.bias)
+    # clip.patcher: a ModelPatcher whose model_options a clone copies, and whose patches reach the CLIP
+    mp = comfy_compat.import_module("comfy.model_patcher")
+    clip = result.get("n", 0).clone()
+    assert isinstance(clip.patcher, mp.ModelPatcher) and clip.patcher is clip.patcher
+    clip.patcher.model_options["x-pack.defaults"] = {"a": 1}
+    twin = clip.clone()
+    twin.patcher.model_options["x-pack.defaults"]["a"] = 2
+    assert clip.patcher.model_options["x-pack.defaults"] == {"a": 1}
+    (norm, _), = twin.patcher.get_key_patches(NORM)[NORM]
+    assert twin.patcher.add_patches({NORM: (torch.ones_like(norm),)}) == [NORM]
+    assert torch.equal(twin.encoders["l"].transformer.final_layer_norm.bias, norm + 1)
+    assert clip.encoders["l"].transformer.final_layer_norm.bias is norm  # the clone's patch stays there
 
 
 def test_vae_decode_and_encode_equal_the_nodes(site):
@@ -423,6 +435,16 @@ def test_bad_input_names_what_is_wrong(site):
         vae.decode(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="tiles are square"):
         vae.decode_tiled(torch.zeros(1, 4, 8, 8), tile_x=4, tile_y=8)
+
+
+def test_manual_cast_dtype_names_the_compute_dtype_of_a_cast_unet(site):
+    from latentgraph.models.comfy_faces import _manual_cast_dtype
+
+    base = _run(site, LOADER).get("ck", 0)
+    assert base.model.manual_cast_dtype is None and base.weight_inplace_update is False
+    held = torch.nn.Linear(2, 2).to(torch.float16)
+    held.compute_dtype = torch.float32  # as models/fp8.py records a UNet stored in another dtype
+    assert _manual_cast_dtype(base.clone(unet=held)) == torch.float32
 
 
 def test_latent_formats_model_base_and_model_sampling_modules():

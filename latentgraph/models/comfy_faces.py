@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+from .patcher import ModelPatcher, copy_options, new_model_options
+
 # torch and the modules that import it are imported where used: nodes/sd.py imports this
 # module, and commands that only list nodes import no torch (tests/test_cli_imports.py)
 
@@ -67,7 +69,13 @@ class ModelConfig:
             self.sampling_settings = {"zsnr": True} if arch.zsnr else {}
         self.latent_format = type(_comfy_latent_format(model.latent_format))
         self.unet_extra_config = {}
-        self.manual_cast_dtype = None
+        self.manual_cast_dtype = _manual_cast_dtype(model)
+
+
+def _manual_cast_dtype(model):
+    """The dtype the UNet computes in when its weights are stored in another (an fp8 UNet), else None."""
+    compute = getattr(model.unet, "compute_dtype", None)
+    return compute if compute is not None and compute != next(model.unet.parameters()).dtype else None
 
 
 class BaseModel:
@@ -82,7 +90,7 @@ class BaseModel:
     latent_format = property(lambda self: _comfy_latent_format(self._owner.latent_format))
     model_config = property(lambda self: ModelConfig(self._owner))
     adm_channels = property(lambda self: self._owner.arch.unet.adm_in_channels or 0)
-    manual_cast_dtype = None
+    manual_cast_dtype = property(lambda self: _manual_cast_dtype(self._owner))
     current_patcher = property(lambda self: self._owner)
 
     @property
@@ -195,6 +203,7 @@ class ModelFace:
 
     load_device = property(lambda self: self.placement.device)
     offload_device = property(lambda self: self.placement.home)
+    weight_inplace_update = False  # patched weights are always new tensors here
 
     def model_dtype(self) -> torch.dtype:
         return self.dtype
@@ -359,16 +368,52 @@ def _square_tile(tile_x: int | None, tile_y: int | None, default: int) -> int:
     return tile_x
 
 
+class ClipPatcher(ModelPatcher):
+    """ComfyUI's ModelPatcher of a CLIP value (``clip.patcher``)."""
+
+    def __init__(self, clip):
+        self._clip = clip
+        self.model_options = new_model_options()
+
+    load_device = property(lambda self: self._clip.placement.device)
+    offload_device = property(lambda self: self._clip.placement.home)
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        return self._clip.add_patches(patches, strength_patch, strength_model)
+
+    def get_key_patches(self, filter_prefix: str | None = None) -> dict:
+        return {k: v for k, v in self._clip.get_key_patches().items() if filter_prefix is None or k.startswith(filter_prefix)}
+
+    def model_dtype(self):
+        return next(iter(self._clip.encoders.values())).transformer.embeddings.token_embedding.weight.dtype
+
+    def clone(self):
+        raise TypeError("clip.patcher.clone(): clone the CLIP value instead (clip.clone()), whose patcher is a copy")
+
+
 class ClipFace:
     """ComfyUI's CLIP names on a CLIP value (models/clip.py's TextModel: ``encoders`` by slot
     "l"/"h"/"g", ``tokenize``, ``encode_tokens``, ``layer_idx``). Weight keys are ComfyUI's:
     ``clip_l.transformer.text_model.<name>`` and ``clip_g.transformer.text_projection.weight``."""
 
     def clone(self):
-        """A new CLIP value sharing every weight; patching it leaves this one as it is."""
+        """A new CLIP value sharing every weight; patching it leaves this one as it is (its
+        ``patcher.model_options`` are a copy)."""
         from dataclasses import replace
 
-        return replace(self, encoders=dict(self.encoders))
+        twin = replace(self, encoders=dict(self.encoders))
+        if "_comfy_patcher" in self.__dict__:
+            twin.patcher.model_options = copy_options(self.patcher.model_options)
+        return twin
+
+    @property
+    def patcher(self) -> "ClipPatcher":
+        """ComfyUI's ``clip.patcher``: what packs hand to model management, and a
+        ``model_options`` dict they keep per CLIP value; weight patches go to this CLIP."""
+        found = self.__dict__.get("_comfy_patcher")
+        if found is None:
+            found = self.__dict__["_comfy_patcher"] = ClipPatcher(self)
+        return found
 
     def clip_layer(self, layer_idx: int) -> None:
         """Encode from hidden layer ``layer_idx`` (-1 last; ComfyUI's; changes this value)."""
