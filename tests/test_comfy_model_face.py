@@ -433,6 +433,8 @@ def test_bad_input_names_what_is_wrong(site):
         clip.encode_from_tokens({"g": []})
     with pytest.raises(ValueError, match=r"decodes latents \(B, 4, h, w\), got \(1, 3, 8, 8\)"):
         vae.decode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"encodes IMAGE tensors \(B, H, W, 3\) in 0..1, got \(3, 64, 64\)"):
+        vae.encode(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="tiles are square"):
         vae.decode_tiled(torch.zeros(1, 4, 8, 8), tile_x=4, tile_y=8)
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
-
 from .patcher import ModelPatcher, copy_options, new_model_options
 
 # torch and the modules that import it are imported where used: nodes/sd.py imports this
 # module, and commands that only list nodes import no torch (tests/test_cli_imports.py)
+if TYPE_CHECKING:
+    import torch
 
 UNET_KEY = "diffusion_model."  # ComfyUI's prefix of the UNet's weights in model.model's state dict
 
@@ -48,7 +47,7 @@ def _comfy_latent_format(fmt):
 
 class ModelConfig:
     """The parts of ComfyUI's model_config that describe our networks: ``unet_config`` (ComfyUI's
-    keys), ``sampling_settings``, ``latent_format`` (the class) and the dtypes."""
+    keys), ``sampling_settings`` (the checkpoint's, as loaded), ``latent_format`` and the dtypes."""
 
     def __init__(self, model):
         arch, u = model.arch, model.arch.unet
@@ -61,13 +60,12 @@ class ModelConfig:
             "num_heads": u.num_heads, "num_head_channels": u.num_head_channels,
             "use_linear_in_transformer": u.use_linear_in_transformer, "adm_in_channels": u.adm_in_channels,
             "use_spatial_transformer": True, "legacy": False}
-        s = model.schedule
-        if hasattr(s, "sigma_data") and getattr(s, "timing", None) is not None:  # continuous sigmas
-            self.sampling_settings = {"sigma_min": float(s.sigma_min), "sigma_max": float(s.sigma_max),
-                                      "sigma_data": float(s.sigma_data)}
+        if arch.sigma_range is not None:  # continuous sigmas (Playground v2.5, CosXL): nodes/sd.py's schedule_for
+            self.sampling_settings = {"sigma_min": float(arch.sigma_range[0]), "sigma_max": float(arch.sigma_range[1]),
+                                      "sigma_data": 0.5 if arch.prediction == "edm" else 1.0}
         else:
             self.sampling_settings = {"zsnr": True} if arch.zsnr else {}
-        self.latent_format = type(_comfy_latent_format(model.latent_format))
+        self.latent_format = _comfy_latent_format(model.latent_format)
         self.unet_extra_config = {}
         self.manual_cast_dtype = _manual_cast_dtype(model)
 
@@ -101,8 +99,6 @@ class BaseModel:
             return ModelType.EDM
         if arch.prediction == "v":
             return ModelType.V_PREDICTION_EDM if arch.sigma_range is not None else ModelType.V_PREDICTION
-        if arch.prediction == "img_to_img":
-            return ModelType.IMG_TO_IMG
         return ModelType.EPS
 
     @property
@@ -197,7 +193,7 @@ class ModelFace:
     def model(self) -> BaseModel:
         """ComfyUI's ``model.model`` (one view per value, reading the value's current UNet and schedule)."""
         view = self.__dict__.get("_comfy_base_model")
-        if view is None:
+        if view is None or view._owner is not self:  # (a copy.copy of a value carries the original's)
             view = self.__dict__["_comfy_base_model"] = base_model_class(self.arch)(self)
         return view
 
@@ -318,10 +314,20 @@ class VAEFace:
             shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
             raise ValueError(f"this VAE decodes latents (B, {self.latent_channels}, h, w), got {shape}")
 
+    def _check_image(self, pixels: torch.Tensor) -> None:
+        import torch
+
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[-1] < 3:
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ValueError(f"this VAE encodes IMAGE tensors (B, H, W, 3) in 0..1, got {shape}")
+
     def decode(self, samples_in: torch.Tensor, vae_options: dict | None = None) -> torch.Tensor:
         """Latent (B, C, h, w) -> IMAGE (B, h*f, w*f, 3) in 0..1."""
         from .latent import decode_latent
 
+        if vae_options:
+            raise ValueError(f"vae.decode(vae_options={vae_options!r}): options of ComfyUI's video VAEs; this VAE "
+                             f"takes none")
         self._check_latent(samples_in)
         return decode_latent(self.vae, samples_in, self.placement)
 
@@ -329,6 +335,7 @@ class VAEFace:
         """IMAGE (B, H, W, C) -> latent (B, C, H/f, W/f), centre-cropped to multiples of f first."""
         from .latent import encode_image
 
+        self._check_image(pixel_samples)
         return encode_image(self.vae, pixel_samples, self.placement)
 
     def decode_tiled(self, samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
@@ -346,6 +353,7 @@ class VAEFace:
         """encode in square tiles of ``tile_x`` pixels (ComfyUI's default 512, overlap 64)."""
         from .latent import encode_image
 
+        self._check_image(pixel_samples)
         tile = _square_tile(tile_x, tile_y, 512)
         return encode_image(self.vae, pixel_samples, self.placement, tiled=True, tile=tile,
                             overlap=64 if overlap is None else overlap)
@@ -411,7 +419,7 @@ class ClipFace:
         """ComfyUI's ``clip.patcher``: what packs hand to model management, and a
         ``model_options`` dict they keep per CLIP value; weight patches go to this CLIP."""
         found = self.__dict__.get("_comfy_patcher")
-        if found is None:
+        if found is None or found._clip is not self:
             found = self.__dict__["_comfy_patcher"] = ClipPatcher(self)
         return found
 
