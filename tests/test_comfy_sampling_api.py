@@ -90,11 +90,11 @@ class Advanced:
                                      last_step=end, force_full_denoise=not leftover)
 
 
-def damped_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, damping=1.0):
-    """Euler steps scaled by damping, written against k-diffusion's conventions."""
-    extra_args = {} if extra_args is None else extra_args
+def damped_euler(model, x, sigmas, extra_args, callback, disable, damping=1.0):
+    """Euler steps scaled by damping, written against k-diffusion's conventions (every
+    argument given, as ComfyUI's KSAMPLER gives them)."""
     s_in = x.new_ones([x.shape[0]])
-    for i in trange(len(sigmas) - 1, disable=True):
+    for i in trange(len(sigmas) - 1, disable=disable is not False):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})

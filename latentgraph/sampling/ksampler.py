@@ -143,6 +143,9 @@ def _sample_run(apply_model, schedule, sampler_name, sampler_function, sampler_o
     # extend for its own calls) and the model's noise schedule (sa_solver reads its sigmas)
     extra_args = {"seed": seed, "model_options": options, "model_sampling": schedule}
     run = run_named_sampler if sampler_function is None else (lambda _, *a, **k: sampler_function(*a, **k))
-    out = run(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb, **sampler_options)
+    # every argument of k-diffusion's calling convention, ``disable`` (its progress-bar switch) too:
+    # a SAMPLER's own function may declare it without a default
+    out = run(sampler_name, denoiser, x, sigmas, extra_args=extra_args, callback=step_cb, disable=None,
+              **sampler_options)
     out = schedule.inverse_noise_scaling(sigmas[-1], out)
     return fmt.process_out(out.float())
