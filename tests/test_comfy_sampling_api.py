@@ -523,6 +523,10 @@ def test_bad_values_get_errors_naming_them(site):
     assert sample.fix_empty_latent_channels(model, torch.zeros(1, 16, 8, 8)).shape == (1, 4, 8, 8)
     assert sample.fix_empty_latent_channels(model, torch.zeros(2, 1, 8, 8)).shape == (2, 4, 8, 8)
     assert sample.fix_empty_latent_channels(model, torch.ones(1, 16, 8, 8)).shape == (1, 16, 8, 8)
+    # later ComfyUI versions pass a LATENT's downscale ratios, None for latents without them
+    assert sample.fix_empty_latent_channels(model, torch.zeros(1, 1, 8, 8), None, None).shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match="downscale ratios"):
+        sample.fix_empty_latent_channels(model, torch.zeros(1, 4, 8, 8), 8, None)
     noise = sample.prepare_noise(torch.zeros(3, 4, 8, 8), 5, [2, 0, 2])
     single = sample.prepare_noise(torch.zeros(3, 4, 8, 8)[:1], 5)
     assert torch.equal(noise[1], single[0]) and torch.equal(noise[0], noise[2]) and noise.dtype == torch.float32

@@ -36,9 +36,14 @@ def prepare_noise(latent_image: torch.Tensor, seed: int, noise_inds: list[int] |
     return _prepare_noise(latent_image, seed, noise_inds).to(latent_image.dtype)
 
 
-def fix_empty_latent_channels(model, latent_image: torch.Tensor) -> torch.Tensor:
+def fix_empty_latent_channels(model, latent_image: torch.Tensor, downscale_ratio_spacial=None,
+                              downscale_ratio_temporal=None) -> torch.Tensor:
     """An empty (all-zero) latent with another channel count than the model's is widened or cut
-    to the model's channels."""
+    to the model's channels. The downscale ratios (passed by packs written for later ComfyUI
+    versions, from LATENT keys latentgraph's latents do not have) must be None."""
+    if downscale_ratio_spacial is not None or downscale_ratio_temporal is not None:
+        raise ValueError("comfy.sample.fix_empty_latent_channels: a latent's downscale ratios (a later ComfyUI's "
+                         "'downscale_ratio_spacial'/'downscale_ratio_temporal') are not provided by latentgraph")
     channels = model.arch.unet.out_channels  # the UNet predicts in the latent's channels
     if latent_image.shape[1] != channels and torch.count_nonzero(latent_image) == 0:
         latent_image = comfy.utils.repeat_to_batch_size(latent_image, channels, dim=1)
