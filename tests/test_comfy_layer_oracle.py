@@ -45,16 +45,11 @@ _SHIPPED = "latentgraph's shipped folder (latentgraph/data/models/<kind>)"
 _LACKS = "the layer lacks comfy.{}.{} (ComfyUI: {})"
 # Where latentgraph's layer answers otherwise than ComfyUI 0.3.64 (case id -> the difference).
 # Paths are relative to the base folder (the parent of models/).
+# Differences left on purpose: the layer's folder table is latentgraph's Environment (which also
+# lists the package's own folders, with the demo model, and does not list output/checkpoints,
+# output/clip, output/diffusion_models, where ComfyUI's main.py points its save nodes); and the
+# flow-matching model samplings (SD3, Flux), which latentgraph does not run.
 KNOWN: dict[str, str] = {
-    "progress:progress": "ProgressBar(2, node_id='elsewhere').update(1) is shown on the running node: 6 messages "
-                         "for node 'progress' (the last (1, 2)) where ComfyUI sends 5",
-    "progress:elsewhere": "ProgressBar(2, node_id='elsewhere'): ComfyUI's message carries node 'elsewhere' "
-                          "(value 1, max 2); the layer sends none for it (it goes to the running node)",
-    "folders:base_path": "folder_paths.base_path is the process's working folder; ComfyUI's is the base folder "
-                         "(--base-directory, the parent of models/): '.'",
-    "folders:get_user_directory": "get_user_directory() is <working folder>/user; ComfyUI's is <base>/user: 'user'",
-    "folders:filter_files_content_types(['model'])": "'model' means weight files in the layer (none in the list); "
-                                                     "ComfyUI means MIME model/* (3D files): ['f.glb', 'g.fbx']",
     "folders:get_filename_list(checkpoints)": "the layer also lists latentgraph's demo checkpoint "
                                               "'latentgraph-shapes.safetensors'; ComfyUI: ['base.safetensors', "
                                               "'sd15/v1 pruned.ckpt']",
@@ -67,49 +62,9 @@ KNOWN: dict[str, str] = {
     "folders:get_folder_paths(configs)": f"ComfyUI: ['models/configs']; the layer adds {_SHIPPED}",
     "folders:get_folder_paths(controlnet)": f"ComfyUI: ['models/controlnet', 'models/t2i_adapter']; the layer: "
                                             f"models/controlnet, {_SHIPPED}, models/t2i_adapter, {_SHIPPED}",
-    "folders:get_folder_paths(custom_nodes)": f"ComfyUI: ['custom_nodes'] (in the base folder, beside models/); "
-                                              f"the layer: models/custom_nodes, {_SHIPPED}",
     "folders:get_folder_paths(diffusion_models)": f"ComfyUI: ['models/unet', 'models/diffusion_models', "
                                                   f"'output/diffusion_models'] (the legacy folder first); the layer: "
                                                   f"models/diffusion_models, models/unet, {_SHIPPED}",
-    "folders:get_save_image_path(../escape, 1, 1)": "a prefix leaving the output folder raises ValueError in the "
-                                                    "layer; ComfyUI raises a plain Exception",
-    "folders:get_save_image_path(probe_counter/img, 0, 0)": "counter 13 where ComfyUI gives 21: ComfyUI reads the "
-                                                            "number after 'img_' up to the next '_' "
-                                                            "(img_00020_extra.png counts 20, img_00012.png 0); the "
-                                                            "layer counts img_00012.png as 12 and skips "
-                                                            "img_00020_extra.png",
-    "graph:is_link": "is_link(['a', True]) is True in ComfyUI (a bool is an int) and False in the layer",
-    "helpers:append strength": "append=True adds with + in ComfyUI (0.5 + 0.25 = 0.75; a new key: 0.25); the layer "
-                               "makes lists (list(old) + list(new)) and raises TypeError on a float",
-    "helpers:append area tuple": "append=True keeps the type in ComfyUI ((1, 2) + (3,) = the tuple (1, 2, 3); a new "
-                                 "key keeps the tuple (3,)); the layer gives the lists [1, 2, 3] and [3]",
-    "helpers:append tag str": "append=True joins strings in ComfyUI ('a' + 'b' = 'ab'; a new key: 'b'); the layer "
-                              "gives ['a', 'b'] and ['b']",
-    "mm:VRAMState": "the layer's VRAMState members are plain ints with no .name; ComfyUI's VRAMState is an Enum "
-                    "(DISABLED=0 ... SHARED=5, the same values)",
-    "mm:cpu_state": "the layer's cpu_state is the int 1 (no .name); ComfyUI's is the Enum member CPUState.CPU (1)",
-    "mm:vram_state": "on a CPU run ComfyUI's vram_state is VRAMState.DISABLED (0); the layer gives NORMAL_VRAM "
-                     "(3, a plain int)",
-    "mm:device_supports_non_blocking(cpu)": "ComfyUI answers True for a CPU device (False only for MPS, XPU, "
-                                            "DirectML or --deterministic); the layer answers True only for CUDA",
-    "mm:dtype_size": _LACKS.format("model_management", "dtype_size", "[4, 2, 2] for fp32, fp16, bf16"),
-    "mm:get_torch_device_name(cpu)": _LACKS.format("model_management", "get_torch_device_name", "'cpu'"),
-    "mm:is_intel_xpu": _LACKS.format("model_management", "is_intel_xpu", "False"),
-    "mm:minimum_inference_memory": "ComfyUI: 0.8 GiB + extra_reserved_memory() = 1278423859.2 (a float); the layer: "
-                                   "800 MiB + 400 MiB = 1258291200",
-    "mm:pytorch_attention_enabled": "False in ComfyUI on a CPU run (PyTorch attention is switched on for GPUs it "
-                                    "knows or --use-pytorch-cross-attention); the layer always answers True",
-    "mm:supports_dtype(cpu)": "ComfyUI: only float32 on a CPU ([True, False, False] for fp32, fp16, bf16); the "
-                              "layer: [True, True, True]",
-    "mm:text_encoder_dtype": "ComfyUI: torch.float16 on a CPU run (its default for text encoders everywhere); the "
-                             "layer: the UNet's dtype, torch.float32",
-    "mm:unet_manual_cast(fp16, cpu)": "ComfyUI: torch.float32 (fp16 weights compute in fp32 on a CPU); the layer "
-                                      "always returns None",
-    "utils:common_upscale(5-D, bilinear, disabled, 6x4)": "a 5-D (B, C, T, H, W) tensor: ComfyUI resizes each frame "
-                                                          "(shape [1, 2, 2, 4, 6]); the layer raises ValueError",
-    "utils:get_tiled_scale_steps": _LACKS.format("utils", "get_tiled_scale_steps", "[1, 2, 12, 81]"),
-    "utils:tiled_scale(x2 function)": _LACKS.format("utils", "tiled_scale", "the tiled result, here the image x2"),
     "sampling:prediction(CONST)": "the layer lacks comfy.model_sampling.CONST and ModelSamplingDiscreteFlow (flow "
                                   "matching, as SD3 and Flux use; ComfyUI: calculate_denoised = x - out * sigma, "
                                   "noise_scaling = sigma * noise + (1 - sigma) * latent)",

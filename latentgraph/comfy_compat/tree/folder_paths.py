@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from latentgraph.comfy_compat import runtime
-from latentgraph.graph.env import IMAGE_EXTENSIONS, MODEL_EXTENSIONS
-from latentgraph.nodes.imageio import save_path
+from latentgraph.graph.env import MODEL_EXTENSIONS
 
 supported_pt_extensions = set(MODEL_EXTENSIONS)
 # ComfyUI's folder names, their extensions (None: the model extensions), and for those that
@@ -47,6 +46,9 @@ def _table() -> dict:
     table = {}
     _tables[id(env)] = (env, table)
     for name, exts in _TABLE.items():
+        if name == "custom_nodes":  # not a model folder: ComfyUI's is beside models/
+            table[name] = ([str(_base() / "custom_nodes")], set())
+            continue
         folders = [str(f) for kind in _KINDS.get(name, (name,)) for f in env.folders(kind)]
         table[name] = (list(dict.fromkeys(folders)), set(supported_pt_extensions) if exts is None else set(exts))
     for kind, extra in env.model_dirs.items():  # extra_model_paths.yaml kinds ComfyUI has no name for
@@ -59,8 +61,8 @@ def __getattr__(name: str):
     env = _env()
     dynamic = {"folder_names_and_paths": _table, "models_dir": lambda: str(env.models_dir),
                "output_directory": lambda: str(env.output_dir), "input_directory": lambda: str(env.input_dir),
-               "temp_directory": lambda: str(env.temp_dir), "base_path": lambda: str(Path.cwd()),
-               "user_directory": lambda: str(Path.cwd() / "user"), "filename_list_cache": dict}
+               "temp_directory": lambda: str(env.temp_dir), "base_path": lambda: str(_base()),
+               "user_directory": get_user_directory, "filename_list_cache": dict}
     if name in dynamic:
         return dynamic[name]()
     raise runtime.missing(__name__, name)
@@ -78,8 +80,16 @@ def get_input_directory() -> str:
     return str(_env().input_dir)
 
 
+def _base() -> Path:
+    """ComfyUI's base folder (--base-directory): the one holding models/, as the Environment's
+    models folder sits in it."""
+    return Path(_env().models_dir).absolute().parent
+
+
 def get_user_directory() -> str:
-    return str(Path.cwd() / "user")
+    """``user/`` beside the output folder: where ``latentgraph serve`` keeps the frontend's
+    user data, as ComfyUI keeps it in its base folder."""
+    return str(Path(_env().output_dir).absolute().parent / "user")
 
 
 def get_directory_by_type(type_name: str) -> str | None:
@@ -179,17 +189,32 @@ def get_full_path_or_raise(folder_name: str, filename: str) -> str:
 
 
 def get_save_image_path(filename_prefix: str, output_dir: str, image_width=0, image_height=0):
-    """(folder, file stem, counter, subfolder, prefix) for the next file of ``filename_prefix``,
-    with ComfyUI's %width%/%height%/%year%... fields filled in; outside ``output_dir`` is refused."""
+    """(folder, file name, counter, subfolder, prefix) for the next file of ``filename_prefix``,
+    with ComfyUI's %width%/%height%/%year%... fields filled in, and its counter: one more than
+    the highest number found after ``name_`` up to the next ``_`` in the files already there
+    (``name_00020_.png`` counts 20; ``name_00012.png`` counts 0). Outside ``output_dir`` is
+    refused with ComfyUI's plain Exception."""
     if "%" in filename_prefix:
         now = time.localtime()
         fields = {"width": image_width, "height": image_height, "year": now.tm_year,
                   "month": f"{now.tm_mon:02d}", "day": f"{now.tm_mday:02d}", "hour": f"{now.tm_hour:02d}",
                   "minute": f"{now.tm_min:02d}", "second": f"{now.tm_sec:02d}"}
         filename_prefix = re.sub(r"%(\w+)%", lambda m: str(fields.get(m.group(1), m.group(0))), filename_prefix)
-    folder, stem, subfolder, counter = save_path(Path(output_dir), filename_prefix)
-    folder.mkdir(parents=True, exist_ok=True)
-    return str(folder), stem, counter, subfolder, filename_prefix
+    filename = os.path.basename(os.path.normpath(filename_prefix))
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    folder = os.path.join(output_dir, subfolder)
+    if os.path.commonpath((os.path.abspath(output_dir), os.path.abspath(folder))) != os.path.abspath(output_dir):
+        raise Exception(f"Saving image outside the output folder is not allowed: {filename_prefix!r} "
+                        f"would write in {os.path.abspath(folder)}")
+    highest = 0
+    try:
+        for name in os.listdir(folder):
+            if os.path.normcase(name[:len(filename)]) == os.path.normcase(filename) and name[len(filename):][:1] == "_":
+                digits = name[len(filename) + 1:].split("_")[0]
+                highest = max(highest, int(digits) if digits.isdigit() else 0)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+    return folder, filename, highest + 1, subfolder, filename_prefix
 
 
 def get_input_subfolders() -> list[str]:
@@ -201,9 +226,22 @@ def get_input_subfolders() -> list[str]:
 
 
 def filter_files_content_types(files, content_types) -> list[str]:
-    """Files whose extension is of one of ``content_types`` (image, video, audio, model)."""
-    kinds = {"image": set(IMAGE_EXTENSIONS), "video": {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif"},
-             "audio": {".wav", ".mp3", ".flac", ".ogg", ".m4a"}, "model": supported_pt_extensions}
-    wanted = set().union(*(kinds.get(k, set()) for k in content_types))
-    return [f for f in files if os.path.splitext(f)[-1].lower() in wanted]
+    """Files whose MIME type's first part is one of ``content_types`` ("image", "video",
+    "audio", "model": as in ComfyUI, "model" means 3D files, MIME model/*, not weights)."""
+    import mimetypes
 
+    found = []
+    for name in files:
+        ext = name.rsplit(".", 1)[-1]
+        kind = _CONTENT_TYPES.get(ext)
+        if kind is None:
+            mime, _ = mimetypes.guess_type(name, strict=False)
+            if not mime:
+                continue
+            kind = mime.split("/")[0]
+        if kind in content_types:
+            found.append(name)
+    return found
+
+
+_CONTENT_TYPES = {"webp": "image", "fbx": "model"}  # ComfyUI's additions to mimetypes

@@ -15,14 +15,13 @@ def __getattr__(name: str):
 
 def conditioning_set_values(conditioning: list, values: dict | None = None, append: bool = False) -> list:
     """A copy of CONDITIONING with ``values`` set in every entry's options (``append``: added
-    to a list already there)."""
+    with ``+`` to a value already there, as ComfyUI: lists and tuples join, numbers add)."""
     out = []
     for tensor, opts in conditioning:
         opts = dict(opts)
         for key, value in (values or {}).items():
-            if append:
-                old = opts.get(key)
-                value = (list(old) if old is not None else []) + list(value)
+            if append and opts.get(key) is not None:
+                value = opts[key] + value
             opts[key] = value
         out.append([tensor, opts])
     return out

@@ -5,6 +5,8 @@ them are accepted and do what is needed here (a model is moved when a node runs 
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 
 from latentgraph.comfy_compat import runtime
@@ -16,16 +18,25 @@ XFORMERS_IS_AVAILABLE = False
 XFORMERS_ENABLED_VAE = False
 
 
-class VRAMState:
-    DISABLED, NO_VRAM, LOW_VRAM, NORMAL_VRAM, HIGH_VRAM, SHARED = range(6)
+class VRAMState(Enum):
+    DISABLED = 0  # no GPU: ComfyUI's state on a CPU run
+    NO_VRAM = 1
+    LOW_VRAM = 2
+    NORMAL_VRAM = 3
+    HIGH_VRAM = 4
+    SHARED = 5
 
 
-class CPUState:
-    GPU, CPU, MPS = range(3)
+class CPUState(Enum):
+    GPU = 0
+    CPU = 1
+    MPS = 2
 
 
 def __getattr__(name: str):
     if name == "vram_state":
+        if get_torch_device().type == "cpu":
+            return VRAMState.DISABLED
         return VRAMState.LOW_VRAM if runtime.current_env().lowvram else VRAMState.NORMAL_VRAM
     if name == "cpu_state":
         return CPUState.CPU if get_torch_device().type == "cpu" else CPUState.GPU
@@ -99,7 +110,8 @@ def xformers_enabled_vae() -> bool:
 
 
 def pytorch_attention_enabled() -> bool:
-    return True
+    """ComfyUI switches PyTorch attention on for the GPUs it knows, not on a CPU run."""
+    return get_torch_device().type == "cuda"
 
 
 def sage_attention_enabled() -> bool:
@@ -122,11 +134,23 @@ def unet_dtype(device=None, model_params=0, supported_dtypes=None, weight_dtype=
 
 
 def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=None):
-    return None
+    """The dtype to compute in when weights of ``weight_dtype`` cannot be computed in as they
+    are on ``inference_device`` (None: they can), by ComfyUI's rule."""
+    if weight_dtype in (torch.float32, torch.float64):
+        return None
+    fp16, bf16 = should_use_fp16(inference_device), should_use_bf16(inference_device)
+    if (weight_dtype == torch.float16 and fp16) or (weight_dtype == torch.bfloat16 and bf16):
+        return None
+    for dtype in supported_dtypes or (torch.float16, torch.bfloat16, torch.float32):
+        if (dtype == torch.float16 and fp16) or (dtype == torch.bfloat16 and bf16):
+            return dtype
+    return torch.float32
 
 
 def text_encoder_dtype(device=None) -> torch.dtype:
-    return _run_dtype(device)
+    """fp16, ComfyUI's default for text encoders on every device, unless --dtype says otherwise."""
+    chosen = runtime.current_env().dtype
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}.get(chosen, torch.float16)
 
 
 def vae_dtype(device=None, allowed_dtypes=None) -> torch.dtype:
@@ -142,11 +166,29 @@ def should_use_bf16(device=None, model_params=0, prioritize_performance=True, ma
 
 
 def supports_dtype(device, dtype) -> bool:
-    return dtype in (torch.float32, torch.float16, torch.bfloat16) or torch.device(device).type != "cpu"
+    """ComfyUI's rule: fp32 everywhere, fp16 and bf16 on a GPU only."""
+    if dtype == torch.float32:
+        return True
+    return torch.device(device).type != "cpu" and dtype in (torch.float16, torch.bfloat16)
 
 
 def device_supports_non_blocking(device) -> bool:
-    return torch.device(device).type == "cuda"
+    return torch.device(device).type != "mps"
+
+
+def dtype_size(dtype) -> int:
+    return 2 if dtype in (torch.float16, torch.bfloat16) else getattr(dtype, "itemsize", 4)
+
+
+def get_torch_device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} {torch.cuda.get_device_name(device)} : {torch.cuda.get_allocator_backend()}"
+    return device.type
+
+
+def is_intel_xpu() -> bool:
+    return get_torch_device().type == "xpu"
 
 
 def get_autocast_device(dev) -> str:
@@ -261,5 +303,5 @@ def extra_reserved_memory() -> int:
     return 400 * 1024 * 1024
 
 
-def minimum_inference_memory() -> int:
-    return 800 * 1024 * 1024 + extra_reserved_memory()
+def minimum_inference_memory() -> float:
+    return (1024 * 1024 * 1024) * 0.8 + extra_reserved_memory()  # ComfyUI's figure, a float

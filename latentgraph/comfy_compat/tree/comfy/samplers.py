@@ -215,9 +215,16 @@ class CFGGuider(Guider):
         self.inner_set_conds({"positive": positive, "negative": negative})
 
     def inner_set_conds(self, conds: dict[str, list]) -> None:
+        """Keep each CONDITIONING as ComfyUI does, converted (comfy.sampler_helpers.convert_cond)."""
+        from comfy.sampler_helpers import convert_cond
+
         for key, value in conds.items():
-            self.original_conds[key] = list(value)
-        self.conds = dict(self.original_conds)
+            self.original_conds[key] = convert_cond(value)
+        self.conds = self._conditionings()
+
+    def _conditionings(self) -> dict[str, list]:
+        """``original_conds`` as CONDITIONING lists again, for latentgraph's sampling."""
+        return {key: [_as_pair(key, c) for c in value] for key, value in self.original_conds.items()}
 
     def denoiser(self, conds: dict, options: dict) -> Callable:
         """The run's denoiser: ``predict_noise`` over the conditionings resolved for this latent
@@ -256,12 +263,23 @@ class CFGGuider(Guider):
         if isinstance(sampler, Sampler) and not isinstance(sampler, SamplerChoice):
             # a pack's Sampler subclass samples through ComfyUI's internals (its model_wrap)
             raise runtime.missing(__name__, "Sampler.sample")
-        self.conds, self._seed = dict(self.original_conds), 0 if seed is None else seed
+        self.conds, self._seed = self._conditionings(), 0 if seed is None else seed
         try:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
-            self.conds = dict(self.original_conds)
+            self.conds = self._conditionings()
             self.__dict__.pop("inner_model", None)
+
+
+def _as_pair(key: str, entry: Any) -> list:
+    """A converted conditioning entry (a dict with ``cross_attn``) as ``[tensor, options]``."""
+    if isinstance(entry, (list, tuple)):  # a pack put a plain CONDITIONING entry there
+        return list(entry)
+    if entry.get("model_conds"):
+        raise ValueError(f"CFGGuider conditioning {key!r}: an entry carries model_conds ({', '.join(entry['model_conds'])}), "
+                         f"ComfyUI's model-specific inputs, which latentgraph computes itself; give the conditioning "
+                         f"as CONDITIONING")
+    return [entry.get("cross_attn"), {k: v for k, v in entry.items() if k not in ("cross_attn", "model_conds", "uuid")}]
 
 
 def sample(model, noise: torch.Tensor, positive: list, negative: list, cfg: float, device, sampler, sigmas: torch.Tensor,

@@ -3,6 +3,7 @@ weight files, over latentgraph's own functions."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -49,8 +50,14 @@ class ProgressBar:
             self.hook(self.current, self.total, preview, node_id=self.node_id)
             return
         ctx = runtime.current_node()
-        if ctx is not None:
+        if ctx is None:
+            return
+        if self.node_id is None or str(self.node_id) == ctx.node_id:
             ctx.progress(self.current, self.total, image)
+        else:  # a bar for another node (a pack's sub-step): its message names that node, as ComfyUI's
+            ctx.check_interrupt()
+            ctx._emit("progress", {"value": self.current, "max": self.total, "prompt_id": ctx.prompt_id,
+                                   "node": str(self.node_id)})
 
     def update(self, value: int) -> None:
         self.update_absolute(self.current + value)
@@ -58,12 +65,40 @@ class ProgressBar:
 
 def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str) -> torch.Tensor:
     """Resize channel-first samples (B, C, H, W): nearest-exact, bilinear, area, bicubic,
-    lanczos, bislerp; ``crop`` "center" or "disabled"."""
+    lanczos, bislerp; ``crop`` "center" or "disabled". A 5-D (B, C, T, H, W) video latent is
+    resized frame by frame, as ComfyUI does."""
+    if samples.ndim == 5:
+        b, c, t, h, w = samples.shape
+        frames = samples.movedim(2, 1).reshape(b * t, c, h, w)
+        out = common_upscale(frames, width, height, upscale_method, crop)
+        return out.reshape(b, t, c, *out.shape[-2:]).movedim(1, 2)
     if upscale_method == "bislerp":
         from latentgraph.nodes.latent import upscale_latent
 
         return upscale_latent(samples, width, height, "bislerp", crop)
     return _upscale(samples, width, height, upscale_method, crop)
+
+
+def get_tiled_scale_steps(width: int, height: int, tile_x: int, tile_y: int, overlap: int) -> int:
+    """How many tiles tiled_scale runs (what a pack sizes its ProgressBar with)."""
+    rows = 1 if height <= tile_y else math.ceil((height - overlap) / (tile_y - overlap))
+    cols = 1 if width <= tile_x else math.ceil((width - overlap) / (tile_x - overlap))
+    return rows * cols
+
+
+def tiled_scale(samples: torch.Tensor, function: Callable, tile_x: int = 64, tile_y: int = 64, overlap: int = 8,
+                upscale_amount: float = 4, out_channels: int = 3, output_device="cpu", pbar=None) -> torch.Tensor:
+    """Run ``function`` over overlapping tiles of (B, C, H, W) ``samples`` and blend the tiles
+    with linear feathers (latentgraph's tiled upscaler). Square tiles and a whole-number scale
+    only: other calls are refused rather than blended differently from ComfyUI."""
+    if tile_x != tile_y or float(upscale_amount) != int(upscale_amount):
+        raise NotImplementedError(f"comfy.utils.tiled_scale: latentgraph tiles squares by a whole-number scale "
+                                  f"(got tiles {tile_x} x {tile_y}, scale {upscale_amount})")
+    from latentgraph.models.upscale import tiled_upscale
+
+    step = (lambda: pbar.update(1)) if pbar is not None else None
+    out = tiled_upscale(function, samples, int(upscale_amount), out_channels, tile_x, overlap, step)
+    return out.to(output_device)
 
 
 def bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
