@@ -412,6 +412,14 @@ def test_checkpoint_and_lora_through_comfy_sd_equal_the_loader_nodes(site):
     assert not torch.equal(model.unet.get_parameter("input_blocks.1.1.proj_in.weight"),
                            result.get("ck", 0).unet.get_parameter("input_blocks.1.1.proj_in.weight"))
     assert vae.vae is result.get("ck", 2).vae  # one read of the file: the process's model cache
+    # a model-only application, as LoraLoaderModelOnly packs do
+    utils, sd = comfy_compat.import_module("comfy.utils"), comfy_compat.import_module("comfy.sd")
+    lora = utils.load_torch_file(str(site[0].find_model("loras", "demo.safetensors")), safe_load=True)
+    only, none = sd.load_lora_for_models(result.get("ck", 0), None, lora, 0.8, 0.0)
+    assert none is None and only.patches[-1] == ("LoRA", 0.8)
+    assert all(torch.equal(a, b) for a, b in zip(only.unet.parameters(), result.get("ours", 0).unet.parameters()))
+    with pytest.raises(TypeError, match="lora must be a dict of tensors, got str"):
+        sd.load_lora_for_models(result.get("ck", 0), None, "demo.safetensors", 1.0, 1.0)
 
 
 def test_bad_input_names_what_is_wrong(site):
@@ -506,3 +514,34 @@ def test_names_left_out_are_reported_missing(tmp_path):
     (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
     assert info.status == "needs ComfyUI" and info.needs == "comfy.model_sampling.ModelSamplingDiscreteFlow"
     assert "face_pack" not in sys.modules  # this test's pack is a separate one
+
+
+def test_an_sdxl_value_answers_as_comfyuis_sdxl():
+    from latentgraph.models.clip import TextModel
+    from latentgraph.models.families import tiny_architecture
+    from latentgraph.models.make import random_networks
+    from latentgraph.nodes.sd import SDModel, schedule_for
+
+    mb, lf = comfy_compat.import_module("comfy.model_base"), comfy_compat.import_module("comfy.latent_formats")
+    sd = comfy_compat.import_module("comfy.sd")
+    arch = tiny_architecture("sdxl")
+    unet, _, text = random_networks(arch, seed=5)
+    model, clip = SDModel(unet, arch, schedule_for(arch), Placement()), TextModel(arch, text, Placement())
+    assert isinstance(model.model, mb.SDXL) and not isinstance(model.model, mb.SDXLRefiner)
+    assert isinstance(model.model.latent_format, lf.SDXL) and model.model.latent_format.scale_factor == 0.13025
+    assert model.model.adm_channels == 16 + 6 * 256 == model.model.model_config.unet_config["adm_in_channels"]
+    assert isinstance(clip, sd.CLIP) and not isinstance(model, sd.CLIP)
+    tokens = clip.tokenize("a blue square")
+    assert sorted(tokens) == ["g", "l"]
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    ref_cond, ref_pooled = clip.encode_tokens(tokens)
+    assert torch.equal(cond, ref_cond) and torch.equal(pooled, ref_pooled) and cond.shape == (1, 77, 32)
+    # bigG's projection under ComfyUI's key: the pooled output changes, the cond (hidden states) does not
+    key = "clip_g.transformer.text_projection.weight"
+    patched = clip.clone()
+    (proj, _), = patched.get_key_patches()[key]
+    assert patched.add_patches({key: ("set", (torch.eye(proj.shape[0]),))}) == [key]
+    new_cond, new_pooled = patched.encode_from_tokens(tokens, return_pooled=True)
+    assert torch.equal(new_cond, cond) and not torch.allclose(new_pooled, pooled)
+    assert "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in patched.get_key_patches()
+    assert clip.encoders["g"].text_projection.weight is proj  # the input CLIP is as it was
