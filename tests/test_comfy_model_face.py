@@ -447,6 +447,27 @@ def test_bad_input_names_what_is_wrong(site):
         vae.decode_tiled(torch.zeros(1, 4, 8, 8), tile_x=4, tile_y=8)
 
 
+def test_wrappers_added_read_and_removed_by_key(site):
+    base = _run(site, {**LOADER, **SAMPLE})
+    model, cond = base.get("ck", 0).clone(), base.get("pos")[0][0]
+    calls = []
+
+    def counting(executor, *args):
+        calls.append(args[0].shape)
+        return executor(*args)
+
+    model.add_wrapper_with_key("diffusion_model", "pack", counting)
+    model.add_wrapper("diffusion_model", counting)
+    assert model.get_wrappers("diffusion_model", "pack") == [counting] and len(model.get_all_wrappers("diffusion_model")) == 2
+    twin = model.clone()
+    x, sigma = torch.zeros(1, 4, 8, 8), torch.tensor([1.0])
+    model.model.apply_model(x, sigma, c_crossattn=cond, transformer_options=model.model_options["transformer_options"])
+    assert len(calls) == 2
+    model.remove_wrappers_with_key("diffusion_model", "pack")
+    model.model.apply_model(x, sigma, c_crossattn=cond, transformer_options=model.model_options["transformer_options"])
+    assert len(calls) == 3 and twin.get_wrappers("diffusion_model", "pack") == [counting]  # the clone keeps its own
+
+
 def test_manual_cast_dtype_names_the_compute_dtype_of_a_cast_unet(site):
     from latentgraph.models.comfy_faces import _manual_cast_dtype
 

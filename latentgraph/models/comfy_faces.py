@@ -241,6 +241,24 @@ class ModelFace:
                                      f"{'.'.join(name.split('.')[:i + 1])!r}") from None
         return obj
 
+    # -- wrappers: ComfyUI's accessors over models/patcher.py's add_wrapper_with_key storage ------
+    def _wrappers(self, wrapper_type: str) -> dict:
+        return self.model_options.get("transformer_options", {}).get("wrappers", {}).get(wrapper_type, {})
+
+    def add_wrapper(self, wrapper_type: str, wrapper) -> None:
+        self.add_wrapper_with_key(wrapper_type, None, wrapper)
+
+    def get_wrappers(self, wrapper_type: str, key: str) -> list:
+        return self._wrappers(wrapper_type).get(key, [])
+
+    def get_all_wrappers(self, wrapper_type: str) -> list:
+        return [w for group in self._wrappers(wrapper_type).values() for w in group]
+
+    def remove_wrappers_with_key(self, wrapper_type: str, key: str) -> None:
+        """Stop calling the wrappers added under ``key`` (this value's options only: a clone's
+        are its own copy)."""
+        self._wrappers(wrapper_type).pop(key, None)
+
     def add_object_patch(self, name: str, obj: Any) -> None:
         """Replace ``model_sampling`` (the noise schedule sampling reads), ``diffusion_model`` or
         an attribute/submodule inside it (``diffusion_model.middle_block.1``): the ones sampling
