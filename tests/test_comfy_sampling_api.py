@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import textwrap
 from types import SimpleNamespace
+from uuid import UUID
 
 import pytest
 import torch
@@ -296,7 +297,8 @@ def test_a_ksampler_over_a_k_diffusion_function_runs_in_sampler_custom(site):
     executor, registry, pack = site
     custom = {"model": ["ckpt", 0], "add_noise": True, "noise_seed": 5, "cfg": 5.0, "positive": ["pos", 0],
               "negative": ["neg", 0], "sigmas": ["sched", 0], "latent_image": ["latent", 0]}
-    prompt = _prompt(sched=("BasicScheduler", {"model": ["ckpt", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}),
+    scheduler = {"model": ["ckpt", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}
+    prompt = _prompt(sched=("BasicScheduler", scheduler),
                      euler=("KSamplerSelect", {"sampler_name": "euler"}),
                      plain=("PackDampedEuler", {"damping": 1.0}), damped=("PackDampedEuler", {"damping": 0.5}),
                      wrap=("PackWrapSampler", {"sampler": ["plain", 0], "scale": 1.0}),
@@ -330,7 +332,8 @@ def test_sample_custom_with_sampler_object_equals_sampler_custom(site):
 def test_a_pack_cfg_guider_runs_in_sampler_custom_advanced(site):
     executor, registry, pack = site
     pack.CALLBACKS.clear()
-    prompt = _prompt(sched=("BasicScheduler", {"model": ["ckpt", 0], "scheduler": "normal", "steps": 3, "denoise": 1.0}),
+    scheduler = {"model": ["ckpt", 0], "scheduler": "normal", "steps": 3, "denoise": 1.0}
+    prompt = _prompt(sched=("BasicScheduler", scheduler),
                      sel=("KSamplerSelect", {"sampler_name": "euler"}),
                      noise=("RandomNoise", {"noise_seed": 4}),
                      cfgg=("CFGGuider", {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
@@ -344,14 +347,18 @@ def test_a_pack_cfg_guider_runs_in_sampler_custom_advanced(site):
                         "inputs": {"noise": ["noise", 0], "guider": [guider, 0], "sampler": ["sel", 0],
                                    "sigmas": ["sched", 0], "latent_image": ["latent", 0]}}
     events = []
-    result = _run(executor, prompt, ["ours", "pack", "plain"], events)
+    result = _run(executor, prompt, ["ours", "pack", "plain", "pos"], events)
     ours, theirs, plain = (result.get(n, 0)["samples"] for n in ("ours", "pack", "plain"))
     assert torch.equal(ours, theirs)
     assert (ours - plain).abs().max() > 1e-3  # cfg 1 on the last step changed the picture
     first, second = pack.CALLBACKS["guiders"]
     assert first.calls == [(0, 4), (1, 4), (2, 4)] and second.calls == first.calls  # one call a step, the seed
-    assert first.conds == {"positive": first.original_conds["positive"],
-                           "negative": first.original_conds["negative"]}  # back to the raw conditionings
+    # original_conds kept as ComfyUI keeps them (convert_cond); conds are the CONDITIONING again after sampling
+    pos = result.get("pos", 0)
+    (entry,) = first.original_conds["positive"]
+    assert entry["cross_attn"] is pos[0][0] and entry["model_conds"] == {} and isinstance(entry["uuid"], UUID)
+    assert {k: v for k, v in entry.items() if k not in ("cross_attn", "model_conds", "uuid")} == pos[0][1]
+    assert [[t, o] for t, o in first.conds["positive"]] == [[pos[0][0], pos[0][1]]]
     progress = [(d["value"], d["max"]) for kind, d in events if kind == "progress" and d["node"] == "pack"]
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
@@ -578,3 +585,37 @@ def test_a_pack_replacing_a_function_is_followed_through_the_layer_and_told(site
                 "start": 0, "end": 10000, "add_noise": True, "leftover": False}
     _run(executor, _prompt(pack=("PackAdvanced", settings)), ["pack"])
     assert calls == [((1, 4, 8, 8), 123, None)]  # nodes.common_ksampler looked it up in comfy.sample
+
+
+def test_sampler_helpers_and_converted_conditionings(site):
+    executor, registry, pack = site
+    result = _run(executor, _prompt(), ["ckpt", "pos", "neg"])
+    model, positive, negative = result.get("ckpt", 0), result.get("pos", 0), result.get("neg", 0)
+    helpers = comfy_compat.import_module("comfy.sampler_helpers")
+    samplers = comfy_compat.import_module("comfy.samplers")
+    tagged = [[positive[0][0], {**positive[0][1], "control": "c1"}], [negative[0][0], {"control": ["c2", "c3"]}]]
+    converted = helpers.convert_cond(tagged)
+    assert [c["cross_attn"] for c in converted] == [positive[0][0], negative[0][0]]
+    assert converted[0]["uuid"] != converted[1]["uuid"] and converted[1]["model_conds"] == {}
+    assert tagged[1][1] == {"control": ["c2", "c3"]}  # the options are copied, not changed
+    assert helpers.get_models_from_cond(converted, "control") == ["c1", "c2", "c3"]
+    with pytest.raises(TypeError, match="entry 0 is not a \\[tensor, options\\] pair"):
+        helpers.convert_cond([positive[0][0]])
+    mask = helpers.prepare_mask(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), (2, 4, 4, 4), "cpu")
+    assert mask.shape == (2, 4, 4, 4) and torch.equal(mask[1], mask[0]) and torch.equal(mask[0, 3], mask[0, 0])
+    assert float(mask[0, 0, 0, 0]) == 0.0 and float(mask[0, 0, 0, 3]) == 1.0
+    cleaned = []
+    helpers.cleanup_additional_models([SimpleNamespace(cleanup=lambda: cleaned.append(1)), object()])
+    assert cleaned == [1] and helpers.get_additional_models({"positive": converted}, torch.float32) == ([], 0)
+    # a pack filling original_conds itself (converted, as ComfyUI keeps them) samples as set_conds does
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    latent, euler = torch.zeros(1, 4, 8, 8), samplers.sampler_object("euler")
+    sigmas = samplers.KSampler(model, 2, "cpu", "euler", "karras").sigmas
+    plain = samplers.sample(model, noise, positive, negative, 4.0, "cpu", euler, sigmas, latent_image=latent, seed=1)
+    guider = samplers.CFGGuider(model)
+    guider.original_conds = {"positive": helpers.convert_cond(positive), "negative": helpers.convert_cond(negative)}
+    guider.set_cfg(4.0)
+    assert torch.equal(guider.sample(noise, latent, euler, sigmas, seed=1), plain)
+    guider.original_conds["negative"][0]["model_conds"] = {"c_crossattn": None}
+    with pytest.raises(ValueError, match="'negative': an entry carries model_conds \\(c_crossattn\\)"):
+        guider.sample(noise, latent, euler, sigmas, seed=1)

@@ -81,7 +81,8 @@ def sample(model, noise: torch.Tensor, steps: int, cfg: float, sampler_name: str
 
 def sample_custom(model, noise: torch.Tensor, cfg: float, sampler, sigmas: torch.Tensor, positive: list,
                   negative: list, latent_image: torch.Tensor, noise_mask: torch.Tensor | None = None,
-                  callback: Callable | None = None, disable_pbar: bool = False, seed: int | None = None) -> torch.Tensor:
+                  callback: Callable | None = None, disable_pbar: bool = False,
+                  seed: int | None = None) -> torch.Tensor:
     """SamplerCustom's sampling from given noise with a SAMPLER value and sigmas, on the CPU."""
     samples = comfy.samplers.sample(model, noise, positive, negative, cfg, _device(model), sampler, sigmas,
                                     model_options=model.model_options, latent_image=latent_image,

@@ -276,14 +276,15 @@ def _as_pair(key: str, entry: Any) -> list:
     if isinstance(entry, (list, tuple)):  # a pack put a plain CONDITIONING entry there
         return list(entry)
     if entry.get("model_conds"):
-        raise ValueError(f"CFGGuider conditioning {key!r}: an entry carries model_conds ({', '.join(entry['model_conds'])}), "
-                         f"ComfyUI's model-specific inputs, which latentgraph computes itself; give the conditioning "
-                         f"as CONDITIONING")
-    return [entry.get("cross_attn"), {k: v for k, v in entry.items() if k not in ("cross_attn", "model_conds", "uuid")}]
+        raise ValueError(f"CFGGuider conditioning {key!r}: an entry carries model_conds "
+                         f"({', '.join(entry['model_conds'])}), ComfyUI's model-specific inputs, which latentgraph "
+                         f"computes itself; give the conditioning as CONDITIONING")
+    options = {k: v for k, v in entry.items() if k not in ("cross_attn", "model_conds", "uuid")}
+    return [entry.get("cross_attn"), options]
 
 
-def sample(model, noise: torch.Tensor, positive: list, negative: list, cfg: float, device, sampler, sigmas: torch.Tensor,
-           model_options: dict | None = None, latent_image: torch.Tensor | None = None,
+def sample(model, noise: torch.Tensor, positive: list, negative: list, cfg: float, device, sampler,
+           sigmas: torch.Tensor, model_options: dict | None = None, latent_image: torch.Tensor | None = None,
            denoise_mask: torch.Tensor | None = None, callback: Callable | None = None, disable_pbar: bool = False,
            seed: int | None = None) -> torch.Tensor:
     """Sample with CFG between ``positive`` and ``negative``. As in ComfyUI the MODEL's own
@@ -307,7 +308,8 @@ class KSampler:
         _check_model(model, "comfy.samplers.KSampler")
         for kind, value, names in (("sampler", sampler, self.SAMPLERS), ("scheduler", scheduler, self.SCHEDULERS)):
             if value is not None and value not in names:
-                raise ValueError(f"comfy.samplers.KSampler: unknown {kind} {value!r}; expected one of {', '.join(names)}")
+                raise ValueError(f"comfy.samplers.KSampler: unknown {kind} {value!r}; expected one of "
+                                 f"{', '.join(names)}")
         self.model, self.device = model, device
         self.sampler = self.SAMPLERS[0] if sampler is None else sampler
         self.scheduler = self.SCHEDULERS[0] if scheduler is None else scheduler
