@@ -18,6 +18,7 @@ from latentgraph import comfy_compat
 from latentgraph.graph import Environment, Executor, Workflow
 from latentgraph.models.checkpoint import load_placed
 from latentgraph.models.lora_make import make_lora, save_lora
+from latentgraph.models.make_split import make_text_encoder, make_unet
 from latentgraph.models.management import Placement
 from latentgraph.models.weight_patches import PatchError
 from latentgraph.nodes import create_registry, create_services
@@ -228,6 +229,9 @@ def site(tmp_path_factory):
     ck = load_placed(env.find_model("checkpoints", CKPT), Placement())
     save_lora(make_lora(ck.unet, [ck.text["l"]], "lora", seed=3), root / "models" / "loras" / "demo.safetensors",
               "lora")
+    make_unet(root / "models" / "diffusion_models" / "tiny_unet.safetensors", "sd15", seed=1)
+    for encoder in ("l", "g"):
+        make_text_encoder(root / "models" / "text_encoders" / f"tiny_{encoder}.safetensors", "sdxl", encoder, seed=2)
     registry = create_registry()
     (info,) = load_plugins(registry, [root / "custom_nodes"], entry_points=False, env=env)
     assert (info.status, info.error, info.missing) == ("loaded", None, [])
@@ -420,6 +424,32 @@ def test_checkpoint_and_lora_through_comfy_sd_equal_the_loader_nodes(site):
     assert all(torch.equal(a, b) for a, b in zip(only.unet.parameters(), result.get("ours", 0).unet.parameters()))
     with pytest.raises(TypeError, match="lora must be a dict of tensors, got str"):
         sd.load_lora_for_models(result.get("ck", 0), None, "demo.safetensors", 1.0, 1.0)
+
+
+def test_split_files_through_comfy_sd_equal_the_split_loader_nodes(site):
+    env = site[0]
+    result = _run(site, {"u": ("UNETLoader", {"unet_name": "tiny_unet.safetensors", "weight_dtype": "default"}),
+                         "c": ("DualCLIPLoader", {"clip_name1": "tiny_l.safetensors", "clip_name2": "tiny_g.safetensors",
+                                                  "type": "sdxl"}),
+                         "e": ("CLIPTextEncode", {"clip": ["c", 0], "text": "a small green triangle"})})
+    sd = comfy_compat.import_module("comfy.sd")
+    unet_path = str(env.find_model("diffusion_models", "tiny_unet.safetensors"))
+    model = sd.load_diffusion_model(unet_path)  # outside a node: read afresh, not from the executor's cache
+    ours = result.get("u")
+    assert model.unet is not ours.unet
+    assert all(torch.equal(a, b) for a, b in zip(model.unet.parameters(), ours.unet.parameters()))
+    held = sd.load_unet(unet_path, torch.float8_e4m3fn)
+    assert held.unet.get_parameter("out.2.weight").dtype == torch.float8_e4m3fn
+    assert held.model.manual_cast_dtype == torch.float32 and model.model.manual_cast_dtype is None
+    paths = [str(env.find_model("text_encoders", f"tiny_{e}.safetensors")) for e in ("g", "l")]  # either order
+    clip = sd.load_clip(paths, clip_type=sd.CLIPType.STABLE_DIFFUSION)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a small green triangle"), return_pooled=True)
+    (entry,) = result.get("e")
+    assert torch.equal(cond, entry[0]) and torch.equal(pooled, entry[1]["pooled_output"])
+    with pytest.raises(TypeError, match="clip_type must be a comfy.sd.CLIPType"):
+        sd.load_clip(paths, clip_type="sdxl")
+    with pytest.raises(ValueError, match="only 'dtype' is applied"):
+        sd.load_diffusion_model(unet_path, {"custom_operations": object()})
 
 
 def test_bad_input_names_what_is_wrong(site):

@@ -5,6 +5,7 @@ as latentgraph's own loader nodes do."""
 
 from __future__ import annotations
 
+import enum
 import logging
 from pathlib import Path
 
@@ -33,6 +34,31 @@ def _services():
     from latentgraph.models.management import Placement
 
     return Placement.from_env(runtime.current_env()), None
+
+
+class CLIPType(enum.Enum):
+    """ComfyUI's text-encoder types, with its numbers (latentgraph loads STABLE_DIFFUSION's:
+    SD1.x, SD2.x, the SDXL refiner, and SDXL's pair)."""
+
+    STABLE_DIFFUSION = 1
+    STABLE_CASCADE = 2
+    SD3 = 3
+    STABLE_AUDIO = 4
+    HUNYUAN_DIT = 5
+    FLUX = 6
+    MOCHI = 7
+    LTXV = 8
+    HUNYUAN_VIDEO = 9
+    PIXART = 10
+    COSMOS = 11
+    LUMINA2 = 12
+    WAN = 13
+    HIDREAM = 14
+    CHROMA = 15
+    ACE = 16
+    OMNIGEN2 = 17
+    QWEN_IMAGE = 18
+    HUNYUAN_IMAGE = 19
 
 
 class CLIP(metaclass=Alias):
@@ -115,3 +141,58 @@ def load_lora_for_models(model, clip, lora: dict, strength_model: float, strengt
     if clip is not None:
         new_clip = replace(clip, encoders={n: apply_lora(enc, m.text[n], strength_clip) for n, enc in text.items()})
     return new_model, new_clip
+
+
+def load_diffusion_model(unet_path: str, model_options: dict | None = None):
+    """A MODEL from a UNet file alone (LDM or diffusers keys), as the UNETLoader node loads it;
+    ``model_options={"dtype": torch.float8_e4m3fn}`` keeps the weights in fp8."""
+    from latentgraph.models.checkpoint import file_key
+    from latentgraph.models.fp8 import WEIGHT_DTYPES
+    from latentgraph.models.split_files import load_unet_file
+
+    options = dict(model_options or {})
+    store = options.pop("dtype", None)
+    if options:
+        raise ValueError(f"load_diffusion_model(model_options={model_options!r}): only 'dtype' is applied")
+    if store is not None and store not in WEIGHT_DTYPES.values():
+        raise ValueError(f"load_diffusion_model: weight dtype {store} is not one latentgraph keeps weights in "
+                         f"(the model's dtype, or {', '.join(str(d) for d in WEIGHT_DTYPES.values() if d)})")
+    placement, cache = _services()
+
+    def load():
+        unet, arch = load_unet_file(unet_path, placement.dtypes["unet"], store)
+        return unet.to(placement.home), arch
+
+    key = ("unet", *file_key(unet_path), str(store), placement.key())
+    unet, arch = cache.get_or_load(key, load) if cache is not None else load()
+    return SDModel(unet, arch, schedule_for(arch), placement)
+
+
+def load_unet(unet_path: str, dtype: torch.dtype | None = None):
+    """ComfyUI's older name: ``dtype`` is the weights' storage dtype."""
+    return load_diffusion_model(unet_path, {"dtype": dtype} if dtype is not None else {})
+
+
+def load_clip(ckpt_paths: list, embedding_directory=None, clip_type: CLIPType = CLIPType.STABLE_DIFFUSION,
+              model_options: dict | None = None) -> TextModel:
+    """A CLIP from text-encoder files, as the CLIPLoader/DualCLIPLoader nodes load them (two
+    files of STABLE_DIFFUSION: SDXL's CLIP-L and bigG, in either order)."""
+    from latentgraph.models.checkpoint import file_key
+    from latentgraph.models.split_files import load_clip_files
+
+    if model_options:
+        raise ValueError(f"load_clip(model_options={model_options!r}): loading options are not applied")
+    if not isinstance(clip_type, CLIPType):
+        raise TypeError(f"load_clip: clip_type must be a comfy.sd.CLIPType, got {clip_type!r}")
+    paths = [Path(p) for p in ckpt_paths]
+    name = "sdxl" if clip_type is CLIPType.STABLE_DIFFUSION and len(paths) == 2 else clip_type.name.lower()
+    placement, cache = _services()
+
+    def load():
+        arch, encoders = load_clip_files(paths, name, placement.dtypes["text"], hold=placement.device.type == "cpu")
+        return arch, {n: enc.to(placement.home) for n, enc in encoders.items()}
+
+    key = ("clip", tuple(file_key(p) for p in paths), name, placement.key())
+    arch, encoders = cache.get_or_load(key, load) if cache is not None else load()
+    dirs = [embedding_directory] if isinstance(embedding_directory, (str, Path)) else (embedding_directory or [])
+    return TextModel(arch, encoders, placement, embedding_dirs=tuple(Path(d) for d in dirs))
