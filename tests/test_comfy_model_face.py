@@ -553,7 +553,7 @@ def test_names_left_out_are_reported_missing(tmp_path):
     assert comfy_compat.provides("comfy.sd.load_checkpoint_guess_config")
     assert comfy_compat.provides("comfy.model_patcher.ModelPatcher")
     assert not comfy_compat.provides("comfy.model_sampling.CONST")  # flow models: not loaded here
-    assert not comfy_compat.provides("comfy.sd.load_unet")
+    assert not comfy_compat.provides("comfy.sd.load_checkpoint")  # the config-file loader of old
     pack = tmp_path / "nodes_dir" / "wants_flow"
     pack.mkdir(parents=True)
     (pack / "__init__.py").write_text(textwrap.dedent("""
