@@ -3,12 +3,14 @@ nodes.common_ksampler), used as real packs use it: a pack folder whose nodes tak
 KSampler.SAMPLERS/SCHEDULERS combos, sample with comfy.sample and common_ksampler, build a
 KSAMPLER over their own k-diffusion style function and subclass CFGGuider. Each result is
 compared by value with latentgraph's own nodes run with the same settings on the shipped demo
-model (64x64, 3 steps)."""
+model (64x64, 3 steps). The pack is tests/fixtures/packs/sampling_api_pack."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 from uuid import UUID
 
@@ -24,181 +26,13 @@ from latentgraph.sampling.schedule import DiscreteSchedule
 
 NAME = "latentgraph-shapes.safetensors"
 
-PACK = '''
-import torch
-
-import comfy.k_diffusion.sampling
-import comfy.sample
-import comfy.samplers
-import nodes
-from comfy.k_diffusion.sampling import to_d, trange
-
-CALLBACKS = {}
-
-
-def _common(required):
-    base = {"model": ("MODEL",), "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
-            "steps": ("INT", {"default": 3, "min": 1, "max": 100}), "cfg": ("FLOAT", {"default": 5.0}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,), "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-            "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",)}
-    base.update(required)
-    return {"required": base}
-
-
-class NoiseThenSample:
-    """prepare_noise + comfy.sample.sample, as sampler packs write their KSampler."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _common({"denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})})
-
-    RETURN_TYPES = ("LATENT", "SIGMAS")
-    FUNCTION = "go"
-
-    def go(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        seen = CALLBACKS.setdefault("sample", [])
-
-        def callback(step, x0, x, total_steps):
-            seen.append((step, total_steps, tuple(x0.shape), tuple(x.shape)))
-
-        samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                                      denoise=denoise, noise_mask=latent_image.get("noise_mask"), callback=callback,
-                                      seed=seed)
-        out = latent_image.copy()
-        out["samples"] = samples
-        sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler=sampler_name, scheduler=scheduler,
-                                         denoise=denoise).sigmas
-        return (out, sigmas)
-
-
-class Advanced:
-    """nodes.common_ksampler with a step window, as tiled-upscale packs call it."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _common({"start": ("INT", {"default": 0}), "end": ("INT", {"default": 10000}),
-                        "add_noise": ("BOOLEAN", {"default": True}), "leftover": ("BOOLEAN", {"default": False})})
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "go"
-
-    def go(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, start, end,
-           add_noise, leftover):
-        return nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                     latent_image, denoise=1.0, disable_noise=not add_noise, start_step=start,
-                                     last_step=end, force_full_denoise=not leftover)
-
-
-def damped_euler(model, x, sigmas, extra_args, callback, disable, damping=1.0):
-    """Euler steps scaled by damping, written against k-diffusion's conventions (every
-    argument given, as ComfyUI's KSAMPLER gives them)."""
-    s_in = x.new_ones([x.shape[0]])
-    for i in trange(len(sigmas) - 1, disable=disable is not False):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        d = to_d(x, sigmas[i], denoised)
-        x = x + d * (sigmas[i + 1] - sigmas[i]) * damping
-    return x
-
-
-class DampedEuler:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"damping": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0})}}
-
-    RETURN_TYPES = ("SAMPLER",)
-    FUNCTION = "get"
-
-    def get(self, damping):
-        return (comfy.samplers.KSAMPLER(damped_euler, extra_options={"damping": damping}),)
-
-
-def scaled_sigma_sampler(model, x, sigmas, *, inner, scale, **kwargs):
-    """Runs another SAMPLER with the model asked at sigma * scale (the Detail Daemon pattern)."""
-    def model_wrapper(x, sigma, **extra_args):
-        return model(x, sigma * scale, **extra_args)
-    return inner.sampler_function(model_wrapper, x, sigmas, **kwargs, **inner.extra_options)
-
-
-class WrapSampler:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"sampler": ("SAMPLER",), "scale": ("FLOAT", {"default": 1.0})}}
-
-    RETURN_TYPES = ("SAMPLER",)
-    FUNCTION = "get"
-
-    def get(self, sampler, scale):
-        return (comfy.samplers.KSAMPLER(scaled_sigma_sampler, extra_options={"inner": sampler, "scale": scale}),)
-
-
-class CustomSample:
-    """comfy.sample.sample_custom with a named sampler object and the KSampler's sigmas."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _common({})
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "go"
-
-    def go(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image):
-        sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler_name, scheduler).sigmas
-        noise = comfy.sample.prepare_noise(latent_image["samples"], seed)
-        samples = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                             positive, negative, latent_image["samples"], seed=seed)
-        return ({"samples": samples},)
-
-
-class CountingGuider(comfy.samplers.CFGGuider):
-    """A pack guider: ComfyUI's predict_noise, counting its calls; cfg 1 from a given step on."""
-
-    def __init__(self, model, plain_from):
-        super().__init__(model)
-        self.plain_from = plain_from
-        self.calls = []
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        sigmas = model_options["transformer_options"]["sample_sigmas"]
-        step = int((sigmas == timestep[0]).nonzero()[0])
-        self.calls.append((step, seed))
-        cfg = 1.0 if step >= self.plain_from else self.cfg
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
-                                                self.conds.get("positive"), cfg, model_options=model_options,
-                                                seed=seed)
-
-
-class MakeGuider:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-                             "cfg": ("FLOAT", {"default": 5.0}), "plain_from": ("INT", {"default": 100})}}
-
-    RETURN_TYPES = ("GUIDER",)
-    FUNCTION = "get"
-
-    def get(self, model, positive, negative, cfg, plain_from):
-        guider = CountingGuider(model, plain_from)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        CALLBACKS.setdefault("guiders", []).append(guider)
-        return (guider,)
-
-
-NODE_CLASS_MAPPINGS = {"PackNoiseThenSample": NoiseThenSample, "PackAdvanced": Advanced,
-                       "PackDampedEuler": DampedEuler, "PackCustomSample": CustomSample, "PackGuider": MakeGuider,
-                       "PackWrapSampler": WrapSampler}
-'''
+PACK = Path(__file__).resolve().parent / "fixtures" / "packs" / "sampling_api_pack"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("sampling_api")
-    (root / "custom_nodes" / "sampling_pack").mkdir(parents=True)
-    (root / "custom_nodes" / "sampling_pack" / "__init__.py").write_text(PACK)
+    shutil.copytree(PACK, root / "custom_nodes" / "sampling_pack")
     env = Environment(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp",
                       models_dir=root / "models", device="cpu")  # an empty models folder: the shipped one is found
     registry = create_registry()
