@@ -8,11 +8,11 @@ exactly what latentgraph's KSampler node gives for the same settings. A ``KSAMPL
 latentgraph SAMPLER value (a ``SamplerChoice``): one a pack builds over its own k-diffusion style
 function runs in latentgraph's SamplerCustom and SamplerCustomAdvanced.
 
-Inside sampling, a CFGGuider's ``inner_model`` is the MODEL value and its ``conds`` hold
-latentgraph's resolved conditioning entries (``sampling.guidance.Cond``) rather than ComfyUI's
-processed dicts: a pack that overrides ``predict_noise`` and hands them to
-``sampling_function``/``calc_cond_batch`` gets ComfyUI's arithmetic; one that reads the dicts'
-keys does not find them.
+A CFGGuider keeps ``original_conds`` converted as ComfyUI does (comfy.sampler_helpers.convert_cond).
+Inside sampling its ``inner_model`` is the MODEL value and its ``conds`` hold latentgraph's
+resolved conditioning entries (``sampling.guidance.Cond``) rather than ComfyUI's processed dicts:
+a pack that overrides ``predict_noise`` and hands them to ``sampling_function``/``calc_cond_batch``
+gets ComfyUI's arithmetic; one that reads the processed dicts' keys does not find them.
 """
 
 from __future__ import annotations
