@@ -3,13 +3,16 @@ model_base, model_sampling, latent_formats and sd, used as packs use them: a pac
 clones the shipped demo model and patches a weight, replaces its model_sampling, reads its
 schedule, encodes through tokenize + encode_from_tokens, decodes through vae.decode, merges by
 get_key_patches, loads a checkpoint and a LoRA through comfy.sd; every result is compared by
-value with latentgraph's own nodes or with numbers from ComfyUI's formulas."""
+value with latentgraph's own nodes or with numbers from ComfyUI's formulas. The pack is
+tests/fixtures/packs/model_face_pack."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,202 +31,13 @@ CKPT = "latentgraph-shapes.safetensors"
 BIAS = "diffusion_model.out.2.bias"  # the UNet's last conv: a diff here shifts eps by the diff
 NORM = "clip_l.transformer.text_model.final_layer_norm.bias"  # SD1 reads the final norm: cond shifts by it
 
-PACK = '''
-import json
-
-import torch
-
-import comfy.latent_formats
-import comfy.model_base
-import comfy.model_patcher
-import comfy.model_sampling
-import comfy.sd
-import comfy.utils
-import folder_paths
-
-
-def _types(**inputs):
-    return {"required": {k: (v,) if isinstance(v, str) else v for k, v in inputs.items()}}
-
-
-class PatchOutBias:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(model="MODEL", strength=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
-
-    RETURN_TYPES = ("MODEL", "STRING")
-    FUNCTION = "patch"
-
-    def patch(self, model, strength):
-        m = model.clone()
-        w = m.get_model_object("diffusion_model.out.2.bias")
-        applied = m.add_patches({"diffusion_model.out.2.bias": (torch.full_like(w, 0.25),),
-                                 "diffusion_model.no_such_layer.weight": (w,)}, strength)
-        return (m, json.dumps(applied))
-
-
-class ReadSampling:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(model="MODEL")
-
-    RETURN_TYPES = ("STRING",)
-    FUNCTION = "read"
-
-    def read(self, model):
-        base = model.model
-        ms = model.get_model_object("model_sampling")
-        return (json.dumps({
-            "sigma_max": float(base.model_sampling.sigma_max), "sigma_min": float(ms.sigma_min),
-            "p": [ms.percent_to_sigma(p) for p in (0.0, 0.5, 0.75, 1.0)],
-            "timestep_of_max": float(ms.timestep(ms.sigma_max)), "sigma_999": float(ms.sigma(torch.tensor(999.0))),
-            "model_type": base.model_type.name, "scale_factor": base.latent_format.scale_factor,
-            "latent_channels": base.latent_format.latent_channels,
-            "patcher": isinstance(model, comfy.model_patcher.ModelPatcher),
-            "base": isinstance(base, comfy.model_base.BaseModel), "sdxl": isinstance(base, comfy.model_base.SDXL),
-            "eps": isinstance(ms, comfy.model_sampling.EPS), "v": isinstance(ms, comfy.model_sampling.V_PREDICTION),
-            "discrete": isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete),
-            "sd15": isinstance(base.latent_format, comfy.latent_formats.SD15),
-            "eps_type": base.model_type == comfy.model_base.ModelType.EPS,
-            "unet": type(model.get_model_object("diffusion_model")).__name__,
-            "in_channels": base.model_config.unet_config["in_channels"],
-            "load_device": str(model.load_device), "dtype": str(model.model_dtype())}),)
-
-
-class ZsnrSampling:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(model="MODEL")
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    def patch(self, model):
-        class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
-            pass
-
-        m = model.clone()
-        m.add_object_patch("model_sampling", ModelSamplingAdvanced(model.model.model_config, zsnr=True))
-        return (m,)
-
-
-class ZeroOutConv:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(model="MODEL")
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-
-    def patch(self, model):
-        conv = model.get_model_object("diffusion_model.out.2")
-        zero = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
-        torch.nn.init.zeros_(zero.weight)
-        torch.nn.init.zeros_(zero.bias)
-        m = model.clone()
-        m.add_object_patch("diffusion_model.out.2", zero)
-        return (m,)
-
-
-class EncodeTokens:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(clip="CLIP", text=("STRING", {"default": ""}))
-
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    FUNCTION = "encode"
-
-    def encode(self, clip, text):
-        tokens = clip.tokenize(text)
-        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        out = clip.encode_from_tokens(tokens, return_dict=True)
-        cond_only = out.pop("cond")
-        return ([[cond, {"pooled_output": pooled}]], [[cond_only, out]])
-
-
-class PatchClipNorm:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(clip="CLIP", strength=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
-
-    RETURN_TYPES = ("CLIP", "STRING")
-    FUNCTION = "patch"
-
-    def patch(self, clip, strength):
-        c = clip.clone()
-        key = "clip_l.transformer.text_model.final_layer_norm.bias"
-        (weight, _), = c.get_key_patches()[key]
-        applied = c.add_patches({key: ("diff", (torch.full_like(weight, 0.5),))}, strength)
-        return (c, json.dumps(applied))
-
-
-class DecodeEncode:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(vae="VAE", samples="LATENT")
-
-    RETURN_TYPES = ("IMAGE", "LATENT", "STRING")
-    FUNCTION = "run"
-
-    def run(self, vae, samples):
-        image = vae.decode(samples["samples"])
-        latent = vae.encode(image[:, :, :, :3])
-        info = {"down": vae.downscale_ratio, "up": vae.upscale_ratio, "channels": vae.latent_channels,
-                "is_vae": isinstance(vae, comfy.sd.VAE), "module": type(vae.first_stage_model).__name__}
-        return (image, {"samples": latent}, json.dumps(info))
-
-
-class MergeByKeyPatches:
-    """ComfyUI's ModelMergeSimple, as packs copy it."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(model1="MODEL", model2="MODEL", ratio=("FLOAT", {"default": 1.0, "min": 0, "max": 1}))
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "merge"
-
-    def merge(self, model1, model2, ratio):
-        m = model1.clone()
-        kp = model2.get_key_patches("diffusion_model.")
-        for k in kp:
-            m.add_patches({k: kp[k]}, 1.0 - ratio, ratio)
-        return (m,)
-
-
-class LoadByComfy:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _types(ckpt_name=(folder_paths.get_filename_list("checkpoints"),),
-                      lora_name=(folder_paths.get_filename_list("loras"),),
-                      strength_model=("FLOAT", {"default": 1.0, "min": -10, "max": 10}),
-                      strength_clip=("FLOAT", {"default": 1.0, "min": -10, "max": 10}))
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-
-    def load(self, ckpt_name, lora_name, strength_model, strength_clip):
-        path = folder_paths.get_full_path("checkpoints", ckpt_name)
-        model, clip, vae, clipvision = comfy.sd.load_checkpoint_guess_config(
-            path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
-        assert clipvision is None
-        lora = comfy.utils.load_torch_file(folder_paths.get_full_path("loras", lora_name), safe_load=True)
-        model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
-        return (model, clip, vae)
-
-
-NODE_CLASS_MAPPINGS = {"FacePatchOutBias": PatchOutBias, "FaceReadSampling": ReadSampling,
-                       "FaceZsnr": ZsnrSampling, "FaceZeroOut": ZeroOutConv, "FaceEncode": EncodeTokens,
-                       "FaceClipNorm": PatchClipNorm, "FaceDecodeEncode": DecodeEncode,
-                       "FaceMerge": MergeByKeyPatches, "FaceLoad": LoadByComfy}
-'''
+PACK = Path(__file__).parent / "fixtures" / "packs" / "model_face_pack"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
-    (root / "custom_nodes" / "face_pack").mkdir(parents=True)
-    (root / "custom_nodes" / "face_pack" / "__init__.py").write_text(PACK)
+    shutil.copytree(PACK, root / "custom_nodes" / "face_pack")
     env = Environment(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
                       models_dir=root / "models", device="cpu")
     ck = load_placed(env.find_model("checkpoints", CKPT), Placement())
