@@ -453,3 +453,24 @@ def test_sampler_helpers_and_converted_conditionings(site):
     guider.original_conds["negative"][0]["model_conds"] = {"c_crossattn": None}
     with pytest.raises(ValueError, match="'negative': an entry carries model_conds \\(c_crossattn\\)"):
         guider.sample(noise, latent, euler, sigmas, seed=1)
+
+
+def test_our_sampler_values_reach_a_pack_as_comfyuis_ksampler(site):
+    """KSamplerSelect gives latentgraph's SAMPLER value; a pack node wrapping it reads
+    ``sampler.sampler_function`` and ``.extra_options`` (Detail Daemon's pattern): the adapter
+    hands it the layer's KSAMPLER, and at scale 1 the wrapped sampler equals the plain one."""
+    executor, registry, pack = site
+    custom = {"model": ["ckpt", 0], "add_noise": True, "noise_seed": 5, "cfg": 5.0, "positive": ["pos", 0],
+              "negative": ["neg", 0], "sigmas": ["sched", 0], "latent_image": ["latent", 0]}
+    prompt = _prompt(sched=("BasicScheduler", {"model": ["ckpt", 0], "scheduler": "karras", "steps": 3,
+                                               "denoise": 1.0}),
+                     sel=("KSamplerSelect", {"sampler_name": "dpmpp_2m"}),
+                     wrap=("PackWrapSampler", {"sampler": ["sel", 0], "scale": 1.0}),
+                     wrap2=("PackWrapSampler", {"sampler": ["sel", 0], "scale": 2.0}),
+                     plain=("SamplerCustom", {**custom, "sampler": ["sel", 0]}),
+                     wrapped=("SamplerCustom", {**custom, "sampler": ["wrap", 0]}),
+                     doubled=("SamplerCustom", {**custom, "sampler": ["wrap2", 0]}))
+    result = _run(executor, prompt, ["plain", "wrapped", "doubled"])
+    plain = result.get("plain", 0)["samples"]
+    assert torch.equal(plain, result.get("wrapped", 0)["samples"])
+    assert not torch.allclose(plain, result.get("doubled", 0)["samples"], atol=1e-3)  # the wrapper does act

@@ -188,11 +188,14 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
             obj = instances[ctx.node_id] = cls()
         return obj
 
+    samplers = [n for n, spec in inputs.items() if spec.type == "SAMPLER"]
+
     def call(**kwargs):
         ctx = kwargs.pop(CONTEXT)
         obj = instance(ctx)
         for hname in unknown_hidden:
             kwargs.setdefault(hname, None)
+        as_comfy_samplers(kwargs, samplers)
         with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
             ret = getattr(obj, function)(**kwargs)
         return _result(name, ret, len(outputs))
@@ -239,6 +242,23 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
         deprecated=bool(getattr(cls, "DEPRECATED", False)), experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
         python_module=f"custom_nodes.{pack}", context_param=CONTEXT, source=source, lazy_check=lazy_check)
+
+
+def as_comfy_samplers(kwargs: dict, names: list[str]) -> None:
+    """SAMPLER inputs as ComfyUI packs read them (``sampler.sampler_function``,
+    ``.extra_options``): latentgraph's own SAMPLER values are a name or a SamplerChoice, which
+    the layer's comfy.samplers turns into its KSAMPLER (a value already one is kept)."""
+    if not names:
+        return
+    from .. import comfy_compat
+
+    convert = comfy_compat.import_module("comfy.samplers")._as_ksampler
+    for name in names:
+        value = kwargs.get(name)
+        if isinstance(value, list):  # INPUT_IS_LIST
+            kwargs[name] = [convert(v) if v is not None else v for v in value]
+        elif value is not None:
+            kwargs[name] = convert(value)
 
 
 def _result(name: str, ret: Any, n: int) -> Result | Expansion | Blocker:

@@ -38,7 +38,7 @@ from ..graph.declare import NodeDef
 from ..graph.errors import DeclarationError
 from ..graph.expansion import Blocker
 from ..graph.types import HIDDEN_KINDS, Combo, Hidden, InputSpec, Output
-from .comfy_v1 import CONTEXT, _result, _spec, _validate_inputs
+from .comfy_v1 import CONTEXT, _result, _spec, _validate_inputs, as_comfy_samplers
 
 log = logging.getLogger("latentgraph.plugins")
 
@@ -177,6 +177,7 @@ class _Runner:
         self.kinds = [str(getattr(h, "value", h)) for h in schema.hidden or ()]
         self.keys = {_hidden_key(k): k for k in self.kinds if k in HIDDEN_KINDS}
         self.internal: set[str] = set()  # keys the hooks use themselves (the node id of not_idempotent)
+        self.samplers: list[str] = []  # SAMPLER inputs, given as the layer's KSAMPLER
         self.holder_type = getattr(inspect.getmodule(type(schema)), "HiddenHolder", None)
 
     def clone(self, kwargs: dict) -> type:
@@ -193,6 +194,7 @@ class _Runner:
     def call(self, **kwargs):
         ctx = kwargs.pop(CONTEXT)
         clone = self.clone(kwargs)
+        as_comfy_samplers(kwargs, self.samplers)
         with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
             ret = _await(clone.execute(**kwargs))
         return _node_output(self.name, ret, self.n, self.expandable)
@@ -304,6 +306,7 @@ def node_def(name: str | None, cls: Any, display_name: str | None, *, pack: str,
     cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{pack}"  # as ComfyUI sets it on the classes it loads
     inputs, outputs = _read_inputs(cls, where, schema), _read_outputs(schema)
     runner = _Runner(cls, schema, name, len(outputs))
+    runner.samplers = [n for n, spec in inputs.items() if spec.type == "SAMPLER"]
     hidden = {key: Hidden(kind) for key, kind in runner.keys.items()}
     fp_hook, v_hook = _own(cls, "fingerprint_inputs"), _own(cls, "validate_inputs")
     fp_inputs: tuple = _validate_inputs(fp_hook, inputs, {})[0] if fp_hook is not None else ()

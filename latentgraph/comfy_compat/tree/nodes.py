@@ -47,6 +47,8 @@ def _classes() -> dict[str, type]:
 
 
 FUNCTION_NAME = "run"  # for a node ComfyUI has no method name for
+# class attributes ComfyUI's core classes carry and packs read: an input's choices
+_CHOICE_ATTRS = {"upscale_methods": "upscale_method", "crop_methods": "crop", "rescale_methods": "rescale_method"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,6 +88,11 @@ def v1_class(ndef) -> type:
         # ComfyUI made it a V3 node (or has no V1 record): packs for newer versions call
         # Class.execute(...) and index the NodeOutput; the tuple answers [0] the same way
         extra["execute"] = classmethod(lambda cls, *args, **kwargs: method(None, *args, **kwargs))
+    for attr, input_name in _CHOICE_ATTRS.items():  # ImageScale.upscale_methods, ...: its combo's choices
+        spec = ndef.inputs.get(input_name)
+        choices = getattr(spec, "choices", None)
+        if choices and not callable(choices):
+            extra[attr] = list(choices)
     attrs = {**extra, "INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": tuple(info["output"]),
              "RETURN_NAMES": tuple(info["output_name"]), "OUTPUT_IS_LIST": tuple(info["output_is_list"]),
              "FUNCTION": function, "CATEGORY": info["category"], "OUTPUT_NODE": info["output_node"],
