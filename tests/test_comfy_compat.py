@@ -394,6 +394,12 @@ def test_comfy_types_execution_extras_and_the_prompt_queue():
                                                                            torch.tensor([2])), torch.tensor(1.0)),
                                            1, False)
     assert int(grown.sum()) == 9  # the one pixel grown by one in every direction
+    latent = {"samples": torch.ones(1, 4, 8, 8)}
+    latents = comfy_compat.import_module("comfy_extras.nodes_latent")
+    (old_style,) = latents.LatentBatch().batch(latent, latent)  # ComfyUI 0.3.39's V1 method
+    new_style = latents.LatentBatch.execute(latent, latent)  # 0.3.64's V3 classmethod, a NodeOutput
+    assert old_style["samples"].shape == (2, 4, 8, 8) and torch.equal(new_style[0]["samples"], old_style["samples"])
+    assert torch.equal(new_style.result[0]["samples"], old_style["samples"])
     with pytest.raises(ModuleNotFoundError, match="comfy_extras.nodes_no_such_module"):
         comfy_compat.import_module("comfy_extras.nodes_no_such_module")
     queue = comfy_compat.import_module("server").PromptServer.instance.prompt_queue

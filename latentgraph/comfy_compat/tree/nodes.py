@@ -87,7 +87,7 @@ def v1_class(ndef) -> type:
     if recorded.get("read_from") or not recorded:
         # ComfyUI made it a V3 node (or has no V1 record): packs for newer versions call
         # Class.execute(...) and index the NodeOutput; the tuple answers [0] the same way
-        extra["execute"] = classmethod(lambda cls, *args, **kwargs: method(None, *args, **kwargs))
+        extra["execute"] = classmethod(lambda cls, *args, **kwargs: _node_output(method(None, *args, **kwargs)))
     for attr, input_name in _CHOICE_ATTRS.items():  # ImageScale.upscale_methods, ...: its combo's choices
         spec = ndef.inputs.get(input_name)
         choices = getattr(spec, "choices", None)
@@ -99,6 +99,15 @@ def v1_class(ndef) -> type:
              "DESCRIPTION": info["description"], "_display_name": info["display_name"], function: method,
              "__doc__": ndef.description or None, "_latentgraph_node": ndef}
     return type(ndef.name, (), attrs)
+
+
+def _node_output(ret) -> Any:
+    """A V1 return value as V3's NodeOutput (``.result``, ``[i]``, ``.ui``)."""
+    with runtime.allow_imports():
+        from comfy_api.latest import io
+    if isinstance(ret, dict):
+        return io.NodeOutput(*ret.get("result", ()), ui=ret.get("ui"))
+    return io.NodeOutput(*ret)
 
 
 def call_builtin(ndef, kwargs: dict) -> Any:
