@@ -110,18 +110,20 @@ class _ExtrasLoader(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         name = module.__name__
-        defined = set(_extras_modules()[name])
-
-        def attribute(attr: str):
-            if attr in defined:
-                with runtime.allow_imports():
-                    classes = importlib.import_module("nodes").NODE_CLASS_MAPPINGS
-                if attr in classes:
-                    return classes[attr]
-            raise runtime.missing(name, attr)
-
-        module.__getattr__ = attribute
+        module.__getattr__ = functools.partial(extras_node, name)
         module.__doc__ = f"ComfyUI's {name}: latentgraph's nodes of that module as V1 classes."
+
+
+def extras_node(module: str, attr: str):
+    """The V1 class of the latentgraph node that ComfyUI defines as ``module.attr`` (a
+    ``comfy_extras.nodes_*`` module), else the layer's missing-name error. Tree files for those
+    modules (which add ComfyUI's plain functions) end with it as their ``__getattr__``."""
+    if attr in _extras_modules().get(module, ()):
+        with runtime.allow_imports():
+            classes = importlib.import_module("nodes").NODE_CLASS_MAPPINGS
+        if attr in classes:
+            return classes[attr]
+    raise runtime.missing(module, attr)
 
 
 def _in_tree(fullname: str) -> bool:

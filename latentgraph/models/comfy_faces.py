@@ -492,3 +492,55 @@ class ClipFace:
         """{key: [(weight, convert)]} for each text-encoder weight as encoding uses it."""
         return {key: [(self.encoders[slot].get_parameter(name), _same)]
                 for key, (slot, name) in self._comfy_names().items()}
+
+
+# -- CONTROL_NET: ComfyUI's ControlBase names on models/controlnet.py's Control -----------------------
+class ControlFace:
+    """ComfyUI's way of applying a CONTROL_NET (``cnet.copy().set_cond_hint(hint, strength,
+    (start, end)).set_previous_controlnet(prev)``): ``copy`` gives a new value, the setters change
+    that copy and return it, as ComfyUI's do; the attributes packs read are ours under its names."""
+
+    def copy(self):
+        from dataclasses import replace
+
+        return replace(self, _cache={})
+
+    def set_cond_hint(self, cond_hint, strength: float = 1.0, timestep_percent_range=(0.0, 1.0), vae=None,
+                      extra_concat=()):
+        """``cond_hint`` is (B, C, H, W) in 0..1 (an IMAGE moved channels-first). ``vae`` is only
+        read by ControlNets that work on latents, which latentgraph does not load."""
+        if extra_concat is not None and len(extra_concat):
+            raise ValueError("set_cond_hint(extra_concat=...): inpainting ControlNets are not loaded by latentgraph")
+        self.hint = cond_hint
+        self.strength = float(strength)
+        self.percent_range = (float(timestep_percent_range[0]), float(timestep_percent_range[1]))
+        self._cache = {}
+        return self
+
+    def set_previous_controlnet(self, controlnet):
+        self.previous = controlnet
+        return self
+
+    @property
+    def cond_hint_original(self):
+        return self.hint
+
+    @property
+    def timestep_percent_range(self) -> tuple[float, float]:
+        return self.percent_range
+
+    @property
+    def previous_controlnet(self):
+        return self.previous
+
+    @property
+    def compression_ratio(self) -> int:
+        return self.compression
+
+    @property
+    def control_model(self):
+        return self.net
+
+    def get_models(self) -> list:
+        """Models ComfyUI would load before sampling: latentgraph places them itself."""
+        return []

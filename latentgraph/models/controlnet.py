@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .comfy_faces import ControlFace
 from .controlnet_convert import diffusers_to_ldm, is_diffusers_controlnet
 from .errors import CheckpointError
 from .latent import upscale_center
@@ -229,7 +230,7 @@ def broadcast_hint(hint: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:
 
 
 @dataclass(eq=False)  # compared by identity: entries batch together only with the same control
-class Control:
+class Control(ControlFace):
     """A ControlNet applied to a conditioning entry (what ControlNetApply makes)."""
 
     net: ControlNet

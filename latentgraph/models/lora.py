@@ -396,6 +396,22 @@ def _build(roles: dict[str, str], sd: dict) -> tuple[dict[str, tuple[Patch, str]
     return patches, {role: _why_unused(role) for role in roles if role not in used}
 
 
+def module_patches(lora_sd: dict[str, torch.Tensor], modules) -> tuple[dict[str, dict[str, Patch]], set[str]]:
+    """The patches ({"weight": ..., "bias": ...}) of each LoRA module name in ``modules`` that
+    ``lora_sd`` has, and the keys they used (ComfyUI's comfy.lora.load_lora, by module name)."""
+    groups, _ = _group(lora_sd)
+    found, used = {}, set()
+    for name in modules:
+        if name in groups:
+            try:
+                built, unused = _build(groups[name], lora_sd)
+            except ValueError as exc:
+                raise LoraError(str(exc)) from None
+            found[name] = {kind: patch for kind, (patch, _) in built.items()}
+            used |= {key for role, key in groups[name].items() if role not in unused}
+    return {n: p for n, p in found.items() if p}, used
+
+
 def _why_unused(role: str) -> str:
     """Why a role of a module's keys was not applied."""
     if role == "alpha":

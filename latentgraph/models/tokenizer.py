@@ -111,6 +111,14 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
     return out
 
 
+def weigh_unescaped(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
+    """The weighting of parse_prompt_weights on text whose escapes were already replaced (every
+    parenthesis is syntax), starting at ``weight``: ComfyUI's sd1_clip.token_weights."""
+    out: list[tuple[str, float]] = []
+    _weigh([_OPEN if c == "(" else _CLOSE if c == ")" else c for c in text], weight, out)
+    return out
+
+
 # -- textual-inversion embeddings ----------------------------------------------------------------
 def _embedding_dirs(embedding_dir) -> list[Path]:
     """The configured folders and, like ComfyUI, every folder below them (sorted, so the first

@@ -55,7 +55,14 @@ def _pooling(path: Path) -> bool:
 
 def _load(ctx: NodeContext, name: str, model: SDModel | None) -> Control:
     placement, cache = services(ctx)
-    path = _find(ctx.env, name)
+    return load_control(_find(ctx.env, name), placement, cache, model)
+
+
+def load_control(path: Path, placement, cache, model: SDModel | None = None) -> Control:
+    """A CONTROL_NET value (no hint yet) from a ControlNet, control-LoRA or T2I-Adapter file,
+    placed by ``placement`` and kept in ``cache`` (a model cache, or None); with ``model``, a
+    "diff" ControlNet is added to its UNet."""
+    path = Path(path)
     dtype = placement.dtypes["unet"]
     base = model.unet if model is not None else None
 
@@ -65,7 +72,10 @@ def _load(ctx: NodeContext, name: str, model: SDModel | None) -> Control:
     # the model cache is keyed by file; a diff ControlNet also depends on the UNet it is added
     # to, which has no stable key (an id can be reused), so it is not cached there (the
     # executor still caches the node's result)
-    net = load() if base is not None else cache.get_or_load(("controlnet", *file_key(path), placement.key()), load)
+    if base is not None or cache is None:
+        net = load()
+    else:
+        net = cache.get_or_load(("controlnet", *file_key(path), placement.key()), load)
     return Control(net, torch.zeros(1, 3, 8, 8), global_average_pooling=_pooling(path))
 
 

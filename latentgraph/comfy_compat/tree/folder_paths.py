@@ -8,6 +8,7 @@ own folders from the Environment; only packs read this table.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -60,7 +61,7 @@ def _table() -> dict:
 def __getattr__(name: str):
     env = _env()
     dynamic = {"folder_names_and_paths": _table, "models_dir": lambda: str(env.models_dir),
-               "output_directory": lambda: str(env.output_dir), "input_directory": lambda: str(env.input_dir),
+               "output_directory": lambda: _existing(env.output_dir), "input_directory": lambda: _existing(env.input_dir),
                "temp_directory": lambda: str(env.temp_dir), "base_path": lambda: str(_base()),
                "user_directory": get_user_directory, "filename_list_cache": dict}
     if name in dynamic:
@@ -68,8 +69,18 @@ def __getattr__(name: str):
     raise runtime.missing(__name__, name)
 
 
+def _existing(folder: Path) -> str:
+    """``folder``, made if missing: ComfyUI makes its input folder when folder_paths is
+    imported and ships an output folder, and packs list them in INPUT_TYPES."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logging.getLogger("latentgraph.comfy_compat").error("could not create %s: %s", folder, exc)
+    return str(folder)
+
+
 def get_output_directory() -> str:
-    return str(_env().output_dir)
+    return _existing(_env().output_dir)
 
 
 def get_temp_directory() -> str:
@@ -77,7 +88,7 @@ def get_temp_directory() -> str:
 
 
 def get_input_directory() -> str:
-    return str(_env().input_dir)
+    return _existing(_env().input_dir)
 
 
 def _base() -> Path:

@@ -23,6 +23,18 @@ from typing import Any
 
 from latentgraph.comfy_compat import runtime
 
+# ComfyUI's nodes imports these, so a pack that wrote `import comfy` reaches comfy.samplers
+import comfy.clip_vision  # noqa: F401
+import comfy.controlnet  # noqa: F401
+import comfy.model_management  # noqa: F401
+import comfy.sample  # noqa: F401
+import comfy.samplers  # noqa: F401
+import comfy.sd  # noqa: F401
+import comfy.utils  # noqa: F401
+
+_IMPORTED = (comfy.clip_vision, comfy.controlnet, comfy.model_management, comfy.sample, comfy.samplers, comfy.sd,
+             comfy.utils)
+
 MAX_RESOLUTION = 16384
 
 
