@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -116,8 +117,17 @@ def _record(qualified: str) -> None:
 
 
 def missing_names(pack: str) -> list[str]:
+    """What ``pack`` asked for and did not get, less the names it then set itself (VHS probes
+    ``hasattr(nodes, "VHSLoadFormats")`` and sets it when absent, as on ComfyUI)."""
     with _lock:
-        return sorted(_missing.get(pack, ()))
+        asked = sorted(_missing.get(pack, ()))
+    return [name for name in asked if not _set_later(name)]
+
+
+def _set_later(qualified: str) -> bool:
+    module, _, attr = qualified.rpartition(".")
+    found = sys.modules.get(module)
+    return found is not None and attr in vars(found)
 
 
 def forget(pack: str) -> None:

@@ -68,6 +68,7 @@ class ModelConfig:
         self.latent_format = _comfy_latent_format(model.latent_format)
         self.unet_extra_config = {}
         self.manual_cast_dtype = _manual_cast_dtype(model)
+        self.family = arch.family  # latentgraph's family name: which of ComfyUI's configs this is
 
 
 def _manual_cast_dtype(model):

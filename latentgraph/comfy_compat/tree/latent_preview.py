@@ -5,8 +5,23 @@ from __future__ import annotations
 from latentgraph.comfy_compat import runtime
 
 
+MAX_PREVIEW_RESOLUTION = 512  # ComfyUI's --preview-size default
+
+
 def __getattr__(name: str):
     raise runtime.missing(__name__, name)
+
+
+class LatentPreviewer:
+    """The base of ComfyUI's previewers, which packs subclass (VHS's animated previews): a
+    subclass gives ``decode_latent_to_preview(x0)``. latentgraph's own sampling nodes make
+    their previews themselves; ``get_previewer`` gives packs none."""
+
+    def decode_latent_to_preview(self, x0):
+        pass
+
+    def decode_latent_to_preview_image(self, preview_format, x0):
+        return ("JPEG", self.decode_latent_to_preview(x0), MAX_PREVIEW_RESOLUTION)
 
 
 def prepare_callback(model, steps: int, x0_output_dict: dict | None = None):

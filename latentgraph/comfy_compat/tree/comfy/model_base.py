@@ -17,6 +17,26 @@ def __getattr__(name: str):
     raise runtime.missing(__name__, name)
 
 
+class _OtherFamily(BaseModel):
+    """A model family latentgraph does not load: packs test ``model.model`` against it (no
+    value here is one) or subclass it; making one is the layer's missing-name error."""
+
+    def __init__(self, *args, **kwargs):
+        raise runtime.missing(__name__, type(self).__name__)
+
+
+# ComfyUI's classes of the families latentgraph does not load, with its subclass relations
+_FAMILIES = {"SVD_img2vid": (), "SV3D_u": ("SVD_img2vid",), "SV3D_p": ("SVD_img2vid",), "Stable_Zero123": (),
+             "SD_X4Upscaler": (), "Lotus": (), "StableCascade_C": (), "StableCascade_B": (), "SD3": (),
+             "AuraFlow": (), "StableAudio1": (), "HunyuanDiT": (), "PixArt": (), "Flux": (), "GenmoMochi": (),
+             "LTXV": (), "HunyuanVideo": (), "CosmosVideo": (), "CosmosPredict2": (), "Lumina2": (), "WAN21": (),
+             "WAN22": ("WAN21",), "HiDream": (), "Chroma": ("Flux",), "ACEStep": (), "Omnigen2": (), "QwenImage": (),
+             "HunyuanImage21": ()}
+for _name, _bases in _FAMILIES.items():
+    globals()[_name] = type(_name, tuple(globals()[b] for b in _bases) or (_OtherFamily,), {"__module__": __name__})
+__all__ += list(_FAMILIES)
+
+
 def model_sampling(model_config, model_type: ModelType):
     """A new schedule object for ``model_type`` (ComfyUI's pairing of a sigma table and a
     prediction class), read from ``model_config.sampling_settings``."""

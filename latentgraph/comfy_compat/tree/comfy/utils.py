@@ -3,6 +3,7 @@ weight files, over latentgraph's own functions."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -99,6 +100,76 @@ def tiled_scale(samples: torch.Tensor, function: Callable, tile_x: int = 64, til
     step = (lambda: pbar.update(1)) if pbar is not None else None
     out = tiled_upscale(function, samples, int(upscale_amount), out_channels, tile_x, overlap, step)
     return out.to(output_device)
+
+
+def _per_dim(value, dims: int) -> list:
+    return list(value) if isinstance(value, (tuple, list)) else [value] * dims
+
+
+def _tile_mask(shape: torch.Size, feathers: list[int]) -> torch.Tensor:
+    """Ones of ``shape`` (B, C, *dims) faded linearly over ``feathers[d]`` cells at both ends of
+    each tiled dim ((t + 1) / feather at cell t), unless the tile is no longer than that."""
+    mask = torch.ones(shape)
+    for d, feather in enumerate(feathers, start=2):
+        n = shape[d]
+        if feather >= n:
+            continue
+        ramp = torch.ones(n)
+        fade = torch.arange(1, feather + 1, dtype=torch.float32) / feather
+        ramp[:feather] *= fade
+        ramp[n - feather:] *= fade.flip(0)
+        mask = mask * ramp.view(*([1] * d), n, *([1] * (len(shape) - d - 1)))
+    return mask
+
+
+def tiled_scale_multidim(samples: torch.Tensor, function: Callable, tile=(64, 64), overlap=8, upscale_amount=4,
+                         out_channels: int = 3, output_device="cpu", downscale: bool = False, index_formulas=None,
+                         pbar=None) -> torch.Tensor:
+    """Run ``function`` over overlapping tiles of ``samples`` (B, C, *dims), one tile size per
+    dim, and average the results weighted by feathered masks (ComfyUI's tiler, which video
+    VAEs use). ``upscale_amount``/``index_formulas`` per dim: a factor (divided by when
+    ``downscale``) or a function of a length/position."""
+    dims = len(tile)
+    amounts, overlap = _per_dim(upscale_amount, dims), _per_dim(overlap, dims)
+    formulas = _per_dim(amounts if index_formulas is None else index_formulas, dims)
+
+    def scaled(table, d, value):
+        f = table[d]
+        return f(value) if callable(f) else (value / f if downscale else f * value)
+
+    def out_shape(shape):
+        return [round(scaled(amounts, d, n)) for d, n in enumerate(shape)]
+
+    output = torch.empty([samples.shape[0], out_channels] + out_shape(samples.shape[2:]), device=output_device)
+    for b in range(samples.shape[0]):
+        s = samples[b:b + 1]
+        sizes = s.shape[2:]
+        if all(sizes[d] <= tile[d] for d in range(dims)):
+            output[b:b + 1] = function(s).to(output_device)
+            if pbar is not None:
+                pbar.update(1)
+            continue
+        total = torch.zeros([1, out_channels] + out_shape(sizes), device=output_device)
+        weight = torch.zeros_like(total)
+        starts = [range(0, sizes[d] - overlap[d], tile[d] - overlap[d]) if sizes[d] > tile[d] else [0]
+                  for d in range(dims)]
+        for corner in itertools.product(*starts):
+            piece, at = s, []
+            for d, start in enumerate(corner):
+                start = max(0, min(sizes[d] - overlap[d], start))
+                piece = piece.narrow(d + 2, start, min(tile[d], sizes[d] - start))
+                at.append(round(scaled(formulas, d, start)))
+            result = function(piece).to(output_device)
+            mask = _tile_mask(result.shape, [round(scaled(amounts, d, overlap[d])) for d in range(dims)]).to(result)
+            t, w = total, weight
+            for d in range(dims):
+                t, w = t.narrow(d + 2, at[d], mask.shape[d + 2]), w.narrow(d + 2, at[d], mask.shape[d + 2])
+            t.add_(result * mask)
+            w.add_(mask)
+            if pbar is not None:
+                pbar.update(1)
+        output[b:b + 1] = total / weight
+    return output
 
 
 def bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
