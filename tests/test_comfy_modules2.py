@@ -232,3 +232,103 @@ def test_comfyui_internal_classes_import_but_are_missing_when_made(site):
         controlnet.ControlNet()
     with pytest.raises(AttributeError, match="does not provide it"):
         controlnet.load_t2i_adapter  # noqa: B018
+
+
+# -- comfy.ops, comfy.float, tiled_scale_multidim, model configs, previewers ------------------------
+def test_ops_layers_skip_init_and_manual_cast_computes_in_the_inputs_dtype():
+    ops = comfy_compat.import_module("comfy.ops")
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(6, 3)
+    stored = ops.manual_cast.Linear(6, 3, dtype=torch.bfloat16)
+    stored.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6)
+    expected = torch.nn.functional.linear(x, plain.weight.bfloat16().float(), plain.bias.bfloat16().float())
+    out = stored(x)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    # disable_weight_init computes as torch does, until a weight function asks for the cast
+    conv = ops.disable_weight_init.conv_nd(2, 3, 4, 3)
+    ref = torch.nn.Conv2d(3, 4, 3)
+    conv.load_state_dict(ref.state_dict())
+    img = torch.randn(1, 3, 8, 8)
+    assert torch.equal(conv(img), ref(img)) and not conv.comfy_cast_weights
+    conv.weight_function = [lambda w: w * 0]
+    assert torch.equal(conv(img), ref.bias.view(1, 4, 1, 1).expand(1, 4, 6, 6))
+    assert ops.pick_operations(torch.float16, torch.float32) is ops.manual_cast
+    assert ops.pick_operations(torch.float32, None) is ops.disable_weight_init
+    # a pack's own layer over manual_cast's, as GGUF's quantised layers are
+    class Scaled(ops.manual_cast.Linear):
+        def forward_comfy_cast_weights(self, input):
+            weight, bias = ops.cast_bias_weight(self, input)
+            return torch.nn.functional.linear(input, weight * 2, bias)
+
+    mine = Scaled(6, 3)
+    mine.load_state_dict(plain.state_dict())
+    assert torch.allclose(mine(x), torch.nn.functional.linear(x, plain.weight * 2, plain.bias))
+
+
+def test_stochastic_rounding_is_seeded_and_lands_on_fp8_neighbours():
+    float_ = comfy_compat.import_module("comfy.float")
+    value = torch.full((64, 64), 0.30)  # between the e4m3 values 0.28125 and 0.3125
+    a = float_.stochastic_rounding(value, torch.float8_e4m3fn, seed=3)
+    b = float_.stochastic_rounding(value, torch.float8_e4m3fn, seed=3)
+    assert a.dtype == torch.float8_e4m3fn and torch.equal(a.float(), b.float())
+    assert set(a.float().unique().tolist()) == {0.28125, 0.3125}
+    # unbiased: the mean lands near the value (0.30 is 60% of the way up)
+    assert abs(a.float().mean().item() - 0.30) < 0.003
+    assert torch.equal(float_.stochastic_rounding(value, torch.float16), value.half())
+
+
+def test_tiled_scale_multidim_reassembles_a_tiled_upscale_exactly():
+    utils = comfy_compat.import_module("comfy.utils")
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 3, 6, 20, 18, generator=g)  # (B, C, T, H, W)
+
+    def up(x):  # nearest 2x in H and W, frames kept
+        return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    out = utils.tiled_scale_multidim(video, up, tile=(4, 8, 8), overlap=(1, 2, 2), upscale_amount=(1, 2, 2),
+                                     out_channels=3)
+    assert out.shape == (2, 3, 6, 40, 36) and torch.allclose(out, up(video), atol=1e-6)
+    whole = utils.tiled_scale_multidim(video[:1, :, :2, :4, :4], up, tile=(4, 8, 8), upscale_amount=(1, 2, 2))
+    assert torch.equal(whole, up(video[:1, :, :2, :4, :4]))
+
+
+def test_model_configs_and_families_answer_isinstance_for_our_values(site):
+    env, _, _ = site
+    sd = comfy_compat.import_module("comfy.sd")
+    supported = comfy_compat.import_module("comfy.supported_models")
+    base = comfy_compat.import_module("comfy.supported_models_base")
+    model_base = comfy_compat.import_module("comfy.model_base")
+    comfy_compat.bind(env=env)
+    model, _, _, _ = sd.load_checkpoint_guess_config(str(env.find_model("checkpoints", CKPT)))
+    config = model.model.model_config
+    assert isinstance(config, base.BASE) and isinstance(config, supported.SD15)
+    assert not isinstance(config, (supported.SDXL, supported.SD20, supported.Flux))
+    assert issubclass(supported.SSD1B, supported.SDXL) and supported.SD15 in supported.models
+    assert not isinstance(model.model, (model_base.SVD_img2vid, model_base.Flux))
+    assert issubclass(model_base.Chroma, model_base.Flux) and issubclass(model_base.SVD_img2vid, model_base.BaseModel)
+    with pytest.raises(AttributeError, match="SVD_img2vid"):
+        model_base.SVD_img2vid(config)
+
+
+def test_latent_previewer_subclass_and_names_a_pack_sets_itself():
+    from latentgraph.comfy_compat import runtime
+
+    preview = comfy_compat.import_module("latent_preview")
+    nodes = comfy_compat.import_module("nodes")
+
+    class Mine(preview.LatentPreviewer):
+        def decode_latent_to_preview(self, x0):
+            return x0.shape
+
+    assert Mine().decode_latent_to_preview_image("JPEG", torch.zeros(1, 4, 8, 8)) == \
+        ("JPEG", torch.Size([1, 4, 8, 8]), 512)
+    with runtime.loading("probe_pack"):
+        assert not hasattr(nodes, "M2PackFormats")
+        nodes.M2PackFormats = {}
+        assert not hasattr(nodes, "M2NeverSet")
+    try:
+        assert runtime.missing_names("probe_pack") == ["nodes.M2NeverSet"]
+    finally:
+        del nodes.M2PackFormats
+        runtime.forget("probe_pack")
