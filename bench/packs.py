@@ -10,7 +10,8 @@ registered is run once on sample inputs:
 
 - widgets get their defaults (a combo its first choice); an input that must be linked
   (``forceInput``) or takes anything (``*``) gets a primitive node's value (a string for ``*``);
-- IMAGE, MASK and LATENT sockets get a 64 x 64 picture, a mask and an empty latent;
+- IMAGE, MASK and LATENT sockets get a 64 x 64 picture (two colours blended by the mask), a mask
+  ramping from 0 to 1 at its edges (SolidMask through FeatherMask) and an empty latent;
   MODEL, CLIP, VAE and CONDITIONING come from the shipped demo model (latentgraph-shapes);
 - a required socket of any other type (a pack's own pipe types, UPSCALE_MODEL, ...) makes the
   node "skipped": it cannot run without a graph of that pack's own nodes.
@@ -21,11 +22,14 @@ imported, but names it asked for were missing (it caught the ImportError and wen
 nodes were registered than its source declares. Each output of a node that ran is summarised
 by ``LgDigest`` (bench/pack_digest: shapes, sums, first values), kept in --json.
 
-``--compare URL`` also sends every prompt that ran to a ComfyUI server at URL that has the same
-packs and bench/pack_digest in its custom_nodes (and latentgraph-shapes.safetensors in its
-checkpoints) and compares its summaries with ours: same (shapes and strings equal, numbers
-within 1e-3 relative), different (the first difference), or failed on ComfyUI. The ComfyUI
-side is driven over HTTP only.
+``--compare URL`` also sends every prompt that ran or failed here to a ComfyUI server at URL that
+has the same packs and bench/pack_digest in its custom_nodes (and latentgraph-shapes.safetensors
+in its checkpoints) and compares its summaries with ours: same (shapes and strings equal,
+numbers within 1e-3 relative), different (the first difference), failed on ComfyUI, same
+failure (both failed in the same node with the same exception class), failed differently, ran
+on ComfyUI only, or inputs failed on ComfyUI (a sample-input node failed there: not compared).
+Nodes that time out here or exit the process are not sent. The ComfyUI side is driven over HTTP
+only; tools/oracle/packs_compare.md says how to set it up.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,14 +50,23 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGEST = Path(__file__).resolve().parent / "pack_digest"
 SIZE = 64
 DEMO = "latentgraph-shapes.safetensors"
-SOURCES = {  # socket type -> (source node, output index)
-    "IMAGE": ({"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
-                                                       "color": 0x3080C0}}, 0),
-    "MASK": ({"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE, "height": SIZE}}, 0),
+SOURCES = {  # socket type -> (source node, output index); a node's links name nodes of HELPERS
+    # a mask ramping from 0 to 1 at its edges, and an image of two colours blended by it: not flat,
+    # so that a node's sums tell more than a flat input's would (both made by core nodes)
+    "IMAGE": ({"class_type": "ImageCompositeMasked", "inputs": {
+        "destination": ["image_a", 0], "source": ["image_b", 0], "x": 0, "y": 0, "resize_source": False,
+        "mask": ["mask", 0]}}, 0),
+    "MASK": ({"class_type": "FeatherMask", "inputs": {"mask": ["mask_solid", 0], "left": 16, "top": 8, "right": 0,
+                                                       "bottom": 24}}, 0),
     "LATENT": ({"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}, 0),
     "MODEL": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 0),
     "CLIP": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 1),
     "VAE": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 2),
+}
+HELPERS = {
+    "image_a": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0x3080C0}},
+    "image_b": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0xE0A020}},
+    "mask_solid": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE, "height": SIZE}},
 }
 
 
@@ -114,6 +128,11 @@ def _link(prompt: dict, kind: str) -> list:
     node, index = SOURCES[kind]
     key = "ckpt" if node["class_type"] == "CheckpointLoaderSimple" else kind.lower()
     prompt[key] = json.loads(json.dumps(node))
+    for value in list(node["inputs"].values()):
+        if isinstance(value, list) and value[0] in HELPERS:
+            prompt[value[0]] = json.loads(json.dumps(HELPERS[value[0]]))
+        elif isinstance(value, list) and value[0] == "mask":
+            _link(prompt, "MASK")
     return [key, index]
 
 
@@ -133,6 +152,9 @@ def run_one(pack: Path, node_timeout: int) -> dict:
     from latentgraph.plugins.api_usage import ScanError, scan
 
     work = Path(tempfile.mkdtemp(prefix="lg-packs-"))
+    # numba's cache=True writes beside the pack's source, keyed by file name, not by module: a
+    # cache compiled here (module latentgraph_custom_nodes...) would be read by a ComfyUI run
+    os.environ["NUMBA_CACHE_DIR"] = str(work / "numba")
     (work / "custom_nodes").mkdir()
     (work / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
     (work / "digest").mkdir()
@@ -146,7 +168,7 @@ def run_one(pack: Path, node_timeout: int) -> dict:
         (info,) = load_plugins(registry, [work / "custom_nodes"], entry_points=False, env=env)
     report = {"pack": pack.name, "load_seconds": round(time.perf_counter() - start, 2), "status": info.status,
               "error": info.error, "missing": info.missing, "nodes": len(info.nodes), "ran": [], "failed": {},
-              "skipped": {}, "outputs": {}, "prompts": {}}
+              "skipped": {}, "outputs": {}, "prompts": {}, "errors": {}}
     try:
         declared = scan(pack).node_mappings
     except ScanError:
@@ -174,15 +196,60 @@ def run_one(pack: Path, node_timeout: int) -> dict:
             report["outputs"][name] = [json.loads(result.outputs[f"digest{i}"]["text"][0]) for i in range(outputs)]
         except _Timeout:
             report["failed"][name] = f"timed out after {node_timeout} s"
+        except SystemExit as exc:  # rembg calls sys.exit(1) at import when onnxruntime is missing
+            report["failed"][name] = f"SystemExit({exc.code}): the node exits the process (not sent to ComfyUI)"
         except Exception as exc:  # noqa: BLE001 - a pack's node may raise anything; record it
+            if isinstance(getattr(exc, "exception", None), _Timeout):  # raised inside the node: the executor wrapped it
+                report["failed"][name] = f"timed out after {node_timeout} s"
+                continue  # not sent to ComfyUI either: it would hold its only worker as long
             report["failed"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            report["prompts"][name] = prompt  # --compare: does ComfyUI fail the same way?
+            report["errors"][name] = _our_failure(exc)
         finally:
             signal.alarm(0)
     return report
 
 
+def _our_failure(exc: BaseException) -> str:
+    """How a prompt failed here, in the form ``_their_failure`` gives ComfyUI's: ``node: Type``
+    for a node that raised (the exception's class name, without its module: a pack's module is
+    named differently on the two sides), ``invalid: types`` for a prompt refused by validation."""
+    from latentgraph.graph.errors import NodeExecutionError, ValidationError
+
+    if isinstance(exc, NodeExecutionError):
+        return f"{exc.node_id}: {exc.exception_type.rsplit('.', 1)[-1]}"
+    if isinstance(exc, ValidationError):
+        return "invalid: " + _error_types(exc.report.as_comfy())
+    return f"?: {type(exc).__name__}"
+
+
+def _error_types(body: dict) -> str:
+    kinds = sorted({e.get("type", "?") for entry in (body.get("node_errors") or {}).values()
+                    for e in entry.get("errors", [])})
+    return ", ".join(kinds) or (body.get("error") or {}).get("type", "?")
+
+
+def _their_failure(entry: dict) -> tuple[str, str]:
+    """(key, message) for a prompt that failed on ComfyUI: key as ``_our_failure`` makes it."""
+    if "refused" in entry:
+        try:
+            body = json.loads(entry["refused"])
+        except ValueError:
+            return "invalid: ?", entry["refused"][:200]
+        return "invalid: " + _error_types(body), json.dumps(body)[:200]
+    status = entry.get("failed")
+    if isinstance(status, dict):
+        for kind, data in status.get("messages", []):
+            if kind == "execution_error":
+                return (f"{data.get('node_id')}: {str(data.get('exception_type', '?')).rsplit('.', 1)[-1]}",
+                        f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}"[:200])
+        return "?: ?", str(status)[:200]
+    return "?: ?", str(status)[:200]
+
+
 def comfy_run(url: str, prompt: dict, timeout: float = 300) -> dict:
     """Queue ``prompt`` on the ComfyUI server at ``url``; its history entry once done."""
+    import urllib.error
     import urllib.request
 
     body = json.dumps({"prompt": prompt, "client_id": "latentgraph-bench"}).encode()
@@ -191,7 +258,7 @@ def comfy_run(url: str, prompt: dict, timeout: float = 300) -> dict:
         with urllib.request.urlopen(request, timeout=60) as r:
             pid = json.load(r)["prompt_id"]
     except urllib.error.HTTPError as exc:
-        return {"refused": exc.read().decode("utf-8", "replace")[:300]}
+        return {"refused": exc.read().decode("utf-8", "replace")}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{url}/history/{pid}", timeout=60) as r:
@@ -201,6 +268,11 @@ def comfy_run(url: str, prompt: dict, timeout: float = 300) -> dict:
                 return entry
             return {"failed": entry.get("status", {})}
         time.sleep(0.2)
+    with contextlib.suppress(OSError):  # free its worker for the next prompt
+        urllib.request.urlopen(urllib.request.Request(f"{url}/interrupt", b"{}", {"Content-Type": "application/json"}),
+                               timeout=60).close()
+        urllib.request.urlopen(urllib.request.Request(f"{url}/queue", json.dumps({"clear": True}).encode(),
+                                                      {"Content-Type": "application/json"}), timeout=60).close()
     return {"failed": f"no answer in {timeout} s"}
 
 
@@ -209,6 +281,8 @@ def same(ours, theirs, path: str = "") -> str | None:
     if isinstance(ours, float) or isinstance(theirs, float):
         if not isinstance(ours, (int, float)) or not isinstance(theirs, (int, float)):
             return f"{path}: {ours!r} vs {theirs!r}"
+        if ours != ours or theirs != theirs:  # NaN: the same only as NaN
+            return None if ours != ours and theirs != theirs else f"{path}: {ours} vs {theirs}"
         return None if abs(ours - theirs) <= 1e-3 * max(1.0, abs(ours), abs(theirs)) else f"{path}: {ours} vs {theirs}"
     if isinstance(ours, dict) and isinstance(theirs, dict):
         if sorted(ours) != sorted(theirs):
@@ -221,16 +295,33 @@ def same(ours, theirs, path: str = "") -> str | None:
     return None if ours == theirs else f"{path}: {ours!r} vs {theirs!r}"
 
 
-def compare(report: dict, url: str) -> None:
-    """Run each prompt that ran here on ComfyUI; record same / different / failed per node."""
-    report["comfyui"] = {}
+def compare(report: dict, url: str, timeout: float = 300) -> None:
+    """Run each prompt that ran or failed here on ComfyUI; record per node: same, different at
+    (the first difference), failed on ComfyUI (ran here), same failure (failed on both sides,
+    same node and exception type), failed differently, or ran on ComfyUI only (failed here).
+    The ComfyUI summaries are kept in ``comfyui_outputs``."""
+    report["comfyui"], report["comfyui_outputs"] = {}, {}
     for name, prompt in report.get("prompts", {}).items():
-        entry = comfy_run(url, prompt)
+        entry = comfy_run(url, prompt, timeout)
+        ours = report.get("errors", {}).get(name)
         if "outputs" not in entry:
-            report["comfyui"][name] = f"failed on ComfyUI: {str(entry.get('refused') or entry.get('failed'))[:200]}"
+            key, message = _their_failure(entry)
+            if not key.startswith(("node:", "invalid:", "?:")):  # a source node (the demo checkpoint) failed
+                report["comfyui"][name] = f"inputs failed on ComfyUI: {key} ({message})"
+            elif ours is None:
+                report["comfyui"][name] = f"failed on ComfyUI: {message}"
+            elif ours == key:
+                report["comfyui"][name] = f"same failure ({key})"
+            else:
+                report["comfyui"][name] = f"failed differently: here {ours}, on ComfyUI {key} ({message})"
             continue
-        theirs = [json.loads(entry["outputs"].get(f"digest{i}", {}).get("text", ["null"])[0])
-                  for i in range(len(report["outputs"][name]))]
+        count = len(report["outputs"][name]) if name in report.get("outputs", {}) else sum(
+            k.startswith("digest") for k in prompt)
+        theirs = [json.loads(entry["outputs"].get(f"digest{i}", {}).get("text", ["null"])[0]) for i in range(count)]
+        report["comfyui_outputs"][name] = theirs
+        if ours is not None:
+            report["comfyui"][name] = f"ran on ComfyUI only (failed here: {report['failed'][name]})"
+            continue
         diff = same(report["outputs"][name], theirs)
         report["comfyui"][name] = "same" if diff is None else f"different at output{diff}"
 
@@ -266,7 +357,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             report = {"pack": pack.name, "status": "failed", "error": f"timed out after {args.timeout} s"}
         if args.compare and report.get("prompts"):
-            compare(report, args.compare.rstrip("/"))
+            compare(report, args.compare.rstrip("/"), max(60, 4 * args.node_timeout))
         reports.append(report)
         _print(report)
     loaded = sum(r["status"] == "loaded" for r in reports)
@@ -277,7 +368,7 @@ def main(argv=None) -> int:
           f"({sum(len(r.get('skipped', {})) for r in reports)} skipped: inputs of the pack's own types)")
     if args.compare:
         verdicts = [v for r in reports for v in r.get("comfyui", {}).values()]
-        print(f"same outputs as ComfyUI: {verdicts.count('same')} of {len(verdicts)} nodes compared")
+        print(f"compared with ComfyUI: {len(verdicts)} nodes; {_tally(verdicts)}")
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1) + "\n")
     return 0
@@ -296,10 +387,19 @@ def _print(r: dict) -> None:
     for name, why in list(r.get("failed", {}).items())[:3]:
         print(f"    {name}: {why}")
     if "comfyui" in r:
-        verdicts = list(r["comfyui"].values())
-        print(f"    same outputs as ComfyUI: {verdicts.count('same')} of {len(verdicts)} nodes that ran")
-        for name, verdict in [(n, v) for n, v in r["comfyui"].items() if v != "same"][:3]:
-            print(f"    {name}: {verdict}")
+        print(f"    compared with ComfyUI: {_tally(list(r['comfyui'].values()))}")
+        for name, verdict in r["comfyui"].items():
+            if verdict != "same" and not verdict.startswith("same failure"):
+                print(f"    {name}: {verdict}")
+
+
+VERDICTS = ("same", "different", "failed on ComfyUI", "same failure", "failed differently", "ran on ComfyUI only",
+            "inputs failed on ComfyUI")
+
+
+def _tally(verdicts: list[str]) -> str:
+    counts = {kind: sum(v == kind if kind == "same" else v.startswith(kind) for v in verdicts) for kind in VERDICTS}
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items())
 
 
 if __name__ == "__main__":
