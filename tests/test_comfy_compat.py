@@ -427,3 +427,26 @@ def test_extra_returned_values_are_dropped_as_comfyui_does(tmp_path):
     result = _run(Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o")),
                   {"n": {"class_type": "ExtraValues", "inputs": {"x": 5}}})
     assert result.values["n"] == ([15],)
+
+
+def test_hidden_inputs_of_unknown_kinds_are_not_passed_as_comfyui(tmp_path):
+    pack = tmp_path / "nodes_dir" / "hidden_kinds"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        class Versioned:
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {"x": ("INT", {"default": 2})},
+                        "hidden": {"ttNnodeVersion": "1.2.0", "token": "AUTH_TOKEN_COMFY_ORG", "me": "UNIQUE_ID"}}
+            RETURN_TYPES = ("STRING",)
+            FUNCTION = "run"
+            def run(self, x, token, me):  # as tinyterra's: no parameter for its version tag
+                return (f"{x} {token} {me}",)
+        NODE_CLASS_MAPPINGS = {"Versioned": Versioned}
+    """))
+    registry = create_registry()
+    (info,) = load_plugins(registry, [tmp_path / "nodes_dir"], entry_points=False)
+    assert info.status == "loaded"
+    result = _run(Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o")),
+                  {"v": {"class_type": "Versioned", "inputs": {"x": 5}}})
+    assert result.get("v") == "5 None v"  # the credential kind is given (None), the version tag is not

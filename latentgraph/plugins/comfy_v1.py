@@ -159,7 +159,10 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         if kind in HIDDEN_KINDS:
             hidden[str(hname)] = Hidden(kind)
         else:
-            unknown_hidden.append(str(hname))  # e.g. AUTH_TOKEN_COMFY_ORG: the node gets None
+            # ComfyUI gives its API-node credentials (None without them) and nothing for any other
+            # kind (tinyterra declares "ttNnodeVersion": a version string, never passed)
+            if kind in ("AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"):
+                unknown_hidden.append(str(hname))
 
     return_types = getattr(cls, "RETURN_TYPES", ())
     if isinstance(return_types, str) or not isinstance(return_types, (tuple, list)):
