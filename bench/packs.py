@@ -63,6 +63,7 @@ SOURCES = {  # socket type -> (source node, output index); a node's links name n
     "CLIP": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 1),
     "VAE": ({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO}}, 2),
 }
+INPUT_NODES = {"ckpt", "cond", "image", "mask", "latent", "image_a", "image_b", "mask_solid"}  # ids _link gives
 HELPERS = {
     "image_a": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0x3080C0}},
     "image_b": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0xE0A020}},
@@ -151,10 +152,12 @@ def run_one(pack: Path, node_timeout: int) -> dict:
     from latentgraph.plugins import load_plugins
     from latentgraph.plugins.api_usage import ScanError, scan
 
+    pack = pack.resolve()
     work = Path(tempfile.mkdtemp(prefix="lg-packs-"))
     # numba's cache=True writes beside the pack's source, keyed by file name, not by module: a
     # cache compiled here (module latentgraph_custom_nodes...) would be read by a ComfyUI run
     os.environ["NUMBA_CACHE_DIR"] = str(work / "numba")
+    os.chdir(work)  # packs write to relative paths (WAS: ./ComfyUI/input/...): not into the checkout
     (work / "custom_nodes").mkdir()
     (work / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
     (work / "digest").mkdir()
@@ -193,7 +196,9 @@ def run_one(pack: Path, node_timeout: int) -> dict:
                                                                                      for i in range(outputs)])
             report["ran"].append(name)
             report["prompts"][name] = prompt
-            report["outputs"][name] = [json.loads(result.outputs[f"digest{i}"]["text"][0]) for i in range(outputs)]
+            # an output list of no items runs no LgDigest: None, as the ComfyUI side reads it
+            report["outputs"][name] = [json.loads(result.outputs[f"digest{i}"]["text"][0])
+                                       if f"digest{i}" in result.outputs else None for i in range(outputs)]
         except _Timeout:
             report["failed"][name] = f"timed out after {node_timeout} s"
         except SystemExit as exc:  # rembg calls sys.exit(1) at import when onnxruntime is missing
@@ -306,7 +311,8 @@ def compare(report: dict, url: str, timeout: float = 300) -> None:
         ours = report.get("errors", {}).get(name)
         if "outputs" not in entry:
             key, message = _their_failure(entry)
-            if not key.startswith(("node:", "invalid:", "?:")):  # a source node (the demo checkpoint) failed
+            source = key.split(":")[0]
+            if source in INPUT_NODES or source.startswith("prim_"):  # a sample input (the demo checkpoint) failed
                 report["comfyui"][name] = f"inputs failed on ComfyUI: {key} ({message})"
             elif ours is None:
                 report["comfyui"][name] = f"failed on ComfyUI: {message}"

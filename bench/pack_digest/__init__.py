@@ -40,7 +40,7 @@ class LgDigest:
     def VALIDATE_INPUTS(cls, input_types=None):
         return True  # any type may come in
 
-    def digest(self, value):
+    def digest(self, value=None):  # ComfyUI calls it without a value when the output list is empty
         return {"ui": {"text": [json.dumps(summary(value), sort_keys=True)]}}
 
 
