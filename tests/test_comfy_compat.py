@@ -407,26 +407,34 @@ def test_comfy_types_execution_extras_and_the_prompt_queue():
         queue.wipe_history
 
 
-def test_extra_returned_values_are_dropped_as_comfyui_does(tmp_path):
-    pack = tmp_path / "nodes_dir" / "extra_values"
+def test_return_values_are_read_as_comfyui_reads_them(tmp_path):
+    """Real packs return more values than they declare (ComfyUI drops them), fewer, or {} (the
+    rest reach the next node as None), or a str (indexed like a tuple); an input named in both
+    sections stays required."""
+    pack = tmp_path / "nodes_dir" / "return_values"
     pack.mkdir(parents=True)
     (pack / "__init__.py").write_text(textwrap.dedent("""
-        class Both:
+        class Returns:
             @classmethod
             def INPUT_TYPES(cls):
-                return {"required": {"x": ("INT", {"default": 2})}}
-            RETURN_TYPES = ("INT",)
+                return {"required": {"x": ("INT", {"default": 2}), "how": (["extra", "short", "empty", "str"],)},
+                        "optional": {"x": ("INT", {"default": 9})}}
+            RETURN_TYPES = ("INT", "STRING")
             FUNCTION = "run"
-            def run(self, x):
-                return (x * 3, "an extra value nothing can link to")
-        NODE_CLASS_MAPPINGS = {"ExtraValues": Both}
+            def run(self, x, how):
+                return {"extra": (x * 3, "s", "an extra value nothing can link to"), "short": (x * 3,),
+                        "empty": {}, "str": "ab"}[how]
+        NODE_CLASS_MAPPINGS = {"Returns": Returns}
     """))
     registry = create_registry()
     (info,) = load_plugins(registry, [tmp_path / "nodes_dir"], entry_points=False)
-    assert info.status == "loaded"
-    result = _run(Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o")),
-                  {"n": {"class_type": "ExtraValues", "inputs": {"x": 5}}})
-    assert result.values["n"] == ([15],)
+    assert info.status == "loaded" and not registry["Returns"].inputs["x"].optional
+    executor = Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o"))
+    for how, expected in (("extra", (15, "s")), ("short", (15, None)), ("empty", (None, None)), ("str", ("a", "b"))):
+        result = _run(executor, {"n": {"class_type": "Returns", "inputs": {"x": 5, "how": how}}})
+        assert (result.get("n", 0), result.get("n", 1)) == expected, how
+    spec = registry["Returns"].inputs["x"]
+    assert (spec.optional, spec.default) == (False, 2)  # the required entry, not the optional one
 
 
 def test_hidden_inputs_of_unknown_kinds_are_not_passed_as_comfyui(tmp_path):

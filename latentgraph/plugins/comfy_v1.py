@@ -152,6 +152,8 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
     inputs: dict[str, InputSpec] = {}
     for section, optional in (("required", False), ("optional", True)):
         for iname, entry in (declared.get(section) or {}).items():
+            if optional and str(iname) in inputs:
+                continue  # named in both sections: it stays required, as in ComfyUI
             inputs[str(iname)] = _spec(where, iname, entry, optional)
     hidden: dict[str, Hidden] = {}
     unknown_hidden: list[str] = []
@@ -281,9 +283,12 @@ def _result(name: str, ret: Any, n: int) -> Result | Expansion | Blocker:
             ret = (ret,) * n
     if ret is None:
         ret = ()
-    if not isinstance(ret, (tuple, list)):
+    if isinstance(ret, str) and n:  # ComfyUI indexes it like a tuple: output i is its i-th character
+        log.warning("%s returned a str, not a tuple; as in ComfyUI its outputs are its characters", name)
+    elif not isinstance(ret, (tuple, list, str)):
         raise TypeError(f"{name} returned a {type(ret).__name__}; a ComfyUI node returns a tuple (value,)")
-    values = tuple(ret)[:n]  # ComfyUI keeps extra values nothing can link to (real packs return them)
-    if len(values) < n and ui is not None:
-        values += (None,) * (n - len(values))
+    # as ComfyUI: extra values nothing can link to are dropped, and outputs the node did not
+    # return reach the next node as None (real packs do both, e.g. returning {} or 1 of 2 values)
+    values = tuple(ret)[:n] if n else ()
+    values += (None,) * (n - len(values))
     return Result(*values, ui=ui)
