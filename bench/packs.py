@@ -355,7 +355,10 @@ def main(argv=None) -> int:
     for pack in _packs(args.packs, args.top):
         cmd = [sys.executable, __file__, str(pack), "--one", "--node-timeout", str(args.node_timeout)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            # nothing may download here: a node fetching its model from the hub fails at once
+            # instead of spending its time in huggingface_hub's retries (controlnet_aux)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                  env=dict(os.environ, HF_HUB_OFFLINE="1"))
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             report = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
                 "pack": pack.name, "status": "failed", "error": f"the child process exited {proc.returncode}: "

@@ -458,3 +458,33 @@ def test_hidden_inputs_of_unknown_kinds_are_not_passed_as_comfyui(tmp_path):
     result = _run(Executor(registry, Environment(device="cpu", output_dir=tmp_path / "o")),
                   {"v": {"class_type": "Versioned", "inputs": {"x": 5}}})
     assert result.get("v") == "5 None v"  # the credential kind is given (None), the version tag is not
+
+
+def test_names_impact_pack_needs_at_import(tmp_path):
+    """Impact keeps execution.PromptExecutor's method at import, builds Noise_RandomNoise itself,
+    imports latent_preview's previewers, and adds its web folder to nodes.EXTENSION_WEB_DIRS."""
+    pack = tmp_path / "nodes_dir" / "injects_web"
+    (pack / "js").mkdir(parents=True)
+    (pack / "js" / "a.js").write_text("export const a = 1;\n")
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        import os
+        import execution
+        import nodes
+        from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+        from latent_preview import Latent2RGBPreviewer, TAESD, TAESDPreviewerImpl
+        ORIGINAL = execution.PromptExecutor.handle_execution_error
+        nodes.EXTENSION_WEB_DIRS["injects_web"] = os.path.join(os.path.dirname(__file__), "js")
+        NODE_CLASS_MAPPINGS = {}
+    """))
+    (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
+    assert (info.status, info.web_dir) == ("loaded", str((pack / "js").resolve()))
+    noise = comfy_compat.import_module("comfy_extras.nodes_custom_sampler").Noise_RandomNoise(3)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    assert torch.equal(noise.generate_noise(latent), comfy_compat.import_module("comfy.sample").prepare_noise(
+        latent["samples"], 3))
+    previews = comfy_compat.import_module("latent_preview")
+    image = previews.Latent2RGBPreviewer([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0, 0, 0]]).decode_latent_to_preview(
+        torch.ones(1, 4, 2, 2))
+    assert image.size == (2, 2) and image.getpixel((0, 0)) == (191, 191, 191)  # (0.5 + 1) / 2 * 255, truncated
+    with pytest.raises(AttributeError, match="PromptExecutor"):
+        comfy_compat.import_module("execution").PromptExecutor()

@@ -34,7 +34,8 @@ from pathlib import Path
 from . import runtime
 from .runtime import bind, current_env, missing_names
 
-__all__ = ["COMFY_MODULES", "TREE", "bind", "current_env", "import_module", "install", "missing_names", "on_prompt",
+__all__ = ["COMFY_MODULES", "TREE", "bind", "current_env", "extension_web_dirs", "import_module", "install",
+           "missing_names", "on_prompt",
            "pack_routes", "provides", "real_comfyui"]
 
 TREE = Path(__file__).resolve().parent / "tree"
@@ -198,6 +199,12 @@ def pack_routes() -> list[tuple[str, str, object]]:
         if method and path and handler:  # a static folder (routes.static) has no handler; not served
             found.append((method, path, handler))
     return found
+
+
+def extension_web_dirs() -> dict[str, str]:
+    """What packs put in ComfyUI's ``nodes.EXTENSION_WEB_DIRS`` (empty until one imports it)."""
+    nodes = _loaded("nodes")
+    return dict(getattr(nodes, "EXTENSION_WEB_DIRS", None) or {}) if nodes is not None else {}
 
 
 def on_prompt(body: dict) -> dict:

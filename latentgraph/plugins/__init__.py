@@ -147,6 +147,7 @@ def _load_one(cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None
     if cand.path is not None:
         comfy_compat.install(cand.path)
     added_before = set(sys.modules)
+    web_before = comfy_compat.extension_web_dirs()
     try:
         with comfy_compat.runtime.loading(cand.name):
             if cand.entry_point is not None:
@@ -160,6 +161,9 @@ def _load_one(cand: _Candidate, info: PluginInfo, staging: NodeRegistry) -> None
             else:
                 module = _import_path(cand)
                 _register_module(module, cand, info, staging)
+        injected = [v for k, v in comfy_compat.extension_web_dirs().items() if web_before.get(k) != v]
+        if info.web_dir is None and injected and Path(injected[0]).is_dir():  # nodes.EXTENSION_WEB_DIRS[...] = dir
+            info.web_dir = str(Path(injected[0]).resolve())
         if not len(staging):
             info.notes.append("no nodes found (define @node functions, a register(registry) function, or "
                               "NODE_CLASS_MAPPINGS)")

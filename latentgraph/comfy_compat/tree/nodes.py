@@ -36,6 +36,9 @@ _IMPORTED = (comfy.clip_vision, comfy.controlnet, comfy.model_management, comfy.
              comfy.utils)
 
 MAX_RESOLUTION = 16384
+# pack name -> its web folder: packs may add themselves here instead of setting WEB_DIRECTORY
+# (Impact); latentgraph's loader reads what a pack added as that pack's web folder
+EXTENSION_WEB_DIRS: dict[str, str] = {}
 
 
 def __getattr__(name: str):
