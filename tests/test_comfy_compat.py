@@ -488,3 +488,31 @@ def test_names_impact_pack_needs_at_import(tmp_path):
     assert image.size == (2, 2) and image.getpixel((0, 0)) == (191, 191, 191)  # (0.5 + 1) / 2 * 255, truncated
     with pytest.raises(AttributeError, match="PromptExecutor"):
         comfy_compat.import_module("execution").PromptExecutor()
+
+
+def test_video_types_and_wrap_attn():
+    from fractions import Fraction
+
+    api = comfy_compat.import_module("comfy_api.latest")
+    assert api.Types.VideoContainer.as_input() == ["auto", "mp4"] and api.Types.VideoCodec.as_input() == ["auto", "h264"]
+    assert api.Types.VideoContainer.get_extension("auto") == "mp4"
+    video = api.InputImpl.VideoFromComponents(api.Types.VideoComponents(images=torch.zeros(3, 6, 10, 3),
+                                                                        frame_rate=Fraction(8)))
+    assert video.get_dimensions() == (10, 6) and video.get_components().frame_rate == 8
+    with pytest.raises(AttributeError, match="VideoFromComponents.save_to"):
+        video.save_to("x.mp4")
+    attention = comfy_compat.import_module("comfy.ldm.modules.attention")
+    seen = []
+
+    @attention.wrap_attn
+    def mine(q, k, v, heads, **kwargs):
+        return ("mine", sorted(kwargs))
+
+    def override(func, *args, **kwargs):
+        seen.append(func.__name__)
+        return ("override", func(*args, **kwargs))
+
+    assert mine(1, 2, 3, 4) == ("mine", ["_inside_attn_wrapper"])
+    assert mine(1, 2, 3, 4, transformer_options={"optimized_attention_override": override}) == (
+        "override", ("mine", ["_inside_attn_wrapper", "transformer_options"]))
+    assert seen == ["mine"]

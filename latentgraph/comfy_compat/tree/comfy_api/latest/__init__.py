@@ -7,6 +7,7 @@ from latentgraph.comfy_compat import runtime
 
 from . import _io as io
 from . import _ui as ui
+from ._video import InputImpl, Types
 
 comfy_io = io  # ComfyUI's second name for io
 
@@ -26,4 +27,4 @@ class ComfyExtension:
         raise NotImplementedError(f"{type(self).__name__} must define async get_node_list()")
 
 
-__all__ = ["ComfyExtension", "io", "comfy_io", "ui"]
+__all__ = ["ComfyExtension", "InputImpl", "Types", "io", "comfy_io", "ui"]

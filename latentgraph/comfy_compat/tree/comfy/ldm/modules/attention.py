@@ -5,16 +5,35 @@ network classes (CrossAttention, SpatialTransformer, ...) are ComfyUI's and not 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from latentgraph.comfy_compat import runtime
 from latentgraph.models.unet import attention as _attention
 
-__all__ = ["attention_basic", "attention_pytorch", "optimized_attention", "optimized_attention_masked"]
+__all__ = ["attention_basic", "attention_pytorch", "optimized_attention", "optimized_attention_masked", "wrap_attn"]
 
 
 def __getattr__(name: str):
     raise runtime.missing(__name__, name)
+
+
+def wrap_attn(func):
+    """ComfyUI's decorator for attention functions: when the call's ``transformer_options``
+    hold ``optimized_attention_override``, that function is called instead, given ``func``
+    (once: a call already inside the override runs ``func`` itself). Packs decorate their own
+    attention with it; latentgraph's UNet does not read the override."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "_inside_attn_wrapper" in kwargs:
+            return func(*args, **kwargs)
+        kwargs["_inside_attn_wrapper"] = True
+        options = kwargs.get("transformer_options")
+        if options is not None and "optimized_attention_override" in options:
+            return options["optimized_attention_override"](func, *args, **kwargs)
+        return func(*args, **kwargs)
+    return wrapper
 
 
 def _mask_for_heads(mask: torch.Tensor | None) -> torch.Tensor | None:
