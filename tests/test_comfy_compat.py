@@ -385,7 +385,7 @@ def test_comfy_types_execution_extras_and_the_prompt_queue():
     assert execution.full_type_name(ValueError) == "ValueError"
     assert execution.full_type_name(Blocker) == "latentgraph.graph.expansion.Blocker"
     with pytest.raises(AttributeError, match="does not provide it"):
-        execution.PromptExecutor
+        execution.validate_prompt
     upscale = comfy_compat.import_module("comfy_extras.nodes_upscale_model")
     # V3 in ComfyUI 0.3.64; packs written for earlier versions call the V1 name
     assert upscale.ImageUpscaleWithModel.FUNCTION == "upscale"

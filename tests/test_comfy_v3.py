@@ -645,8 +645,8 @@ def test_the_layer_provides_the_v3_names():
 
 
 def test_a_v3_name_the_layer_lacks_is_reported(tmp_path):
-    pack = tmp_path / "nodes_dir" / "wants_video"
+    pack = tmp_path / "nodes_dir" / "wants_the_api"
     pack.mkdir(parents=True)
-    (pack / "__init__.py").write_text("from comfy_api.latest import InputImpl\nNODE_CLASS_MAPPINGS = {}\n")
+    (pack / "__init__.py").write_text("from comfy_api.latest import ComfyAPISync\nNODE_CLASS_MAPPINGS = {}\n")
     (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
-    assert (info.status, info.needs) == ("needs ComfyUI", "comfy_api.latest.InputImpl")
+    assert (info.status, info.needs) == ("needs ComfyUI", "comfy_api.latest.ComfyAPISync")
