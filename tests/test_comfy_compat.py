@@ -516,3 +516,36 @@ def test_video_types_and_wrap_attn():
     assert mine(1, 2, 3, 4, transformer_options={"optimized_attention_override": override}) == (
         "override", ("mine", ["_inside_attn_wrapper", "transformer_options"]))
     assert seen == ["mine"]
+
+
+def test_comfyuis_modules_are_imported_before_a_pack_that_deletes_what_its_import_added(tmp_path):
+    """UltimateSDUpscale removes from sys.modules every module its own import added. On ComfyUI
+    torch and ComfyUI's modules are always there first; here too, or a torch first imported by
+    the pack would be imported again later and crash the process."""
+    import subprocess
+
+    pack = tmp_path / "nodes_dir" / "cleans_up"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent("""
+        import sys
+        before = set(sys.modules)
+        import torch
+        import folder_paths
+        NODE_CLASS_MAPPINGS = {}
+        for name in [m for m in sys.modules if m not in before]:
+            del sys.modules[name]
+    """))
+    script = textwrap.dedent(f"""
+        import sys
+        from latentgraph.nodes import create_registry
+        from latentgraph.plugins import load_plugins
+        assert "torch" not in sys.modules  # latentgraph's registry alone does not import it
+        (info,) = load_plugins(create_registry(), [{str(tmp_path / "nodes_dir")!r}], entry_points=False)
+        torch, folder_paths = sys.modules["torch"], sys.modules["folder_paths"]
+        import torch as again
+        assert again is torch and float(again.ones(3).sum()) == 3.0
+        print(info.status)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["loaded"]

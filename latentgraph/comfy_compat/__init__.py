@@ -166,7 +166,23 @@ def install(pack_folder: str | Path | None = None) -> bool:
         sys.meta_path.insert(0, _FINDER)
     if pack_folder is not None:
         _FINDER.allow(pack_folder)
+        _preload()
     return True
+
+
+# What ComfyUI has imported before it loads any pack. Packs rely on it: UltimateSDUpscale
+# deletes from sys.modules every module its own import added, so a torch first imported by
+# that import would be imported a second time later (and crash the process).
+PRELOAD = ("torch", "numpy", "PIL.Image", "folder_paths", "comfy.utils", "comfy.model_management",
+           "comfy.samplers", "comfy.sample", "node_helpers", "nodes", "server", "latent_preview", "execution",
+           "comfy_execution.graph", "comfy_execution.graph_utils")
+
+
+@functools.lru_cache(maxsize=1)
+def _preload() -> None:
+    with runtime.allow_imports():
+        for name in PRELOAD:
+            importlib.import_module(name)
 
 
 def import_module(name: str):
