@@ -7,14 +7,12 @@ and send is checked by value."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from latentgraph import comfy_compat
@@ -24,6 +22,7 @@ from latentgraph.graph.expansion import Blocker
 from latentgraph.nodes import create_registry
 from latentgraph.plugins import load_plugins
 from latentgraph.server import create_app
+from test_server import until_done  # the server tests' reader: messages up to the prompt's end
 
 PACK = '''
 import os
@@ -291,17 +290,7 @@ def test_send_sync_reaches_the_websocket_and_pack_routes_are_served(site):
             r = await client.post("/prompt", json={"prompt": {"c": {"class_type": "CompatCountSteps",
                                                                    "inputs": {"steps": 2}}}, "client_id": "me"})
             assert r.status == 200, await r.text()
-            pid = (await r.json())["prompt_id"]
-            texts, frames = [], []
-            while True:
-                msg = await ws.receive(timeout=60)
-                if msg.type == WSMsgType.BINARY:
-                    frames.append(msg.data)
-                    continue
-                data = json.loads(msg.data)
-                texts.append(data)
-                if data["type"] == "executing" and data["data"]["node"] is None and data["data"]["prompt_id"] == pid:
-                    break
+            texts, frames = await until_done(ws, (await r.json())["prompt_id"])
             await ws.close()
             return texts, frames
 
