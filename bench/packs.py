@@ -12,14 +12,19 @@ registered is run once on sample inputs:
   (``forceInput``) or takes anything (``*``) gets a primitive node's value (a string for ``*``);
 - IMAGE, MASK and LATENT sockets get a 64 x 64 picture (two colours blended by the mask), a mask
   ramping from 0 to 1 at its edges (SolidMask through FeatherMask) and an empty latent;
-  MODEL, CLIP, VAE and CONDITIONING come from the shipped demo model (latentgraph-shapes);
+  MODEL, CLIP, VAE and CONDITIONING come from the shipped demo model (latentgraph-shapes), or
+  from ``--checkpoint FILE`` (ComfyUI does not load the demo model: for --compare make one both
+  load with tools/oracle/make_compare_checkpoint.py);
 - a required socket of any other type (a pack's own pipe types, UPSCALE_MODEL, ...) makes the
   node "skipped": it cannot run without a graph of that pack's own nodes.
 
 Per pack it prints loaded / partly loaded / failed (with the reason), the nodes registered, and
 the nodes that ran, failed (with the first error) or were skipped. "Partly loaded": the pack
-imported, but names it asked for were missing (it caught the ImportError and went on) or fewer
-nodes were registered than its source declares. Each output of a node that ran is summarised
+imported but registered fewer nodes than the reference: with --compare, the nodes the ComfyUI
+server registers for the same pack (its /object_info ``python_module``); otherwise, or when that
+server lacks the pack, the literal keys of the pack's NODE_CLASS_MAPPINGS in its source (which
+also counts nodes a pack registers only under a setting, or files it never imports). ComfyUI
+names a pack asked for and the layer lacks are listed as "missing" either way. Each output of a node that ran is summarised
 by ``LgDigest`` (bench/pack_digest: shapes, sums, first values), kept in --json.
 
 ``--compare URL`` also sends every prompt that ran or failed here to a ComfyUI server at URL that
@@ -44,12 +49,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = Path(__file__).resolve().parent / "pack_digest"
 SIZE = 64
 DEMO = "latentgraph-shapes.safetensors"
+CHECKPOINT = [DEMO]  # the checkpoint's file name in the prompts (--checkpoint)
 SOURCES = {  # socket type -> (source node, output index); a node's links name nodes of HELPERS
     # a mask ramping from 0 to 1 at its edges, and an image of two colours blended by it: not flat,
     # so that a node's sums tell more than a flat input's would (both made by core nodes)
@@ -73,7 +80,9 @@ HELPERS = {
 
 def sample_prompt(name: str, info: dict) -> tuple[dict | None, str | None]:
     """A prompt running node ``name`` (its /object_info entry ``info``) on sample inputs, or
-    (None, why) when a required input has a type we cannot make."""
+    (None, why) when a required input has a type we cannot make or the node never runs."""
+    if not info.get("output") and not info.get("output_node"):
+        return None, "never runs: no outputs and not an output node (ComfyUI shows it only)"
     prompt: dict = {}
     inputs: dict = {}
     for section in ("required", "optional"):
@@ -129,6 +138,8 @@ def _link(prompt: dict, kind: str) -> list:
     node, index = SOURCES[kind]
     key = "ckpt" if node["class_type"] == "CheckpointLoaderSimple" else kind.lower()
     prompt[key] = json.loads(json.dumps(node))
+    if key == "ckpt":
+        prompt[key]["inputs"]["ckpt_name"] = CHECKPOINT[0]
     for value in list(node["inputs"].values()):
         if isinstance(value, list) and value[0] in HELPERS:
             prompt[value[0]] = json.loads(json.dumps(HELPERS[value[0]]))
@@ -145,7 +156,7 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def run_one(pack: Path, node_timeout: int) -> dict:
+def run_one(pack: Path, node_timeout: int, checkpoint: Path | None = None) -> dict:
     """In the child: load ``pack`` alone and run each of its nodes on sample inputs."""
     from latentgraph.graph import Environment, Executor, Workflow
     from latentgraph.nodes import create_registry
@@ -161,6 +172,10 @@ def run_one(pack: Path, node_timeout: int) -> dict:
     (work / "custom_nodes").mkdir()
     (work / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
     (work / "digest").mkdir()
+    if checkpoint is not None:  # MODEL, CLIP and VAE inputs from this file instead of the demo model
+        (work / "models" / "checkpoints").mkdir(parents=True)
+        (work / "models" / "checkpoints" / checkpoint.name).symlink_to(checkpoint.resolve())
+        CHECKPOINT[0] = checkpoint.name
     (work / "digest" / "pack_digest").symlink_to(DIGEST, target_is_directory=True)
     env = Environment(output_dir=work / "output", input_dir=work / "input", temp_dir=work / "temp",
                       models_dir=work / "models", device="cpu")
@@ -176,9 +191,9 @@ def run_one(pack: Path, node_timeout: int) -> dict:
         declared = scan(pack).node_mappings
     except ScanError:
         declared = 0
-    if info.status == "loaded" and (info.missing or len(info.nodes) < declared):
+    report["declared"], report["names"] = declared, sorted(info.nodes)
+    if info.status == "loaded" and len(info.nodes) < declared:  # main() judges again against ComfyUI's own list
         report["status"] = "partly loaded"
-        report["declared"] = declared
     executor = Executor(registry, env)
     signal.signal(signal.SIGALRM, _alarm)
     for name in info.nodes:
@@ -255,7 +270,6 @@ def _their_failure(entry: dict) -> tuple[str, str]:
 def comfy_run(url: str, prompt: dict, timeout: float = 300) -> dict:
     """Queue ``prompt`` on the ComfyUI server at ``url``; its history entry once done."""
     import urllib.error
-    import urllib.request
 
     body = json.dumps({"prompt": prompt, "client_id": "latentgraph-bench"}).encode()
     request = urllib.request.Request(f"{url}/prompt", body, {"Content-Type": "application/json"})
@@ -332,6 +346,33 @@ def compare(report: dict, url: str, timeout: float = 300) -> None:
         report["comfyui"][name] = "same" if diff is None else f"different at output{diff}"
 
 
+_COMFY_NODES: dict[str, dict[str, set]] = {}
+
+
+def comfy_nodes(url: str) -> dict[str, set]:
+    """Pack folder -> the node names the ComfyUI server at ``url`` registers for it (read once)."""
+    if url not in _COMFY_NODES:
+        with urllib.request.urlopen(f"{url}/object_info", timeout=120) as resp:
+            info = json.loads(resp.read())
+        packs: dict[str, set] = {}
+        for name, entry in info.items():
+            module = str(entry.get("python_module", ""))
+            if module.startswith("custom_nodes."):
+                packs.setdefault(module.split(".", 1)[1], set()).add(name)
+        _COMFY_NODES[url] = packs
+    return _COMFY_NODES[url]
+
+
+def judge(report: dict, reference: dict[str, set]) -> None:
+    """Loaded whole or partly, against the nodes ComfyUI registers for the pack when it has it."""
+    theirs = reference.get(report["pack"])
+    if not theirs or report["status"] not in ("loaded", "partly loaded"):
+        return
+    report["comfyui_nodes"] = len(theirs)
+    report["only_comfyui"] = sorted(theirs - set(report.get("names", ())))
+    report["status"] = "partly loaded" if report["only_comfyui"] else "loaded"
+
+
 def _packs(folder: Path, top: int) -> list[Path]:
     listed = json.loads((ROOT / "tools" / "packs.json").read_text())
     found = [folder / e["repo"].split("/")[1] for e in listed]
@@ -346,14 +387,18 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds for one pack (default 600)")
     parser.add_argument("--node-timeout", type=int, default=60, help="seconds for one node (default 60)")
     parser.add_argument("--compare", metavar="URL", help="a ComfyUI server to run the same prompts on")
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint for the MODEL, CLIP and VAE inputs (default: "
+                        "the demo model); the ComfyUI side needs the same file, same name, in its checkpoints")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.packs, args.node_timeout)))
+        print(json.dumps(run_one(args.packs, args.node_timeout, args.checkpoint)))
         return 0
     reports = []
     for pack in _packs(args.packs, args.top):
         cmd = [sys.executable, __file__, str(pack), "--one", "--node-timeout", str(args.node_timeout)]
+        if args.checkpoint is not None:
+            cmd += ["--checkpoint", str(args.checkpoint)]
         try:
             # nothing may download here: a node fetching its model from the hub fails at once
             # instead of spending its time in huggingface_hub's retries (controlnet_aux)
@@ -365,6 +410,8 @@ def main(argv=None) -> int:
                 + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
         except subprocess.TimeoutExpired:
             report = {"pack": pack.name, "status": "failed", "error": f"timed out after {args.timeout} s"}
+        if args.compare:
+            judge(report, comfy_nodes(args.compare.rstrip("/")))
         if args.compare and report.get("prompts"):
             compare(report, args.compare.rstrip("/"), max(60, 4 * args.node_timeout))
         reports.append(report)
@@ -391,6 +438,11 @@ def _print(r: dict) -> None:
     print(line, flush=True)
     if r.get("error"):
         print(f"    {r['error']}")
+    if "comfyui_nodes" in r:
+        print(f"    ComfyUI registers {r['comfyui_nodes']} nodes of this pack"
+              + (f"; not here: {', '.join(r['only_comfyui'][:8])}" if r["only_comfyui"] else ""))
+    elif r.get("status") == "partly loaded":
+        print(f"    its source declares {r['declared']} nodes")
     if r.get("missing"):
         print(f"    missing: {', '.join(r['missing'][:8])}")
     for name, why in list(r.get("failed", {}).items())[:3]:

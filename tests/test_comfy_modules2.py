@@ -332,3 +332,21 @@ def test_latent_previewer_subclass_and_names_a_pack_sets_itself():
     finally:
         del nodes.M2PackFormats
         runtime.forget("probe_pack")
+
+
+def test_a_node_with_no_outputs_and_no_function_registers_and_never_runs(site):
+    """Efficiency's "XY Entry Info" kind: registered as ComfyUI registers it (shown in
+    /object_info), skipped by a workflow that holds it, refused by name when asked to run."""
+    from latentgraph.graph.errors import LatentgraphError
+
+    _, registry, executor = site
+    info = registry["M2EntryInfo"].object_info()
+    assert (info["output"], info["output_node"], list(info["input"]["required"])) == ([], False, ["notes"])
+    wf = Workflow.from_api({"info": {"class_type": "M2EntryInfo", "inputs": {"notes": "x"}},
+                            "img": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                           "color": 0}},
+                            "save": {"class_type": "PreviewImage", "inputs": {"images": ["img", 0]}}})
+    run = executor.run(wf)
+    assert "save" in run.values and "info" not in run.values
+    with pytest.raises(LatentgraphError, match="never run"):
+        executor.run(wf, targets=["info"])

@@ -442,6 +442,15 @@ class ClipFace:
             found = self.__dict__["_comfy_patcher"] = ClipPatcher(self)
         return found
 
+    @property
+    def cond_stage_model(self) -> "TextEncoderFace":
+        """ComfyUI's ``clip.cond_stage_model``: this value's text encoders as one model (per
+        CLIP value, so options a pack sets stay until it resets them)."""
+        found = self.__dict__.get("_comfy_cond_stage")
+        if found is None or found._clip is not self:
+            found = self.__dict__["_comfy_cond_stage"] = TextEncoderFace(self)
+        return found
+
     def clip_layer(self, layer_idx: int) -> None:
         """Encode from hidden layer ``layer_idx`` (-1 last; ComfyUI's; changes this value)."""
         for enc in self.encoders.values():
@@ -493,6 +502,77 @@ class ClipFace:
         """{key: [(weight, convert)]} for each text-encoder weight as encoding uses it."""
         return {key: [(self.encoders[slot].get_parameter(name), _same)]
                 for key, (slot, name) in self._comfy_names().items()}
+
+
+class TextEncoderFace:
+    """ComfyUI's ``clip.cond_stage_model`` (SD1ClipModel, SDXLClipModel, ...) over a CLIP value:
+    ``encode_token_weights`` of tokenizer output by encoder ({"l": chunks, "g": chunks}) gives
+    what ``clip.encode_from_tokens(..., return_pooled=True)`` gives; ``clip_l``/``clip_g``/``clip_h``
+    encode one encoder's chunks alone; ``set_clip_options({"layer": i})`` (and the older
+    ``clip_layer``) picks the hidden layer until ``reset_clip_options``. ``execution_device`` is
+    accepted and left to latentgraph's placement."""
+
+    def __init__(self, clip):
+        self._clip = clip
+        self._layer: int | None = None
+
+    @property
+    def slots(self) -> frozenset:
+        return frozenset(self._clip.encoders)
+
+    def __getattr__(self, name: str):
+        if name.startswith("clip_") and name[5:] in self._clip.encoders:
+            return EncoderFace(self, name[5:])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (latentgraph's face of ComfyUI's "
+                             f"clip.cond_stage_model has encode_token_weights, set_clip_options, reset_clip_options, "
+                             f"clip_layer and {', '.join(f'clip_{k}' for k in self._clip.encoders)})")
+
+    def set_clip_options(self, options: dict) -> None:
+        unknown = sorted(set(options) - {"layer", "execution_device"})
+        if unknown:
+            raise ValueError(f"cond_stage_model.set_clip_options: latentgraph takes 'layer' and 'execution_device', "
+                             f"not {unknown}")
+        if "layer" in options:
+            self.clip_layer(options["layer"])
+
+    def reset_clip_options(self) -> None:
+        self._layer = None
+
+    def clip_layer(self, layer_idx: int) -> None:
+        for enc in self._clip.encoders.values():
+            enc.check_layer(int(layer_idx))
+        self._layer = int(layer_idx)
+
+    reset_clip_layer = reset_clip_options
+
+    def layer(self) -> int | None:
+        return self._clip.layer_idx if self._layer is None else self._layer
+
+    def encode_token_weights(self, token_weight_pairs: dict) -> tuple:
+        from dataclasses import replace
+
+        if not isinstance(token_weight_pairs, dict) or set(token_weight_pairs) != set(self._clip.encoders):
+            got = sorted(token_weight_pairs) if isinstance(token_weight_pairs, dict) else type(token_weight_pairs).__name__
+            raise ValueError(f"cond_stage_model.encode_token_weights: expected the tokens of this CLIP's encoders "
+                             f"{sorted(self._clip.encoders)} (from clip.tokenize), got {got}")
+        return replace(self._clip, layer_idx=self.layer()).encode_tokens(token_weight_pairs)
+
+
+class EncoderFace:
+    """One text encoder of a ``TextEncoderFace`` (ComfyUI's ``cond_stage_model.clip_l``):
+    ``encode_token_weights(chunks)`` -> (cond, pooled) of that encoder alone, on the CPU in float32."""
+
+    def __init__(self, model: TextEncoderFace, slot: str):
+        self._model, self.slot = model, slot
+
+    def encode_token_weights(self, token_weight_pairs: list) -> tuple:
+        import torch
+
+        clip = self._model._clip
+        enc = clip.encoders[self.slot]
+        with torch.no_grad(), clip.placement.use(enc):
+            cond, pooled = enc.encode_chunks(token_weight_pairs, self._model.layer())
+        return cond.float().cpu(), pooled.float().cpu()
 
 
 # -- CONTROL_NET: ComfyUI's ControlBase names on models/controlnet.py's Control -----------------------

@@ -179,10 +179,12 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         outputs.append(Output(rtype, str(names[i]) if i < len(names) else rtype,
                               bool(is_list[i]) if i < len(is_list) else False, tips[i] if i < len(tips) else None))
     output_node = bool(getattr(cls, "OUTPUT_NODE", False))
-    if not outputs and not output_node:
-        raise DeclarationError(f"{where}: a node with no RETURN_TYPES must set OUTPUT_NODE = True")
     function = getattr(cls, "FUNCTION", None)
-    if not isinstance(function, str) or not callable(getattr(cls, function, None)):
+    # a node with no RETURN_TYPES that is not an OUTPUT_NODE (Efficiency's "XY Entry Info": a
+    # panel of text for the frontend, with no FUNCTION) is registered as ComfyUI does; nothing
+    # can depend on it and it is not an output, so no workflow runs it
+    never_runs = not outputs and not output_node
+    if not never_runs and (not isinstance(function, str) or not callable(getattr(cls, function, None))):
         raise DeclarationError(f"{where}: FUNCTION must name a method of the class (got {function!r})")
 
     instances: dict[str, Any] = {}
@@ -201,6 +203,9 @@ def node_def(name: str, cls: Any, display_name: str | None, *, pack: str, source
         for hname in unknown_hidden:
             kwargs.setdefault(hname, None)
         as_comfy_samplers(kwargs, samplers)
+        if never_runs:
+            raise DeclarationError(f"{where}: a node with no RETURN_TYPES and no OUTPUT_NODE is never run "
+                                   f"(ComfyUI registers it for the frontend only)")
         with node_call(ctx):  # ComfyUI's module functions (ProgressBar, interrupts) find the node here
             ret = getattr(obj, function)(**kwargs)
         return _result(name, ret, len(outputs))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from comfy.cli_args import LatentPreviewMethod, args  # noqa: F401 - ComfyUI's module has both (Efficiency sets them)
 from latentgraph.comfy_compat import runtime
-
 
 MAX_PREVIEW_RESOLUTION = 512  # ComfyUI's --preview-size default
 

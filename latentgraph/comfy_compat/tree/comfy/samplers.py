@@ -163,6 +163,43 @@ def calculate_sigmas(model_sampling: Any, scheduler_name: str, steps: int) -> to
     return fn(model_sampling, steps)
 
 
+class KSamplerX0Inpaint:
+    """ComfyUI's inpainting denoiser around a guided one (``inner_model``, called as
+    ``inner_model(x, sigma, model_options=..., seed=...)``): where ``denoise_mask`` is 0 the known
+    latent (``latent_image``, re-noised to ``sigma`` with ``noise``) is put back before and after
+    each call. The caller sets ``noise`` and ``latent_image``; the options'
+    ``denoise_mask_function`` reshapes the mask per sigma. latentgraph's sampling does the same
+    inside its own KSampler (latentgraph/sampling/ksampler.py)."""
+
+    def __init__(self, model, sigmas: torch.Tensor):
+        self.inner_model = model
+        self.sigmas = sigmas
+
+    def _known(self, sigma: torch.Tensor) -> torch.Tensor:
+        base = getattr(self.inner_model, "inner_model", None)
+        scale = getattr(base, "scale_latent_inpaint", None)
+        if scale is not None:
+            return scale(x=None, sigma=sigma, noise=self.noise, latent_image=self.latent_image)
+        schedule = getattr(base, "model_sampling", None) or getattr(base, "schedule", None)
+        if schedule is None:
+            raise TypeError("comfy.samplers.KSamplerX0Inpaint: inner_model.inner_model must be a model with a noise "
+                            f"schedule (model_sampling), got {type(base).__name__}")
+        return schedule.noise_scaling(sigma.reshape(-1, 1, 1, 1), self.noise, self.latent_image, False)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, denoise_mask: torch.Tensor | None,
+                 model_options: dict | None = None, seed: int | None = None) -> torch.Tensor:
+        model_options = {} if model_options is None else model_options
+        if denoise_mask is None:
+            return self.inner_model(x, sigma, model_options=model_options, seed=seed)
+        mask_fn = model_options.get("denoise_mask_function")
+        if mask_fn is not None:
+            denoise_mask = mask_fn(sigma, denoise_mask, extra_options={"model": self.inner_model, "sigmas": self.sigmas})
+        keep = 1.0 - denoise_mask
+        x = x * denoise_mask + self._known(sigma) * keep
+        out = self.inner_model(x, sigma, model_options=model_options, seed=seed)
+        return out * denoise_mask + self.latent_image * keep
+
+
 def calc_cond_batch(model, conds: list, x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict) -> list:
     """Each conditioning's denoised prediction at (x_in, timestep); ``conds`` as a CFGGuider
     holds them while sampling (lists of resolved entries, or None for zeros)."""

@@ -1,15 +1,17 @@
 """ComfyUI's ``comfy.sd1_clip``: its prompt-weight helpers (``token_weights``,
 ``escape_important``, ...) over latentgraph's tokenizer, which parses ComfyUI's syntax the same
-way. Its text-encoder and tokenizer classes are ComfyUI's internals (``clip.cond_stage_model``,
-``clip.tokenizer``, which latentgraph's CLIP values do not have): they exist so packs can
-import and subclass them, no value here is an instance of one, and making one is the layer's
-missing-name error."""
+way. Its text-encoder and tokenizer classes are ComfyUI's internals: they exist so packs can
+import and subclass them, and making one is the layer's missing-name error. The text-encoder
+models answer isinstance for ``clip.cond_stage_model`` (latentgraph's TextEncoderFace) of the
+same encoders: SD1ClipModel for CLIP-L alone, comfy.sdxl_clip's SDXLClipModel for L and G,
+SDXLRefinerClipModel for G alone."""
 
 from __future__ import annotations
 
 import os
 
 from latentgraph.comfy_compat import runtime
+from latentgraph.models.comfy_faces import TextEncoderFace
 from latentgraph.models.tokenizer import weigh_unescaped
 
 __all__ = ["ClipTokenWeightEncoder", "SD1ClipModel", "SD1Tokenizer", "SDClipModel", "SDTokenizer", "escape_important",
@@ -23,9 +25,29 @@ def __getattr__(name: str):
     raise runtime.missing(__name__, name)
 
 
-class ComfyOnly:
+class _ByEncoders(type):
+    """isinstance holds for latentgraph's face of ``clip.cond_stage_model`` when this class, or
+    one of the tree's classes below it, is ComfyUI's text-encoder model for the same encoders
+    (``_SLOTS``, set on the tree's own classes only: a pack's subclass matches nothing)."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        if not isinstance(obj, TextEncoderFace):
+            return False
+        stack = [cls]
+        while stack:
+            klass = stack.pop()
+            if klass.__dict__.get("_SLOTS") == obj.slots:
+                return True
+            stack.extend(klass.__subclasses__())
+        return False
+
+
+class ComfyOnly(metaclass=_ByEncoders):
     """A ComfyUI class latentgraph has no counterpart of: importable and subclassable, and
-    making one names it as what the pack needs."""
+    making one names it as what the pack needs. Its text-encoder models answer isinstance for
+    ``clip.cond_stage_model`` of latentgraph's CLIP values (see _ByEncoders)."""
 
     def __init__(self, *args, **kwargs):
         raise runtime.missing(type(self).__module__, type(self).__name__)
@@ -40,7 +62,7 @@ class SDClipModel(ClipTokenWeightEncoder):
 
 
 class SD1ClipModel(ComfyOnly):
-    pass
+    _SLOTS = frozenset({"l"})
 
 
 class SDTokenizer(ComfyOnly):

@@ -1,8 +1,7 @@
 """ComfyUI's ``comfy.sdxl_clip``: the classes of SDXL's text encoders and tokenizers inside a
-ComfyUI CLIP (``clip.cond_stage_model``, ``clip.tokenizer``). latentgraph's CLIP values hold
-their encoders differently (models/clip.py), so these exist only for packs to import, subclass
-and test against: no value here is an instance of one, and making one is the layer's
-missing-name error (see comfy.sd1_clip)."""
+ComfyUI CLIP (``clip.cond_stage_model``, ``clip.tokenizer``), for packs to import, subclass and
+test against: making one is the layer's missing-name error, and ``clip.cond_stage_model`` of an
+SDXL CLIP value is an SDXLClipModel, of a refiner's an SDXLRefinerClipModel (see comfy.sd1_clip)."""
 
 from __future__ import annotations
 
@@ -31,11 +30,11 @@ class SDXLTokenizer(ComfyOnly):
 
 
 class SDXLClipModel(ComfyOnly):
-    pass
+    _SLOTS = frozenset({"l", "g"})
 
 
 class SDXLRefinerClipModel(SD1ClipModel):
-    pass
+    _SLOTS = frozenset({"g"})
 
 
 class StableCascadeClipGTokenizer(SDTokenizer):
