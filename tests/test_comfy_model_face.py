@@ -410,3 +410,57 @@ def test_an_sdxl_value_answers_as_comfyuis_sdxl():
     assert torch.equal(new_cond, cond) and not torch.allclose(new_pooled, pooled)
     assert "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in patched.get_key_patches()
     assert clip.encoders["g"].text_projection.weight is proj  # the input CLIP is as it was
+
+
+def test_cond_stage_model_encodes_as_the_clip_value_and_answers_isinstance_per_family():
+    """clip.cond_stage_model (ADV_CLIP_emb's advanced encode, Efficiency's and tinyterra's copies
+    of it): encode_token_weights gives encode_from_tokens' result, set_clip_options picks the
+    layer as clip_layer does until reset, clip_l/clip_g encode one encoder (SDXL's cond is L
+    beside G), and the sd1_clip/sdxl_clip model classes answer isinstance per family."""
+    from latentgraph.models.clip import TextModel
+    from latentgraph.models.families import tiny_architecture
+    from latentgraph.models.make import random_networks
+
+    sd1c, sdxlc = comfy_compat.import_module("comfy.sd1_clip"), comfy_compat.import_module("comfy.sdxl_clip")
+    clips = {}
+    for family in ("sd15", "sdxl", "sdxl_refiner"):
+        arch = tiny_architecture(family)
+        clips[family] = TextModel(arch, random_networks(arch, seed=6)[2], Placement())
+    sd1, xl, refiner = clips["sd15"], clips["sdxl"], clips["sdxl_refiner"]
+    assert isinstance(sd1.cond_stage_model, sd1c.SD1ClipModel)
+    assert not isinstance(sd1.cond_stage_model, (sdxlc.SDXLClipModel, sdxlc.SDXLRefinerClipModel, sdxlc.SDXLClipG))
+    assert isinstance(xl.cond_stage_model, sdxlc.SDXLClipModel) and not isinstance(xl.cond_stage_model,
+                                                                                 sd1c.SD1ClipModel)
+    # ComfyUI's refiner model is an SD1ClipModel subclass: isinstance of both
+    assert isinstance(refiner.cond_stage_model, sdxlc.SDXLRefinerClipModel)
+    assert isinstance(refiner.cond_stage_model, sd1c.SD1ClipModel)
+    own = type("PackClip", (sd1c.SD1ClipModel,), {})  # a pack's subclass is its own class
+    assert not isinstance(sd1.cond_stage_model, own)
+
+    for clip in (sd1, xl):
+        tokens = clip.tokenize("a (red:1.3) circle")
+        model = clip.cond_stage_model
+        assert model is clip.cond_stage_model  # one per value: options set on it stay
+        cond, pooled = model.encode_token_weights(tokens)
+        ref_cond, ref_pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        assert torch.equal(cond, ref_cond) and torch.equal(pooled, ref_pooled)
+        layer = -2 if clip is sd1 else -1  # not the family's default (SDXL encodes from the penultimate layer)
+        model.set_clip_options({"layer": layer, "execution_device": "cpu"})
+        skipped = clip.clone()
+        skipped.clip_layer(layer)
+        two = skipped.encode_from_tokens(tokens)
+        assert torch.equal(model.encode_token_weights(tokens)[0], two) and not torch.equal(two, cond)
+        model.reset_clip_options()
+        assert torch.equal(model.encode_token_weights(tokens)[0], cond)
+        with pytest.raises(ValueError, match="not \\['projected_pooled'\\]"):
+            model.set_clip_options({"projected_pooled": False})
+        with pytest.raises(ValueError, match="expected the tokens of this CLIP's encoders"):
+            model.encode_token_weights({"x": tokens[next(iter(tokens))]})
+
+    tokens = xl.tokenize("a blue square")
+    cond, pooled = xl.cond_stage_model.encode_token_weights(tokens)
+    l_cond, _ = xl.cond_stage_model.clip_l.encode_token_weights(tokens["l"])
+    g_cond, g_pooled = xl.cond_stage_model.clip_g.encode_token_weights(tokens["g"])
+    assert torch.equal(cond, torch.cat([l_cond, g_cond], dim=-1)) and torch.equal(pooled, g_pooled)
+    with pytest.raises(AttributeError, match="clip_l, clip_g"):
+        xl.cond_stage_model.clip_h
