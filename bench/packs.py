@@ -57,6 +57,7 @@ DIGEST = Path(__file__).resolve().parent / "pack_digest"
 SIZE = 64
 DEMO = "latentgraph-shapes.safetensors"
 CHECKPOINT = [DEMO]  # the checkpoint's file name in the prompts (--checkpoint)
+NODE = "1"  # the node under test; a number, as ComfyUI's frontend gives (tinyterra reads int(unique_id))
 SOURCES = {  # socket type -> (source node, output index); a node's links name nodes of HELPERS
     # a mask ramping from 0 to 1 at its edges, and an image of two colours blended by it: not flat,
     # so that a node's sums tell more than a flat input's would (both made by core nodes)
@@ -100,7 +101,7 @@ def sample_prompt(name: str, info: dict) -> tuple[dict | None, str | None]:
                 inputs[iname] = [f"prim_{iname}", 0]
             elif section == "required":
                 return None, f"needs a {kind if isinstance(kind, str) else 'combo with no choices'} input"
-    prompt["node"] = {"class_type": name, "inputs": inputs}
+    prompt[NODE] = {"class_type": name, "inputs": inputs}
     return prompt, None
 
 
@@ -203,11 +204,11 @@ def run_one(pack: Path, node_timeout: int, checkpoint: Path | None = None) -> di
             continue
         outputs = len(registry[name].outputs)
         for i in range(outputs):  # LgDigest shows each output's summary as UI text
-            prompt[f"digest{i}"] = {"class_type": "LgDigest", "inputs": {"value": ["node", i]}}
+            prompt[f"digest{i}"] = {"class_type": "LgDigest", "inputs": {"value": [NODE, i]}}
         signal.alarm(node_timeout)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                result = executor.run(Workflow.from_api(prompt), targets=["node"] + [f"digest{i}"
+                result = executor.run(Workflow.from_api(prompt), targets=[NODE] + [f"digest{i}"
                                                                                      for i in range(outputs)])
             report["ran"].append(name)
             report["prompts"][name] = prompt

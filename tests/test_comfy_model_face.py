@@ -464,3 +464,24 @@ def test_cond_stage_model_encodes_as_the_clip_value_and_answers_isinstance_per_f
     assert torch.equal(cond, torch.cat([l_cond, g_cond], dim=-1)) and torch.equal(pooled, g_pooled)
     with pytest.raises(AttributeError, match="clip_l, clip_g"):
         xl.cond_stage_model.clip_h
+
+
+def test_clip_patcher_state_dict_names_the_weights_patches_address():
+    """ComfyUI_essentials' attention seekers: read clip.patcher.model_state_dict()'s keys, then
+    scale the chosen weights with add_patches({key: (None,)}, 0.0, strength)."""
+    from latentgraph.models.clip import TextModel
+    from latentgraph.models.families import tiny_architecture
+    from latentgraph.models.make import random_networks
+
+    arch = tiny_architecture("sd15")
+    clip = TextModel(arch, random_networks(arch, seed=8)[2], Placement())
+    sd = clip.patcher.model_state_dict()
+    assert set(sd) == set(clip.patcher.get_key_patches()) and len(sd) == len(list(clip.encoders["l"].parameters()))
+    key = "clip_l.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight"
+    assert sd[key] is clip.encoders["l"].get_parameter("transformer.encoder.layers.1.self_attn.q_proj.weight")
+    assert set(clip.patcher.model_state_dict("clip_l.transformer.text_model.encoder.layers.1.")) == {
+        k for k in sd if k.startswith("clip_l.transformer.text_model.encoder.layers.1.")}
+    m = clip.clone()
+    assert m.add_patches({key: (None,)}, 0.0, 0.5) == [key]
+    assert torch.allclose(m.patcher.model_state_dict()[key], sd[key] * 0.5)
+    assert torch.equal(clip.patcher.model_state_dict()[key], sd[key])  # the input CLIP is as it was

@@ -116,7 +116,8 @@ def test_lora_keys_name_comfyui_weight_keys(site):
     assert keys["lora_te_text_model_encoder_layers_0_mlp_fc1"] == \
         "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
     assert set(unet.values()) <= {k for k in model.get_key_patches()}
-    with pytest.raises(TypeError, match="no cond_stage_model"):
+    assert lora.model_lora_keys_clip(clip.cond_stage_model, {}) == keys  # how ComfyUI's callers pass it
+    with pytest.raises(TypeError, match="expected a CLIP value or its cond_stage_model"):
         lora.model_lora_keys_clip(object())
 
 

@@ -323,11 +323,12 @@ def test_missing_sampling_names_are_reported(tmp_path):
     pack.mkdir(parents=True)
     (pack / "__init__.py").write_text(textwrap.dedent("""
         import comfy.samplers
-        WRAP = comfy.samplers.KSamplerX0Inpaint
+        WRAP = comfy.samplers.get_area_and_mult
         NODE_CLASS_MAPPINGS = {}
     """))
     (info,) = load_plugins(create_registry(), [tmp_path / "nodes_dir"], entry_points=False)
-    assert info.status == "needs ComfyUI" and info.missing == ["comfy.samplers.KSamplerX0Inpaint"]
+    assert info.status == "needs ComfyUI" and info.missing == ["comfy.samplers.get_area_and_mult"]
+    assert comfy_compat.provides("comfy.samplers.KSamplerX0Inpaint")
     assert comfy_compat.provides("comfy.samplers.KSampler.SAMPLERS")
     assert comfy_compat.provides("comfy.sample.prepare_noise")
     assert comfy_compat.provides("comfy.k_diffusion.sampling.sample_dpmpp_2m_sde_gpu")

@@ -411,6 +411,13 @@ class ClipPatcher(ModelPatcher):
     def get_key_patches(self, filter_prefix: str | None = None) -> dict:
         return {k: v for k, v in self._clip.get_key_patches().items() if filter_prefix is None or k.startswith(filter_prefix)}
 
+    def model_state_dict(self, filter_prefix: str | None = None) -> dict:
+        """{ComfyUI key: weight} of the text encoders as they are now (packs read the keys to
+        choose what to patch: ComfyUI_essentials' attention seekers)."""
+        return {key: self._clip.encoders[slot].get_parameter(name)
+                for key, (slot, name) in self._clip._comfy_names().items()
+                if filter_prefix is None or key.startswith(filter_prefix)}
+
     def model_dtype(self):
         return next(iter(self._clip.encoders.values())).transformer.embeddings.token_embedding.weight.dtype
 

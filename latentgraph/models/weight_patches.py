@@ -96,6 +96,8 @@ def _apply(target: torch.Tensor, value: Any, strength: float, function: Callable
         target.copy_(value.apply(target.clone(), strength))
         return
     kind, args = _kind(value, key)
+    if kind == "diff" and strength == 0.0:
+        return  # as ComfyUI: a diff at strength 0 is never read (``(None,)`` with strength_model scales alone)
     tensor = args[0] if isinstance(args, (tuple, list)) and args else None
     if not isinstance(tensor, torch.Tensor):
         raise PatchError(f"{key}: a {kind!r} patch holds a tensor, got {type(tensor).__name__}")

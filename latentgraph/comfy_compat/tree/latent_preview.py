@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from comfy.cli_args import LatentPreviewMethod, args  # noqa: F401 - ComfyUI's module has both (Efficiency sets them)
+from comfy.cli_args import LatentPreviewMethod, args  # ComfyUI's module has both (Efficiency sets them)
 from latentgraph.comfy_compat import runtime
+
+__all__ = ["MAX_PREVIEW_RESOLUTION", "TAESD", "LatentPreviewMethod", "Latent2RGBPreviewer", "LatentPreviewer",
+           "TAESDPreviewerImpl", "args", "get_previewer", "prepare_callback", "preview_to_image"]
 
 MAX_PREVIEW_RESOLUTION = 512  # ComfyUI's --preview-size default
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from latentgraph.comfy_compat import runtime
+from latentgraph.models.comfy_faces import TextEncoderFace
 from latentgraph.models.families import FAMILIES
 from latentgraph.models.lora import module_patches, text_lora_names, unet_lora_names
 
@@ -46,10 +47,12 @@ def model_lora_keys_clip(model, key_map: dict | None = None) -> dict:
     """``key_map`` (a new dict when None) with every LoRA module name that addresses a weight of
     the CLIP value's text encoders -> its ComfyUI key (``clip_l.transformer.text_model...``)."""
     key_map = {} if key_map is None else key_map
+    if isinstance(model, TextEncoderFace):  # ComfyUI's callers pass clip.cond_stage_model
+        model = model._clip
     encoders, arch = getattr(model, "encoders", None), getattr(model, "arch", None)
     if encoders is None or arch is None:
-        raise TypeError(f"model_lora_keys_clip: expected a CLIP value, got {type(model).__name__} "
-                        f"(latentgraph's CLIP values have no cond_stage_model: pass the CLIP itself)")
+        raise TypeError(f"model_lora_keys_clip: expected a CLIP value or its cond_stage_model, got "
+                        f"{type(model).__name__}")
     comfy_key = {found: key for key, found in model._comfy_names().items()}  # (slot, parameter) -> key
     for position, slot in enumerate(FAMILIES[arch.family].text):
         if slot.name not in encoders:
