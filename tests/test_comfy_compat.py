@@ -538,3 +538,49 @@ def test_comfyuis_modules_are_imported_before_a_pack_that_deletes_what_its_impor
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["loaded"]
+
+
+def test_packs_find_each_other_in_nodes_node_class_mappings(tmp_path):
+    """As in ComfyUI, nodes.NODE_CLASS_MAPPINGS holds every loaded pack's classes beside the core
+    ones (Inspire calls Impact's RegionalSampler through it): a node of one pack runs another
+    pack's class found there by name, and a renamed collision is there under its new name."""
+    root = tmp_path / "nodes_dir"
+    (root / "xp_doubler").mkdir(parents=True)
+    (root / "xp_doubler" / "__init__.py").write_text(textwrap.dedent("""
+        class Doubler:
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {"value": ("INT", {"default": 1})}}
+            RETURN_TYPES = ("INT",)
+            FUNCTION = "double"
+            def double(self, value):
+                return (value * 2,)
+        NODE_CLASS_MAPPINGS = {"XpDoubler": Doubler, "EmptyImage": Doubler}
+        NODE_DISPLAY_NAME_MAPPINGS = {"XpDoubler": "Doubler (xp)"}
+    """))
+    (root / "xp_user").mkdir()
+    (root / "xp_user" / "__init__.py").write_text(textwrap.dedent("""
+        import nodes
+        class UsesDoubler:
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {"value": ("INT", {"default": 1})}}
+            RETURN_TYPES = ("INT", "STRING")
+            FUNCTION = "run"
+            def run(self, value):
+                if "XpDoubler" not in nodes.NODE_CLASS_MAPPINGS:
+                    raise Exception("[ERROR] You need to install 'xp_doubler'")
+                (twice,) = nodes.NODE_CLASS_MAPPINGS["XpDoubler"]().double(value)
+                return (twice + 1, nodes.NODE_DISPLAY_NAME_MAPPINGS["XpDoubler"])
+        NODE_CLASS_MAPPINGS = {"XpUsesDoubler": UsesDoubler}
+    """))
+    registry = create_registry()
+    infos = load_plugins(registry, [root], entry_points=False)
+    assert [(i.name, i.status) for i in infos] == [("xp_doubler", "loaded"), ("xp_user", "loaded")]
+    assert sorted(infos[0].nodes) == ["XpDoubler", "xp_doubler/EmptyImage"]
+    run = Executor(registry, Environment(output_dir=tmp_path / "o", input_dir=tmp_path / "i")).run(
+        Workflow.from_api({"n": {"class_type": "XpUsesDoubler", "inputs": {"value": 20}}}), targets=["n"])
+    assert run.get("n", 0) == 41 and run.get("n", 1) == "Doubler (xp)"
+    mappings = comfy_compat.import_module("nodes").NODE_CLASS_MAPPINGS
+    assert mappings["xp_doubler/EmptyImage"].FUNCTION == "double"
+    assert mappings["EmptyImage"].__module__ == "nodes"  # the core node keeps its name, as latentgraph's registry

@@ -34,7 +34,7 @@ from pathlib import Path
 from . import runtime
 from .runtime import bind, current_env, missing_names
 
-__all__ = ["COMFY_MODULES", "TREE", "bind", "current_env", "extension_web_dirs", "import_module", "install",
+__all__ = ["COMFY_MODULES", "PACK_NODES", "TREE", "add_pack_nodes", "bind", "current_env", "extension_web_dirs", "import_module", "install",
            "missing_names", "on_prompt",
            "pack_routes", "provides", "real_comfyui"]
 
@@ -215,6 +215,20 @@ def pack_routes() -> list[tuple[str, str, object]]:
         if method and path and handler:  # a static folder (routes.static) has no handler; not served
             found.append((method, path, handler))
     return found
+
+
+# node name -> (class, display name) of every ComfyUI pack loaded in this process: ComfyUI's
+# nodes.NODE_CLASS_MAPPINGS holds the packs' nodes beside the core ones, and packs look each
+# other up there at run time (Inspire calls Impact's RegionalSampler, controlnet_aux's
+# preprocessors); the tree's nodes module shows these in its mappings
+PACK_NODES: dict[str, tuple[type, str]] = {}
+
+
+def add_pack_nodes(entries: dict[str, tuple[type, str]]) -> None:
+    """Show a loaded pack's classes in ``nodes.NODE_CLASS_MAPPINGS`` (under the names the
+    registry gave them) and their display names in ``NODE_DISPLAY_NAME_MAPPINGS``; as in
+    ComfyUI, a later pack's class of the same name wins there."""
+    PACK_NODES.update(entries)
 
 
 def extension_web_dirs() -> dict[str, str]:

@@ -64,6 +64,8 @@ class PluginInfo:
     notes: list[str] = field(default_factory=list)
     import_seconds: float = 0.0
     web_dir: str | None = None  # its web extension's folder, served at /extensions/<name>/ (see plugins/web.py)
+    # a ComfyUI pack's classes by node name, with their display names (for nodes.NODE_CLASS_MAPPINGS)
+    classes: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "kind": self.kind, "status": self.status,
@@ -244,7 +246,9 @@ def _register_module(module: types.ModuleType, cand: _Candidate, info: PluginInf
         problems = []
         for name, cls, shown, reader in found:
             try:
-                staging.register(reader(name, cls, shown, pack=cand.name, source=cand.source))
+                ndef = reader(name, cls, shown, pack=cand.name, source=cand.source)
+                staging.register(ndef)
+                info.classes[ndef.name] = (cls, ndef.display_name)
             except DeclarationError as exc:
                 problems.append(str(exc))
         if problems:
@@ -311,6 +315,8 @@ def _commit(registry: NodeRegistry, staged: list[tuple[PluginInfo, NodeRegistry]
             if final != name and name in registry.ambiguous:
                 registry.ambiguous[name].append(final)
             info.nodes.append(final)
+            if name in info.classes:
+                comfy_compat.add_pack_nodes({final: info.classes[name]})
 
 
 CONFIG_KEYS = ("custom_nodes",)

@@ -1,5 +1,6 @@
 """ComfyUI's ``nodes`` module: MAX_RESOLUTION, and latentgraph's built-in nodes as V1 classes
-(``NODE_CLASS_MAPPINGS["KSampler"]().sample(...)``, as packs reuse ComfyUI's core nodes).
+(``NODE_CLASS_MAPPINGS["KSampler"]().sample(...)``, as packs reuse ComfyUI's core nodes). The
+mappings also hold the classes of every ComfyUI pack loaded in the process (comfy_compat.PACK_NODES).
 
 Each class is made from the node's declaration: ``INPUT_TYPES`` is its /object_info entry,
 ``RETURN_TYPES``/``RETURN_NAMES``/``CATEGORY``/``OUTPUT_NODE`` as ComfyUI shows them. The method
@@ -43,10 +44,14 @@ EXTENSION_WEB_DIRS: dict[str, str] = {}
 
 def __getattr__(name: str):
     if name in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"):
-        classes = _classes()
+        from latentgraph.comfy_compat import PACK_NODES
+
+        classes = _classes()  # one dict for the process, as ComfyUI's: the loaded packs' classes join it
+        classes.update({n: cls for n, (cls, _) in PACK_NODES.items()})
         if name == "NODE_CLASS_MAPPINGS":
             return classes
-        return {n: getattr(c, "_display_name", n) for n, c in classes.items()}
+        shown = {n: shown for n, (_, shown) in PACK_NODES.items()}
+        return {n: shown.get(n) or getattr(c, "_display_name", n) for n, c in classes.items()}
     classes = _classes()
     if name in classes:  # nodes.KSampler, nodes.CheckpointLoaderSimple, ...
         return classes[name]
