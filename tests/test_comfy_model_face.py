@@ -238,6 +238,8 @@ def test_checkpoint_and_lora_through_comfy_sd_equal_the_loader_nodes(site):
     assert all(torch.equal(a, b) for a, b in zip(only.unet.parameters(), result.get("ours", 0).unet.parameters()))
     with pytest.raises(TypeError, match="lora must be a dict of tensors, got str"):
         sd.load_lora_for_models(result.get("ck", 0), None, "demo.safetensors", 1.0, 1.0)
+    with pytest.raises(TypeError, match="no file \(None\): the name was not found"):  # get_full_path's None
+        utils.load_torch_file(None)
 
 
 def test_split_files_through_comfy_sd_equal_the_split_loader_nodes(site):

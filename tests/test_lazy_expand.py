@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from latentgraph.graph import Environment, Executor, NodeExecutionError, Workflow
+from latentgraph.graph.errors import ValidationError
 from latentgraph.graph.expansion import Blocker, GraphBuilder, add_graph_prefix, is_link
 from latentgraph.graph.registry import NodeRegistry
 from latentgraph.plugins.comfy_v1 import node_def
@@ -192,6 +193,35 @@ class BadExpansion:
         return {"result": (["nowhere", 0],), "expand": {"d.1": {"class_type": "Number", "inputs": {"value": 1}}}}
 
 
+class ConstExpansion:
+    """controlnet_aux's way: a value it holds (not a link) given to a socket input of a node it adds."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 41})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, value):
+        return {"result": (["k.1", 0],), "expand": {"k.1": {"class_type": "Unbox", "inputs": {"box": {"n": value}}}}}
+
+
+class Unbox:
+    """A node with an input of a pack's own type: only a link gives it one in a prompt."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"box": ("NUMBOX",)}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, box):
+        CALLS.append(("Unbox", box))
+        return (box["n"] + 1,)
+
+
 class AskUnconnected:
     @classmethod
     def INPUT_TYPES(cls):
@@ -232,7 +262,7 @@ class Changed:
 
 
 CLASSES = [Number, AddOne, Show, LazySwitch, LazyPeek, AddN, AddNFromLink, CountDown, Gate, BadExpansion,
-           AskUnconnected, Changed]
+           AskUnconnected, Changed, ConstExpansion, Unbox]
 
 
 @pytest.fixture
@@ -371,6 +401,17 @@ def test_a_wrong_expansion_fails_at_its_node_with_the_reason(ex, kind, message):
     assert message in raised.value.exception_message
     # the executor stays usable
     assert _run(ex, {"n": prompt["n"], "show_n": prompt["show_n"]}).outputs["show_n"] == {"text": ["1"]}
+
+
+def test_an_expansion_may_give_a_socket_input_a_value(ex):
+    """A prompt must link a socket input of a pack's type; an expansion may put a value it holds
+    there, and the added node gets it as it is (as ComfyUI runs it)."""
+    result = _run(ex, {"c": {"class_type": "ConstExpansion", "inputs": {"value": 41}},
+                       "show": {"class_type": "Show", "inputs": {"value": ["c", 0]}}})
+    assert result.outputs["show"] == {"text": ["42"]} and ("Unbox", {"n": 41}) in CALLS
+    with pytest.raises(ValidationError, match="not a constant"):  # still refused in a prompt
+        _run(ex, {"u": {"class_type": "Unbox", "inputs": {"box": {"n": 41}}},
+                  "show": {"class_type": "Show", "inputs": {"value": ["u", 0]}}})
 
 
 def test_asking_for_an_input_that_is_not_connected_is_an_error(ex):

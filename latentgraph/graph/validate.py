@@ -152,7 +152,9 @@ def check_expansion(wf: Workflow, graph: dict, registry, env, parent: str) -> di
     any node already in ``wf``. Returns their PlanNodes in the graph's order; raises
     ExpansionError listing every problem (ComfyUI does not check them; an expansion here is
     held to the same rules as a prompt, so a wrong one fails at its parent with a message
-    rather than somewhere inside)."""
+    rather than somewhere inside). One difference from a prompt: a socket input may hold a value
+    instead of a link (controlnet_aux's ExecuteAllControlNetPreprocessors puts the IMAGE tensor
+    it was given into each node it adds), which the node gets as it is, as in ComfyUI."""
     try:
         added = Workflow.from_api(graph, source=f"the expansion of node '{parent}'")
     except WorkflowError as exc:
@@ -163,7 +165,7 @@ def check_expansion(wf: Workflow, graph: dict, registry, env, parent: str) -> di
                              f"(ids must be unique and the same from run to run: use GraphBuilder)")
     wf.nodes.update(added.nodes)
     node_errors: dict[str, list[dict]] = {}
-    checker = _Checker(wf, registry, env, node_errors, [])
+    checker = _Checker(wf, registry, env, node_errors, [], expansion=True)
     for node_id, spec in added.nodes.items():
         ndef = registry.get(spec.class_type)
         if ndef is None:
@@ -237,9 +239,10 @@ def _check_cycles(graph: nx.DiGraph, wf: Workflow, node_errors: dict) -> None:
 class _Checker:
     """Walks from the targets through links, checking each needed node once."""
 
-    def __init__(self, wf: Workflow, registry, env, node_errors: dict, warnings: list):
+    def __init__(self, wf: Workflow, registry, env, node_errors: dict, warnings: list, expansion: bool = False):
         self.wf, self.registry, self.env = wf, registry, env
         self.node_errors, self.warnings = node_errors, warnings
+        self.expansion = expansion  # an expansion's socket inputs may hold values (see check_expansion)
         self.plan_nodes: dict[str, PlanNode] = {}
         self._choices: dict[int, list] = {}
 
@@ -298,6 +301,8 @@ class _Checker:
                 target = val.rpartition(".")[0] or val
                 errors.append(_err("missing_linked_node", f"Input links to node '{target}', which is not in the workflow",
                                    f"{name}: '{val}'", input_name=name, received_value=val))
+            elif not ispec.widget and self.expansion:
+                consts[name] = val  # a value a running node computed, given as it is (ComfyUI does the same)
             elif not ispec.widget:
                 errors.append(_err("invalid_input_type",
                                    f"Input takes a link from a {ispec.type} output, not a constant",

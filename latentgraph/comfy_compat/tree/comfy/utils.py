@@ -201,6 +201,8 @@ def load_torch_file(ckpt: str, safe_load: bool = False, device=None, return_meta
     only: a file that needs arbitrary objects is refused whatever ``safe_load`` says)."""
     from latentgraph.models.checkpoint import read_state_dict
 
+    if ckpt is None:  # what folder_paths.get_full_path gives for a name it does not find
+        raise TypeError("comfy.utils.load_torch_file: no file (None): the name was not found in its model folder")
     sd, metadata = read_state_dict(ckpt)
     if device is not None:
         sd = {k: v.to(device) for k, v in sd.items()}
