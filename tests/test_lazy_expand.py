@@ -174,7 +174,7 @@ class Gate:
 class BadExpansion:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"kind": (["duplicate", "unknown", "cycle", "dangling", "bad_input"],)}}
+        return {"required": {"kind": (["duplicate", "unknown", "cycle", "dangling", "bad_input", "raises", "boom"],)}}
 
     RETURN_TYPES = ("INT",)
     FUNCTION = "run"
@@ -188,9 +188,26 @@ class BadExpansion:
             return {"result": (["c.1", 0],), "expand": {
                 "c.1": {"class_type": "AddOne", "inputs": {"value": ["c.2", 0]}},
                 "c.2": {"class_type": "AddOne", "inputs": {"value": ["c.1", 0]}}}}
+        if kind == "raises":  # a node it adds fails when it runs (and expands once more on the way)
+            return {"result": (["r.1", 0],), "expand": {"r.1": {"class_type": "BadExpansion",
+                                                                 "inputs": {"kind": "boom"}}}}
+        if kind == "boom":
+            return {"result": (["r.2", 0],), "expand": {"r.2": {"class_type": "Boom", "inputs": {}}}}
         if kind == "bad_input":
             return {"result": (["b.1", 0],), "expand": {"b.1": {"class_type": "Number", "inputs": {"value": 5000}}}}
         return {"result": (["nowhere", 0],), "expand": {"d.1": {"class_type": "Number", "inputs": {"value": 1}}}}
+
+
+class Boom:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self):
+        raise ValueError("boom")
 
 
 class ConstExpansion:
@@ -262,7 +279,7 @@ class Changed:
 
 
 CLASSES = [Number, AddOne, Show, LazySwitch, LazyPeek, AddN, AddNFromLink, CountDown, Gate, BadExpansion,
-           AskUnconnected, Changed, ConstExpansion, Unbox]
+           AskUnconnected, Changed, ConstExpansion, Unbox, Boom]
 
 
 @pytest.fixture
@@ -412,6 +429,22 @@ def test_an_expansion_may_give_a_socket_input_a_value(ex):
     with pytest.raises(ValidationError, match="not a constant"):  # still refused in a prompt
         _run(ex, {"u": {"class_type": "Unbox", "inputs": {"box": {"n": 41}}},
                   "show": {"class_type": "Show", "inputs": {"value": ["u", 0]}}})
+
+
+def test_a_node_an_expansion_added_fails_as_the_prompts_node_that_expanded(ex):
+    """As ComfyUI (real_node_id): the error names the prompt's node, which a client can show, and
+    says which added node raised; expansions of expansions lead back to the first."""
+    events: list = []
+    prompt = {"bad": {"class_type": "BadExpansion", "inputs": {"kind": "raises"}},
+              "show": {"class_type": "Show", "inputs": {"value": ["bad", 0]}}}
+    with pytest.raises(NodeExecutionError) as raised:
+        _run(ex, prompt, events)
+    err = raised.value
+    assert (err.node_id, err.class_type, err.expanded_node) == ("bad", "BadExpansion", (err.expanded_node[0], "Boom"))
+    assert err.expanded_node[0].endswith("r.2") and err.exception_message == "boom"
+    assert f"node 'bad' (BadExpansion) failed in node '{err.expanded_node[0]}' (Boom) it added: " in str(err)
+    (error,) = [d for k, d in events if k == "execution_error"]
+    assert (error["node_id"], error["node_type"]) == ("bad", "BadExpansion")
 
 
 def test_asking_for_an_input_that_is_not_connected_is_an_error(ex):

@@ -77,9 +77,10 @@ class NodeExecutionError(LatentgraphError):
     """A node raised while running. The run stopped; the executor stays usable."""
 
     def __init__(self, node_id: str, class_type: str, exc: BaseException, traceback_lines: list[str],
-                 source: str | None = None):
+                 source: str | None = None, expanded_node: tuple[str, str] | None = None):
         self.node_id = node_id
         self.class_type = class_type
+        self.expanded_node = expanded_node  # (id, class) of the node an expansion of node_id added that raised
         self.exception = exc
         self.exception_type = _full_type_name(type(exc))
         self.exception_message = str(exc)
@@ -89,7 +90,10 @@ class NodeExecutionError(LatentgraphError):
 
     def format(self, debug: bool = False) -> str:
         src = f"{self.source}: " if self.source else ""
-        head = f"{src}node '{self.node_id}' ({self.class_type}) failed: {self.exception_type}: {self.exception_message}"
+        inner = (f" in node '{self.expanded_node[0]}' ({self.expanded_node[1]}) it added"
+                 if self.expanded_node else "")
+        head = (f"{src}node '{self.node_id}' ({self.class_type}) failed{inner}: {self.exception_type}: "
+                f"{self.exception_message}")
         if not debug:
             return head
         return head + "\n" + "".join(self.traceback).rstrip()

@@ -142,6 +142,7 @@ class _Run:
         self.nodes: dict[str, PlanNode] = dict(plan.nodes)  # the plan's, then expanded ones
         self.position: dict[str, tuple] = {n: (i,) for i, n in enumerate(plan.nodes)}
         self.display: dict[str, str] = {}  # expanded node -> the node id clients are shown
+        self.parent: dict[str, str] = {}  # expanded node -> the node that added it
         self.wf: Workflow | None = None  # the run's copy of the workflow, made by the first expansion
         self.state: dict[str, str] = {}  # "waiting", "ready" or "done"
         self.waiting: dict[str, set[str]] = {}
@@ -190,6 +191,9 @@ class _Run:
         except Interrupted as exc:
             node_id = exc.node_id or (current.id if current else None)
             class_type = exc.class_type or (current.ndef.name if current else None)
+            if node_id in self.parent:  # inside an expansion: the prompt's own node, as ComfyUI reports it
+                node_id = self.real_id(node_id)
+                class_type = self.nodes[node_id].ndef.name
             self.emit("execution_interrupted", self.stamp({
                 "prompt_id": self.prompt_id, "node_id": node_id, "node_type": class_type,
                 "executed": list(res.executed)}))
@@ -483,6 +487,7 @@ class _Run:
             self.position[new_id] = self.position[node_id] + (i,)
             override = self.wf.nodes[new_id].meta.get("override_display_id")
             self.display[new_id] = str(override) if override is not None else shown
+            self.parent[new_id] = node_id
             self._key(new)
         self.pending[node_id] = calls
         stack = [n for n in reversed(order) if added[n].ndef.output_node]
@@ -525,9 +530,20 @@ class _Run:
         self.emit("executed", {"node": node_id, "display_node": self.display.get(node_id, node_id), "output": ui,
                                "prompt_id": self.prompt_id})
 
+    def real_id(self, node_id: str) -> str:
+        """The node of the prompt itself that (through expansions) added ``node_id``."""
+        while node_id in self.parent:
+            node_id = self.parent[node_id]
+        return node_id
+
     def _failure(self, pnode: PlanNode, exc: BaseException, inputs: dict) -> NodeExecutionError:
+        """The error of a node that raised. A node an expansion added is reported as the prompt's
+        node that expanded (ComfyUI's real_node_id: the one a client can show); the node that
+        raised is named in ``expanded_node``."""
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        err = NodeExecutionError(pnode.id, pnode.ndef.name, exc, lines, self.plan.workflow.source)
+        real = self.real_id(pnode.id)
+        err = NodeExecutionError(real, self.nodes[real].ndef.name, exc, lines, self.plan.workflow.source,
+                                 (pnode.id, pnode.ndef.name) if real != pnode.id else None)
         err.current_inputs = {k: [brief(v) for v in vals] for k, vals in inputs.items()}
         return err
 
