@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from latentgraph import comfy_compat
 from latentgraph.graph import Environment, Executor, Workflow
-from latentgraph.graph.errors import Interrupted
+from latentgraph.graph.errors import Interrupted, NodeExecutionError
 from latentgraph.graph.expansion import Blocker
 from latentgraph.nodes import create_registry
 from latentgraph.plugins import load_plugins
@@ -406,13 +406,13 @@ def test_return_values_are_read_as_comfyui_reads_them(tmp_path):
         class Returns:
             @classmethod
             def INPUT_TYPES(cls):
-                return {"required": {"x": ("INT", {"default": 2}), "how": (["extra", "short", "empty", "str"],)},
+                return {"required": {"x": ("INT", {"default": 2}), "how": (["extra", "short", "empty", "str", "none"],)},
                         "optional": {"x": ("INT", {"default": 9})}}
             RETURN_TYPES = ("INT", "STRING")
             FUNCTION = "run"
             def run(self, x, how):
                 return {"extra": (x * 3, "s", "an extra value nothing can link to"), "short": (x * 3,),
-                        "empty": {}, "str": "ab"}[how]
+                        "empty": {}, "str": "ab", "none": None}[how]
         NODE_CLASS_MAPPINGS = {"Returns": Returns}
     """))
     registry = create_registry()
@@ -424,6 +424,9 @@ def test_return_values_are_read_as_comfyui_reads_them(tmp_path):
         assert (result.get("n", 0), result.get("n", 1)) == expected, how
     spec = registry["Returns"].inputs["x"]
     assert (spec.optional, spec.default) == (False, 2)  # the required entry, not the optional one
+    # a bare None fails, as in ComfyUI (Impact's CLIPSegDetectorProvider without its CLIPSeg pack)
+    with pytest.raises(NodeExecutionError, match="Returns returned None; a ComfyUI node returns a tuple"):
+        _run(executor, {"n": {"class_type": "Returns", "inputs": {"x": 5, "how": "none"}}})
 
 
 def test_hidden_inputs_of_unknown_kinds_are_not_passed_as_comfyui(tmp_path):

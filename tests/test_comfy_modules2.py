@@ -351,3 +351,15 @@ def test_a_node_with_no_outputs_and_no_function_registers_and_never_runs(site):
     assert "save" in run.values and "info" not in run.values
     with pytest.raises(LatentgraphError, match="never run"):
         executor.run(wf, targets=["info"])
+
+
+def test_unclip_loader_gives_packs_none_for_a_checkpoint_without_an_image_encoder(site):
+    """As ComfyUI (Inspire's StableCascade_CheckpointLoader passes it on): None, where
+    latentgraph's own unCLIPCheckpointLoader node gives a value naming the file."""
+    env, _, _ = site
+    comfy_compat.bind(env=env)
+    nodes = comfy_compat.import_module("nodes")
+    model, clip, vae, vision = nodes.unCLIPCheckpointLoader().load_checkpoint(ckpt_name=CKPT)
+    assert vision is None and model is not None and clip is not None and vae is not None
+    (ours,) = _run(site, {"u": ("unCLIPCheckpointLoader", {"ckpt_name": CKPT})}).values()
+    assert type(ours[3]).__name__ == "MissingClipVision"

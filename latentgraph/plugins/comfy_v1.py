@@ -286,8 +286,9 @@ def _result(name: str, ret: Any, n: int) -> Result | Expansion | Blocker:
         ret = ret.get("result", ())
         if isinstance(ret, Blocker):
             ret = (ret,) * n
-    if ret is None:
-        ret = ()
+    if ret is None:  # ComfyUI fails on it too (object of type 'NoneType' has no len()), whatever the node declares
+        raise TypeError(f"{name} returned None; a ComfyUI node returns a tuple (value, ...), () when it has no "
+                        f"outputs, or a dict with 'ui'/'result'")
     if isinstance(ret, str) and n:  # ComfyUI indexes it like a tuple: output i is its i-th character
         log.warning("%s returned a str, not a tuple; as in ComfyUI its outputs are its characters", name)
     elif not isinstance(ret, (tuple, list, str)):

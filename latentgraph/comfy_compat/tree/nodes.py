@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from latentgraph.comfy_compat import runtime
+from latentgraph.nodes.unclip import MissingClipVision
 
 # ComfyUI's nodes imports these, so a pack that wrote `import comfy` reaches comfy.samplers
 import comfy.clip_vision  # noqa: F401
@@ -154,6 +155,9 @@ def call_builtin(ndef, kwargs: dict) -> Any:
         args[ndef.context_param] = ctx
     call = read_return(ndef, ndef.fn(**args))
     values = call.values if call.values is not None else ()
+    # unCLIPCheckpointLoader's CLIP_VISION of a checkpoint without an image encoder is None in
+    # ComfyUI, and packs test for that (latentgraph's own graphs get a value that names the file)
+    values = tuple(None if isinstance(v, MissingClipVision) else v for v in values)
     return {"ui": call.ui, "result": values} if call.ui else values
 
 
