@@ -54,11 +54,7 @@ class TextModel(ClipFace):
     @torch.no_grad()
     def encode_tokens(self, tokens: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (cond (1, 77k, context_dim), pooled (1, P)) on the CPU, in float32."""
-        outs = {}
-        for name, enc in self.encoders.items():
-            with self.placement.use(enc):
-                cond, pooled = enc.encode_chunks(tokens[name], self.layer_idx)
-            outs[name] = (cond.float().cpu(), pooled.float().cpu())
+        outs = {name: self.encode_one(name, tokens[name]) for name in self.encoders}
         family = self.arch.family
         if family == "sdxl":
             (l_cond, _), (g_cond, g_pooled) = outs["l"], outs["g"]
@@ -66,6 +62,15 @@ class TextModel(ClipFace):
             return torch.cat([l_cond[:, :cut], g_cond[:, :cut]], dim=-1), g_pooled
         (only,) = outs.values()
         return only
+
+    @torch.no_grad()
+    def encode_one(self, name: str, chunks: list, layer_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder's chunks alone -> (cond, pooled) on the CPU in float32, from hidden layer
+        ``layer_idx`` (None: this value's clip skip)."""
+        enc = self.encoders[name]
+        with self.placement.use(enc):
+            cond, pooled = enc.encode_chunks(chunks, self.layer_idx if layer_idx is None else layer_idx)
+        return cond.float().cpu(), pooled.float().cpu()
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_tokens(self.tokenize(text))

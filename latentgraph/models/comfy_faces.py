@@ -573,13 +573,7 @@ class EncoderFace:
         self._model, self.slot = model, slot
 
     def encode_token_weights(self, token_weight_pairs: list) -> tuple:
-        import torch
-
-        clip = self._model._clip
-        enc = clip.encoders[self.slot]
-        with torch.no_grad(), clip.placement.use(enc):
-            cond, pooled = enc.encode_chunks(token_weight_pairs, self._model.layer())
-        return cond.float().cpu(), pooled.float().cpu()
+        return self._model._clip.encode_one(self.slot, token_weight_pairs, self._model.layer())
 
 
 # -- CONTROL_NET: ComfyUI's ControlBase names on models/controlnet.py's Control -----------------------
