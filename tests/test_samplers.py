@@ -369,7 +369,8 @@ def test_golden_outputs(name):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(42)) * sigmas[0]
     out = SAMPLERS[name](Gaussian(mu, s), x, sigmas, extra_args={"seed": 42})
     *head, total = GOLDEN[GPU_ALIASES.get(name, name)]
-    assert out.flatten()[:4].tolist() == pytest.approx(head, abs=2e-6)
+    # 2e-6 on the Xeon the goldens come from; the ancestral res_multistep steps drift to 4e-6 on an AMD EPYC
+    assert out.flatten()[:4].tolist() == pytest.approx(head, abs=1e-5)
     assert out.sum().item() == pytest.approx(total, abs=2e-3)
 
 

@@ -222,19 +222,24 @@ def test_a_lone_bigg_is_the_refiners_text_encoder(made):
     assert arch.family == "sdxl_refiner" and list(encoders) == ["g"] and encoders["g"].role.project_pooled
 
 
+def close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 def test_unet_and_diffusers_folders_sample_as_their_checkpoints(executor, made):
     whole = sampled(executor, {"ck": ("CheckpointLoaderSimple", {"ckpt_name": "lgL_sdxl.safetensors"})}, "ck.0", "ck.1",
                     steps=2)
     folder = sampled(executor, {"d": ("DiffusersLoader", {"model_path": "tiny/sdxl"})}, "d.0", "d.1", steps=2)
-    assert torch.equal(folder, whole)
+    # the same weights; a converted layout may take another kernel path, whose last bits differ
+    # on some CPUs (equal on the Xeon, 1e-6 apart on an AMD EPYC)
+    close(folder, whole)
     split_set = {"unet": ("UNETLoader", {"unet_name": "lgL_sdxl_unet.safetensors", "weight_dtype": "default"}),
                  "clip": ("DualCLIPLoader", {"clip_name1": "lgL_sdxl_g.safetensors",
                                              "clip_name2": "lgL_sdxl_l.safetensors", "type": "sdxl"})}
-    assert torch.equal(sampled(executor, split_set, steps=2), whole)
+    close(sampled(executor, split_set, steps=2), whole)
     sd15 = sampled(executor, {"ck": ("CheckpointLoaderSimple", {"ckpt_name": "lgL_sd15.safetensors"})}, "ck.0", "ck.1",
                    steps=2)
-    assert torch.equal(sampled(executor, {"d": ("DiffusersLoader", {"model_path": "sd15"})}, "d.0", "d.1", steps=2),
-                       sd15)
+    close(sampled(executor, {"d": ("DiffusersLoader", {"model_path": "sd15"})}, "d.0", "d.1", steps=2), sd15)
 
 
 def test_the_diffusers_folders_are_listed_and_their_vae_decodes_as_the_checkpoints(executor, made):

@@ -47,14 +47,16 @@ ADM_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(ADM_CASES))
-def test_adm_vector_is_bit_equal_to_comfyui(case):
+def test_adm_vector_is_comfyuis(case):
     dim, entries, seed, merge = ADM_CASES[case]
     embeds = ADM[f"embeds_{dim}"]
     conds = [{"clip_vision_output": output(embeds[list(rows)]), "strength": s, "noise_augmentation": a}
              for rows, s, a in entries]
     got = unclip_adm(conds, dim, seed, merge, "model")
     assert got.shape == (1, 2 * dim)
-    assert torch.equal(got, ADM[f"adm/{case}"])
+    # bit-equal on the Xeon the references were made on; the noise augmentation's float32 steps
+    # round differently on other CPUs (up to 7e-6 apart on an AMD EPYC)
+    torch.testing.assert_close(got, ADM[f"adm/{case}"], rtol=1e-5, atol=2e-5)
 
 
 def test_noise_level_and_schedule_values():
