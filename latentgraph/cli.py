@@ -73,6 +73,16 @@ def _folders(p: argparse.ArgumentParser) -> None:
                         "UNet, CUDA graphs on a GPU)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -187,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--frontend", default="auto", metavar="auto|none|PATH",
                        help="ComfyUI's web frontend at /: auto = the installed comfyui-frontend-package "
                             "(pip install 'latentgraph[frontend]'), none, or a folder with index.html")
+    serve.add_argument("--preview-method", default="auto", choices=("none", "auto", "latent2rgb", "taesd"),
+                       help="step previews of sampler nodes (a prompt's extra_data.preview_method overrides it): "
+                            "taesd = a TAESD decoder from models/vae_approx, auto (the default) = taesd when one is "
+                            "found for the model, else latent2rgb (a linear projection)")
+    serve.add_argument("--preview-size", type=_positive_int, default=512, metavar="N",
+                       help="longest side of a preview in pixels; larger ones are shrunk (default: 512)")
 
     nodes = sub.add_parser("nodes", parents=[common], help="list the node types")
     nodes.add_argument("--json", action="store_true", help="print the /object_info document")
@@ -198,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--missing", action="store_true",
                        help="ComfyUI 0.3.64's core nodes that are not here, each with the reason")
     _plugins(nodes)
+
+    templates = sub.add_parser("templates", parents=[common], help="list the workflow templates the frontend offers",
+                               description="The templates of comfyui-workflow-templates (pip install "
+                                           "'latentgraph[frontend]') whose nodes latentgraph has: the ones "
+                                           "`latentgraph serve` offers in the frontend's templates dialog.")
+    templates.add_argument("--all", action="store_true",
+                           help="also list the hidden ones, each with the nodes it lacks, and the node types "
+                                "that hide the most")
+    templates.add_argument("--json", action="store_true", help="print JSON")
+    _plugins(templates)
     return parser
 
 
@@ -605,6 +631,19 @@ def _comfy_names(pack) -> dict | None:
     return found
 
 
+def cmd_templates(args) -> int:
+    """The offered templates (and with --all the hidden ones); 2 when the package is missing."""
+    from .server.templates import NOT_INSTALLED, format_survey, package_files, survey
+
+    files = package_files()
+    if files is None:
+        _err(f"latentgraph templates: {NOT_INSTALLED}")
+        return 2
+    verdicts = survey(files, _registry(args).__contains__)
+    sys.stdout.write(format_survey(verdicts, args.all, args.json))
+    return 0
+
+
 def cmd_train_demo(args) -> int:
     from dataclasses import replace
 
@@ -633,6 +672,15 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def _serve_logging() -> None:
+    """INFO log lines (the server's, the packs') to stderr as plain text, as ComfyUI, unless
+    something configured logging already."""
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     from aiohttp import web
 
@@ -640,6 +688,7 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise LatentgraphError(f"latentgraph: --port {args.port} is not a TCP port")
+    _serve_logging()
     env = _env(args)
     executor = None
     if args.ray:
@@ -652,11 +701,13 @@ def cmd_serve(args) -> int:
         raise LatentgraphError("latentgraph: --workers needs --ray")
     try:
         app = create_app(_registry(args), env, user_dir=Path(args.user_dir), max_upload_mb=args.max_upload_size,
-                         frontend=args.frontend, executor=executor)
+                         frontend=args.frontend, executor=executor, preview_method=args.preview_method,
+                         preview_size=args.preview_size)
     except ValueError as exc:
         raise LatentgraphError(f"latentgraph: {exc}") from None
     try:
-        web.run_app(app, host=args.host, port=args.port, print=lambda text: print(text, flush=True))
+        web.run_app(app, host=args.host, port=args.port, print=lambda text: print(text, flush=True),
+                    access_log=None)  # no line per request (ComfyUI's choice): the log terminal stays readable
     except OSError as exc:
         raise LatentgraphError(f"latentgraph: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
@@ -664,7 +715,7 @@ def cmd_serve(args) -> int:
 
 _COMMANDS = {"run": cmd_run, "validate": cmd_validate, "convert": cmd_convert, "nodes": cmd_nodes,
              "make-checkpoint": cmd_make_checkpoint, "train-demo": cmd_train_demo, "serve": cmd_serve,
-             "batch": cmd_batch}
+             "batch": cmd_batch, "templates": cmd_templates}
 
 if __name__ == "__main__":
     sys.exit(main())

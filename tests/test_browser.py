@@ -8,49 +8,23 @@ package (`pip install -e '.[frontend]' playwright`); .ci/run installs them and r
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from latentgraph.server import wait_until_listening
+from browser_server import CHROMIUM, FLAGS, serving
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path):
     pytest.importorskip("comfyui_frontend_package", reason="pip install 'latentgraph[frontend]'")
-    port = free_port()
-    (tmp_path / "user" / "default").mkdir(parents=True)  # a returning user: no first-run templates dialog
-    (tmp_path / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "latentgraph", "serve", "--port", str(port), "--frontend", "auto",
-                             "--output-dir", str(tmp_path / "output"), "--user-dir", str(tmp_path / "user"),
-                             "--models-dir", str(tmp_path / "models"), "--input-dir", str(tmp_path / "input"),
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until_listening(port, process=proc)
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()}")
-        yield f"http://127.0.0.1:{port}", tmp_path
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with serving(tmp_path) as url:
+        yield url, tmp_path
 
 
 def test_the_comfyui_frontend_runs_a_workflow(server):
@@ -61,9 +35,7 @@ def test_the_comfyui_frontend_runs_a_workflow(server):
     workflow = json.loads((ROOT / "workflows" / "txt2img.api.json").read_text())
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             errors: list[str] = []

@@ -15,8 +15,8 @@ from .validate import Plan, ValidationReport, validate
 from .workflow import Link, NodeRef, NodeSpec, Workflow
 
 # Events an Executor sends to listeners, as listener(kind, data); ComfyUI's names and fields.
-EVENTS = ("execution_start", "execution_cached", "executing", "progress", "executed",
-          "execution_success", "execution_error", "execution_interrupted")
+EVENTS = ("execution_start", "execution_cached", "executing", "progress", "progress_state", "progress_text",
+          "executed", "execution_success", "execution_error", "execution_interrupted")
 
 __all__ = [
     "ANY", "CLIP", "CONDITIONING", "EVENTS", "IMAGE", "LATENT", "MASK", "MODEL", "VAE",

@@ -307,7 +307,7 @@ def build_node_def(fn: Callable, *, python_module: str | None = None, source: st
         hidden=hidden,
         category=decl.category,
         display_name=decl.display_name or name,
-        description=decl.description if decl.description is not None else doc.split("\n\n")[0].strip(),
+        description=decl.description if decl.description is not None else _first_paragraph(doc),
         output_node=decl.output_node,
         version=decl.version,
         cacheable=decl.cacheable,
@@ -324,6 +324,12 @@ def build_node_def(fn: Callable, *, python_module: str | None = None, source: st
         context_param=context_param,
         source=source,
     )
+
+
+def _first_paragraph(doc: str) -> str:
+    """A docstring's first paragraph as one line: the node's description (ComfyUI's
+    DESCRIPTION), which the frontend shows as running text."""
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 def _split_annotated(hint: Any) -> tuple[Any, tuple]:

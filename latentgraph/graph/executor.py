@@ -19,6 +19,7 @@ from .context import NodeContext
 from .env import Environment
 from .errors import ExpansionError, Interrupted, NodeExecutionError, Problem
 from .expansion import Blocker, Expansion, is_link
+from .progress import ProgressStates
 from .validate import Plan, PlanNode, check_expansion, validate
 from .workflow import Workflow
 
@@ -154,8 +155,12 @@ class _Run:
         self.by_key: dict[str, list[str]] = {}
         self.heap: list[tuple[tuple, str]] = []
         self.keep: set[str] = set()
+        self.progress = ProgressStates(prompt_id, self.emit, lambda n: (
+            self.display.get(n, n), self.parent.get(n), self.real_id(n)))
 
     def emit(self, kind: str, data: dict) -> None:
+        if kind == "progress" and data.get("node") is not None:  # a node's context, a pack's ProgressBar
+            self.progress.update(str(data["node"]), data.get("value", 0), data.get("max", 1))
         for listener in self.listeners:
             try:
                 listener(kind, data)
@@ -300,6 +305,7 @@ class _Run:
 
     def _finish(self, node_id: str) -> None:
         self.state[node_id] = "done"
+        self.progress.finish(node_id)
         for waiter in sorted(self.dependents.pop(node_id, ())):
             left = self.waiting.get(waiter)
             if left is None:
@@ -382,7 +388,7 @@ class _Run:
     def _context(self, pnode: PlanNode) -> NodeContext | None:
         ndef = pnode.ndef
         return NodeContext(pnode.id, ndef.name, self.prompt_id, self.ex.env, self.ex.services,
-                           self.emit, self.ex._stop) if ndef.context_param else None
+                           self.emit, self.ex._stop, self.extra_data) if ndef.context_param else None
 
     def _ask_lazy(self, pnode: PlanNode) -> bool:
         """Call the node's lazy check; True when it asked for inputs not computed yet (the node
@@ -416,6 +422,7 @@ class _Run:
     def _execute_node(self, pnode: PlanNode, key: str) -> list[Call] | None:
         """Run the node; its calls when one of them expanded (resolved later), else None."""
         ndef, node_id = pnode.ndef, pnode.id
+        self.progress.start(node_id)
         self.emit("executing", {"node": node_id, "display_node": self.display.get(node_id, node_id),
                                 "prompt_id": self.prompt_id})
         inputs, _ = self._inputs(pnode)

@@ -44,7 +44,7 @@ prepare_noise = lazy("..sampling.noise", "prepare_noise")
 from .budget import check_tensor
 from .choices import AYS_MODEL_TYPES, SPACING_NAMES
 from .latent import upscale_latent
-from .preview import preview_factory
+from .preview import previewer
 from .sampling import SAMPLER, SIGMAS, check_noise_mask
 from .sd import SDModel, inpaint_concat, to_conds
 
@@ -285,12 +285,12 @@ def SamplerCustomAdvanced(
     mask = latent_image.get("noise_mask")
     check_noise_mask(samples, mask)
     model = guider.model_patcher
-    preview = preview_factory(model.latent_format.name or model.arch.family)
+    preview = previewer(ctx, model)  # None: the run asked for no previews
     last = {}
 
     def step(i: int, denoised: torch.Tensor, x: torch.Tensor, total: int) -> None:  # a GUIDER's callback
         last["denoised"] = denoised
-        ctx.progress(i + 1, total, preview=lambda: preview(denoised))
+        ctx.progress(i + 1, total, preview=None if preview is None else lambda: preview(denoised))
 
     out = guider.sample(noise.generate_noise(latent_image), samples, sampler, sigmas, mask, step, seed=noise.seed)
     result = dict(latent_image)

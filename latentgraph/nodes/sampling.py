@@ -19,7 +19,7 @@ karras_sigmas = lazy("..sampling.schedulers", "karras_sigmas")
 sd_turbo_sigmas = lazy("..sampling.schedulers", "sd_turbo_sigmas")
 from .budget import check_tensor
 from .choices import SAMPLER_NAMES, SCHEDULER_NAMES
-from .preview import preview_factory
+from .preview import previewer
 from .sd import SDModel, inpaint_concat, schedule_for, to_conds
 
 SAMPLER = Socket("SAMPLER")
@@ -42,12 +42,12 @@ def run(ctx: NodeContext, model: SDModel, seed: int, cfg: float, sampler_name: s
     concat = inpaint_concat(model, latent_dev, mask.to(device) if mask is not None else None)
     pos = to_conds(model, positive, samples.shape, "positive", device, concat, seed)
     neg = to_conds(model, negative, samples.shape, "negative", device, concat, seed)
-    preview = preview_factory(model.latent_format.name or model.arch.family)
+    preview = previewer(ctx, model)  # None: the run asked for no previews
     last = {}
 
     def step(i: int, total: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
         last["denoised"] = denoised
-        ctx.progress(i + 1, total, preview=lambda: preview(denoised))
+        ctx.progress(i + 1, total, preview=None if preview is None else lambda: preview(denoised))
 
     with placement.use(model.unet):
         out = sample(model.apply_model, model.schedule, sampler_name, sigmas, noise.to(device), latent_dev,

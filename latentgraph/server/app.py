@@ -27,23 +27,25 @@ from ..graph.cache import release_memory
 from ..graph.errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from ..graph.validate import validate
 from .. import comfy_compat
-from . import jobs
+from . import jobs, logs
 from .extensions import ExtensionRoutes
 from .files import FileRoutes
-from .frontend import FrontendRoutes, find_frontend
+from .frontend import FrontendRoutes, find_docs, find_frontend, install_docs
 from .journal import JOURNAL_FILE, Journal
 from .limits import (MAX_TARGETS, BadInput, optional_bool, optional_id, parse_json, prompt_number,
                      query_int)
 from .middleware import cache_headers, origin_check
+from .model_library import ModelLibrary
 from .queue import MAX_HISTORY, History, PromptQueue, QueueItem
 from .sockets import Client, SocketHub, serve_socket
+from .templates import PackTemplates, TemplateRoutes
 
 log = logging.getLogger("latentgraph.server")
 
 VERSION = "0.1.0"
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "clip", "text_encoders", "diffusion_models", "unet",
                  "upscale_models", "controlnet", "t2i_adapter", "gligen", "clip_vision", "style_models",
-                 "diffusers", "hypernetworks")
+                 "diffusers", "hypernetworks", "vae_approx")
 PREVIEW_JPEG, PREVIEW_PNG = 1, 2
 BINARY_PREVIEW, BINARY_PREVIEW_WITH_METADATA = 1, 4
 SOCKET_QUEUE = 1024  # messages waiting for one websocket before it is dropped as not reading
@@ -55,7 +57,7 @@ class Server(SocketHub):
     """The state behind the routes: queue, history, executor, sockets, worker."""
 
     def __init__(self, registry, env: Environment, services: dict, user_dir: Path, max_upload_bytes: int,
-                 previews: bool = True, executor=None):
+                 previews: bool = True, executor=None, preview_method: str = "auto", preview_size: int = 512):
         self.registry = registry
         self.env = env
         self.services = services
@@ -70,6 +72,8 @@ class Server(SocketHub):
         self.queue.restore(lambda item: self.history.stopped(item, STOPPED))
         self.max_upload_bytes = max_upload_bytes
         self.previews = previews
+        # --preview-method (a prompt's extra_data.preview_method overrides it) and --preview-size
+        self.preview_method, self.preview_size = preview_method, preview_size
         self.socket_queue, self.send_timeout = SOCKET_QUEUE, SEND_TIMEOUT
         self.sockets: dict[str, Client] = {}
         self.socket_flags: dict[str, dict] = {}
@@ -158,10 +162,14 @@ class Server(SocketHub):
         self.active[pid] = [item, None]
         self.history.start(item)
         ended: dict = {}
+        started = time.perf_counter()
 
         def listener(kind: str, data: dict) -> None:
             if kind == "execution_blocked":  # ComfyUI tells the client with an error message, and
                 self.send("execution_error", data, client)  # the run goes on (not in the history)
+                return
+            if kind == "progress_text":  # a binary frame, as ComfyUI's send_progress_text
+                self.send_binary(logs.progress_text_frame(data["node"], data["text"]), client)
                 return
             preview = data.pop("preview", None) if kind == "progress" else None
             if kind == "executing":
@@ -180,7 +188,7 @@ class Server(SocketHub):
         ok = False
         try:
             wf = Workflow.from_api(item.prompt, source=f"prompt {pid}")
-            extra = {**item.extra_data, **item.sensitive}
+            extra = {**item.extra_data, **item.sensitive, "preview_method": self._preview_method(item.extra_data)}
             self.executor.run(wf, prompt_id=pid, targets=item.outputs or None, extra_data=extra,
                               listener=listener, partial=True)
             ok = True
@@ -193,6 +201,7 @@ class Server(SocketHub):
             self._fail_before_start(pid, client, exc)
         finally:
             self._end(item, ok, client, ended)
+            log.info("Prompt executed in %s", logs.elapsed(time.perf_counter() - started))
 
     def _end(self, item: QueueItem, ok: bool, client: str | None, ended: dict) -> None:
         """A prompt leaves the queue whatever happens to its history entry (a full disk is
@@ -217,11 +226,21 @@ class Server(SocketHub):
             if client is not None:
                 self.send(kind, data, client)
 
+    def _preview_method(self, extra_data: dict) -> str:
+        """The prompt's preview method: its extra_data.preview_method (none, auto, latent2rgb,
+        taesd; the frontend's "default" sends none), else --preview-method; none without previews."""
+        from ..nodes.preview import resolve_method
+
+        return resolve_method(extra_data.get("preview_method"), self.preview_method) if self.previews else "none"
+
     def _send_preview(self, preview, data: dict, client: str | None) -> None:
+        from ..nodes.preview import fit_preview
+
         if client is not None and client not in self.sockets:
             return
         try:
             image = preview() if callable(preview) else preview
+            image = fit_preview(image, self.preview_size)
             buf = io.BytesIO()
             image.convert("RGB").save(buf, format="JPEG", quality=95)
         except Exception:
@@ -306,6 +325,7 @@ def _prompt_fields(body: dict) -> dict:
 
 async def post_prompt(request: web.Request) -> web.Response:
     srv = _server(request)
+    log.info("got prompt")
     fields = _prompt_fields(comfy_compat.on_prompt(await _json_body(request)))
     try:
         wf = Workflow.from_api(fields["prompt"], source="prompt")
@@ -514,11 +534,15 @@ ROUTES = [
 
 def create_app(registry=None, env: Environment | None = None, *, services: dict | None = None,
                user_dir: str | Path | None = None, max_upload_mb: float = 100.0,
-               previews: bool = True, frontend: str | Path | None = "auto", executor=None) -> web.Application:
+               previews: bool = True, frontend: str | Path | None = "auto", executor=None,
+               docs: str | Path | None = "auto", preview_method: str = "auto", preview_size: int = 512
+               ) -> web.Application:
     """The server as an aiohttp Application: every route at its path and under ``/api``, the
     worker thread and the message publisher started and stopped with the app; with a
     frontend (``auto``: the installed comfyui-frontend-package; ``none``; or a folder), ``/``
-    serves it."""
+    serves it; ``docs`` (the same choices, comfyui-embedded-docs) is served at ``/docs``.
+    ``preview_method`` (nodes/preview.py's METHODS) is the default of prompts that name none;
+    previews are shrunk to ``preview_size`` pixels on their longest side."""
     if registry is None:
         from ..nodes import create_registry
 
@@ -531,7 +555,7 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     user_dir = Path(user_dir) if user_dir is not None else env.output_dir.parent / "user"
     max_bytes = int(round(max_upload_mb * 1024 * 1024))
     try:
-        srv = Server(registry, env, services, user_dir, max_bytes, previews, executor)
+        srv = Server(registry, env, services, user_dir, max_bytes, previews, executor, preview_method, preview_size)
     except OSError as exc:  # the queue journal cannot be opened: say so as the CLI says bad options
         raise ValueError(str(exc)) from None
     app = web.Application(client_max_size=max_bytes, middlewares=[origin_check, cache_headers])
@@ -542,11 +566,16 @@ def create_app(registry=None, env: Environment | None = None, *, services: dict 
     front = app[FRONTEND] = FrontendRoutes(user_dir, find_frontend(frontend))
     packs = ExtensionRoutes(getattr(registry, "plugins", []), front.extension_scripts, front.web_root)
     routes = ROUTES + files.routes() + jobs.JobRoutes(srv).routes() + front.routes() + packs.routes()
+    routes += ModelLibrary(lambda: srv.env).routes()
+    routes += PackTemplates(getattr(registry, "plugins", [])).routes()
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
+    logs.install(app, srv)  # /internal/* at the root only, as ComfyUI; the log capture
     _add_pack_routes(app, {(m, p) for m, p, _ in routes})
+    TemplateRoutes(registry).install(app)  # /templates/* at the root only, before / shadows it
+    install_docs(app, find_docs(docs))  # /docs/* at the root only, as ComfyUI; before / shadows it
     front.install_static(app)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -1,6 +1,7 @@
 """What ComfyUI's web frontend needs from the server besides the prompt API: its static files
 (from the ``comfyui-frontend-package`` wheel, or a folder) and the boot routes — settings,
-users (one user), user data files, i18n, subgraphs, templates, the extension list."""
+users (one user), user data files, i18n, subgraphs, the extension list (the templates dialog's
+routes are in templates.py)."""
 
 from __future__ import annotations
 
@@ -20,24 +21,51 @@ SETTINGS_FILE = "comfy.settings.json"
 MAX_USER_PATH_BYTES = 1024
 
 
+def _package_folder(module: str, sub: str) -> Path | None:
+    """Folder ``sub`` of installed package ``module``; None when it is not installed."""
+    import importlib
+    import importlib.resources
+
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        return None
+    return Path(str(importlib.resources.files(package) / sub))
+
+
 def find_frontend(choice: str | Path | None) -> Path | None:
     """``auto``: the installed comfyui-frontend-package's static folder, if any; ``none``:
     no frontend; anything else: a folder holding index.html."""
     if choice is None or str(choice) == "none":
         return None
     if str(choice) == "auto":
-        try:
-            import importlib.resources
-
-            import comfyui_frontend_package  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        root = Path(str(importlib.resources.files(comfyui_frontend_package) / "static"))
-        return root if (root / "index.html").is_file() else None
+        root = _package_folder("comfyui_frontend_package", "static")
+        return root if root is not None and (root / "index.html").is_file() else None
     root = Path(choice)
     if not (root / "index.html").is_file():
         raise ValueError(f"--frontend {choice}: no index.html in that folder")
     return root
+
+
+def find_docs(choice: str | Path | None) -> Path | None:
+    """The node help pages: ``auto``: the installed comfyui-embedded-docs package's docs
+    folder, if any; ``none``: none; anything else: a folder of ``<Node>/<locale>.md``."""
+    if choice is None or str(choice) == "none":
+        return None
+    if str(choice) == "auto":
+        root = _package_folder("comfyui_embedded_docs", "docs")
+        return root if root is not None and root.is_dir() else None
+    if not Path(choice).is_dir():
+        raise ValueError(f"docs {choice}: no such folder")
+    return Path(choice)
+
+
+def install_docs(app: web.Application, root: Path | None) -> None:
+    """``/docs/<Node>/<locale>.md`` (and the pages' images) from ``root``, at the root path only
+    as ComfyUI serves them; installed before the frontend's ``/`` so that it is not shadowed. A
+    missing page is a plain 404 (never index.html: the frontend reads text/html as no page)."""
+    if root is not None:
+        app.router.add_static("/docs", root, follow_symlinks=False)
 
 
 class FrontendRoutes:
@@ -49,8 +77,8 @@ class FrontendRoutes:
         return [("GET", "/settings", self.get_settings), ("POST", "/settings", self.post_settings),
                 ("GET", "/settings/{id}", self.get_setting), ("POST", "/settings/{id}", self.post_setting),
                 ("GET", "/users", self.get_users), ("POST", "/users", self.post_users),
-                ("GET", "/i18n", self.empty_object), ("GET", "/workflow_templates", self.empty_object),
-                ("GET", "/global_subgraphs", self.empty_object), ("GET", "/experiment/models", self.empty_list),
+                ("GET", "/i18n", self.empty_object),  # /workflow_templates: templates.PackTemplates
+                ("GET", "/global_subgraphs", self.empty_object),  # /experiment/models: model_library.py
                 ("GET", "/userdata", self.list_userdata), ("GET", "/userdata/{file:.+}", self.get_userdata),
                 ("POST", "/userdata/{file:.+}", self.post_userdata),
                 ("DELETE", "/userdata/{file:.+}", self.delete_userdata)]
@@ -102,9 +130,6 @@ class FrontendRoutes:
 
     async def empty_object(self, request: web.Request) -> web.Response:
         return web.json_response({})
-
-    async def empty_list(self, request: web.Request) -> web.Response:
-        return web.json_response([])
 
     # -- user data ----------------------------------------------------------------------------
     def _user_path(self, rel: str) -> Path:

@@ -68,8 +68,9 @@ class TAESDPreviewerImpl(LatentPreviewer):
 
 
 class TAESD:
-    """ComfyUI's tiny autoencoder class, for import: latentgraph has no TAESD network yet, so
-    making one names it as missing (packs that use it only when a vae_approx file exists load)."""
+    """ComfyUI's tiny autoencoder class, for import: its encoder/decoder pair is not rebuilt
+    here (latentgraph's own samplers preview through latentgraph/models/taesd.py), so making one
+    names it as missing (packs that use it only when a vae_approx file exists load)."""
 
     def __init__(self, *args, **kwargs):
         raise runtime.missing(__name__, "TAESD")

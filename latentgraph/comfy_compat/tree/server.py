@@ -143,9 +143,11 @@ class PromptServer:
         self.send_sync(event, data, sid)
 
     def send_progress_text(self, text: str | bytes, node_id: str, sid: str | None = None) -> None:
-        text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        node = str(node_id).encode("utf-8")
-        self.send_sync(BinaryEventTypes.TEXT, struct.pack(">I", len(node)) + node + text, sid)
+        from latentgraph.server.logs import progress_text_frame  # the frame the server sends for nodes too
+
+        server = self._server
+        if server is not None:
+            server.send_binary(progress_text_frame(node_id, text), sid)
 
     def queue_updated(self) -> None:
         """Accepted: latentgraph's queue tells the clients itself."""
