@@ -195,3 +195,44 @@ def test_a_running_ksampler_shows_progress_and_taesd_previews_arrive(page):
     else:
         jpeg = previews[-1][8:]
     assert Image.open(io.BytesIO(jpeg)).size == (64, 64)
+
+
+def test_the_queue_and_history_panels(server, page):
+    """The assets sidebar shows a finished job's picture; "Open as workflow in new tab" loads
+    the graph that made it (from /api/jobs/{id}); Delete removes the job from the history;
+    the queue's cancel button stops a running prompt, which the jobs list then calls cancelled."""
+    _, home = server
+    load_demo_workflow(page)
+    widget(page, "KSampler", "seed", 7)  # a picture no other test of this server made (not a cached run)
+    with page.expect_response(lambda r: "/view?" in r.url and r.status == 200, timeout=120_000) as shown:
+        page.evaluate("() => window.app.queuePrompt(0, 1)")
+    name = shown.value.url.split("filename=")[1].split("&")[0]
+    page.get_by_role("button", name="Assets (a)").click()
+    thumb = page.get_by_alt_text(name).first
+    thumb.wait_for(timeout=30_000)
+    page.wait_for_function("(img) => img.complete && img.naturalWidth === 64", arg=thumb.element_handle())
+    page.screenshot(path=str(ARTIFACTS / "assets.png"))
+    thumb.click(button="right")
+    with page.expect_response(lambda r: "/api/jobs/" in r.url and r.status == 200) as detail:
+        page.get_by_text("Open as workflow in new tab").first.click()
+    job_id = detail.value.json()["id"]
+    page.wait_for_function("""() => window.app.graph.nodes.some(n => n.type === 'KSampler' && n.widgets_values[0] === 7)
+                              && window.app.graph.nodes.some(n => n.type === 'SaveImage')""", timeout=30_000)
+    page.get_by_alt_text(name).first.click(button="right")
+    page.get_by_text("Delete", exact=True).first.click()
+    with page.expect_request(lambda r: r.url.endswith("/api/history") and r.method == "POST") as deleting:
+        page.locator("button", has_text="Delete").last.click()
+    assert json.loads(deleting.value.post_data) == {"delete": [job_id]}
+    page.wait_for_function("(id) => fetch('/api/history/' + id).then(r => r.json()).then(h => !(id in h))", arg=job_id)
+
+    saved = sorted((home / "output").glob("*.png"))
+    load_demo_workflow(page, steps=1000)
+    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as queued:
+        page.evaluate("() => window.app.queuePrompt(0, 1)")
+    running = queued.value.json()["prompt_id"]
+    page.wait_for_function("() => (window.app.graph.nodes.find(n => n.type === 'KSampler').progress || 0) > 0",
+                           timeout=120_000)
+    page.get_by_role("button", name="Cancel current run").click()
+    page.wait_for_function("""(id) => fetch('/api/jobs?status=cancelled').then(r => r.json())
+                              .then(j => j.jobs.some(job => job.id === id))""", arg=running, timeout=60_000)
+    assert sorted((home / "output").glob("*.png")) == saved  # the cancelled run saved nothing

@@ -28,6 +28,7 @@ from latentgraph.nodes import create_registry, create_services
 from latentgraph.plugins.comfy_v1 import node_def
 from latentgraph.server import create_app
 from latentgraph.server.logs import elapsed, progress_text_frame
+from test_lazy_expand import AddOne, Number  # two V1 nodes: a constant and +1
 
 ROOT = Path(__file__).resolve().parents[1]
 TXT2IMG = json.loads((ROOT / "workflows" / "txt2img.api.json").read_text())
@@ -320,27 +321,6 @@ def test_a_cached_rerun_reports_finished_nodes(executor):
     assert sorted(cached["nodes"]) == ["n", "show", "slow"]
 
 
-class _Number:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("INT", {"default": 0, "min": -1000, "max": 1000})}}
-
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-
-    def run(self, value):
-        return (value,)
-
-
-class _AddOne(_Number):
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("INT", {"forceInput": True})}}
-
-    def run(self, value):
-        return (value + 1,)
-
-
 class _AddN:
     @classmethod
     def INPUT_TYPES(cls):
@@ -354,16 +334,16 @@ class _AddN:
         graph = GraphBuilder()
         current = None
         for _ in range(n):
-            current = graph.node("_AddOne", value=current.out(0) if current else value)
+            current = graph.node("AddOne", value=current.out(0) if current else value)
         return {"result": (current.out(0),), "expand": graph.finalize()}
 
 
 def test_expanded_nodes_name_their_parent_and_the_prompts_node(env):
     registry = NodeRegistry()
-    for cls in (_Number, _AddOne, _AddN):
+    for cls in (Number, AddOne, _AddN):
         registry.register(node_def(cls.__name__, cls, None, pack="flow", source="tests"))
     events: list = []
-    prompt = {"num": {"class_type": "_Number", "inputs": {"value": 1}},
+    prompt = {"num": {"class_type": "Number", "inputs": {"value": 1}},
               "addn": {"class_type": "_AddN", "inputs": {"value": ["num", 0], "n": 2}}}
     res = Executor(registry, env).run(prompt, listener=lambda k, d: events.append((k, d)))
     assert res.get("addn") == 3
