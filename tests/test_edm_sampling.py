@@ -19,7 +19,7 @@ from latentgraph.models.unet import UNetModel
 from latentgraph.models.vae import AutoencoderKL
 from latentgraph.models.make import make_checkpoint
 from latentgraph.nodes.model_sampling import ModelSamplingContinuousEDM, ModelSamplingContinuousV
-from latentgraph.nodes.preview import preview_factory
+from latentgraph.nodes.preview import latent2rgb
 from latentgraph.nodes.sampling import ModelSamplingDiscrete
 from latentgraph.nodes.sd import SDModel, schedule_for
 from latentgraph.sampling.schedule import PLAYGROUND_V25, ContinuousSchedule, DiscreteSchedule
@@ -187,9 +187,9 @@ def test_playground_previews_use_its_own_factors():
     """ComfyUI's latent_rgb_factors of SDXL_Playground_2_5 (no bias), not SDXL's."""
     latent = torch.zeros(1, 4, 1, 1)
     latent[0, 0] = 1.0  # channel 0 alone: the first row of factors
-    pixel = preview_factory("sdxl_playground_2_5")(latent).getpixel((0, 0))
+    pixel = latent2rgb("sdxl_playground_2_5")(latent).getpixel((0, 0))
     assert pixel == tuple(int((v + 1) / 2 * 255) for v in (0.3920, 0.4054, 0.4549))
-    assert preview_factory("sdxl")(latent).getpixel((0, 0)) == tuple(
+    assert latent2rgb("sdxl")(latent).getpixel((0, 0)) == tuple(
         int((v + b + 1) / 2 * 255) for v, b in zip((0.3651, 0.4232, 0.4341), (0.1084, -0.0175, -0.0011)))
     assert PLAYGROUND_V25.name == "sdxl_playground_2_5"
 

@@ -22,6 +22,7 @@ from latentgraph.comfy_compat import TREE
 from latentgraph.graph import Environment
 from latentgraph.graph.registry import NodeRegistry
 from latentgraph.server import create_app
+from latentgraph.models import safetensors_header
 from latentgraph.server import model_library
 from latentgraph.server.model_library import FOLDER_KINDS, FOLDER_NAMES
 
@@ -159,8 +160,8 @@ def test_view_metadata(tmp_path):
 
 def test_an_oversized_header_is_refused_before_reading(tmp_path, monkeypatch):
     path = write(tmp_path / "big.safetensors", struct.pack("<Q", 1000) + b"{" + b" " * 998 + b"}")
-    assert model_library.read_header(path) == {}
-    assert model_library.read_header(path, budget=999) is None
+    assert safetensors_header.read_header(path) == {}
+    assert safetensors_header.read_header(path, budget=999) is None
     reads = []
     real_open = open
 
@@ -181,9 +182,9 @@ def test_an_oversized_header_is_refused_before_reading(tmp_path, monkeypatch):
         def fileno(self):
             return self.fh.fileno()
 
-    monkeypatch.setattr(model_library, "open", lambda p, m: Spy(real_open(p, m)), raising=False)
-    write(tmp_path / "huge.safetensors", struct.pack("<Q", model_library.MAX_HEADER_BYTES + 1) + b"{}" * 10)
-    assert model_library.read_header(tmp_path / "huge.safetensors") is None
+    monkeypatch.setattr(safetensors_header, "open", lambda p, m: Spy(real_open(p, m)), raising=False)
+    write(tmp_path / "huge.safetensors", struct.pack("<Q", safetensors_header.MAX_HEADER_BYTES + 1) + b"{}" * 10)
+    assert safetensors_header.read_header(tmp_path / "huge.safetensors") is None
     assert reads == [8]  # only the length was read
 
 

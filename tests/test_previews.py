@@ -124,7 +124,7 @@ def test_the_factory_picks_latent2rgb_taesd_or_nothing(tmp_path, caplog):
     assert preview_factory(model, "auto", env, cache)(z).size == (40, 48)
     assert preview_factory(model, "taesd", env, cache)(z).size == (40, 48)
     assert preview_factory(model, "latent2rgb", env, cache)(z).size == (5, 6)
-    assert preview_factory("sd15")(z).size == (5, 6)  # a family name: latent2rgb, as before
+    assert latent2rgb("sd15")(z).size == (5, 6)  # a family name: the linear projection
     # loaded once per file and device
     assert cache.decoder(find_decoder(env, model.arch, cache), "cpu") is cache.decoder(
         env.models_dir / "vae_approx" / "taesd_decoder.safetensors", "cpu")

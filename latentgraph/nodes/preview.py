@@ -132,24 +132,13 @@ class PreviewDecoders:
     def metadata(self, path: Path) -> dict:
         """A safetensors file's metadata ({} for other files and unreadable ones)."""
         from ..models.checkpoint import file_key
+        from ..models.safetensors_header import read_metadata
 
         key = file_key(path)
         with self._lock:
             if key not in self._metadata:
-                self._metadata[key] = _read_metadata(path)
+                self._metadata[key] = read_metadata(path) or {}
             return self._metadata[key]
-
-
-def _read_metadata(path: Path) -> dict:
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
-        return {}
 
 
 def decoders(services: dict) -> PreviewDecoders:
@@ -216,11 +205,8 @@ def taesd_preview(model, path: Path, cache: PreviewDecoders, fallback: Preview) 
 def preview_factory(model, method: str = DEFAULT_METHOD, env=None, cache: PreviewDecoders | None = None
                     ) -> Preview | None:
     """The preview function a sampler calls with its denoised latent, or None for ``none``.
-    ``model``: an SDModel (or a family / latent format name: latent2rgb, as before methods).
     TAESD needs ``env`` (the vae_approx folders) and ``cache``; a missing decoder under
     ``taesd`` is logged and latent2rgb used, as ComfyUI."""
-    if isinstance(model, str):
-        return latent2rgb(model)
     if method == "none":
         return None
     linear = latent2rgb(model.latent_format.name or model.arch.family)

@@ -28,13 +28,13 @@ import json
 import logging
 import os
 import re
-import struct
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from aiohttp import web
 
 from ..graph.env import FOLDER_ALIASES, IMAGE_EXTENSIONS, MODEL_EXTENSIONS
+from ..models.safetensors_header import read_metadata
 from .files import _open_image
 
 log = logging.getLogger("latentgraph.server")
@@ -46,7 +46,6 @@ FOLDER_NAMES = ("checkpoints", "loras", "vae", "text_encoders", "diffusion_model
                 "photomaker", "classifiers", "model_patches", "audio_encoders")
 FOLDER_KINDS = {"controlnet": ("controlnet", "t2i_adapter")}
 SAFETENSORS = (".safetensors", ".sft")
-MAX_HEADER_BYTES = 64 * 2**20  # a safetensors header read for its metadata (ComfyUI: 1 MiB here, 8 MiB for covers)
 MAX_PREVIEW_FILE_BYTES = 64 * 2**20  # an image file beside a model, checked with stat before reading
 MAX_LISTED_FILES = 100_000  # files one listing returns (a folder name's folders together)
 MAX_NAME_BYTES = 4096  # a model's relative path as a request names it
@@ -123,35 +122,6 @@ def list_models(folders: list[str], limit: int = MAX_LISTED_FILES) -> list[dict]
             out.append({"name": path.relative_to(base).as_posix(), "pathIndex": index,
                         "modified": st.st_mtime, "created": st.st_ctime, "size": st.st_size})
     return out
-
-
-# -- safetensors headers ------------------------------------------------------------------------
-def read_header(path: Path, budget: int = MAX_HEADER_BYTES) -> dict | None:
-    """The JSON header of a safetensors file; None when the file has none, or one longer than
-    ``budget`` bytes or than the file (checked before reading it)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                return None
-            (length,) = struct.unpack("<Q", head)
-            if length > budget or length > os.fstat(fh.fileno()).st_size - 8:
-                return None
-            raw = fh.read(length)
-    except OSError:
-        return None
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
-def read_metadata(path: Path) -> dict | None:
-    """The ``__metadata__`` mapping of a safetensors file, or None."""
-    header = read_header(path)
-    meta = header.get("__metadata__") if header is not None else None
-    return meta if isinstance(meta, dict) else None
 
 
 def cover_image(path: Path) -> bytes | None:
