@@ -65,14 +65,15 @@ def js_files(root: Path) -> tuple[list[str], bool]:
             if entry.is_dir(follow_symlinks=False):
                 pending.append(path)
             elif entry.name.endswith(".js") and entry.is_file() and (not entry.is_symlink()
-                                                                       or _stays_inside(root, path)):
+                                                                       or stays_inside(root, root / path)):
                 found.append(path)
     return sorted(found), False
 
 
-def _stays_inside(root: Path, rel: str) -> bool:
+def stays_inside(root: Path, path: Path) -> bool:
+    """Whether ``path``, links followed, is under ``root``; False when either cannot be resolved."""
     try:
-        return (root / rel).resolve().is_relative_to(root.resolve())
+        return path.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError):
         return False
 
@@ -120,11 +121,7 @@ class ExtensionRoutes:
             raise web.HTTPNotFound(text=f"no web extension named {pack!r}: no loaded pack serves one"
                                         f" (served: {', '.join(sorted(self.packs)) or 'none'})")
         path = root.joinpath(*rel)
-        try:
-            inside = path.resolve().is_relative_to(root.resolve())
-        except (OSError, RuntimeError):
-            inside = False
-        if not inside:
+        if not stays_inside(root, path):
             raise web.HTTPForbidden(text=f"forbidden: {'/'.join(rel)!r} leaves the web folder of {pack!r}")
         if not path.is_file():
             raise web.HTTPNotFound(text=f"no file {'/'.join(rel)!r} in the web folder of {pack!r}")

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from ..graph.env import FOLDER_TYPES
 from .limits import BadInput, parse_json
+from .model_library import folder_table
 
 CAPACITY = 300  # log entries kept, as ComfyUI
 FLUSH_DELAY = 0.1  # seconds new entries wait, to go out to subscribers as one message
@@ -178,7 +179,8 @@ class InternalRoutes:
         return web.Response(status=200)
 
     async def get_folder_paths(self, request: web.Request) -> web.Response:
-        return web.json_response(folder_paths(self.server.env))
+        """Each model folder name -> its folders: the model library's table."""
+        return web.json_response(folder_table(self.server.env))
 
     async def get_files(self, request: web.Request) -> web.Response:
         """The files directly in the output, input or temp folder, newest first."""
@@ -187,14 +189,6 @@ class InternalRoutes:
             return web.json_response({"error": "Invalid directory type"}, status=400)
         names = await asyncio.to_thread(newest_first, self.server.env.folder_of(kind))
         return web.json_response(names)
-
-
-def folder_paths(env) -> dict[str, list[str]]:
-    """Each model folder name ComfyUI has (and each extra kind of extra_model_paths.yaml) ->
-    the folders searched for it: the model library's table (one table for both routes)."""
-    from .model_library import folder_table
-
-    return folder_table(env)
 
 
 def newest_first(folder: Path) -> list[str]:

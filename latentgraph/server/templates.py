@@ -37,7 +37,7 @@ from aiohttp import web
 
 from ..graph.errors import LatentgraphError
 from ..graph.ui_format import FRONTEND_ONLY
-from .extensions import content_type
+from .extensions import content_type, stays_inside
 from .limits import BadInput, parse_json
 
 log = logging.getLogger("latentgraph.server")
@@ -111,11 +111,7 @@ def folder_files(root: str | Path) -> TemplateFiles:
         if any(_bad_segment(p) for p in parts):
             return None
         found = root.joinpath(*parts)
-        try:
-            inside = found.resolve().is_relative_to(root.resolve())
-        except (OSError, RuntimeError):
-            return None
-        return found if inside and found.is_file() else None
+        return found if stays_inside(root, found) and found.is_file() else None
 
     return TemplateFiles(str(root), path)
 
@@ -431,11 +427,7 @@ class PackTemplates:
             raise web.HTTPForbidden(text=f"forbidden: {name!r} is not a file name")
         for folder in folders:
             path = folder / name
-            try:
-                inside = path.resolve().is_relative_to(folder.resolve())
-            except (OSError, RuntimeError):
-                inside = False
-            if inside and path.is_file():
+            if stays_inside(folder, path) and path.is_file():
                 return web.FileResponse(path, headers={"Content-Type": content_type(path)})
         raise web.HTTPNotFound(text=f"no file {name!r} in the example workflows of {pack!r}")
 
