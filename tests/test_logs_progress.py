@@ -12,23 +12,21 @@ import os
 import struct
 import threading
 import time
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
 
 from latentgraph.graph import Environment, Executor, Int, NodeContext, Workflow, node
 from latentgraph.graph.expansion import GraphBuilder
 from latentgraph.graph.registry import NodeRegistry
 from latentgraph.nodes import create_registry, create_services
 from latentgraph.plugins.comfy_v1 import node_def
-from latentgraph.server import create_app
 from latentgraph.server.logs import elapsed, progress_text_frame
 from test_lazy_expand import AddOne, Number  # two V1 nodes: a constant and +1
+from test_server import served, until_done  # an app on the module's registry; messages until a prompt ends
 
 ROOT = Path(__file__).resolve().parents[1]
 TXT2IMG = json.loads((ROOT / "workflows" / "txt2img.api.json").read_text())
@@ -47,16 +45,6 @@ def shared():
     registry = create_registry()
     registry.register(Chatty)
     return registry, create_services(Environment(device="cpu"))
-
-
-@asynccontextmanager
-async def served(tmp: Path, shared):
-    registry, services = shared
-    env = Environment(output_dir=tmp / "output", input_dir=tmp / "input", temp_dir=tmp / "temp",
-                      models_dir=tmp / "models", device="cpu")
-    app = create_app(registry, env, services=services, user_dir=tmp / "user", frontend="none")
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
 
 
 def run(coro):
@@ -88,19 +76,6 @@ async def none_of(ws, kind: str, wait: float = 0.6) -> None:
         except asyncio.TimeoutError:
             return
         assert not (msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == kind), msg.data
-
-
-async def until_done(ws, prompt_id: str) -> tuple[list[dict], list[bytes]]:
-    texts, frames = [], []
-    while True:
-        msg = await ws.receive(timeout=60)
-        if msg.type == WSMsgType.BINARY:
-            frames.append(msg.data)
-            continue
-        data = json.loads(msg.data)
-        texts.append(data)
-        if data["type"] == "executing" and data["data"]["node"] is None and data["data"]["prompt_id"] == prompt_id:
-            return texts, frames
 
 
 # -- logs ------------------------------------------------------------------------------------

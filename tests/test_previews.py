@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 from safetensors.torch import save_file
@@ -32,6 +31,7 @@ from latentgraph.nodes.preview import (ARCH_KEY, PreviewDecoders, architecture_i
                                        latent2rgb, preview_factory, resolve_method, run_method)
 from latentgraph.sampling.schedule import PLAYGROUND_V25, LatentFormat
 from latentgraph.server import create_app
+from test_server import until_done  # a prompt's messages and binary frames until it ends
 from latentgraph.server.app import SERVER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,18 +307,9 @@ async def frames_of(client, sid: str, prompt: dict, extra: dict) -> tuple[list[d
     await ws.receive_json(timeout=10)
     r = await client.post("/prompt", json={"prompt": prompt, "client_id": sid, "extra_data": extra})
     assert r.status == 200, await r.text()
-    pid = (await r.json())["prompt_id"]
-    texts, frames = [], []
-    while True:
-        msg = await ws.receive(timeout=120)
-        if msg.type == WSMsgType.BINARY:
-            frames.append(msg.data)
-            continue
-        data = json.loads(msg.data)
-        texts.append(data)
-        if data["type"] == "executing" and data["data"]["node"] is None and data["data"]["prompt_id"] == pid:
-            await ws.close()
-            return texts, frames
+    texts, frames = await until_done(ws, (await r.json())["prompt_id"])
+    await ws.close()
+    return texts, frames
 
 
 def jpeg_sizes(frames: list[bytes]) -> list[tuple[int, int]]:
