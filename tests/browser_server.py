@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(home: Path):
-    """Yield the URL of a server whose output, user, models and input folders are in ``home``."""
+def serving(home: Path, *options: str, env: dict | None = None):
+    """Yield the URL of a server whose output, user, models and input folders are in ``home``
+    (more ``serve`` options, and the process's environment, as given)."""
     settings = home / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
@@ -37,7 +38,7 @@ def serving(home: Path):
         proc = subprocess.Popen([sys.executable, "-m", "latentgraph", "serve", "--port", str(port), "--frontend",
                                  "auto", "--output-dir", str(home / "output"), "--user-dir", str(home / "user"),
                                  "--models-dir", str(home / "models"), "--input-dir", str(home / "input"),
-                                 "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+                                 "--device", "cpu", *options], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             try:
                 wait_until_listening(port, process=proc)

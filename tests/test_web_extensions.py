@@ -13,9 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +23,10 @@ from latentgraph.nodes import create_registry
 from latentgraph.plugins import load_plugins
 from latentgraph.server import extensions
 
+from browser_server import CHROMIUM, FLAGS, serving
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / "tests" / "fixtures" / "packs" / "web_widget_pack"
-CHROMIUM = "/usr/bin/chromium"
 JS = "application/javascript; charset=utf-8"
 
 
@@ -321,31 +319,10 @@ def served_with_pack(tmp_path):
     """`latentgraph serve` with ComfyUI's frontend and the fixture pack, on a free loopback port."""
     pytest.importorskip("comfyui_frontend_package", reason="pip install 'latentgraph[frontend]'")
     folder = nodes_folder(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / "user" / "default").mkdir(parents=True)  # a returning user: no first-run templates dialog
-    (tmp_path / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    log = open(tmp_path / "serve.log", "w")
     env = {k: v for k, v in os.environ.items() if k != "LATENTGRAPH_CONFIG"}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # no user config file adds packs
-    proc = subprocess.Popen([sys.executable, "-m", "latentgraph", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--frontend", "auto", "--custom-nodes", str(folder),
-                             "--output-dir", str(tmp_path / "output"), "--user-dir", str(tmp_path / "user"),
-                             "--models-dir", str(tmp_path / "models"), "--input-dir", str(tmp_path / "input"),
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        from latentgraph.server import wait_until_listening
-
-        try:
-            wait_until_listening(port, process=proc)
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with serving(tmp_path, "--custom-nodes", str(folder), env=env) as url:
+        yield url
 
 
 @pytest.mark.browser
@@ -355,9 +332,7 @@ def test_the_frontend_runs_the_packs_javascript(served_with_pack):
         pytest.skip("Debian's chromium is not installed")
     url = served_with_pack
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             console: list[str] = []
