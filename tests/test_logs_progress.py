@@ -20,12 +20,11 @@ import pytest
 from aiohttp import WSMsgType
 
 from latentgraph.graph import Environment, Executor, Int, NodeContext, Workflow, node
-from latentgraph.graph.expansion import GraphBuilder
 from latentgraph.graph.registry import NodeRegistry
 from latentgraph.nodes import create_registry, create_services
 from latentgraph.plugins.comfy_v1 import node_def
 from latentgraph.server.logs import elapsed, progress_text_frame
-from test_lazy_expand import AddOne, Number  # two V1 nodes: a constant and +1
+from test_lazy_expand import AddN, AddOne, Number  # V1 nodes: a constant, +1, and +1 n times by expansion
 from test_server import served, until_done  # an app on the module's registry; messages until a prompt ends
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,21 +295,10 @@ def test_a_cached_rerun_reports_finished_nodes(executor):
     assert sorted(cached["nodes"]) == ["n", "show", "slow"]
 
 
-class _AddN:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("INT", {"forceInput": True}), "n": ("INT", {"default": 2, "min": 1})}}
+class _AddN(AddN):
+    """test_lazy_expand's AddN (a chain of AddOne nodes) as an output node, so a prompt can target it."""
 
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
     OUTPUT_NODE = True
-
-    def run(self, value, n):
-        graph = GraphBuilder()
-        current = None
-        for _ in range(n):
-            current = graph.node("AddOne", value=current.out(0) if current else value)
-        return {"result": (current.out(0),), "expand": graph.finalize()}
 
 
 def test_expanded_nodes_name_their_parent_and_the_prompts_node(env):
